@@ -1,0 +1,4 @@
+-- truxe demo: run by scripts/run in database truxe_demo after CREATE EXTENSION truxe CASCADE.
+\echo '== the extension and its schema'
+\dx truxe
+SELECT truxe.version() AS truxe_version;

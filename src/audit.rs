@@ -1,0 +1,1 @@
+//! Audit trail: the Rust audit triggers (SPEC §6), the append-only guard and purge_audit_logs.

@@ -1,0 +1,1 @@
+//! Rate limiting: rate_limit_hit (SPEC §7).

@@ -1,0 +1,1 @@
+//! Sessions: create_session, validate_session, refresh_session, revoke_session, revoke_user_sessions (SPEC §7).

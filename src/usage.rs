@@ -1,0 +1,1 @@
+//! Usage metering: record_usage (SPEC §7).

@@ -1,0 +1,217 @@
+//! A throwaway PostgreSQL server per test binary, with truxe installed, and a fresh
+//! database per test.
+//!
+//! The server is the one named by `TRUXE_PG_CONFIG` (scripts/test sets it to the PG 15 or
+//! PG 16 `pg_config` after `cargo pgrx install` into it). It runs as the `postgres` user
+//! when the tests run as root (initdb refuses root), listens only on a private Unix socket
+//! directory, and is stopped and removed when the test process exits.
+use postgres::{Client, NoTls};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Login roles the harness creates: one per truxe role, so tests connect as a real
+/// non-superuser (RLS does not apply to superusers).
+pub const AUTH_LOGIN: &str = "truxe_test_authenticated";
+pub const SERVICE_LOGIN: &str = "truxe_test_service";
+pub const PLAIN_LOGIN: &str = "truxe_test_nobody";
+const PORT: u16 = 5432;
+
+pub struct Server {
+    dir: PathBuf,
+    bindir: PathBuf,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// `CREATE EXTENSION` creates cluster-wide roles when absent: serialise it so that two
+/// tests installing truxe at once do not race on them.
+static INSTALL_LOCK: Mutex<()> = Mutex::new(());
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command run as the cluster owner: `postgres` when we are root, ourselves otherwise.
+fn as_owner(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+extern "C" fn stop_server() {
+    if let Some(s) = SERVER.get() {
+        let _ = as_owner(&s.bindir.join("pg_ctl"))
+            .args(["-D"])
+            .arg(s.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
+}
+
+impl Server {
+    fn start() -> Server {
+        let pg_config = std::env::var("TRUXE_PG_CONFIG").expect(
+            "TRUXE_PG_CONFIG must name the pg_config of a PostgreSQL with truxe installed \
+             (scripts/test sets it)",
+        );
+        let bindir = PathBuf::from(run(Command::new(&pg_config).arg("--bindir")));
+        let version = run(Command::new(&pg_config).arg("--version"));
+        let major: u32 = version
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.split('.').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse {version:?}"));
+        let dir = std::env::temp_dir().join(format!("truxe-it-{major}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the server directory");
+        if is_root() {
+            run(Command::new("chown").arg("postgres:").arg(&dir));
+        }
+        let data = dir.join("data");
+        run(as_owner(&bindir.join("initdb")).arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]));
+        let server = Server { dir, bindir };
+        // SAFETY: registering a plain extern "C" fn; it runs once at process exit.
+        unsafe { libc::atexit(stop_server) };
+        let opts = format!(
+            "-c listen_addresses='' -k {} -p {PORT} -c fsync=off -c max_connections=200 \
+             -c log_min_messages=warning",
+            server.dir.display()
+        );
+        run(as_owner(&server.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(server.dir.join("server.log"))
+            .args(["-w", "-o", &opts, "start"]));
+        let mut c = server.client("postgres", "postgres");
+        for role in [AUTH_LOGIN, SERVICE_LOGIN, PLAIN_LOGIN] {
+            c.batch_execute(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER"))
+                .expect("create test login role");
+        }
+        server
+    }
+
+    /// A connection to `dbname` as `user` over the private socket.
+    pub fn client(&self, dbname: &str, user: &str) -> Client {
+        postgres::Config::new()
+            .host_path(&self.dir)
+            .port(PORT)
+            .user(user)
+            .dbname(dbname)
+            .application_name("truxe-integration")
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect to {dbname} as {user}: {e}"))
+    }
+
+    /// A client program of the server under test (pg_dump, pg_restore, psql), set up to
+    /// connect to it as the superuser.
+    pub fn tool(&self, name: &str) -> Command {
+        let mut c = Command::new(self.bindir.join(name));
+        c.env("PGHOST", &self.dir)
+            .env("PGPORT", PORT.to_string())
+            .env("PGUSER", "postgres");
+        c
+    }
+
+    /// A new empty database; `with_truxe` runs `CREATE EXTENSION truxe CASCADE` in it and
+    /// makes the test logins members of `authenticated` and `service_account`.
+    pub fn fresh_db(&self, with_truxe: bool) -> TestDb {
+        let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t{}_{n}", std::process::id());
+        self.client("postgres", "postgres")
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .expect("create test database");
+        let db = TestDb { name };
+        if with_truxe {
+            let mut c = db.superuser();
+            create_extension(&mut c);
+            c.batch_execute(&format!(
+                "GRANT authenticated TO {AUTH_LOGIN}; GRANT service_account TO {SERVICE_LOGIN};"
+            ))
+            .expect("grant the truxe roles to the test logins");
+        }
+        db
+    }
+}
+
+/// `CREATE EXTENSION truxe CASCADE` on `c`, serialised with every other test's.
+pub fn create_extension(c: &mut Client) {
+    let _guard = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    c.batch_execute("CREATE EXTENSION truxe CASCADE")
+        .expect("CREATE EXTENSION truxe CASCADE");
+}
+
+/// The shared server of this test process, started on first use.
+pub fn server() -> &'static Server {
+    SERVER.get_or_init(Server::start)
+}
+
+/// One test's database.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    /// A superuser connection (bypasses RLS: for setup and catalog checks only).
+    pub fn superuser(&self) -> Client {
+        server().client(&self.name, "postgres")
+    }
+
+    /// A connection as a NOSUPERUSER login that is a member of `authenticated`.
+    pub fn authenticated(&self) -> Client {
+        server().client(&self.name, AUTH_LOGIN)
+    }
+
+    /// A connection as a NOSUPERUSER login that is a member of `service_account`.
+    pub fn service(&self) -> Client {
+        server().client(&self.name, SERVICE_LOGIN)
+    }
+
+    /// A connection as a login that holds neither truxe role (what PUBLIC can do).
+    pub fn nobody(&self) -> Client {
+        server().client(&self.name, PLAIN_LOGIN)
+    }
+}
+
+/// The SQLSTATE of a failed statement, or a panic naming what succeeded unexpectedly.
+pub fn sqlstate<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("error without SQLSTATE: {e}"))
+            .code()
+            .to_string(),
+    }
+}

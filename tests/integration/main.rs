@@ -1,0 +1,4 @@
+//! Integration tests: a real server, real connections, real roles.
+//! Run by scripts/test once per PostgreSQL major version (TRUXE_PG_CONFIG).
+mod harness;
+mod install;
