@@ -8,7 +8,7 @@
 --    is no index on token_hash;
 --  * sessions.family_id (first jti of a refresh chain) with its index;
 --  * audit_logs has no foreign keys (it keeps ids of deleted users and orgs) and is
---    append-only through a raising trigger (sql/audit_log.sql), not silent rules;
+--    append-only through a raising trigger (src/audit.rs), not silent rules;
 --  * slug and email checks compare as text: on citext `~` is case-insensitive, which would
 --    let 'Acme' through a lowercase-only slug pattern.
 

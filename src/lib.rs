@@ -25,6 +25,12 @@ extension_sql_file!(
     name = "schema",
     requires = ["bootstrap"]
 );
+extension_sql_file!(
+    "../sql/rls.sql",
+    name = "rls",
+    requires = ["schema", "context"]
+);
+extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

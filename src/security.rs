@@ -1,6 +1,12 @@
 //! Security primitives (SHA-256 hex, constant-time comparison) and security_report (SPEC §8).
 use sha2::{Digest, Sha256};
 
+pgrx::extension_sql_file!(
+    "../sql/security_report.sql",
+    name = "security_report",
+    requires = ["schema"]
+);
+
 /// Lowercase hex of the SHA-256 of `data` (64 characters).
 pub fn sha256_hex(data: &[u8]) -> String {
     to_hex(&Sha256::digest(data))

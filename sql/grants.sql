@@ -1,0 +1,49 @@
+-- Privileges (SPEC §9), applied last (finalize) so that they cover every function and table
+-- the other SQL blocks and the Rust code created. PUBLIC gets nothing.
+REVOKE ALL ON ALL TABLES IN SCHEMA truxe FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA truxe FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA truxe FROM PUBLIC;
+REVOKE ALL ON SCHEMA truxe FROM PUBLIC;
+
+-- both roles must reach the schema's objects at all
+GRANT USAGE ON SCHEMA truxe TO authenticated, service_account;
+
+-- service_account is the trusted backend: it runs every function, including the auth flows
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA truxe TO service_account;
+-- … and reads and writes every table (RLS: its service_all policies). audit_logs stays
+-- append-only through its trigger whatever the privileges say.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA truxe TO service_account;
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA truxe TO service_account;
+
+-- authenticated (end-user requests) may call the context, organisation/membership,
+-- permission, hierarchy and session-validation functions, by name, whatever overloads exist
+DO $$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN
+    SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+     WHERE p.pronamespace = 'truxe'::regnamespace
+       AND p.proname IN ('set_context', 'clear_context', 'current_user_id', 'current_org_id',
+                         'accessible_org_ids', 'admin_org_ids', 'invited_org_ids',
+                         'create_organization', 'invite_member', 'accept_invitation',
+                         'change_role', 'remove_member', 'has_permission',
+                         'org_ancestors', 'org_descendants', 'validate_session', 'version')
+  LOOP
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', f);
+  END LOOP;
+END
+$$;
+
+-- authenticated reads what RLS then narrows to the current context
+GRANT SELECT ON truxe.users, truxe.organizations, truxe.memberships, truxe.sessions,
+  truxe.audit_logs, truxe.usage_metrics TO authenticated;
+-- the role defaults behind has_permission are not secret
+GRANT SELECT ON truxe.role_permissions TO authenticated;
+-- a user edits only their own metadata (policy user_self_update picks the row)
+GRANT UPDATE (metadata) ON truxe.users TO authenticated;
+-- owners/admins edit their org (policy org_admin_update); re-parenting is checked again by
+-- the hierarchy trigger
+GRANT UPDATE (slug, name, parent_org_id, settings) ON truxe.organizations TO authenticated;
+-- an app may append audit rows in the acting user's name (policy audit_self_insert)
+GRANT INSERT ON truxe.audit_logs TO authenticated;
+GRANT USAGE ON SEQUENCE truxe.audit_logs_id_seq TO authenticated;

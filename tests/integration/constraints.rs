@@ -1,0 +1,60 @@
+//! Every CHECK of the design document, and the keys, each with the SQLSTATE it raises.
+use crate::harness::{server, sqlstate};
+
+const U: &str = "00000000-0000-0000-0000-0000000000a1";
+const O: &str = "00000000-0000-0000-0000-0000000000b1";
+
+#[test]
+fn each_constraint_rejects_bad_rows_with_its_sqlstate() {
+    let db = server().fresh_db(true);
+    let mut c = db.superuser();
+    c.batch_execute(&format!(
+        "INSERT INTO truxe.users (id, email) VALUES ('{U}', 'ok@example.com');
+         INSERT INTO truxe.organizations (id, slug, name) VALUES ('{O}', 'ok-org', 'Ok');"
+    ))
+    .unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("bad email", "INSERT INTO truxe.users (email) VALUES ('not-an-email')", "23514"),
+        ("email without tld", "INSERT INTO truxe.users (email) VALUES ('a@b')", "23514"),
+        ("duplicate email, other case", "INSERT INTO truxe.users (email) VALUES ('OK@Example.com')", "23505"),
+        ("metadata not object", "INSERT INTO truxe.users (email, metadata) VALUES ('m@example.com', '[]')", "23514"),
+        ("null email", "INSERT INTO truxe.users (email) VALUES (NULL)", "23502"),
+        ("uppercase slug", "INSERT INTO truxe.organizations (slug, name) VALUES ('Acme', 'x')", "23514"),
+        ("slug with space", "INSERT INTO truxe.organizations (slug, name) VALUES ('a b', 'x')", "23514"),
+        ("slug ends with dash", "INSERT INTO truxe.organizations (slug, name) VALUES ('ab-', 'x')", "23514"),
+        ("slug too short", "INSERT INTO truxe.organizations (slug, name) VALUES ('a', 'x')", "23514"),
+        ("slug too long", "INSERT INTO truxe.organizations (slug, name) VALUES (repeat('a', 64), 'x')", "23514"),
+        ("blank name", "INSERT INTO truxe.organizations (slug, name) VALUES ('blank', '   ')", "23514"),
+        ("name too long", "INSERT INTO truxe.organizations (slug, name) VALUES ('long', repeat('n', 256))", "23514"),
+        ("settings not object", "INSERT INTO truxe.organizations (slug, name, settings) VALUES ('set', 'x', '1')", "23514"),
+        ("duplicate slug, other case", "INSERT INTO truxe.organizations (slug, name) VALUES ('ok-org', 'x')", "23505"),
+        ("self parent", &format!("UPDATE truxe.organizations SET parent_org_id = id WHERE id = '{O}'"), "23514"),
+        ("unknown parent", "INSERT INTO truxe.organizations (slug, name, parent_org_id) VALUES ('orphan', 'x', gen_random_uuid())", "23503"),
+        ("permissions not array", &format!("INSERT INTO truxe.memberships (org_id, user_id, permissions) VALUES ('{O}', '{U}', '{{}}')"), "23514"),
+        ("joined before invited", &format!("INSERT INTO truxe.memberships (org_id, user_id, invited_at, joined_at) VALUES ('{O}', '{U}', now(), now() - interval '1 day')"), "23514"),
+        ("self invite", &format!("INSERT INTO truxe.memberships (org_id, user_id, invited_by) VALUES ('{O}', '{U}', '{U}')"), "23514"),
+        ("device_info not object", &format!("INSERT INTO truxe.sessions (user_id, family_id, expires_at, device_info) VALUES ('{U}', gen_random_uuid(), now() + interval '1 h', '[]')"), "23514"),
+        ("expires before created", &format!("INSERT INTO truxe.sessions (user_id, family_id, expires_at) VALUES ('{U}', gen_random_uuid(), now() - interval '1 h')"), "23514"),
+        ("revoked before created", &format!("INSERT INTO truxe.sessions (user_id, family_id, expires_at, revoked_at, revoked_reason) VALUES ('{U}', gen_random_uuid(), now() + interval '1 h', now() - interval '1 h', 'x')"), "23514"),
+        ("revoked without reason", &format!("INSERT INTO truxe.sessions (user_id, family_id, expires_at, revoked_at) VALUES ('{U}', gen_random_uuid(), now() + interval '1 h', now())"), "23514"),
+        ("reason without revoke", &format!("INSERT INTO truxe.sessions (user_id, family_id, expires_at, revoked_reason) VALUES ('{U}', gen_random_uuid(), now() + interval '1 h', 'x')"), "23514"),
+        ("session without family", &format!("INSERT INTO truxe.sessions (user_id, expires_at) VALUES ('{U}', now() + interval '1 h')"), "23502"),
+        ("audit details not object", "INSERT INTO truxe.audit_logs (action, details) VALUES ('user.login', '[]')", "23514"),
+        ("audit target half set", "INSERT INTO truxe.audit_logs (action, target_type) VALUES ('user.login', 'user')", "23514"),
+        ("audit unknown action", "INSERT INTO truxe.audit_logs (action) VALUES ('user.hacked')", "22P02"),
+        ("short token hash", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at) VALUES ('a@example.com', 'abc', now() + interval '1 h')", "23514"),
+        ("attempts over 5", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at, attempts) VALUES ('a@example.com', repeat('0', 64), now() + interval '1 h', 6)", "23514"),
+        ("negative attempts", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at, attempts) VALUES ('a@example.com', repeat('0', 64), now() + interval '1 h', -1)", "23514"),
+        ("challenge expires before created", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at) VALUES ('a@example.com', repeat('0', 64), now() - interval '1 h')", "23514"),
+        ("challenge used before created", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at, used_at) VALUES ('a@example.com', repeat('0', 64), now() + interval '1 h', now() - interval '1 h')", "23514"),
+        ("challenge bad email", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at) VALUES ('nope', repeat('0', 64), now() + interval '1 h')", "23514"),
+        ("usage period reversed", &format!("INSERT INTO truxe.usage_metrics (org_id, metric_type, period_start, period_end) VALUES ('{O}', 'x', '2026-12-01', '2026-11-01')"), "23514"),
+        ("usage negative", &format!("INSERT INTO truxe.usage_metrics (org_id, metric_type, metric_value, period_start, period_end) VALUES ('{O}', 'x', -1, '2026-11-01', '2026-12-01')"), "23514"),
+        ("rate count zero", "INSERT INTO truxe.rate_limits (key_hash, window_start, request_count) VALUES ('k', now(), 0)", "23514"),
+        ("bad permission string", "INSERT INTO truxe.role_permissions VALUES ('viewer', 'read everything')", "23514"),
+        ("duplicate role permission", "INSERT INTO truxe.role_permissions VALUES ('owner', '*')", "23505"),
+    ];
+    for (what, sql, expected) in cases {
+        assert_eq!(sqlstate(c.execute(*sql, &[])), *expected, "{what}: {sql}");
+    }
+}

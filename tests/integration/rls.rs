@@ -1,0 +1,373 @@
+//! Row Level Security (SPEC §4) as a real NOSUPERUSER login that is a member of
+//! `authenticated`: two tenants (A with child A1, and B), an owner, a member, a pending
+//! invitee and a member of the child org.
+use crate::harness::{server, sqlstate, TestDb};
+use postgres::Client;
+
+const ORG_A: &str = "a0000000-0000-0000-0000-00000000000a";
+const ORG_A1: &str = "a1000000-0000-0000-0000-0000000000a1";
+const ORG_B: &str = "b0000000-0000-0000-0000-00000000000b";
+const ALICE: &str = "00000000-0000-0000-0000-00000000a11c"; // owner of A
+const BOB: &str = "00000000-0000-0000-0000-000000000b0b"; // member of A
+const CAROL: &str = "00000000-0000-0000-0000-0000000ca201"; // owner of B
+const DAVE: &str = "00000000-0000-0000-0000-00000000da7e"; // pending invitee of A
+const ERIN: &str = "00000000-0000-0000-0000-00000000e217"; // member of A1 only
+
+fn populated() -> TestDb {
+    let db = server().fresh_db(true);
+    db.superuser()
+        .batch_execute(&format!(
+            "INSERT INTO truxe.users (id, email, status) VALUES
+               ('{ALICE}', 'alice@a.example', 'active'), ('{BOB}', 'bob@a.example', 'active'),
+               ('{CAROL}', 'carol@b.example', 'active'), ('{DAVE}', 'dave@d.example', 'active'),
+               ('{ERIN}', 'erin@a.example', 'active');
+             INSERT INTO truxe.organizations (id, slug, name, parent_org_id) VALUES
+               ('{ORG_A}', 'org-a', 'A', NULL), ('{ORG_B}', 'org-b', 'B', NULL),
+               ('{ORG_A1}', 'org-a1', 'A1', '{ORG_A}');
+             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at, invited_by) VALUES
+               ('{ORG_A}', '{ALICE}', 'owner', now(), NULL),
+               ('{ORG_A}', '{BOB}', 'member', now(), '{ALICE}'),
+               ('{ORG_B}', '{CAROL}', 'owner', now(), NULL),
+               ('{ORG_A}', '{DAVE}', 'member', NULL, '{ALICE}'),
+               ('{ORG_A1}', '{ERIN}', 'member', now(), '{ALICE}');
+             INSERT INTO truxe.sessions (user_id, org_id, family_id, expires_at)
+               SELECT id, NULL, gen_random_uuid(), now() + interval '1 day' FROM truxe.users;
+             INSERT INTO truxe.audit_logs (org_id, action) VALUES
+               ('{ORG_A}', 'org.updated'), ('{ORG_A1}', 'org.updated'), ('{ORG_B}', 'org.updated');
+             INSERT INTO truxe.usage_metrics (org_id, metric_type, metric_value, period_start, period_end)
+               VALUES ('{ORG_A}', 'api_requests', 5, '2026-11-01', '2026-12-01'),
+                      ('{ORG_B}', 'api_requests', 7, '2026-11-01', '2026-12-01');
+             INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at)
+               VALUES ('alice@a.example', repeat('0', 64), now() + interval '10 minutes');
+             INSERT INTO truxe.rate_limits (key_hash, window_start) VALUES (repeat('1', 64), now());"
+        ))
+        .expect("populate");
+    db
+}
+
+/// An `authenticated` connection acting as `user` (session-level context).
+fn as_user(db: &TestDb, user: Option<&str>) -> Client {
+    let mut c = db.authenticated();
+    if let Some(u) = user {
+        c.execute(
+            "SELECT truxe.set_context($1::text::uuid, NULL, false)",
+            &[&u],
+        )
+        .unwrap();
+    }
+    c
+}
+
+fn ids(c: &mut Client, sql: &str) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    v.sort();
+    v
+}
+
+fn sorted(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+fn orgs(c: &mut Client) -> Vec<String> {
+    ids(c, "SELECT id::text FROM truxe.organizations")
+}
+fn users(c: &mut Client) -> Vec<String> {
+    ids(c, "SELECT id::text FROM truxe.users")
+}
+fn members(c: &mut Client) -> Vec<String> {
+    ids(
+        c,
+        "SELECT org_id::text || '/' || user_id::text FROM truxe.memberships",
+    )
+}
+fn count(c: &mut Client, table: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM truxe.{table}"), &[])
+        .unwrap()
+        .get(0)
+}
+fn audit_orgs(c: &mut Client) -> Vec<String> {
+    ids(c, "SELECT org_id::text FROM truxe.audit_logs")
+}
+
+#[test]
+fn no_context_sees_nothing_and_writes_nothing() {
+    let db = populated();
+    let mut c = as_user(&db, None);
+    for t in [
+        "users",
+        "organizations",
+        "memberships",
+        "sessions",
+        "audit_logs",
+        "usage_metrics",
+    ] {
+        assert_eq!(count(&mut c, t), 0, "{t} without context");
+    }
+    assert_eq!(
+        c.execute("UPDATE truxe.users SET metadata = '{\"x\":1}'", &[])
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        c.execute("UPDATE truxe.organizations SET name = 'x'", &[])
+            .unwrap(),
+        0
+    );
+    // a malformed context is no context
+    c.batch_execute("SET app.current_user_id = 'garbage'")
+        .unwrap();
+    assert_eq!(count(&mut c, "users"), 0);
+}
+
+#[test]
+fn owner_sees_own_tenant_and_its_descendants_only() {
+    let db = populated();
+    let mut c = as_user(&db, Some(ALICE));
+    assert_eq!(orgs(&mut c), sorted(&[ORG_A, ORG_A1]));
+    assert_eq!(users(&mut c), sorted(&[ALICE, BOB, DAVE, ERIN]));
+    let m = members(&mut c);
+    assert_eq!(m.len(), 4, "{m:?}");
+    assert!(m.iter().all(|r| !r.starts_with(ORG_B)), "{m:?}");
+    assert_eq!(
+        ids(&mut c, "SELECT user_id::text FROM truxe.sessions"),
+        sorted(&[ALICE])
+    );
+    assert_eq!(audit_orgs(&mut c), sorted(&[ORG_A, ORG_A1]));
+    assert_eq!(
+        ids(&mut c, "SELECT org_id::text FROM truxe.usage_metrics"),
+        sorted(&[ORG_A])
+    );
+
+    // writes: own org yes, other tenant affects nothing
+    assert_eq!(
+        c.execute(
+            "UPDATE truxe.organizations SET name = 'A!' WHERE id = $1::text::uuid",
+            &[&ORG_A]
+        )
+        .unwrap(),
+        1
+    );
+    assert_eq!(
+        c.execute(
+            "UPDATE truxe.organizations SET name = 'B!' WHERE id = $1::text::uuid",
+            &[&ORG_B]
+        )
+        .unwrap(),
+        0
+    );
+    // own metadata yes, someone else's no, status never
+    assert_eq!(
+        c.execute(
+            "UPDATE truxe.users SET metadata = '{\"a\":1}' WHERE id = $1::text::uuid",
+            &[&ALICE]
+        )
+        .unwrap(),
+        1
+    );
+    assert_eq!(
+        c.execute(
+            "UPDATE truxe.users SET metadata = '{\"a\":1}' WHERE id = $1::text::uuid",
+            &[&BOB]
+        )
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        sqlstate(c.execute(
+            "UPDATE truxe.users SET status = 'active' WHERE id = $1::text::uuid",
+            &[&ALICE]
+        )),
+        "42501"
+    );
+    // no direct inserts/deletes into the tables the functions own
+    assert_eq!(
+        sqlstate(c.execute(
+            "INSERT INTO truxe.organizations (slug, name) VALUES ('evil', 'Evil')",
+            &[]
+        )),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(c.execute("INSERT INTO truxe.memberships (org_id, user_id, role) VALUES ($1::text::uuid, $2::text::uuid, 'owner')", &[&ORG_B, &ALICE])),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(c.execute("DELETE FROM truxe.memberships", &[])),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(c.execute("DELETE FROM truxe.sessions", &[])),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(c.execute(
+            "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'x'",
+            &[]
+        )),
+        "42501"
+    );
+    // audit rows only in one's own name
+    c.execute("INSERT INTO truxe.audit_logs (org_id, actor_user_id, action) VALUES ($1::text::uuid, $2::text::uuid, 'settings.updated')", &[&ORG_A, &ALICE]).unwrap();
+    assert_eq!(
+        sqlstate(c.execute("INSERT INTO truxe.audit_logs (org_id, actor_user_id, action) VALUES ($1::text::uuid, $2::text::uuid, 'settings.updated')", &[&ORG_A, &BOB])),
+        "42501"
+    );
+    // magic links and rate limits are out of reach
+    assert_eq!(
+        sqlstate(c.query("SELECT * FROM truxe.magic_link_challenges", &[])),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(c.query("SELECT * FROM truxe.rate_limits", &[])),
+        "42501"
+    );
+}
+
+#[test]
+fn member_sees_own_org_but_not_descendants_nor_admin_data() {
+    let db = populated();
+    let mut c = as_user(&db, Some(BOB));
+    assert_eq!(orgs(&mut c), sorted(&[ORG_A]));
+    assert_eq!(users(&mut c), sorted(&[ALICE, BOB, DAVE]));
+    assert_eq!(audit_orgs(&mut c), Vec::<String>::new());
+    assert_eq!(count(&mut c, "usage_metrics"), 0);
+    assert_eq!(
+        c.execute("UPDATE truxe.organizations SET name = 'x'", &[])
+            .unwrap(),
+        0
+    );
+}
+
+#[test]
+fn pending_invitee_sees_the_org_and_own_invitation_only() {
+    let db = populated();
+    let mut c = as_user(&db, Some(DAVE));
+    assert_eq!(orgs(&mut c), sorted(&[ORG_A]));
+    assert_eq!(members(&mut c), vec![format!("{ORG_A}/{DAVE}")]);
+    assert_eq!(users(&mut c), sorted(&[DAVE]));
+    assert_eq!(count(&mut c, "audit_logs"), 0);
+}
+
+#[test]
+fn other_tenant_and_child_member_are_isolated() {
+    let db = populated();
+    let mut carol = as_user(&db, Some(CAROL));
+    assert_eq!(orgs(&mut carol), sorted(&[ORG_B]));
+    assert_eq!(users(&mut carol), sorted(&[CAROL]));
+    assert_eq!(audit_orgs(&mut carol), sorted(&[ORG_B]));
+    assert_eq!(
+        carol
+            .execute(
+                "UPDATE truxe.organizations SET name = 'x' WHERE id = $1::text::uuid",
+                &[&ORG_A]
+            )
+            .unwrap(),
+        0
+    );
+    let mut erin = as_user(&db, Some(ERIN));
+    assert_eq!(orgs(&mut erin), sorted(&[ORG_A1]));
+    assert_eq!(users(&mut erin), sorted(&[ERIN]));
+}
+
+#[test]
+fn service_account_sees_everything_and_nobody_gets_nothing() {
+    let db = populated();
+    let mut s = db.service();
+    assert_eq!(count(&mut s, "users"), 5);
+    assert_eq!(count(&mut s, "organizations"), 3);
+    assert_eq!(count(&mut s, "memberships"), 5);
+    assert_eq!(count(&mut s, "sessions"), 5);
+    assert_eq!(count(&mut s, "audit_logs"), 3);
+    assert_eq!(count(&mut s, "magic_link_challenges"), 1);
+    assert_eq!(count(&mut s, "rate_limits"), 1);
+    let mut n = db.nobody();
+    assert_eq!(sqlstate(n.query("SELECT * FROM truxe.users", &[])), "42501");
+    assert_eq!(
+        sqlstate(n.query("SELECT truxe.current_user_id()", &[])),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(n.query("SELECT truxe.security_report()", &[])),
+        "42501"
+    );
+}
+
+#[test]
+fn set_context_is_transaction_local_by_default() {
+    let db = populated();
+    let mut c = db.authenticated();
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT truxe.set_context($1::text::uuid)", &[&ALICE])
+        .unwrap();
+    let inside: i64 = tx
+        .query_one("SELECT count(*) FROM truxe.organizations", &[])
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    assert_eq!(inside, 2);
+    assert_eq!(
+        count(&mut c, "organizations"),
+        0,
+        "context ended with the transaction"
+    );
+    c.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, false)",
+        &[&ALICE],
+    )
+    .unwrap();
+    assert_eq!(
+        count(&mut c, "organizations"),
+        2,
+        "session context persists"
+    );
+    c.batch_execute("SELECT truxe.clear_context()").unwrap();
+    assert_eq!(count(&mut c, "organizations"), 0);
+}
+
+#[test]
+fn policies_are_initplans_and_use_the_policy_column_index() {
+    let db = populated();
+    db.superuser()
+        .batch_execute(
+            "INSERT INTO truxe.users (id, email)
+               SELECT ('00000000-0000-0000-0001-' || lpad(g::text, 12, '0'))::uuid, 'u' || g || '@x.example'
+                 FROM generate_series(1, 4000) g;
+             INSERT INTO truxe.organizations (id, slug, name)
+               SELECT ('00000000-0000-0000-0002-' || lpad(g::text, 12, '0'))::uuid, 'bulk-' || g, 'Bulk'
+                 FROM generate_series(1, 200) g;
+             INSERT INTO truxe.memberships (org_id, user_id, joined_at)
+               SELECT ('00000000-0000-0000-0002-' || lpad((1 + g % 200)::text, 12, '0'))::uuid,
+                      ('00000000-0000-0000-0001-' || lpad(g::text, 12, '0'))::uuid, now()
+                 FROM generate_series(1, 4000) g;
+             ANALYZE truxe.memberships; ANALYZE truxe.organizations; ANALYZE truxe.users;",
+        )
+        .unwrap();
+    let mut c = as_user(&db, Some(ALICE));
+    let plan: Vec<String> = c
+        .query("EXPLAIN SELECT * FROM truxe.memberships", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("InitPlan"),
+        "helpers evaluated once per statement:\n{plan}"
+    );
+    assert!(!plan.contains("SubPlan"), "no per-row subplan:\n{plan}");
+    assert!(
+        plan.contains("Index"),
+        "an index on the policy column is used:\n{plan}"
+    );
+    assert!(
+        !plan.contains("Seq Scan on memberships"),
+        "no full scan:\n{plan}"
+    );
+}

@@ -1,0 +1,61 @@
+//! truxe.security_report() (SPEC §8) and the privileges of SPEC §9.
+use crate::harness::server;
+use postgres::Client;
+
+fn report(c: &mut Client) -> Vec<(String, bool, String)> {
+    c.query(
+        "SELECT check_name, ok, detail FROM truxe.security_report()",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[test]
+fn fresh_install_is_all_ok() {
+    let db = server().fresh_db(true);
+    let rows = report(&mut db.service());
+    assert!(rows.len() >= 11, "{rows:?}");
+    let bad: Vec<_> = rows.iter().filter(|r| !r.1).collect();
+    assert!(bad.is_empty(), "not ok on a fresh install: {bad:?}");
+    for t in [
+        "users",
+        "organizations",
+        "memberships",
+        "sessions",
+        "audit_logs",
+        "usage_metrics",
+        "magic_link_challenges",
+        "rate_limits",
+    ] {
+        assert!(
+            rows.iter().any(|r| r.0 == format!("rls_enabled:{t}")),
+            "row for {t}"
+        );
+    }
+}
+
+#[test]
+fn report_flags_disabled_rls_public_grants_and_missing_guard() {
+    let db = server().fresh_db(true);
+    db.superuser()
+        .batch_execute(
+            "ALTER TABLE truxe.sessions DISABLE ROW LEVEL SECURITY;
+             GRANT SELECT ON truxe.users TO PUBLIC;
+             ALTER TABLE truxe.audit_logs DISABLE TRIGGER audit_logs_append_only;",
+        )
+        .unwrap();
+    let rows = report(&mut db.service());
+    let get = |name: &str| {
+        rows.iter()
+            .find(|r| r.0 == name)
+            .unwrap_or_else(|| panic!("{name}: {rows:?}"))
+    };
+    assert!(!get("rls_enabled:sessions").1);
+    assert!(get("rls_enabled:users").1);
+    let public = get("no_public_grants");
+    assert!(!public.1 && public.2.contains("truxe.users"), "{public:?}");
+    assert!(!get("audit_logs_append_only").1);
+}
