@@ -12,8 +12,8 @@
 --  * slug and email checks compare as text: on citext `~` is case-insensitive, which would
 --    let 'Acme' through a lowercase-only slug pattern.
 
-CREATE TYPE truxe.user_status AS ENUM ('pending', 'active', 'suspended', 'deleted');
-CREATE TYPE truxe.membership_role AS ENUM ('owner', 'admin', 'member', 'viewer');
+-- truxe.user_status and truxe.membership_role are declared in src/types.rs (Rust reads
+-- them); this file requires them.
 CREATE TYPE truxe.audit_action AS ENUM (
   'user.created', 'user.updated', 'user.status_changed', 'user.deleted', 'user.login',
   'org.created', 'org.updated', 'org.parent_changed', 'org.deleted',

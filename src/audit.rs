@@ -1,9 +1,369 @@
-//! Audit trail: the append-only guard on truxe.audit_logs and purge_audit_logs, its one
-//! exit (SPEC §3, §7).
+//! Audit trail (SPEC §6): Rust triggers that write one truxe.audit_logs row per event of
+//! users, organizations, memberships and sessions; the append-only guard on audit_logs;
+//! purge_audit_logs, its one exit (SPEC §7).
+use crate::context::{parse_uuid, setting_text, setting_uuid};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
-use pgrx::datum::Interval;
+use crate::types::{membership_role, user_status};
+use pgrx::datum::{Interval, TimestampWithTimeZone, TryFromDatumError};
 use pgrx::prelude::*;
-use std::cell::Cell;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{JsonB, PgOid, Uuid};
+use serde_json::{json, Value};
+use std::cell::{Cell, RefCell};
+
+/// Why an audit row could not be written (raised as 22023; never for a bad app.* setting,
+/// which is ignored).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit trigger cannot read the row: {0}")]
+    Row(#[from] TryFromDatumError),
+    #[error("audit trigger cannot read the row: {0}")]
+    Tuple(#[from] PgHeapTupleError),
+    #[error("audit trigger cannot write: {0}")]
+    Spi(#[from] pgrx::spi::Error),
+}
+
+/// One audit row, before the request context is added.
+struct Event {
+    org_id: Option<Uuid>,
+    action: &'static str,
+    target_type: &'static str,
+    target_id: String,
+    details: Value,
+}
+
+thread_local! {
+    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+/// `app.ip` when it is an IP address, else None (garbage is ignored, never an error).
+fn request_ip() -> Option<String> {
+    let ip = setting_text(c"app.ip")?;
+    ip.trim()
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|a| a.to_string())
+}
+
+/// `app.user_agent`, at most 512 characters.
+fn request_user_agent() -> Option<String> {
+    let ua = setting_text(c"app.user_agent")?;
+    (!ua.is_empty()).then(|| ua.chars().take(512).collect())
+}
+
+/// Writes `events` with the acting user and request context of this moment.
+fn write(events: Vec<Event>) -> Result<(), AuditError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let actor = setting_uuid(c"app.current_user_id");
+    let ip = request_ip();
+    let user_agent = request_user_agent();
+    let request_id = setting_text(c"app.request_id").and_then(|r| parse_uuid(&r));
+    Spi::connect_mut(|client| {
+        INSERT_PLAN.with(|cache| -> Result<(), AuditError> {
+            let mut cache = cache.borrow_mut();
+            if cache.is_none() {
+                let (uuid, text, jsonb) = (
+                    PgOid::from(pg_sys::UUIDOID),
+                    PgOid::from(pg_sys::TEXTOID),
+                    PgOid::from(pg_sys::JSONBOID),
+                );
+                let plan = client.prepare_mut(
+                    "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
+                       target_id, details, ip, user_agent, request_id)
+                     VALUES ($1, $2, $3::truxe.audit_action, $4, $5, $6, $7::inet, $8, $9)",
+                    &[uuid, uuid, text, text, text, jsonb, text, text, uuid],
+                )?;
+                *cache = Some(plan.keep());
+            }
+            let plan = cache.as_ref().expect("prepared above");
+            for e in events {
+                client.update(
+                    plan,
+                    None,
+                    &[
+                        e.org_id.into(),
+                        actor.into(),
+                        e.action.into(),
+                        e.target_type.into(),
+                        e.target_id.into(),
+                        JsonB(e.details).into(),
+                        ip.clone().into(),
+                        user_agent.clone().into(),
+                        request_id.into(),
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    })
+}
+
+type AuditResult<'a> = Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, AuditError>;
+
+fn finish<'a>(events: Result<Vec<Event>, AuditError>) -> AuditResult<'a> {
+    match events.and_then(write) {
+        Ok(()) => Ok(None),
+        Err(e) => TruxeError::new(Sqlstate::InvalidParameter, e.to_string()).raise(),
+    }
+}
+
+fn uuid_text(id: Option<Uuid>) -> String {
+    id.map(|u| u.to_string()).unwrap_or_default()
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE on truxe.memberships: membership.invited (a row that is
+/// not yet joined) or membership.joined, membership.role_changed, membership.joined (on
+/// acceptance), membership.removed.
+#[pg_trigger]
+fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
+    let events = || -> Result<Vec<Event>, AuditError> {
+        let (new, old) = (trigger.new(), trigger.old());
+        let row = new
+            .as_ref()
+            .or(old.as_ref())
+            .expect("a row-level trigger has a row");
+        let org_id: Option<Uuid> = row.get_by_name("org_id")?;
+        let target_id = uuid_text(row.get_by_name("user_id")?);
+        let event = |action, details| Event {
+            org_id,
+            action,
+            target_type: "user",
+            target_id: target_id.clone(),
+            details,
+        };
+        let role = |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<Option<membership_role>, AuditError> {
+            Ok(t.get_by_name::<membership_role>("role")?)
+        };
+        let joined = |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<bool, AuditError> {
+            Ok(t.get_by_name::<TimestampWithTimeZone>("joined_at")?
+                .is_some())
+        };
+        Ok(match (old.as_ref(), new.as_ref()) {
+            (None, Some(n)) => {
+                let r = role(n)?.map(|r| r.label());
+                let action = if joined(n)? {
+                    "membership.joined"
+                } else {
+                    "membership.invited"
+                };
+                vec![event(action, json!({ "role": r }))]
+            }
+            (Some(o), Some(n)) => {
+                let mut v = Vec::new();
+                let (old_role, new_role) = (role(o)?, role(n)?);
+                if old_role != new_role {
+                    v.push(event(
+                        "membership.role_changed",
+                        json!({ "old_role": old_role.map(|r| r.label()), "new_role": new_role.map(|r| r.label()) }),
+                    ));
+                }
+                if !joined(o)? && joined(n)? {
+                    v.push(event(
+                        "membership.joined",
+                        json!({ "role": new_role.map(|r| r.label()) }),
+                    ));
+                }
+                v
+            }
+            (Some(o), None) => vec![event(
+                "membership.removed",
+                json!({ "role": role(o)?.map(|r| r.label()) }),
+            )],
+            (None, None) => Vec::new(),
+        })
+    };
+    finish(events())
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE on truxe.organizations: org.created, org.parent_changed,
+/// org.updated (slug, name or settings changed; details hold old and new), org.deleted.
+#[pg_trigger]
+fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
+    let events = || -> Result<Vec<Event>, AuditError> {
+        let (new, old) = (trigger.new(), trigger.old());
+        let row = new
+            .as_ref()
+            .or(old.as_ref())
+            .expect("a row-level trigger has a row");
+        let id: Option<Uuid> = row.get_by_name("id")?;
+        let event = |action, details| Event {
+            org_id: id,
+            action,
+            target_type: "organization",
+            target_id: uuid_text(id),
+            details,
+        };
+        let fields = |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<
+            (Option<String>, Option<String>, Option<JsonB>, Option<Uuid>),
+            AuditError,
+        > {
+            Ok((
+                t.get_by_name::<String>("slug")?,
+                t.get_by_name::<String>("name")?,
+                t.get_by_name::<JsonB>("settings")?,
+                t.get_by_name::<Uuid>("parent_org_id")?,
+            ))
+        };
+        Ok(match (old.as_ref(), new.as_ref()) {
+            (None, Some(n)) => {
+                let (slug, name, _, parent) = fields(n)?;
+                vec![event(
+                    "org.created",
+                    json!({ "slug": slug, "name": name, "parent_org_id": parent.map(|p| p.to_string()) }),
+                )]
+            }
+            (Some(o), Some(n)) => {
+                let (os, on, oset, op) = fields(o)?;
+                let (ns, nn, nset, np) = fields(n)?;
+                let mut v = Vec::new();
+                if op != np {
+                    v.push(event(
+                        "org.parent_changed",
+                        json!({ "old_parent_org_id": op.map(|p| p.to_string()), "new_parent_org_id": np.map(|p| p.to_string()) }),
+                    ));
+                }
+                let mut changed = serde_json::Map::new();
+                if os != ns {
+                    changed.insert("slug".into(), json!({ "old": os, "new": ns }));
+                }
+                if on != nn {
+                    changed.insert("name".into(), json!({ "old": on, "new": nn }));
+                }
+                let (oset, nset) = (oset.map(|j| j.0), nset.map(|j| j.0));
+                if oset != nset {
+                    changed.insert("settings".into(), json!({ "old": oset, "new": nset }));
+                }
+                if !changed.is_empty() {
+                    v.push(event("org.updated", Value::Object(changed)));
+                }
+                v
+            }
+            (Some(o), None) => {
+                let (slug, name, _, _) = fields(o)?;
+                vec![event("org.deleted", json!({ "slug": slug, "name": name }))]
+            }
+            (None, None) => Vec::new(),
+        })
+    };
+    finish(events())
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE on truxe.users: user.created, user.status_changed,
+/// user.deleted. (Other column changes are the app's to log as user.updated.)
+#[pg_trigger]
+fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
+    let events = || -> Result<Vec<Event>, AuditError> {
+        let (new, old) = (trigger.new(), trigger.old());
+        let row = new
+            .as_ref()
+            .or(old.as_ref())
+            .expect("a row-level trigger has a row");
+        let id: Option<Uuid> = row.get_by_name("id")?;
+        let event = |action, details| Event {
+            org_id: None,
+            action,
+            target_type: "user",
+            target_id: uuid_text(id),
+            details,
+        };
+        let status =
+            |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<Option<&'static str>, AuditError> {
+                Ok(t.get_by_name::<user_status>("status")?.map(|s| s.label()))
+            };
+        Ok(match (old.as_ref(), new.as_ref()) {
+            (None, Some(n)) => vec![event(
+                "user.created",
+                json!({ "email": n.get_by_name::<String>("email")?, "status": status(n)? }),
+            )],
+            (Some(o), Some(n)) => {
+                let (os, ns) = (status(o)?, status(n)?);
+                if os != ns {
+                    vec![event(
+                        "user.status_changed",
+                        json!({ "old_status": os, "new_status": ns }),
+                    )]
+                } else {
+                    Vec::new()
+                }
+            }
+            (Some(o), None) => vec![event(
+                "user.deleted",
+                json!({ "email": o.get_by_name::<String>("email")? }),
+            )],
+            (None, None) => Vec::new(),
+        })
+    };
+    finish(events())
+}
+
+/// AFTER INSERT OR UPDATE OF revoked_at on truxe.sessions: session.created, session.revoked
+/// (with the reason).
+#[pg_trigger]
+fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
+    let events = || -> Result<Vec<Event>, AuditError> {
+        let (new, old) = (trigger.new(), trigger.old());
+        let Some(n) = new.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let org_id: Option<Uuid> = n.get_by_name("org_id")?;
+        let jti: Option<Uuid> = n.get_by_name("jti")?;
+        let user: Option<Uuid> = n.get_by_name("user_id")?;
+        let event = |action, details| Event {
+            org_id,
+            action,
+            target_type: "session",
+            target_id: uuid_text(jti),
+            details,
+        };
+        let revoked = |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<bool, AuditError> {
+            Ok(t.get_by_name::<TimestampWithTimeZone>("revoked_at")?
+                .is_some())
+        };
+        Ok(match old.as_ref() {
+            None => vec![event(
+                "session.created",
+                json!({ "user_id": uuid_text(user), "family_id": uuid_text(n.get_by_name("family_id")?) }),
+            )],
+            Some(o) if !revoked(o)? && revoked(n)? => vec![event(
+                "session.revoked",
+                json!({ "user_id": uuid_text(user), "reason": n.get_by_name::<String>("revoked_reason")? }),
+            )],
+            Some(_) => Vec::new(),
+        })
+    };
+    finish(events())
+}
+
+pgrx::extension_sql!(
+    r#"
+-- Audit triggers run as the extension owner: an audit row never depends on the caller's
+-- privileges, and RLS on audit_logs does not apply to them. truxe follows pg_catalog in
+-- their search_path because pgrx finds the enum types it reads (user_status,
+-- membership_role) by name.
+CREATE TRIGGER audit_memberships AFTER INSERT OR UPDATE OR DELETE ON truxe.memberships
+  FOR EACH ROW EXECUTE FUNCTION truxe.audit_memberships();
+CREATE TRIGGER audit_organizations AFTER INSERT OR UPDATE OR DELETE ON truxe.organizations
+  FOR EACH ROW EXECUTE FUNCTION truxe.audit_organizations();
+CREATE TRIGGER audit_users AFTER INSERT OR UPDATE OR DELETE ON truxe.users
+  FOR EACH ROW EXECUTE FUNCTION truxe.audit_users();
+CREATE TRIGGER audit_sessions AFTER INSERT OR UPDATE OF revoked_at ON truxe.sessions
+  FOR EACH ROW EXECUTE FUNCTION truxe.audit_sessions();
+ALTER FUNCTION truxe.audit_memberships() SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp;
+ALTER FUNCTION truxe.audit_organizations() SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp;
+ALTER FUNCTION truxe.audit_users() SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp;
+ALTER FUNCTION truxe.audit_sessions() SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp;
+"#,
+    name = "audit_triggers",
+    requires = [
+        "schema",
+        audit_memberships,
+        audit_organizations,
+        audit_users,
+        audit_sessions
+    ]
+);
 
 thread_local! {
     /// True only while purge_audit_logs runs its own DELETE: the guard lets that one

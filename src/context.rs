@@ -12,8 +12,8 @@ pgrx::extension_sql_file!(
     requires = ["schema", current_user_id, current_org_id]
 );
 
-/// The uuid in setting `name`, or None when it is unset, empty or not a uuid.
-pub(crate) fn setting_uuid(name: &CStr) -> Option<pgrx::Uuid> {
+/// The value of setting `name`, or None when it is unset or not UTF-8. Never raises.
+pub(crate) fn setting_text(name: &CStr) -> Option<String> {
     // SAFETY: missing_ok = true returns NULL for an unknown setting instead of raising;
     // the returned string is owned by the GUC machinery and copied before we return.
     let raw = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
@@ -21,8 +21,15 @@ pub(crate) fn setting_uuid(name: &CStr) -> Option<pgrx::Uuid> {
         return None;
     }
     // SAFETY: a non-NULL GUC value is a NUL-terminated string.
-    let text = unsafe { CStr::from_ptr(raw) }.to_str().ok()?;
-    parse_uuid(text)
+    unsafe { CStr::from_ptr(raw) }
+        .to_str()
+        .ok()
+        .map(str::to_owned)
+}
+
+/// The uuid in setting `name`, or None when it is unset, empty or not a uuid.
+pub(crate) fn setting_uuid(name: &CStr) -> Option<pgrx::Uuid> {
+    parse_uuid(&setting_text(name)?)
 }
 
 /// Parses the uuid forms Postgres accepts for a context setting; anything else is None.

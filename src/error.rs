@@ -158,3 +158,22 @@ mod unit {
         );
     }
 }
+
+/// For #[pg_test]s: runs `sql` and returns the SQLSTATE and message of the error it raised,
+/// or None when it succeeded.
+#[cfg(any(test, feature = "pg_test"))]
+pub fn error_of(sql: &str) -> Option<(PgSqlErrorCode, String)> {
+    use pgrx::pg_sys::panic::CaughtError;
+    PgTryBuilder::new(|| {
+        Spi::run(sql).expect("SPI reports errors by raising");
+        None
+    })
+    .catch_others(|e| match e {
+        CaughtError::PostgresError(r)
+        | CaughtError::ErrorReport(r)
+        | CaughtError::RustPanic { ereport: r, .. } => {
+            Some((r.sql_error_code(), r.message().to_string()))
+        }
+    })
+    .execute()
+}

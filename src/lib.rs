@@ -17,13 +17,14 @@ mod orgs;
 mod rate_limit;
 mod security;
 mod session;
+mod types;
 mod usage;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!(
     "../sql/schema.sql",
     name = "schema",
-    requires = ["bootstrap"]
+    requires = ["bootstrap", types::user_status, types::membership_role]
 );
 extension_sql_file!(
     "../sql/rls.sql",

@@ -1,7 +1,6 @@
 //! `CREATE EXTENSION truxe CASCADE` and `DROP EXTENSION truxe`.
 use crate::harness::{create_extension, server};
 use postgres::Client;
-use std::process::Command;
 
 /// Every object of the database outside pg_catalog/information_schema/pg_toast, as
 /// "kind schema.name" lines, sorted: what CREATE/DROP EXTENSION may have changed.

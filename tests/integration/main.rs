@@ -1,8 +1,11 @@
 //! Integration tests: a real server, real connections, real roles.
 //! Run by scripts/test once per PostgreSQL major version (TRUXE_PG_CONFIG).
+mod audit;
 mod constraints;
 mod dump;
 mod harness;
+mod hierarchy;
 mod install;
+mod orgs;
 mod rls;
 mod security;
