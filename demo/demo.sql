@@ -28,5 +28,26 @@ COMMIT;
 SELECT check_name, ok FROM truxe.security_report();
 
 -- == organisations, hierarchy and audit ==
+\echo '== an org tree, a rejected cycle, and the audit trail'
+SELECT truxe.set_context('00000000-0000-0000-0000-00000000a11c', NULL, false);
+SET app.request_id = '6f1c2a9e-0000-4000-8000-000000000001';
+SELECT truxe.create_organization('acme-eu', 'Acme EU', 'a0000000-0000-0000-0000-00000000000a') AS acme_eu \gset
+SELECT truxe.create_organization('acme-eu-paris', 'Acme Paris', :'acme_eu') AS paris \gset
+SELECT o.slug, a.depth FROM truxe.org_ancestors(:'paris') a JOIN truxe.organizations o ON o.id = a.org_id;
+\echo '-- making acme a child of its own grandchild is rejected (23514):'
+DO $$
+BEGIN
+  UPDATE truxe.organizations SET parent_org_id = (SELECT id FROM truxe.organizations WHERE slug = 'acme-eu-paris')
+   WHERE slug = 'acme';
+EXCEPTION WHEN check_violation THEN
+  RAISE NOTICE 'rejected (%): %', SQLSTATE, SQLERRM;
+END
+$$;
+SELECT truxe.invite_member('a0000000-0000-0000-0000-00000000000a', '00000000-0000-0000-0000-000000000b0b', 'viewer');
+SELECT truxe.has_permission(:'paris', 'users' || ':' || 'write') AS alice_may_write_users_in_paris;
+SELECT action, target_type, details, request_id IS NOT NULL AS has_request_id
+  FROM truxe.audit_logs WHERE request_id = '6f1c2a9e-0000-4000-8000-000000000001' ORDER BY id;
+SELECT truxe.clear_context();
+RESET app.request_id;
 
 -- == login flow: magic link, session, refresh, logout ==
