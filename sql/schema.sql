@@ -6,7 +6,10 @@
 --    another (memberships.user_id is served by (user_id, org_id));
 --  * magic-link challenges are found by primary key (the token carries the id), so there
 --    is no index on token_hash;
---  * sessions.family_id (first jti of a refresh chain) with its index;
+--  * sessions.family_id (first jti of a refresh chain) with its index, and
+--    sessions.replaced_by (the jti its rotation created: the refresh-reuse grace returns it);
+--  * rate_limits.window_end: windows have different sizes, so cleanup needs their end;
+--  * indexes on sessions.revoked_at and magic_link_challenges.used_at for the cleanup batches;
 --  * audit_logs has no foreign keys (it keeps ids of deleted users and orgs) and is
 --    append-only through a raising trigger (src/audit.rs), not silent rules;
 --  * slug and email checks compare as text: on citext `~` is case-insensitive, which would
@@ -112,6 +115,7 @@ CREATE TABLE truxe.sessions (
   last_used_at   timestamptz NOT NULL DEFAULT now(),
   revoked_at     timestamptz,
   revoked_reason text,
+  replaced_by    uuid,
   CONSTRAINT device_info_is_object CHECK (jsonb_typeof(device_info) = 'object'),
   CONSTRAINT expires_after_created CHECK (expires_at > created_at),
   CONSTRAINT revoked_after_created CHECK (revoked_at IS NULL OR revoked_at >= created_at),
@@ -125,6 +129,7 @@ CREATE INDEX idx_sessions_expires_at ON truxe.sessions (expires_at);
 CREATE INDEX idx_sessions_active ON truxe.sessions (user_id, expires_at) WHERE revoked_at IS NULL;
 CREATE INDEX idx_sessions_last_used ON truxe.sessions (last_used_at);
 CREATE INDEX idx_sessions_family ON truxe.sessions (family_id);
+CREATE INDEX idx_sessions_revoked_at ON truxe.sessions (revoked_at) WHERE revoked_at IS NOT NULL;
 
 -- Audit logs: append-only compliance trail (no foreign keys) -----------------------------
 CREATE TABLE truxe.audit_logs (
@@ -173,6 +178,7 @@ CREATE INDEX idx_magic_links_email ON truxe.magic_link_challenges (email, create
 CREATE INDEX idx_magic_links_expires_at ON truxe.magic_link_challenges (expires_at);
 CREATE INDEX idx_magic_links_org_slug ON truxe.magic_link_challenges (org_slug) WHERE org_slug IS NOT NULL;
 CREATE INDEX idx_magic_links_unused ON truxe.magic_link_challenges (email, expires_at) WHERE used_at IS NULL;
+CREATE INDEX idx_magic_links_used_at ON truxe.magic_link_challenges (used_at) WHERE used_at IS NOT NULL;
 
 -- Usage metrics: per org, metric and calendar month ---------------------------------------
 CREATE TABLE truxe.usage_metrics (
@@ -197,12 +203,14 @@ CREATE TABLE truxe.rate_limits (
   id            bigserial PRIMARY KEY,
   key_hash      text NOT NULL,
   window_start  timestamptz NOT NULL,
+  window_end    timestamptz NOT NULL,
   request_count integer NOT NULL DEFAULT 1,
   created_at    timestamptz NOT NULL DEFAULT now(),
   CONSTRAINT unique_key_window UNIQUE (key_hash, window_start),
-  CONSTRAINT positive_count CHECK (request_count > 0)
+  CONSTRAINT positive_count CHECK (request_count > 0),
+  CONSTRAINT window_order CHECK (window_end > window_start)
 );
-CREATE INDEX idx_rate_limits_cleanup ON truxe.rate_limits (window_start);
+CREATE INDEX idx_rate_limits_cleanup ON truxe.rate_limits (window_end);
 
 -- Role permissions: what each membership role may do (SPEC §3) ---------------------------
 CREATE TABLE truxe.role_permissions (

@@ -3,13 +3,13 @@
 //! purge_audit_logs, its one exit (SPEC §7).
 use crate::context::{parse_uuid, setting_text, setting_uuid};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::plans::{self, JSONB, TEXT, UUID};
 use crate::types::{membership_role, user_status};
 use pgrx::datum::{Interval, TimestampWithTimeZone, TryFromDatumError};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{JsonB, PgOid, Uuid};
+use pgrx::{JsonB, Uuid};
 use serde_json::{json, Value};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
 /// Why an audit row could not be written (raised as 22023; never for a bad app.* setting,
 /// which is ignored).
@@ -32,8 +32,12 @@ struct Event {
     details: Value,
 }
 
-thread_local! {
-    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+/// Client address and agent given explicitly by a function's arguments; when absent, the
+/// settings app.ip and app.user_agent are used.
+#[derive(Default, Clone)]
+pub(crate) struct Client {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// `app.ip` when it is an IP address, else None (garbage is ignored, never an error).
@@ -52,58 +56,67 @@ fn request_user_agent() -> Option<String> {
 }
 
 /// Writes `events` with the acting user and request context of this moment.
-fn write(events: Vec<Event>) -> Result<(), AuditError> {
+fn write(events: Vec<Event>, client: Client) -> Result<(), AuditError> {
     if events.is_empty() {
         return Ok(());
     }
     let actor = setting_uuid(c"app.current_user_id");
-    let ip = request_ip();
-    let user_agent = request_user_agent();
+    let ip = client.ip.or_else(request_ip);
+    let user_agent = client
+        .user_agent
+        .map(|ua| ua.chars().take(512).collect())
+        .or_else(request_user_agent);
     let request_id = setting_text(c"app.request_id").and_then(|r| parse_uuid(&r));
     Spi::connect_mut(|client| {
-        INSERT_PLAN.with(|cache| -> Result<(), AuditError> {
-            let mut cache = cache.borrow_mut();
-            if cache.is_none() {
-                let (uuid, text, jsonb) = (
-                    PgOid::from(pg_sys::UUIDOID),
-                    PgOid::from(pg_sys::TEXTOID),
-                    PgOid::from(pg_sys::JSONBOID),
-                );
-                let plan = client.prepare_mut(
-                    "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
-                       target_id, details, ip, user_agent, request_id)
-                     VALUES ($1, $2, $3::truxe.audit_action, $4, $5, $6, $7::inet, $8, $9)",
-                    &[uuid, uuid, text, text, text, jsonb, text, text, uuid],
-                )?;
-                *cache = Some(plan.keep());
-            }
-            let plan = cache.as_ref().expect("prepared above");
-            for e in events {
-                client.update(
-                    plan,
-                    None,
-                    &[
-                        e.org_id.into(),
-                        actor.into(),
-                        e.action.into(),
-                        e.target_type.into(),
-                        e.target_id.into(),
-                        JsonB(e.details).into(),
-                        ip.clone().into(),
-                        user_agent.clone().into(),
-                        request_id.into(),
-                    ],
-                )?;
-            }
-            Ok(())
-        })
+        for e in events {
+            plans::run(
+                client,
+                "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
+                   target_id, details, ip, user_agent, request_id)
+                 VALUES ($1, $2, $3::truxe.audit_action, $4, $5, $6, $7::inet, $8, $9)",
+                &[UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID],
+                &[
+                    e.org_id.into(),
+                    actor.into(),
+                    e.action.into(),
+                    e.target_type.into(),
+                    e.target_id.into(),
+                    JsonB(e.details).into(),
+                    ip.clone().into(),
+                    user_agent.clone().into(),
+                    request_id.into(),
+                ],
+            )?;
+        }
+        Ok(())
     })
+}
+
+/// Writes one audit row from a function (not a trigger): for the events the auth flows
+/// log themselves (magic_link.*, user.login, session.refreshed, session.reuse_detected).
+pub(crate) fn record(
+    org_id: Option<Uuid>,
+    action: &'static str,
+    target_type: &'static str,
+    target_id: &str,
+    details: Value,
+    client: &Client,
+) -> Result<(), TruxeError> {
+    let event = Event {
+        org_id,
+        action,
+        target_type,
+        target_id: target_id.to_string(),
+        details,
+    };
+    write(vec![event], client.clone())
+        .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))
 }
 
 type AuditResult<'a> = Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, AuditError>;
 
 fn finish<'a>(events: Result<Vec<Event>, AuditError>) -> AuditResult<'a> {
-    match events.and_then(write) {
+    match events.and_then(|e| write(e, Client::default())) {
         Ok(()) => Ok(None),
         Err(e) => TruxeError::new(Sqlstate::InvalidParameter, e.to_string()).raise(),
     }

@@ -24,6 +24,8 @@ pub enum Sqlstate {
     NotInPrerequisiteState,
     /// TX429 (truxe's own): too many requests, e.g. magic links for one e-mail.
     TooManyRequests,
+    /// XX000 internal_error: a failure inside truxe (e.g. the OS random source).
+    Internal,
 }
 
 impl Sqlstate {
@@ -35,6 +37,7 @@ impl Sqlstate {
             Sqlstate::NotFound => ERRCODE_NO_DATA_FOUND,
             Sqlstate::CheckViolation => ERRCODE_CHECK_VIOLATION,
             Sqlstate::NotInPrerequisiteState => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Sqlstate::Internal => ERRCODE_INTERNAL_ERROR,
             Sqlstate::TooManyRequests => return None,
         })
     }
@@ -48,6 +51,7 @@ impl Sqlstate {
             Sqlstate::CheckViolation => "23514",
             Sqlstate::NotInPrerequisiteState => "55000",
             Sqlstate::TooManyRequests => "TX429",
+            Sqlstate::Internal => "XX000",
         }
     }
 }
@@ -87,6 +91,18 @@ impl TruxeError {
 impl std::fmt::Display for TruxeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.message, self.state.code())
+    }
+}
+
+impl From<pgrx::spi::Error> for TruxeError {
+    fn from(e: pgrx::spi::Error) -> Self {
+        TruxeError::new(Sqlstate::Internal, format!("SPI: {e}"))
+    }
+}
+
+impl From<pgrx::datum::TryFromDatumError> for TruxeError {
+    fn from(e: pgrx::datum::TryFromDatumError) -> Self {
+        TruxeError::new(Sqlstate::Internal, format!("reading a row: {e}"))
     }
 }
 

@@ -13,11 +13,11 @@
 //! fail with 40001 (serialization failure), which the client retries.
 use crate::error::{Sqlstate, TruxeError};
 use crate::gucs::MAX_ORG_DEPTH;
+use crate::plans;
 use pgrx::datum::TryFromDatumError;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
-use pgrx::{PgOid, Uuid};
-use std::cell::RefCell;
+use pgrx::spi::SpiClient;
+use pgrx::Uuid;
 
 pgrx::extension_sql_file!(
     "../sql/hierarchy.sql",
@@ -121,12 +121,6 @@ fn check_org_reparent<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     }
 }
 
-thread_local! {
-    /// The walk step (parent of one org), prepared once per backend: plain, and with
-    /// FOR SHARE for snapshot isolation levels.
-    static PARENT_OF: RefCell<[Option<OwnedPreparedStatement>; 2]> = const { RefCell::new([None, None]) };
-}
-
 fn snapshot_isolation() -> bool {
     // SAFETY: reading a backend-local global; REPEATABLE READ = 2, SERIALIZABLE = 3.
     unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
@@ -138,25 +132,16 @@ fn parent_of(
     org: Uuid,
     locking: bool,
 ) -> Result<Option<Option<Uuid>>, HierarchyError> {
-    let slot = usize::from(locking);
-    PARENT_OF.with(|cache| -> Result<_, HierarchyError> {
-        let mut cache = cache.borrow_mut();
-        if cache[slot].is_none() {
-            let sql = if locking {
-                "SELECT parent_org_id FROM truxe.organizations WHERE id = $1 FOR SHARE"
-            } else {
-                "SELECT parent_org_id FROM truxe.organizations WHERE id = $1"
-            };
-            let plan = client.prepare_mut(sql, &[PgOid::from(pg_sys::UUIDOID)])?;
-            cache[slot] = Some(plan.keep());
-        }
-        let plan = cache[slot].as_ref().expect("prepared above");
-        let rows = client.update(plan, Some(1), &[org.into()])?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(rows.first().get_one::<Uuid>()?))
-    })
+    let sql = if locking {
+        "SELECT parent_org_id FROM truxe.organizations WHERE id = $1 FOR SHARE"
+    } else {
+        "SELECT parent_org_id FROM truxe.organizations WHERE id = $1"
+    };
+    let rows = plans::run(client, sql, &[plans::UUID], &[org.into()])?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(rows.first().get_one::<Uuid>()?))
 }
 
 /// Walks from `parent` to the root: `org` on the way is a cycle; the chain above plus the

@@ -14,6 +14,7 @@ mod gucs;
 mod hierarchy;
 mod magic_link;
 mod orgs;
+mod plans;
 mod rate_limit;
 mod security;
 mod session;

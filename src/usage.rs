@@ -1,1 +1,55 @@
-//! Usage metering: record_usage (SPEC §7).
+//! Usage metering (SPEC §7): one counter per org, metric and calendar month (UTC).
+use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::plans::{self, INT8, TEXT, TIMESTAMPTZ, UUID};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+
+/// Adds `amount` to the org's `metric_type` for the calendar month (UTC) of `at` and returns
+/// the new total. One upsert: concurrent calls never lose an increment. 22023 for a NULL
+/// org, an empty or over-long metric, or a NULL or negative amount; an unknown org is the
+/// foreign key's 23503. service_account only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn record_usage(
+    org_id: Option<Uuid>,
+    metric_type: Option<&str>,
+    amount: default!(Option<i64>, 1),
+    at: default!(Option<TimestampWithTimeZone>, "now()"),
+) -> i64 {
+    record(org_id, metric_type, amount, at).unwrap_or_raise()
+}
+
+fn record(
+    org_id: Option<Uuid>,
+    metric_type: Option<&str>,
+    amount: Option<i64>,
+    at: Option<TimestampWithTimeZone>,
+) -> Result<i64, TruxeError> {
+    let Some(org_id) = org_id else {
+        return fail(Sqlstate::InvalidParameter, "org_id must not be NULL");
+    };
+    let Some(metric) = metric_type.filter(|m| !m.trim().is_empty() && m.len() <= 100) else {
+        return fail(
+            Sqlstate::InvalidParameter,
+            "metric_type must be 1 to 100 characters",
+        );
+    };
+    let Some(amount) = amount.filter(|a| *a >= 0) else {
+        return fail(Sqlstate::InvalidParameter, "amount must be zero or more");
+    };
+    let Some(at) = at else {
+        return fail(Sqlstate::InvalidParameter, "at must not be NULL");
+    };
+    let total = plans::run_once(
+        "INSERT INTO truxe.usage_metrics AS u (org_id, metric_type, metric_value, period_start, period_end)
+         SELECT $1, $2, $3, p, (p AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'
+           FROM date_trunc('month', $4, 'UTC') p
+         ON CONFLICT (org_id, metric_type, period_start)
+         DO UPDATE SET metric_value = u.metric_value + EXCLUDED.metric_value
+         RETURNING metric_value",
+        &[UUID, TEXT, INT8, TIMESTAMPTZ],
+        &[org_id.into(), metric.into(), amount.into(), at.into()],
+        |rows| rows.first().get_one::<i64>(),
+    )?;
+    total.ok_or_else(|| TruxeError::new(Sqlstate::Internal, "usage upsert returned no total"))
+}

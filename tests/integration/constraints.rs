@@ -50,7 +50,8 @@ fn each_constraint_rejects_bad_rows_with_its_sqlstate() {
         ("challenge bad email", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at) VALUES ('nope', repeat('0', 64), now() + interval '1 h')", "23514"),
         ("usage period reversed", &format!("INSERT INTO truxe.usage_metrics (org_id, metric_type, period_start, period_end) VALUES ('{O}', 'x', '2026-12-01', '2026-11-01')"), "23514"),
         ("usage negative", &format!("INSERT INTO truxe.usage_metrics (org_id, metric_type, metric_value, period_start, period_end) VALUES ('{O}', 'x', -1, '2026-11-01', '2026-12-01')"), "23514"),
-        ("rate count zero", "INSERT INTO truxe.rate_limits (key_hash, window_start, request_count) VALUES ('k', now(), 0)", "23514"),
+        ("rate count zero", "INSERT INTO truxe.rate_limits (key_hash, window_start, window_end, request_count) VALUES ('k', now(), now() + interval '1 minute', 0)", "23514"),
+        ("rate window reversed", "INSERT INTO truxe.rate_limits (key_hash, window_start, window_end) VALUES ('k', now(), now() - interval '1 minute')", "23514"),
         ("bad permission string", "INSERT INTO truxe.role_permissions VALUES ('viewer', 'read everything')", "23514"),
         ("duplicate role permission", "INSERT INTO truxe.role_permissions VALUES ('owner', '*')", "23505"),
     ];

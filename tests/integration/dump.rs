@@ -57,8 +57,8 @@ fn populated_database_round_trips_through_pg_dump_and_pg_restore() {
            VALUES ('user1@example.com', repeat('a', 64), now() + interval '10 minutes');
          INSERT INTO truxe.usage_metrics (org_id, metric_type, metric_value, period_start, period_end)
            SELECT id, 'api_requests', 3, '2026-11-01', '2026-12-01' FROM truxe.organizations;
-         INSERT INTO truxe.rate_limits (key_hash, window_start, request_count)
-           VALUES (repeat('b', 64), now(), 3);
+         INSERT INTO truxe.rate_limits (key_hash, window_start, window_end, request_count)
+           VALUES (repeat('b', 64), now(), now() + interval '1 minute', 3);
          INSERT INTO truxe.role_permissions VALUES ('viewer', 'reports:read');",
     )
     .unwrap();

@@ -39,7 +39,7 @@ fn populated() -> TestDb {
                       ('{ORG_B}', 'api_requests', 7, '2026-11-01', '2026-12-01');
              INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at)
                VALUES ('alice@a.example', repeat('0', 64), now() + interval '10 minutes');
-             INSERT INTO truxe.rate_limits (key_hash, window_start) VALUES (repeat('1', 64), now());"
+             INSERT INTO truxe.rate_limits (key_hash, window_start, window_end) VALUES (repeat('1', 64), now(), now() + interval '1 minute');"
         ))
         .expect("populate");
     db
