@@ -6,9 +6,10 @@ use pgrx::spi::{self, OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::PgOid;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `sql` (parameters of `types`) through its cached plan, as a mutating statement:
@@ -19,15 +20,17 @@ pub fn run<'conn>(
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> spi::Result<SpiTupleTable<'conn>> {
-    PLANS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if !cache.contains_key(sql) {
-            let plan = client.prepare_mut(sql, types)?.keep();
-            cache.insert(sql, plan);
+    // The borrow ends before the statement runs: its triggers may run cached plans too.
+    let cached = PLANS.with(|cache| cache.borrow().get(sql).cloned());
+    let plan = match cached {
+        Some(plan) => plan,
+        None => {
+            let plan = Rc::new(client.prepare_mut(sql, types)?.keep());
+            PLANS.with(|cache| cache.borrow_mut().insert(sql, plan.clone()));
+            plan
         }
-        let plan = cache.get(sql).expect("inserted above");
-        client.update(plan, None, args)
-    })
+    };
+    client.update(&*plan, None, args)
 }
 
 /// `run` in its own SPI connection.
