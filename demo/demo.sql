@@ -51,3 +51,23 @@ SELECT truxe.clear_context();
 RESET app.request_id;
 
 -- == login flow: magic link, session, refresh, logout ==
+\echo '== the login flow, as service_account'
+SET ROLE service_account;
+SELECT allowed, remaining FROM truxe.rate_limit_hit('login:203.0.113.9', 10, '15 minutes');
+SELECT challenge_id, token FROM truxe.issue_magic_link('ada@acme.example', 'acme') \gset
+\echo '-- e-mail the token (76 characters, never stored): shown here once'
+SELECT length(:'token') AS token_length, left(:'token', 8) || '…' AS token_start;
+SELECT status, email FROM truxe.inspect_magic_link(:'token');
+SELECT status, user_id, email FROM truxe.verify_magic_link(:'token', '203.0.113.9') \gset
+SELECT :'status' AS status, :'email' AS email;
+SELECT status AS second_use FROM truxe.verify_magic_link(:'token');
+SELECT jti, refresh_jti FROM truxe.create_session(:'user_id', NULL, '1 hour') \gset
+SELECT user_id = :'user_id' AS valid FROM truxe.validate_session(:'jti');
+SELECT jti AS new_jti FROM truxe.refresh_session(:'refresh_jti') \gset
+SELECT count(*) AS old_still_valid FROM truxe.validate_session(:'jti');
+SELECT truxe.revoke_session(:'new_jti') AS logged_out;
+SELECT truxe.record_usage('a0000000-0000-0000-0000-00000000000a', 'logins') AS logins_this_month;
+SELECT action, target_type FROM truxe.audit_logs
+ WHERE action::text LIKE 'magic_link.%' OR action::text LIKE 'session.%' OR action = 'user.login'
+ ORDER BY id;
+RESET ROLE;

@@ -317,9 +317,12 @@ fn check(
                       WHERE o.slug OPERATOR({citext}.=) $1::{citext}.citext
                         AND m.user_id = $2 AND m.joined_at IS NOT NULL",
                 )?;
-                plans::run(c, sql, &[TEXT, UUID], &[slug.into(), user_id.into()])?
-                    .first()
-                    .get_one::<Uuid>()?
+                let member = plans::run(c, sql, &[TEXT, UUID], &[slug.into(), user_id.into()])?;
+                if member.is_empty() {
+                    None
+                } else {
+                    member.first().get_one::<Uuid>()?
+                }
             }
             None => None,
         };
@@ -674,6 +677,16 @@ mod tests {
             events.unwrap().as_deref(),
             Some("magic_link.sent,magic_link.verified,user.login")
         );
+        // a user who is not a member of the link's org, or an unknown slug: no org
+        for slug in ["acme", "no-such-org"] {
+            let token = Spi::get_one::<String>(&format!(
+                "SELECT token FROM truxe.issue_magic_link('stranger@example.com', '{slug}')"
+            ))
+            .unwrap()
+            .unwrap();
+            let (status, _, _, org) = verify(&token);
+            assert_eq!((status.as_str(), org), ("verified", None));
+        }
     }
 
     #[pg_test]

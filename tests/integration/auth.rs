@@ -7,12 +7,9 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 fn issue(c: &mut Client, email: &str) -> String {
-    c.query_one(
-        "SELECT token FROM truxe.issue_magic_link($1)",
-        &[&email],
-    )
-    .unwrap()
-    .get(0)
+    c.query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
+        .unwrap()
+        .get(0)
 }
 
 fn verify(c: &mut Client, token: &str) -> String {
@@ -64,6 +61,53 @@ fn issuance_limit_reaches_the_client_as_tx429() {
     );
     // the connection is fine afterwards
     issue(&mut c, "other@example.com");
+}
+
+#[test]
+fn e_mails_compare_case_insensitively_whatever_the_search_path() {
+    let db = server().fresh_db(true);
+    let mut c = db.service();
+    c.execute(
+        "INSERT INTO truxe.users (email, status) VALUES ('Case@Example.com', 'active')",
+        &[],
+    )
+    .unwrap();
+    // citext's schema (public) off the path: a plain `=` would fall back to text's
+    c.batch_execute("SET search_path = pg_catalog").unwrap();
+    let token: String = c
+        .query_one(
+            "SELECT token FROM truxe.issue_magic_link('case@EXAMPLE.COM'::public.citext)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let user: (String, i64) = c
+        .query_one(
+            "SELECT v.status || ':' || (v.user_id = u.id)::text, (SELECT count(*) FROM truxe.users)
+               FROM truxe.verify_magic_link($1) v, truxe.users u",
+            &[&token],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        user,
+        ("verified:true".to_string(), 1),
+        "the existing user, not a new one"
+    );
+    for _ in 0..4 {
+        c.query(
+            "SELECT * FROM truxe.issue_magic_link('CASE@example.com'::public.citext)",
+            &[],
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        sqlstate(c.query(
+            "SELECT * FROM truxe.issue_magic_link('case@example.COM'::public.citext)",
+            &[]
+        )),
+        "TX429"
+    );
 }
 
 #[test]
