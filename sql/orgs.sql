@@ -6,13 +6,15 @@
 -- The strongest role `who` holds on `org`: a joined membership of the org itself, or owner
 -- or admin of one of its ancestors (those hold their role on descendants). NULL if none.
 CREATE FUNCTION truxe.effective_role(org uuid, who uuid)
-RETURNS truxe.membership_role LANGUAGE sql STABLE SECURITY DEFINER
+RETURNS truxe.membership_role LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-  SELECT min(m.role) FROM truxe.memberships m
-   WHERE m.user_id = who AND m.joined_at IS NOT NULL
-     AND (m.org_id = org
-          OR (m.role IN ('owner', 'admin')
-              AND m.org_id IN (SELECT a.org_id FROM truxe.org_ancestors(org) a)));
+BEGIN
+  RETURN (SELECT min(m.role) FROM truxe.memberships m
+           WHERE m.user_id = who AND m.joined_at IS NOT NULL
+             AND (m.org_id = org
+                  OR (m.role IN ('owner', 'admin')
+                      AND m.org_id IN (SELECT a.org_id FROM truxe.org_ancestors(org) a))));
+END
 $$;
 
 -- The acting user, or 42501.
@@ -207,21 +209,32 @@ $$;
 -- Pending memberships grant nothing. False (never NULL) for unknown users/orgs.
 CREATE FUNCTION truxe.has_permission(org_id uuid, permission text,
                                      user_id uuid DEFAULT truxe.current_user_id())
-RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-  WITH held AS (
-    SELECT m.role, m.permissions FROM truxe.memberships m
-     WHERE m.org_id = $1 AND m.user_id = $3 AND m.joined_at IS NOT NULL
-    UNION ALL
-    SELECT m.role, '[]'::jsonb FROM truxe.org_ancestors($1) a
-      JOIN truxe.memberships m ON m.org_id = a.org_id
-     WHERE m.user_id = $3 AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
-  ), granted(p) AS (
-    SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
-    UNION ALL
-    SELECT e FROM held h, jsonb_array_elements_text(h.permissions) e
-  )
-  SELECT coalesce(bool_or(g.p = '*' OR g.p = $2
-                          OR (g.p LIKE '%:*' AND split_part(g.p, ':', 1) = split_part($2, ':', 1))),
-                  false)
-    FROM granted g;
+RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RETURN (
+    WITH RECURSIVE up(id, depth) AS (
+      SELECT o.parent_org_id, 1 FROM truxe.organizations o
+       WHERE o.id = has_permission.org_id AND o.parent_org_id IS NOT NULL
+      UNION ALL
+      SELECT o.parent_org_id, up.depth + 1 FROM truxe.organizations o JOIN up ON o.id = up.id
+       WHERE o.parent_org_id IS NOT NULL AND up.depth < 1000
+    ), held AS (
+      SELECT m.role, m.permissions FROM truxe.memberships m
+       WHERE m.org_id = has_permission.org_id AND m.user_id = has_permission.user_id
+         AND m.joined_at IS NOT NULL
+      UNION ALL
+      SELECT m.role, '[]'::jsonb FROM up JOIN truxe.memberships m ON m.org_id = up.id
+       WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
+         AND m.role IN ('owner', 'admin')
+    ), granted(p) AS (
+      SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
+      UNION ALL
+      SELECT e FROM held h, jsonb_array_elements_text(h.permissions) e
+    )
+    SELECT coalesce(bool_or(g.p = '*' OR g.p = has_permission.permission
+                            OR (g.p LIKE '%:*'
+                                AND split_part(g.p, ':', 1) = split_part(has_permission.permission, ':', 1))),
+                    false)
+      FROM granted g);
+END
 $$;

@@ -1,0 +1,39 @@
+-- Benchmark data set, loaded by bench/run with psql variables U (users), O (orgs, in chains
+-- of 32), S (sessions), A (audit rows), X (expired sessions for the cleanup test).
+-- Ids are deterministic (bench.uid(kind, n)) so pgbench scripts can address any row.
+CREATE SCHEMA bench;
+GRANT USAGE ON SCHEMA bench TO authenticated;  -- the RLS benchmark computes ids as authenticated
+CREATE FUNCTION bench.uid(kind int, n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT (lpad(to_hex(kind), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
+
+-- bulk load as a replica: no audit rows, no per-row hierarchy walk or FK check
+SET session_replication_role = replica;
+INSERT INTO truxe.users (id, email, status, email_verified)
+  SELECT bench.uid(1, g), 'user' || g || '@bench.example', 'active', true FROM generate_series(1, :U) g;
+-- chains of 32: org g's parent is g-1 unless g starts a chain; 8 root "movers" (kind 5)
+INSERT INTO truxe.organizations (id, slug, name, parent_org_id)
+  SELECT bench.uid(2, g), 'org-' || g, 'Org ' || g,
+         CASE WHEN (g - 1) % 32 = 0 THEN NULL ELSE bench.uid(2, g - 1) END
+    FROM generate_series(1, :O) g;
+INSERT INTO truxe.organizations (id, slug, name)
+  SELECT bench.uid(5, g), 'mover-' || g, 'Mover ' || g FROM generate_series(1, 8) g;
+-- each user: 10 memberships (owner, admin, 8 × member) in distinct orgs; ~100 per org
+INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
+  SELECT bench.uid(2, 1 + ((u * 10 + k) % :O)), bench.uid(1, u),
+         (CASE k WHEN 0 THEN 'owner' WHEN 1 THEN 'admin' ELSE 'member' END)::truxe.membership_role,
+         now(), now()
+    FROM generate_series(1, :U) u, generate_series(0, 9) k;
+INSERT INTO truxe.sessions (jti, user_id, refresh_jti, family_id, expires_at)
+  SELECT bench.uid(3, g), bench.uid(1, 1 + g % :U), bench.uid(4, g), bench.uid(3, g), now() + interval '30 days'
+    FROM generate_series(1, :S) g;
+INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)
+  SELECT bench.uid(2, 1 + g % :O), 'org.updated', 'organization', g::text FROM generate_series(1, :A) g;
+INSERT INTO truxe.organizations (id, slug, name) VALUES (bench.uid(6, 1), 'usage-org', 'Usage');
+RESET session_replication_role;
+
+-- a plain table for the upsert ceiling
+CREATE TABLE bench.counter (k text PRIMARY KEY, n bigint NOT NULL);
+-- pre-issued magic links for the inspect benchmark (truxe's and the reference's)
+CREATE TABLE bench.tokens (i int PRIMARY KEY, token text NOT NULL);
+CREATE TABLE bench.ref_tokens (i int PRIMARY KEY, token text NOT NULL);
+VACUUM ANALYZE;

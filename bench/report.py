@@ -1,0 +1,84 @@
+"""Turns bench/run's pgbench logs into the Markdown table of README's Performance section.
+
+Usage: report.py WORKDIR ROUNDS SECONDS CLIENTS DATASET MACHINE
+Per-transaction logs (pgbench -l): the third field is the latency in microseconds.
+TPS is the transactions of all rounds over the rounds' total time.
+"""
+import glob
+import os
+import sys
+
+work, rounds, seconds, clients, dataset, machine = sys.argv[1:7]
+rounds, seconds = int(rounds), float(seconds)
+
+
+def stats(name, n_rounds=rounds):
+    lat = []
+    # pgbench -l --log-prefix=NAME.ROUND writes NAME.ROUND.PID and NAME.ROUND.PID.THREAD
+    for path in glob.glob(os.path.join(work, f"{name}.[0-9]*.[0-9]*")):
+        with open(path) as f:
+            lat += [int(line.split()[2]) for line in f if line.strip()]
+    if not lat:
+        return None
+    lat.sort()
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
+    return {"tps": len(lat) / (n_rounds * seconds), "p50": pick(0.50), "p99": pick(0.99)}
+
+
+def ratio(a, b, key="tps"):
+    if not a or not b:
+        return "–"
+    return f"{a[key] / b[key]:.2f}×"
+
+
+rows = [
+    # (label, truxe run, reference run, ceiling run, target)
+    ("magic link issue + verify", "truxe_issue_verify", "ref_issue_verify", "upsert_many", "≥ 1.3× ref"),
+    ("verify of a garbage token", "truxe_verify_garbage", "ref_verify_garbage", "select1", ""),
+    ("inspect_magic_link", "truxe_inspect", "ref_inspect", "pk_select", ""),
+    ("validate_session", "truxe_validate", "ref_validate", "pk_select", "≥ 0.8× pk-select"),
+    ("create_session + refresh_session", "truxe_create_refresh", "ref_create_refresh", "upsert_many", ""),
+    ("rate_limit_hit, one hot key", "truxe_rate_hot", "ref_rate_hot", "upsert_hot", "≥ 0.9× upsert"),
+    ("rate_limit_hit, 100k keys", "truxe_rate_many", "ref_rate_many", "upsert_many", "≥ 0.9× upsert"),
+    ("record_usage", "truxe_usage", "ref_usage", "upsert_many", "≥ 0.9× upsert"),
+    ("has_permission", "truxe_has_permission", "ref_has_permission", "pk_select", ""),
+    ("accessible_org_ids (in a transaction)", "truxe_accessible", "ref_accessible", "pk_select", ""),
+    ("parent change, walk of 1 (1 client)", "truxe_parent_1", "ref_parent_1", None, ""),
+    ("parent change, walk of 8 (1 client)", "truxe_parent_8", "ref_parent_8", None, ""),
+    ("parent change, walk of 32 (1 client)", "truxe_parent_32", "ref_parent_32", None, "≥ 2× ref"),
+]
+out = [
+    f"Machine: {machine}. Data: {dataset}.",
+    f"pgbench -M prepared over the Unix socket, {clients} clients (parent changes: 1), "
+    f"{rounds} rounds × {seconds:g} s per command, compared commands alternating within each round.",
+    "",
+    "| operation | TPS | p50 ms | p99 ms | vs reference (TPS) | vs ceiling (TPS) | target |",
+    "|---|---:|---:|---:|---:|---:|---|",
+]
+ceilings = [("SELECT 1", "select1"), ("primary-key select", "pk_select"),
+            ("one-row upsert, 100k keys", "upsert_many"), ("one-row upsert, one hot key", "upsert_hot")]
+for label, run in ceilings:
+    s = stats(run)
+    if s:
+        out.append(f"| *ceiling:* {label} | {s['tps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | | | |")
+for label, t, r, c, target in rows:
+    s, rs, cs = stats(t), stats(r), stats(c) if c else None
+    if not s:
+        continue
+    out.append(
+        f"| {label} | {s['tps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | {ratio(s, rs)} | "
+        f"{ratio(s, cs) if cs else '–'} ({c or 'n/a'}) | {target} |"
+    )
+a, u = stats("rls_authenticated"), stats("rls_superuser")
+if a and u:
+    out.append(
+        f"| tenant membership list as `authenticated` (RLS) | {a['tps']:.0f} | {a['p50']:.3f} | {a['p99']:.3f} | "
+        f"| latency p50 {a['p50'] / u['p50']:.2f}× the superuser's explicit `WHERE` ({u['p50']:.3f} ms) | ≤ 1.15× |"
+    )
+q, cl = stats("oltp_quiet", 1), stats("oltp_cleanup", 1)
+if q and cl:
+    out.append(
+        f"| OLTP (validate_session) p99 during cleanup_expired_data | {cl['tps']:.0f} | {cl['p50']:.3f} | {cl['p99']:.3f} | "
+        f"| p99 {cl['p99'] / q['p99']:.2f}× the quiet run's ({q['p99']:.3f} ms) | ≤ 2× |"
+    )
+print("\n".join(out))

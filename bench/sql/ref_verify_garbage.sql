@@ -1,0 +1,1 @@
+SELECT status FROM ref.verify_magic_link('garbage-not-a-token');

@@ -1,0 +1,3 @@
+\set u random(1, :U)
+SELECT refresh_jti FROM truxe.create_session(bench.uid(1, :u), NULL, '1 hour') \gset
+SELECT jti FROM truxe.refresh_session(:refresh_jti);
