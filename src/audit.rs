@@ -126,6 +126,31 @@ fn uuid_text(id: Option<Uuid>) -> String {
     id.map(|u| u.to_string()).unwrap_or_default()
 }
 
+type Tuple<'a> = PgHeapTuple<'a, AllocatedByPostgres>;
+
+/// The row a row-level trigger fires for: NEW, or OLD for a DELETE.
+fn fired_row<'t, 'a>(
+    new: &'t Option<Tuple<'a>>,
+    old: &'t Option<Tuple<'a>>,
+) -> Option<&'t Tuple<'a>> {
+    new.as_ref().or(old.as_ref())
+}
+
+/// Builds the events of one target: `event(action, details)`.
+fn events_of(
+    org_id: Option<Uuid>,
+    target_type: &'static str,
+    target_id: String,
+) -> impl Fn(&'static str, Value) -> Event {
+    move |action, details| Event {
+        org_id,
+        action,
+        target_type,
+        target_id: target_id.clone(),
+        details,
+    }
+}
+
 /// AFTER INSERT OR UPDATE OR DELETE on truxe.memberships: membership.invited (a row that is
 /// not yet joined) or membership.joined, membership.role_changed, membership.joined (on
 /// acceptance), membership.removed.
@@ -133,23 +158,18 @@ fn uuid_text(id: Option<Uuid>) -> String {
 fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     let events = || -> Result<Vec<Event>, AuditError> {
         let (new, old) = (trigger.new(), trigger.old());
-        let row = new
-            .as_ref()
-            .or(old.as_ref())
-            .expect("a row-level trigger has a row");
-        let org_id: Option<Uuid> = row.get_by_name("org_id")?;
-        let target_id = uuid_text(row.get_by_name("user_id")?);
-        let event = |action, details| Event {
-            org_id,
-            action,
-            target_type: "user",
-            target_id: target_id.clone(),
-            details,
+        let Some(row) = fired_row(&new, &old) else {
+            return Ok(Vec::new());
         };
-        let role = |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<Option<membership_role>, AuditError> {
+        let event = events_of(
+            row.get_by_name("org_id")?,
+            "user",
+            uuid_text(row.get_by_name("user_id")?),
+        );
+        let role = |t: &Tuple<'_>| -> Result<Option<membership_role>, AuditError> {
             Ok(t.get_by_name::<membership_role>("role")?)
         };
-        let joined = |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<bool, AuditError> {
+        let joined = |t: &Tuple<'_>| -> Result<bool, AuditError> {
             Ok(t.get_by_name::<TimestampWithTimeZone>("joined_at")?
                 .is_some())
         };
@@ -196,19 +216,12 @@ fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
 fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     let events = || -> Result<Vec<Event>, AuditError> {
         let (new, old) = (trigger.new(), trigger.old());
-        let row = new
-            .as_ref()
-            .or(old.as_ref())
-            .expect("a row-level trigger has a row");
-        let id: Option<Uuid> = row.get_by_name("id")?;
-        let event = |action, details| Event {
-            org_id: id,
-            action,
-            target_type: "organization",
-            target_id: uuid_text(id),
-            details,
+        let Some(row) = fired_row(&new, &old) else {
+            return Ok(Vec::new());
         };
-        let fields = |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<
+        let id: Option<Uuid> = row.get_by_name("id")?;
+        let event = events_of(id, "organization", uuid_text(id));
+        let fields = |t: &Tuple<'_>| -> Result<
             (Option<String>, Option<String>, Option<JsonB>, Option<Uuid>),
             AuditError,
         > {
@@ -269,22 +282,13 @@ fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
 fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     let events = || -> Result<Vec<Event>, AuditError> {
         let (new, old) = (trigger.new(), trigger.old());
-        let row = new
-            .as_ref()
-            .or(old.as_ref())
-            .expect("a row-level trigger has a row");
-        let id: Option<Uuid> = row.get_by_name("id")?;
-        let event = |action, details| Event {
-            org_id: None,
-            action,
-            target_type: "user",
-            target_id: uuid_text(id),
-            details,
+        let Some(row) = fired_row(&new, &old) else {
+            return Ok(Vec::new());
         };
-        let status =
-            |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<Option<&'static str>, AuditError> {
-                Ok(t.get_by_name::<user_status>("status")?.map(|s| s.label()))
-            };
+        let event = events_of(None, "user", uuid_text(row.get_by_name("id")?));
+        let status = |t: &Tuple<'_>| -> Result<Option<&'static str>, AuditError> {
+            Ok(t.get_by_name::<user_status>("status")?.map(|s| s.label()))
+        };
         Ok(match (old.as_ref(), new.as_ref()) {
             (None, Some(n)) => vec![event(
                 "user.created",
@@ -323,14 +327,8 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
         let org_id: Option<Uuid> = n.get_by_name("org_id")?;
         let jti: Option<Uuid> = n.get_by_name("jti")?;
         let user: Option<Uuid> = n.get_by_name("user_id")?;
-        let event = |action, details| Event {
-            org_id,
-            action,
-            target_type: "session",
-            target_id: uuid_text(jti),
-            details,
-        };
-        let revoked = |t: &PgHeapTuple<'_, AllocatedByPostgres>| -> Result<bool, AuditError> {
+        let event = events_of(org_id, "session", uuid_text(jti));
+        let revoked = |t: &Tuple<'_>| -> Result<bool, AuditError> {
             Ok(t.get_by_name::<TimestampWithTimeZone>("revoked_at")?
                 .is_some())
         };
