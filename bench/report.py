@@ -69,6 +69,14 @@ for label, t, r, c, target in rows:
         f"| {label} | {s['tps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | {ratio(s, rs)} | "
         f"{ratio(s, cs) if cs else '–'} ({c or 'n/a'}) | {target} |"
     )
+for label, logged, unlogged in [("one hot key", "truxe_rate_hot", "rate_hot_unlogged"),
+                                 ("100k keys", "truxe_rate_many", "rate_many_unlogged")]:
+    s, un = stats(logged), stats(unlogged)
+    if s and un:
+        out.append(
+            f"| rate_limit_hit, {label}, UNLOGGED table | {un['tps']:.0f} | {un['p50']:.3f} | {un['p99']:.3f} | "
+            f"| {un['tps'] / s['tps']:.2f}× the logged table's TPS | |"
+        )
 a, u = stats("rls_authenticated"), stats("rls_superuser")
 if a and u:
     out.append(
