@@ -133,6 +133,20 @@ BEGIN
 END
 $$;
 
+-- The role of `who`'s membership of `org` (joined or pending), or P0002.
+CREATE FUNCTION truxe.member_role(org uuid, who uuid)
+RETURNS truxe.membership_role LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE r truxe.membership_role;
+BEGIN
+  SELECT m.role INTO r FROM truxe.memberships m WHERE m.org_id = org AND m.user_id = who;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'user % is not a member of organization %', who, org USING ERRCODE = 'P0002';
+  END IF;
+  RETURN r;
+END
+$$;
+
 -- Joined owners of org other than `except_user`.
 CREATE FUNCTION truxe.other_owners(org uuid, except_user uuid)
 RETURNS bigint LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -157,12 +171,7 @@ BEGIN
     RAISE EXCEPTION 'changing roles in organization % requires owner or admin', change_role.org_id
       USING ERRCODE = '42501';
   END IF;
-  SELECT m.role INTO old_role FROM truxe.memberships m
-   WHERE m.org_id = change_role.org_id AND m.user_id = change_role.user_id;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'user % is not a member of organization %', change_role.user_id, change_role.org_id
-      USING ERRCODE = 'P0002';
-  END IF;
+  old_role := truxe.member_role(change_role.org_id, change_role.user_id);
   IF (old_role = 'owner' OR change_role.role = 'owner') AND my_role <> 'owner' THEN
     RAISE EXCEPTION 'only an owner may grant or take the owner role' USING ERRCODE = '42501';
   END IF;
@@ -185,12 +194,7 @@ DECLARE
   old_role truxe.membership_role;
 BEGIN
   my_role := truxe.lock_org_for_change(remove_member.org_id, me);
-  SELECT m.role INTO old_role FROM truxe.memberships m
-   WHERE m.org_id = remove_member.org_id AND m.user_id = remove_member.user_id;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'user % is not a member of organization %', remove_member.user_id, remove_member.org_id
-      USING ERRCODE = 'P0002';
-  END IF;
+  old_role := truxe.member_role(remove_member.org_id, remove_member.user_id);
   IF me <> remove_member.user_id AND (my_role IS NULL OR my_role NOT IN ('owner', 'admin')
                                       OR (old_role = 'owner' AND my_role <> 'owner')) THEN
     RAISE EXCEPTION 'removing user % from organization % is not allowed for the current user',
