@@ -49,10 +49,15 @@ fn request_ip() -> Option<String> {
         .map(|a| a.to_string())
 }
 
-/// `app.user_agent`, at most 512 characters.
+/// A user agent as stored in audit rows: at most 512 characters.
+fn clip_user_agent(ua: String) -> String {
+    ua.chars().take(512).collect()
+}
+
+/// `app.user_agent`, clipped; None when unset or empty.
 fn request_user_agent() -> Option<String> {
     let ua = setting_text(c"app.user_agent")?;
-    (!ua.is_empty()).then(|| ua.chars().take(512).collect())
+    (!ua.is_empty()).then(|| clip_user_agent(ua))
 }
 
 /// Writes `events` with the acting user and request context of this moment.
@@ -64,7 +69,7 @@ fn write(events: Vec<Event>, client: Client) -> Result<(), AuditError> {
     let ip = client.ip.or_else(request_ip);
     let user_agent = client
         .user_agent
-        .map(|ua| ua.chars().take(512).collect())
+        .map(clip_user_agent)
         .or_else(request_user_agent);
     let request_id = setting_text(c"app.request_id").and_then(|r| parse_uuid(&r));
     Spi::connect_mut(|client| {
