@@ -325,7 +325,14 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
 /// service_account only. NULL reason: 22023.
 #[pg_extern]
 fn revoke_session(jti: Option<Uuid>, reason: default!(Option<String>, "'logout'")) -> bool {
-    revoke("jti", jti, reason).unwrap_or_raise() > 0
+    revoke(
+        "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = $2
+          WHERE jti = $1 AND revoked_at IS NULL",
+        jti,
+        reason,
+    )
+    .unwrap_or_raise()
+        > 0
 }
 
 /// Revokes every live session of a user; returns how many. service_account only.
@@ -334,22 +341,26 @@ fn revoke_user_sessions(
     user_id: Option<Uuid>,
     reason: default!(Option<String>, "'logout'"),
 ) -> i32 {
-    revoke("user_id", user_id, reason).unwrap_or_raise() as i32
+    revoke(
+        "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = $2
+          WHERE user_id = $1 AND revoked_at IS NULL",
+        user_id,
+        reason,
+    )
+    .unwrap_or_raise() as i32
 }
 
-fn revoke(by: &str, id: Option<Uuid>, reason: Option<String>) -> Result<usize, TruxeError> {
+/// Runs one revoking UPDATE (`$1` the id, `$2` the reason); returns how many rows it revoked.
+fn revoke(
+    sql: &'static str,
+    id: Option<Uuid>,
+    reason: Option<String>,
+) -> Result<usize, TruxeError> {
     let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
         return fail(
             Sqlstate::InvalidParameter,
             "reason must be a non-empty text",
         );
-    };
-    let sql = if by == "jti" {
-        "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = $2
-          WHERE jti = $1 AND revoked_at IS NULL"
-    } else {
-        "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = $2
-          WHERE user_id = $1 AND revoked_at IS NULL"
     };
     Ok(plans::run_once(
         sql,
