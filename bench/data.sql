@@ -2,7 +2,10 @@
 -- of 32), S (sessions), A (audit rows), X (expired sessions for the cleanup test).
 -- Ids are deterministic (bench.uid(kind, n)) so pgbench scripts can address any row.
 CREATE SCHEMA bench;
-GRANT USAGE ON SCHEMA bench TO authenticated;  -- the RLS benchmark computes ids as authenticated
+-- the RLS benchmark logs in as a member of authenticated (as an app's pool would), and
+-- computes ids with bench.uid
+CREATE ROLE bench_tenant LOGIN IN ROLE authenticated;
+GRANT USAGE ON SCHEMA bench TO authenticated;
 CREATE FUNCTION bench.uid(kind int, n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
 $$ SELECT (lpad(to_hex(kind), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
 
@@ -17,6 +20,12 @@ INSERT INTO truxe.organizations (id, slug, name, parent_org_id)
     FROM generate_series(1, :O) g;
 INSERT INTO truxe.organizations (id, slug, name)
   SELECT bench.uid(5, g), 'mover-' || g, 'Mover ' || g FROM generate_series(1, 8) g;
+-- the hierarchy's ancestor/descendant pairs (its trigger is off during a replica load):
+-- org g sits (g - 1) % 32 levels below its chain's root
+INSERT INTO truxe.org_closure (ancestor_id, descendant_id, depth)
+  SELECT bench.uid(2, g - k), bench.uid(2, g), k
+    FROM generate_series(1, :O) g, generate_series(1, 31) k
+   WHERE k <= (g - 1) % 32;
 -- each user: 10 memberships (owner, admin, 8 × member) in distinct orgs; ~100 per org
 INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
   SELECT bench.uid(2, 1 + ((u * 10 + k) % :O)), bench.uid(1, u),

@@ -1,8 +1,8 @@
 -- The reference: the same operations written the way the design document would, in plain
 -- SQL / PL/pgSQL with pgcrypto (digest() for hashing, gen_random_bytes() for secrets), same
 -- signatures and semantics, in schema ref, on truxe's own tables (so both pay the same
--- triggers and indexes). Parent changes run against ref.organizations, a copy of the tree
--- with the design's PL/pgSQL cycle-check trigger.
+-- triggers and indexes). Parent changes run against ref.organizations, a copy of truxe's
+-- organizations (same columns and indexes) with the design's triggers instead of truxe's.
 CREATE SCHEMA ref;
 CREATE EXTENSION pgcrypto SCHEMA ref;
 
@@ -178,10 +178,19 @@ BEGIN
   RETURN coalesce(result, '{}');
 END $$;
 
--- the design's hierarchy check: a PL/pgSQL loop walking parent_org_id
-CREATE TABLE ref.organizations (id uuid PRIMARY KEY, parent_org_id uuid REFERENCES ref.organizations (id));
-INSERT INTO ref.organizations SELECT id, parent_org_id FROM truxe.organizations ORDER BY created_at, id;
-CREATE INDEX ON ref.organizations (parent_org_id);
+-- the design's organizations table (truxe's columns, constraints and indexes: LIKE …
+-- INCLUDING ALL), its updated_at trigger and its hierarchy check, a PL/pgSQL loop walking
+-- parent_org_id; without truxe's audit row, closure upkeep or permission check
+CREATE TABLE ref.organizations (LIKE truxe.organizations INCLUDING ALL);
+ALTER TABLE ref.organizations ADD FOREIGN KEY (parent_org_id) REFERENCES ref.organizations (id) ON DELETE SET NULL;
+INSERT INTO ref.organizations SELECT * FROM truxe.organizations ORDER BY created_at, id;
+CREATE FUNCTION ref.update_updated_at_column() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.updated_at = now();
+  RETURN NEW;
+END $$;
+CREATE TRIGGER update_organizations_updated_at BEFORE UPDATE ON ref.organizations
+  FOR EACH ROW EXECUTE FUNCTION ref.update_updated_at_column();
 CREATE FUNCTION ref.check_org_hierarchy() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE cur uuid := NEW.parent_org_id; depth int := 1;
 BEGIN

@@ -14,6 +14,8 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA truxe TO service_account;
 -- append-only through its trigger whatever the privileges say.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA truxe TO service_account;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA truxe TO service_account;
+-- … except the hierarchy's own bookkeeping, which only its trigger writes
+REVOKE ALL ON truxe.org_closure, truxe.org_tree FROM service_account;
 
 -- authenticated (end-user requests) may call the context, organisation/membership,
 -- permission, hierarchy and session-validation functions, by name, whatever overloads exist

@@ -1,13 +1,39 @@
 -- Organisation hierarchy (SPEC §5). The checks are Rust triggers (src/hierarchy.rs); they
--- fire only when parent_org_id is set or changes. The permission check runs first, as the
--- caller; the walk runs as the extension owner, so RLS hides no ancestor from it.
+-- fire only when parent_org_id is set, changes or goes away. The permission check runs
+-- first, as the caller; the cycle/depth check and the closure upkeep run after the row is
+-- written, as the extension owner, so RLS hides no org from them.
+
+-- Every (ancestor, descendant) pair of the tree, depth >= 1 (1 = parent): admin_org_ids()
+-- and accessible_org_ids() read an org's descendants with one index scan instead of a
+-- recursive walk, and the cycle/depth check reads a new parent's ancestors the same way.
+-- Kept by truxe.maintain_org_hierarchy(); no foreign keys (each would re-check every
+-- inserted pair), org deletions are handled by the trigger.
+CREATE TABLE truxe.org_closure (
+  ancestor_id   uuid NOT NULL,
+  descendant_id uuid NOT NULL,
+  depth         integer NOT NULL CHECK (depth >= 1),
+  PRIMARY KEY (ancestor_id, descendant_id) INCLUDE (depth)
+);
+CREATE INDEX idx_org_closure_descendant ON truxe.org_closure (descendant_id) INCLUDE (depth);
+-- One row, updated by every tree change: it serialises tree changes and makes a snapshot
+-- that missed one fail with 40001 (src/hierarchy.rs). Not dumped: CREATE EXTENSION seeds it.
+CREATE TABLE truxe.org_tree (
+  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  version   bigint NOT NULL DEFAULT 0
+);
+INSERT INTO truxe.org_tree DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('truxe.org_closure', '');
+-- the extension owner's alone: RLS on, no policy, no privilege (sql/grants.sql)
+ALTER TABLE truxe.org_closure ENABLE ROW LEVEL SECURITY;
+ALTER TABLE truxe.org_tree ENABLE ROW LEVEL SECURITY;
+
 CREATE TRIGGER organizations_1_reparent_check
   BEFORE UPDATE OF parent_org_id ON truxe.organizations
   FOR EACH ROW EXECUTE FUNCTION truxe.check_org_reparent();
-CREATE TRIGGER organizations_2_hierarchy_check
-  BEFORE INSERT OR UPDATE OF parent_org_id ON truxe.organizations
-  FOR EACH ROW EXECUTE FUNCTION truxe.check_org_hierarchy();
-ALTER FUNCTION truxe.check_org_hierarchy() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE TRIGGER organizations_2_hierarchy
+  AFTER INSERT OR UPDATE OF parent_org_id OR DELETE ON truxe.organizations
+  FOR EACH ROW EXECUTE FUNCTION truxe.maintain_org_hierarchy();
+ALTER FUNCTION truxe.maintain_org_hierarchy() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- Ancestors of an org, nearest first (depth 1 = parent). SECURITY INVOKER: an
 -- authenticated caller gets the ancestors RLS lets it see.

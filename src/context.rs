@@ -1,7 +1,9 @@
 //! Request context (SPEC §2): who is acting, in which organisation, and which organisations
-//! that user may see. The getters are on every RLS policy's path: they read the settings
-//! directly and never raise. The SQL half (set_context, accessible_org_ids, …) is in
-//! sql/context.sql.
+//! that user may see. All of it is on every RLS policy's path: the getters read the settings
+//! directly and never raise; the org sets run one cached plan each. set_context and
+//! clear_context are SQL (sql/context.sql).
+use crate::error::{TruxeError, UnwrapOrRaise};
+use crate::plans;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -9,7 +11,14 @@ use std::ffi::CStr;
 pgrx::extension_sql_file!(
     "../sql/context.sql",
     name = "context",
-    requires = ["schema", current_user_id, current_org_id]
+    requires = [
+        "schema",
+        current_user_id,
+        current_org_id,
+        accessible_org_ids,
+        admin_org_ids,
+        invited_org_ids
+    ]
 );
 
 /// The value of setting `name`, or None when it is unset or not UTF-8. Never raises.
@@ -55,6 +64,80 @@ fn current_user_id() -> Option<pgrx::Uuid> {
 #[pg_extern(stable, parallel_safe)]
 fn current_org_id() -> Option<pgrx::Uuid> {
     setting_uuid(c"app.current_org_id")
+}
+
+/// Orgs where the acting user is a joined owner or admin, and every descendant of those
+/// (truxe.org_closure: one index scan per org, no recursive walk).
+const ADMIN_ORGS: &str = "
+  WITH admin AS (
+    SELECT m.org_id FROM truxe.memberships m
+     WHERE m.user_id = $1 AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin'))
+  SELECT org_id FROM admin
+  UNION
+  SELECT c.descendant_id FROM admin JOIN truxe.org_closure c ON c.ancestor_id = admin.org_id";
+
+/// The acting user's joined memberships, plus ADMIN_ORGS, in one statement.
+const ACCESSIBLE_ORGS: &str = "
+  WITH mine AS (
+    SELECT m.org_id, m.role FROM truxe.memberships m
+     WHERE m.user_id = $1 AND m.joined_at IS NOT NULL)
+  SELECT org_id FROM mine
+  UNION
+  SELECT c.descendant_id FROM mine JOIN truxe.org_closure c ON c.ancestor_id = mine.org_id
+   WHERE mine.role IN ('owner', 'admin')";
+
+/// Orgs with a pending (not yet accepted) invitation for the acting user.
+const INVITED_ORGS: &str = "
+  SELECT m.org_id FROM truxe.memberships m WHERE m.user_id = $1 AND m.joined_at IS NULL";
+
+/// The org ids `sql` lists for the acting user ($1); empty with no context. Read-only, in
+/// the calling statement's snapshot.
+fn org_ids(sql: &'static str) -> Result<Vec<pgrx::Uuid>, TruxeError> {
+    let Some(user) = setting_uuid(c"app.current_user_id") else {
+        return Ok(Vec::new());
+    };
+    let ids = Spi::connect(|client| {
+        plans::read(&client, sql, &[plans::UUID], &[user.into()])?
+            .map(|row| row.get::<pgrx::Uuid>(1))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(ids.into_iter().flatten().collect())
+}
+
+/// Orgs the acting user may see (SPEC §2): joined memberships, plus every descendant of an
+/// org where the user is owner or admin. Empty with no context. SECURITY DEFINER: RLS
+/// policies call it, so it reads memberships and organizations past them (no recursion).
+#[pg_extern(sql = r#"
+CREATE FUNCTION truxe.accessible_org_ids() RETURNS uuid[]
+LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#)]
+fn accessible_org_ids() -> Vec<pgrx::Uuid> {
+    org_ids(ACCESSIBLE_ORGS).unwrap_or_raise()
+}
+
+/// Orgs where the acting user is a joined owner or admin, and every descendant of those:
+/// where the user holds an administrator's view (audit logs, usage, org updates). Empty
+/// with no context. SECURITY DEFINER, as accessible_org_ids.
+#[pg_extern(sql = r#"
+CREATE FUNCTION truxe.admin_org_ids() RETURNS uuid[]
+LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#)]
+fn admin_org_ids() -> Vec<pgrx::Uuid> {
+    org_ids(ADMIN_ORGS).unwrap_or_raise()
+}
+
+/// Orgs that have a pending invitation for the acting user: the invitee may read the org
+/// and the invitation, nothing else of it. Empty with no context. SECURITY DEFINER, as
+/// accessible_org_ids.
+#[pg_extern(sql = r#"
+CREATE FUNCTION truxe.invited_org_ids() RETURNS uuid[]
+LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#)]
+fn invited_org_ids() -> Vec<pgrx::Uuid> {
+    org_ids(INVITED_ORGS).unwrap_or_raise()
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,19 +1,20 @@
-//! Organisation hierarchy (SPEC §5): the cycle/depth check and the re-parenting permission
-//! check on truxe.organizations (Rust triggers), and org_ancestors / org_descendants
-//! (sql/hierarchy.sql).
+//! Organisation hierarchy (SPEC §5): the cycle/depth check, the ancestor/descendant table
+//! truxe.org_closure that keeps RLS's org sets to one index scan, and the re-parenting
+//! permission check on truxe.organizations (Rust triggers); org_ancestors /
+//! org_descendants are SQL (sql/hierarchy.sql).
 //!
-//! Concurrency. Every parent change first takes one transaction-level advisory lock, so
-//! parent changes are serialised. Under READ COMMITTED each walk query runs with a fresh
-//! snapshot (the plan is executed as a mutating SPI statement), so a transaction that waited
-//! for the lock sees the edge its predecessor committed: of two transactions that each add
-//! one edge of a cycle, the second fails with 23514 — no deadlock, no double commit. Under
-//! REPEATABLE READ and SERIALIZABLE the snapshot is fixed at the transaction's first
-//! statement and could miss that edge, so there the walk also locks each ancestor
-//! `FOR SHARE`: an ancestor changed by a transaction the snapshot cannot see makes the walk
-//! fail with 40001 (serialization failure), which the client retries.
+//! Concurrency. Every change to the tree (an org inserted under a parent, re-parented, or
+//! deleted from under one) first updates the single row of truxe.org_tree, so tree changes
+//! are serialised. Under READ COMMITTED each later statement of the trigger runs with a
+//! fresh snapshot (the plans execute as mutating SPI statements), so a transaction that
+//! waited sees the tree its predecessor committed: of two transactions that each add one
+//! edge of a cycle, the second fails with 23514 — no deadlock, no double commit. Under
+//! REPEATABLE READ and SERIALIZABLE, a transaction whose snapshot misses a tree change
+//! committed meanwhile cannot update that row and fails with 40001 (serialization failure),
+//! which the client retries; one that gets past it sees every earlier change.
 use crate::error::{Sqlstate, TruxeError};
 use crate::gucs::MAX_ORG_DEPTH;
-use crate::plans;
+use crate::plans::{self, UUID};
 use pgrx::datum::TryFromDatumError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -22,12 +23,8 @@ use pgrx::Uuid;
 pgrx::extension_sql_file!(
     "../sql/hierarchy.sql",
     name = "hierarchy",
-    requires = ["schema", check_org_hierarchy, check_org_reparent]
+    requires = ["schema", maintain_org_hierarchy, check_org_reparent]
 );
-
-/// The advisory lock key that serialises parent changes (any constant; this one spells
-/// "truxe org" in ASCII).
-const PARENT_CHANGE_LOCK: i64 = 0x7472_7578_656f_7267;
 
 /// Why a hierarchy change is refused.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +42,7 @@ pub enum HierarchyError {
     ReparentDenied { org: Uuid },
     #[error("cannot read the organization row: {0}")]
     Row(#[from] TryFromDatumError),
-    #[error("hierarchy walk failed: {0}")]
+    #[error("hierarchy maintenance failed: {0}")]
     Spi(#[from] pgrx::spi::Error),
 }
 
@@ -67,32 +64,109 @@ impl HierarchyError {
 
 type TriggerResult<'a> = Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, HierarchyError>;
 
-/// The row's id and new parent when this INSERT/UPDATE changes the parent, else None.
-fn parent_change<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<(Uuid, Uuid)>, HierarchyError> {
-    let Some(new) = trigger.new() else {
-        return Ok(None);
-    };
-    let parent: Option<Uuid> = new.get_by_name("parent_org_id")?;
-    if let Some(old) = trigger.old() {
-        if old.get_by_name::<Uuid>("parent_org_id")? == parent {
-            return Ok(None);
-        }
-    }
-    let id: Option<Uuid> = new.get_by_name("id")?;
-    Ok(id.zip(parent))
+/// An org's parent changing: `from` is None for an INSERT or a root, `to` is None for a
+/// DELETE or a move to the top.
+struct Move {
+    org: Uuid,
+    from: Option<Uuid>,
+    to: Option<Uuid>,
 }
 
-/// BEFORE INSERT OR UPDATE OF parent_org_id: rejects cycles and hierarchies deeper than
-/// truxe.max_org_depth (23514). Runs as the extension owner so that RLS hides no ancestor.
+/// The parent change this INSERT/UPDATE/DELETE makes, else None.
+fn parent_move(trigger: &PgTrigger<'_>) -> Result<Option<Move>, HierarchyError> {
+    let parent = |row: Option<PgHeapTuple<'_, AllocatedByPostgres>>| match row {
+        Some(row) => row.get_by_name::<Uuid>("parent_org_id"),
+        None => Ok(None),
+    };
+    let (from, to) = (parent(trigger.old())?, parent(trigger.new())?);
+    if from == to {
+        return Ok(None);
+    }
+    let Some(row) = trigger.new().or_else(|| trigger.old()) else {
+        return Ok(None);
+    };
+    Ok(row
+        .get_by_name::<Uuid>("id")?
+        .map(|org| Move { org, from, to }))
+}
+
+/// Pairs linking `$1`'s old ancestors to `$1` and its subtree.
+const DETACH: &str = "
+  DELETE FROM truxe.org_closure
+   WHERE descendant_id IN (SELECT $1 UNION ALL
+                           SELECT descendant_id FROM truxe.org_closure WHERE ancestor_id = $1)
+     AND ancestor_id IN (SELECT ancestor_id FROM truxe.org_closure WHERE descendant_id = $1)";
+
+/// Pairs linking `$2` (the new parent) and its ancestors to `$1` and its subtree.
+const ATTACH: &str = "
+  INSERT INTO truxe.org_closure (ancestor_id, descendant_id, depth)
+  SELECT a.id, s.id, a.depth + s.depth + 1
+    FROM (SELECT $2 AS id, 0 AS depth UNION ALL
+          SELECT ancestor_id, depth FROM truxe.org_closure WHERE descendant_id = $2) a,
+         (SELECT $1 AS id, 0 AS depth UNION ALL
+          SELECT descendant_id, depth FROM truxe.org_closure WHERE ancestor_id = $1) s";
+
+/// AFTER INSERT OR UPDATE OF parent_org_id OR DELETE: rejects cycles and hierarchies deeper
+/// than truxe.max_org_depth (23514), then records the change in truxe.org_closure; 40001
+/// under REPEATABLE READ when another tree change committed meanwhile. Runs as the
+/// extension owner (RLS hides no org; the closure table is the owner's alone).
 #[pg_trigger]
-fn check_org_hierarchy<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    match parent_change(trigger).and_then(|change| match change {
-        Some((org, parent)) => check_walk(org, parent, trigger.old().is_some()),
-        None => Ok(()),
-    }) {
-        Ok(()) => Ok(trigger.new()),
+fn maintain_org_hierarchy<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    match parent_move(trigger).and_then(|change| change.map_or(Ok(()), apply)) {
+        Ok(()) => Ok(None),
         Err(e) => e.raise(),
     }
+}
+
+fn apply(change: Move) -> Result<(), HierarchyError> {
+    let Move { org, from, to } = change;
+    Spi::connect_mut(|client| {
+        plans::run(
+            client,
+            "UPDATE truxe.org_tree SET version = version + 1",
+            &[],
+            &[],
+        )?;
+        if let Some(parent) = to {
+            check(client, org, parent)?;
+        }
+        if from.is_some() {
+            plans::run(client, DETACH, &[UUID], &[org.into()])?;
+        }
+        if let Some(parent) = to {
+            plans::run(client, ATTACH, &[UUID, UUID], &[org.into(), parent.into()])?;
+        }
+        Ok(())
+    })
+}
+
+/// `parent` must not be `org` or below it, and the levels above `parent`, `parent`, `org`
+/// and `org`'s deepest descendant must fit in truxe.max_org_depth.
+fn check(client: &mut SpiClient<'_>, org: Uuid, parent: Uuid) -> Result<(), HierarchyError> {
+    let max = i64::from(MAX_ORG_DEPTH.get());
+    let rows = plans::run(
+        client,
+        "SELECT $1 = $2 OR EXISTS (SELECT 1 FROM truxe.org_closure
+                                    WHERE ancestor_id = $1 AND descendant_id = $2),
+                2 + coalesce((SELECT max(depth) FROM truxe.org_closure WHERE descendant_id = $2), 0)
+                  + coalesce((SELECT max(depth) FROM truxe.org_closure WHERE ancestor_id = $1), 0)",
+        &[UUID, UUID],
+        &[org.into(), parent.into()],
+    )?;
+    let row = rows.first();
+    if row.get::<bool>(1)? == Some(true) {
+        return Err(HierarchyError::Cycle { org, parent });
+    }
+    let levels = row.get::<i32>(2)?.map_or(0, i64::from);
+    if levels > max {
+        return Err(HierarchyError::TooDeep {
+            org,
+            parent,
+            levels,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// BEFORE UPDATE OF parent_org_id, as the caller: anyone but a superuser or a member of
@@ -100,7 +174,12 @@ fn check_org_hierarchy<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
 #[pg_trigger]
 fn check_org_reparent<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let check = || -> Result<(), HierarchyError> {
-        let Some((org, parent)) = parent_change(trigger)? else {
+        let Some(Move {
+            org,
+            to: Some(parent),
+            ..
+        }) = parent_move(trigger)?
+        else {
             return Ok(());
         };
         if trusted_caller() {
@@ -133,80 +212,6 @@ fn trusted_caller() -> bool {
         let service = pg_sys::get_role_oid(c"service_account".as_ptr(), true);
         service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, service)
     }
-}
-
-fn snapshot_isolation() -> bool {
-    // SAFETY: reading a backend-local global; REPEATABLE READ = 2, SERIALIZABLE = 3.
-    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
-}
-
-/// The parent of `org`: None when `org` has no row, Some(None) at a root.
-fn parent_of(
-    client: &mut SpiClient<'_>,
-    org: Uuid,
-    locking: bool,
-) -> Result<Option<Option<Uuid>>, HierarchyError> {
-    let sql = if locking {
-        "SELECT parent_org_id FROM truxe.organizations WHERE id = $1 FOR SHARE"
-    } else {
-        "SELECT parent_org_id FROM truxe.organizations WHERE id = $1"
-    };
-    let rows = plans::run(client, sql, &[plans::UUID], &[org.into()])?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(rows.first().get_one::<Uuid>()?))
-}
-
-/// Walks from `parent` to the root: `org` on the way is a cycle; the chain above plus the
-/// org and its own subtree must fit in truxe.max_org_depth levels.
-fn check_walk(org: Uuid, parent: Uuid, has_subtree: bool) -> Result<(), HierarchyError> {
-    let max = i64::from(MAX_ORG_DEPTH.get());
-    Spi::connect_mut(|client| {
-        client.update(
-            "SELECT pg_catalog.pg_advisory_xact_lock($1)",
-            None,
-            &[PARENT_CHANGE_LOCK.into()],
-        )?;
-        let locking = snapshot_isolation();
-        let subtree: i64 = if has_subtree {
-            client
-                .update(
-                    "WITH RECURSIVE down(id, h) AS (
-                       SELECT id, 1 FROM truxe.organizations WHERE parent_org_id = $1
-                       UNION ALL
-                       SELECT o.id, d.h + 1 FROM truxe.organizations o JOIN down d ON o.parent_org_id = d.id
-                        WHERE d.h <= $2)
-                     SELECT coalesce(max(h), 0)::bigint FROM down",
-                    None,
-                    &[org.into(), max.into()],
-                )?
-                .first()
-                .get_one::<i64>()?
-                .unwrap_or(0)
-        } else {
-            0
-        };
-        // levels = ancestors of org after the change + org itself + its deepest descendant
-        let mut levels = 1 + subtree;
-        let mut current = Some(parent);
-        while let Some(step) = current {
-            if step == org {
-                return Err(HierarchyError::Cycle { org, parent });
-            }
-            levels += 1;
-            if levels > max {
-                return Err(HierarchyError::TooDeep {
-                    org,
-                    parent,
-                    levels,
-                    max,
-                });
-            }
-            current = parent_of(client, step, locking)?.flatten();
-        }
-        Ok(())
-    })
 }
 
 #[cfg(any(test, feature = "pg_test"))]

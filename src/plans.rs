@@ -20,17 +20,34 @@ pub fn run<'conn>(
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> spi::Result<SpiTupleTable<'conn>> {
-    // The borrow ends before the statement runs: its triggers may run cached plans too.
-    let cached = PLANS.with(|cache| cache.borrow().get(sql).cloned());
-    let plan = match cached {
-        Some(plan) => plan,
-        None => {
-            let plan = Rc::new(client.prepare_mut(sql, types)?.keep());
-            PLANS.with(|cache| cache.borrow_mut().insert(sql, plan.clone()));
-            plan
-        }
-    };
+    let plan = cached(sql, || Ok(client.prepare_mut(sql, types)?.keep()))?;
     client.update(&*plan, None, args)
+}
+
+/// Runs the query `sql` through its cached plan read-only, in the calling statement's
+/// snapshot (what a STABLE function must see). A given text is either `run` or `read`.
+pub fn read<'conn>(
+    client: &SpiClient<'conn>,
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[DatumWithOid<'_>],
+) -> spi::Result<SpiTupleTable<'conn>> {
+    let plan = cached(sql, || Ok(client.prepare(sql, types)?.keep()))?;
+    client.select(&*plan, None, args)
+}
+
+/// The plan of `sql`, prepared by `prepare` on first use. The cache's borrow ends before
+/// the statement runs: its triggers may run cached plans too.
+fn cached(
+    sql: &'static str,
+    prepare: impl FnOnce() -> spi::Result<OwnedPreparedStatement>,
+) -> spi::Result<Rc<OwnedPreparedStatement>> {
+    if let Some(plan) = PLANS.with(|cache| cache.borrow().get(sql).cloned()) {
+        return Ok(plan);
+    }
+    let plan = Rc::new(prepare()?);
+    PLANS.with(|cache| cache.borrow_mut().insert(sql, plan.clone()));
+    Ok(plan)
 }
 
 /// `run` in its own SPI connection.

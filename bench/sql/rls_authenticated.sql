@@ -2,7 +2,6 @@
 \set u 1 + (:i - 1) / 10
 \set o 1 + ((:u * 10 + (:i - 1) % 10) % :O)
 BEGIN;
-SET LOCAL ROLE authenticated;
 SELECT set_config('app.current_user_id', bench.uid(1, :u)::text, true);
 SELECT user_id, role FROM truxe.memberships WHERE org_id = bench.uid(2, :o);
 END;

@@ -12,6 +12,7 @@ const TABLES: &[&str] = &[
     "usage_metrics",
     "rate_limits",
     "role_permissions",
+    "org_closure",
 ];
 
 /// Per table: row count and an order-independent digest of every row.

@@ -128,3 +128,106 @@ fn reparenting_as_authenticated_needs_admin_on_both_orgs() {
         1
     );
 }
+
+/// Pairs where truxe.org_closure and the tree that parent_org_id spells out disagree.
+const CLOSURE_DRIFT: &str = "
+  WITH RECURSIVE truth(a, d, depth) AS (
+    SELECT parent_org_id, id, 1 FROM truxe.organizations WHERE parent_org_id IS NOT NULL
+    UNION ALL
+    SELECT o.parent_org_id, t.d, t.depth + 1
+      FROM truth t JOIN truxe.organizations o ON o.id = t.a WHERE o.parent_org_id IS NOT NULL)
+  SELECT (SELECT count(*) FROM (SELECT * FROM truth
+                                EXCEPT SELECT ancestor_id, descendant_id, depth FROM truxe.org_closure) missing)
+       + (SELECT count(*) FROM (SELECT ancestor_id, descendant_id, depth FROM truxe.org_closure
+                                EXCEPT SELECT * FROM truth) extra),
+         (SELECT count(*) FROM truxe.org_closure)";
+
+#[test]
+fn closure_stays_exact_under_concurrent_moves_and_deletes() {
+    let db = server().fresh_db(true);
+    let mut s = db.superuser();
+    s.batch_execute("SET truxe.max_org_depth = 6").unwrap();
+    // 24 orgs in four chains of six
+    let ids: Vec<String> = (0..24)
+        .map(|i| {
+            s.query_one(
+                &format!("INSERT INTO truxe.organizations (slug, name) VALUES ('o{i}', 'O{i}') RETURNING id::text"),
+                &[],
+            )
+            .unwrap()
+            .get(0)
+        })
+        .collect();
+    for i in 0..24 {
+        if i % 6 != 0 {
+            s.execute(
+                "UPDATE truxe.organizations SET parent_org_id = $1::text::uuid WHERE id = $2::text::uuid",
+                &[&ids[i - 1], &ids[i]],
+            )
+            .unwrap();
+        }
+    }
+    // four connections move random orgs under random others (or to the top), half of them
+    // under REPEATABLE READ; refusals (cycle, depth) and serialization failures are expected
+    let workers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (name, ids) = (db.name.clone(), ids.clone());
+            thread::spawn(move || {
+                let mut c = server().client(&name, "postgres");
+                let isolation = if w % 2 == 0 { "READ COMMITTED" } else { "REPEATABLE READ" };
+                c.batch_execute(&format!(
+                    "SET truxe.max_org_depth = 6; SET default_transaction_isolation = '{}'",
+                    isolation.to_lowercase()
+                ))
+                .unwrap();
+                let mut seed = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(w + 1);
+                let mut next = |n: usize| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    (seed >> 33) as usize % n
+                };
+                let (mut moved, mut refused) = (0, 0);
+                for _ in 0..60 {
+                    let org = &ids[next(ids.len())];
+                    let parent = (next(5) > 0).then(|| ids[next(ids.len())].clone());
+                    match c.execute(
+                        "UPDATE truxe.organizations SET parent_org_id = $1::text::uuid WHERE id = $2::text::uuid",
+                        &[&parent, org],
+                    ) {
+                        Ok(_) => moved += 1,
+                        Err(e) => {
+                            let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                            assert!(
+                                ["23514", "40001"].contains(&code.as_str()),
+                                "unexpected failure: {e}"
+                            );
+                            refused += 1;
+                        }
+                    }
+                }
+                (moved, refused)
+            })
+        })
+        .collect();
+    let moved: i32 = workers.into_iter().map(|w| w.join().unwrap().0).sum();
+    assert!(moved > 0, "no move succeeded");
+    let (drift, pairs): (i64, i64) = {
+        let r = s.query_one(CLOSURE_DRIFT, &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        drift, 0,
+        "closure disagrees with parent_org_id after {moved} moves"
+    );
+    // deleting orgs (their children go to the top) keeps it exact too
+    s.execute(
+        "DELETE FROM truxe.organizations WHERE id = ANY ($1::text[]::uuid[])",
+        &[&ids.iter().step_by(5).cloned().collect::<Vec<_>>()],
+    )
+    .unwrap();
+    let drift: i64 = s.query_one(CLOSURE_DRIFT, &[]).unwrap().get(0);
+    assert_eq!(
+        drift, 0,
+        "closure disagrees with parent_org_id after deletes"
+    );
+    assert!(pairs > 0, "the tree had no pairs to check");
+}
