@@ -13,7 +13,10 @@
 --  * audit_logs has no foreign keys (it keeps ids of deleted users and orgs) and is
 --    append-only through a raising trigger (src/audit.rs), not silent rules;
 --  * slug and email checks compare as text: on citext `~` is case-insensitive, which would
---    let 'Acme' through a lowercase-only slug pattern.
+--    let 'Acme' through a lowercase-only slug pattern;
+--  * memberships (user_id, org_id) also carries role and joined_at (INCLUDE): every RLS
+--    statement reads a user's memberships through it, index-only (both columns are
+--    indexed already, so no update that was HOT becomes non-HOT).
 
 -- truxe.user_status and truxe.membership_role are declared in src/types.rs (Rust reads
 -- them); this file requires them.
@@ -91,7 +94,7 @@ CREATE TABLE truxe.memberships (
   CONSTRAINT joined_after_invited CHECK (joined_at IS NULL OR joined_at >= invited_at),
   CONSTRAINT self_invite_check CHECK (user_id <> invited_by)
 );
-CREATE INDEX idx_memberships_user_org ON truxe.memberships (user_id, org_id);
+CREATE INDEX idx_memberships_user_org ON truxe.memberships (user_id, org_id) INCLUDE (role, joined_at);
 CREATE INDEX idx_memberships_role ON truxe.memberships (role);
 CREATE INDEX idx_memberships_invited_at ON truxe.memberships (invited_at);
 CREATE INDEX idx_memberships_joined_at ON truxe.memberships (joined_at) WHERE joined_at IS NOT NULL;
