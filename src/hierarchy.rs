@@ -90,12 +90,12 @@ fn parent_move(trigger: &PgTrigger<'_>) -> Result<Option<Move>, HierarchyError> 
         .map(|org| Move { org, from, to }))
 }
 
-/// Pairs linking `$1`'s old ancestors to `$1` and its subtree.
+/// Pairs linking `$1`'s old ancestors to `$1` and its subtree: both sets first, then one
+/// primary-key scan.
 const DETACH: &str = "
   DELETE FROM truxe.org_closure
-   WHERE descendant_id IN (SELECT $1 UNION ALL
-                           SELECT descendant_id FROM truxe.org_closure WHERE ancestor_id = $1)
-     AND ancestor_id IN (SELECT ancestor_id FROM truxe.org_closure WHERE descendant_id = $1)";
+   WHERE ancestor_id = ANY (ARRAY(SELECT ancestor_id FROM truxe.org_closure WHERE descendant_id = $1))
+     AND descendant_id = ANY (ARRAY(SELECT descendant_id FROM truxe.org_closure WHERE ancestor_id = $1) || $1)";
 
 /// Pairs linking `$2` (the new parent) and its ancestors to `$1` and its subtree.
 const ATTACH: &str = "
