@@ -177,7 +177,8 @@ type Validated = (Option<Uuid>, Option<Uuid>, Option<TimestampWithTimeZone>);
 
 fn validate(jti: Uuid) -> Result<Option<Validated>, TruxeError> {
     Spi::connect_mut(|c| {
-        let rows = plans::run(
+        // read-only in the caller's snapshot: most calls end here, without a write
+        let rows = plans::read(
             c,
             "SELECT user_id, org_id, expires_at, last_used_at < now() - interval '1 minute'
                FROM truxe.sessions WHERE jti = $1 AND revoked_at IS NULL AND expires_at > now()",
