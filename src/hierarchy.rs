@@ -186,7 +186,7 @@ fn check_org_reparent<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
             return Ok(());
         }
         let allowed = Spi::get_one_with_args::<bool>(
-            "SELECT $1 = ANY (truxe.admin_org_ids()) AND $2 = ANY (truxe.admin_org_ids())",
+            "SELECT ARRAY[$1, $2] <@ truxe.admin_org_ids()",
             &[org.into(), parent.into()],
         )?;
         if allowed == Some(true) {
