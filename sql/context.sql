@@ -54,6 +54,12 @@ BEGIN
   IF v IS NULL OR v = '' OR length(v) > 45 THEN
     RETURN NULL;
   END IF;
+  IF starts_with(v, 'urn:uuid:') THEN
+    v := substr(v, 10);
+  END IF;
+  IF v = '' THEN
+    RETURN NULL;
+  END IF;
   RETURN v::uuid;
 EXCEPTION WHEN invalid_text_representation THEN
   RETURN NULL;
