@@ -284,12 +284,13 @@ CREATE FUNCTION truxe.has_permission(org_id uuid, permission text,
                                      user_id uuid DEFAULT truxe.current_user_id())
 RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-  IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id()
-     AND NOT truxe.caller_is_service()
-     AND NOT EXISTS (SELECT 1 FROM truxe.memberships m
-                      WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
-                        AND m.org_id = ANY (truxe.admin_org_ids())) THEN
-    RETURN false;
+  -- (nested: the outer test stays a simple expression, cheap for the common callers)
+  IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id() AND NOT truxe.caller_is_service() THEN
+    IF NOT EXISTS (SELECT 1 FROM truxe.memberships m
+                    WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
+                      AND m.org_id = ANY (truxe.admin_org_ids())) THEN
+      RETURN false;
+    END IF;
   END IF;
   RETURN (
     WITH held AS (
