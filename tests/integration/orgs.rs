@@ -494,3 +494,99 @@ fn duplicates_say_so_in_words() {
         "22023"
     );
 }
+
+/// has_permission reads ancestors from truxe.org_closure now (issue 16, point 4); its
+/// answers are those of 0.1's recursive walk over parent_org_id, kept here as the
+/// reference, for every (org, user, permission) of a tree with roles at every level, after
+/// moves.
+#[test]
+fn has_permission_through_the_closure_matches_the_recursive_walk() {
+    let db = server().fresh_db(true);
+    let mut s = db.superuser();
+    s.batch_execute(
+        r#"
+        CREATE SCHEMA ref;
+        CREATE FUNCTION ref.has_permission(org_id uuid, permission text, user_id uuid)
+        RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+        BEGIN
+          RETURN (
+            WITH RECURSIVE up(id, depth) AS (
+              SELECT o.parent_org_id, 1 FROM truxe.organizations o
+               WHERE o.id = has_permission.org_id AND o.parent_org_id IS NOT NULL
+              UNION ALL
+              SELECT o.parent_org_id, up.depth + 1 FROM truxe.organizations o JOIN up ON o.id = up.id
+               WHERE o.parent_org_id IS NOT NULL AND up.depth < 1000
+            ), held AS (
+              SELECT m.role, m.permissions FROM truxe.memberships m
+               WHERE m.org_id = has_permission.org_id AND m.user_id = has_permission.user_id
+                 AND m.joined_at IS NOT NULL
+              UNION ALL
+              SELECT m.role, '[]'::jsonb FROM up JOIN truxe.memberships m ON m.org_id = up.id
+               WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
+                 AND m.role IN ('owner', 'admin')
+            ), granted(p) AS (
+              SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
+              UNION ALL
+              SELECT e FROM held h, jsonb_array_elements_text(h.permissions) e
+            )
+            SELECT coalesce(bool_or(g.p = '*' OR g.p = has_permission.permission
+                                    OR (g.p LIKE '%:*'
+                                        AND split_part(g.p, ':', 1) = split_part(has_permission.permission, ':', 1))),
+                            false)
+              FROM granted g);
+        END
+        $$;
+        -- a chain of 6 orgs under r1, a second root r2, and 12 users with every role at
+        -- every level (some pending, some with extra permissions)
+        INSERT INTO truxe.users (id, email, status)
+          SELECT ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid, 'u' || g || '@x.example', 'active'
+            FROM generate_series(1, 12) g;
+        INSERT INTO truxe.organizations (id, slug, name)
+          SELECT ('00000000-0000-0000-0001-' || lpad(g::text, 12, '0'))::uuid, 'o-' || g, 'O' FROM generate_series(1, 7) g;
+        UPDATE truxe.organizations SET parent_org_id = ('00000000-0000-0000-0001-' || lpad((substr(slug::text, 3)::int - 1)::text, 12, '0'))::uuid
+         WHERE slug::text NOT IN ('o-1', 'o-7');
+        INSERT INTO truxe.memberships (org_id, user_id, role, joined_at, permissions)
+          SELECT ('00000000-0000-0000-0001-' || lpad((1 + (u * 5 + k) % 7)::text, 12, '0'))::uuid,
+                 ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid,
+                 (ARRAY['owner', 'admin', 'member', 'viewer']::truxe.membership_role[])[1 + (u + k) % 4],
+                 CASE WHEN (u + k) % 5 = 0 THEN NULL ELSE now() END,
+                 CASE WHEN u % 3 = 0 THEN '["reports:*", "billing:read"]'::jsonb ELSE '[]' END
+            FROM generate_series(1, 12) u, generate_series(0, 2) k
+          ON CONFLICT DO NOTHING;"#,
+    )
+    .unwrap();
+    let compare = |s: &mut Client, when: &str| {
+        let diff: Vec<String> = s
+            .query(
+                "SELECT o.slug::text || ' ' || u.email::text || ' ' || p
+                   FROM truxe.organizations o, truxe.users u,
+                        unnest(ARRAY['users:read', 'users:delete', 'audit_logs:read', 'reports:export',
+                                     'billing:read', 'billing:write', 'anything:at_all', '*']) p
+                  WHERE truxe.has_permission(o.id, p, u.id) IS DISTINCT FROM ref.has_permission(o.id, p, u.id)",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(diff.is_empty(), "{when}: {diff:?}");
+        let held: i64 = s
+            .query_one(
+                "SELECT count(*) FROM truxe.organizations o, truxe.users u
+                  WHERE truxe.has_permission(o.id, 'users:read', u.id)",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(held > 10, "{when}: the tree grants something ({held})");
+    };
+    compare(&mut s, "chain");
+    // move a subtree under the other root, and cut one loose
+    s.batch_execute(
+        "UPDATE truxe.organizations SET parent_org_id = (SELECT id FROM truxe.organizations WHERE slug = 'o-7')
+          WHERE slug = 'o-4';
+         UPDATE truxe.organizations SET parent_org_id = NULL WHERE slug = 'o-6';",
+    )
+    .unwrap();
+    compare(&mut s, "after moves");
+}
