@@ -542,6 +542,9 @@ fn matrix_write_audit_rows_app_actions() {
     }
 }
 
+/// action, host(ip), user_agent, request_id of an audit row
+type AuditContext = (String, Option<String>, Option<String>, Option<String>);
+
 /// An app's audit row carries the request context of the settings, like truxe's own rows;
 /// ip, user_agent, request_id, id and created_at cannot be chosen by `authenticated`.
 #[test]
@@ -577,7 +580,7 @@ fn app_audit_rows_take_the_request_context_from_the_settings() {
     )
     .unwrap();
     assert_eq!(try_audit(&mut c, None, "report.viewed"), "ok");
-    let rows: Vec<(String, Option<String>, Option<String>, Option<String>)> = db
+    let rows: Vec<AuditContext> = db
         .service()
         .query(
             "SELECT action, host(ip), user_agent, request_id::text FROM truxe.audit_logs
