@@ -29,7 +29,10 @@ BEGIN
                          'accessible_org_ids', 'admin_org_ids', 'invited_org_ids',
                          'create_organization', 'invite_member', 'accept_invitation',
                          'change_role', 'remove_member', 'has_permission',
-                         'org_ancestors', 'org_descendants', 'validate_session', 'version')
+                         'org_ancestors', 'org_descendants', 'validate_session', 'version',
+                         -- evaluated as the caller by audit_logs' INSERT policy and defaults
+                         'is_builtin_audit_action', 'request_ip', 'request_user_agent',
+                         'request_id')
   LOOP
     EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', f);
   END LOOP;
@@ -46,6 +49,8 @@ GRANT UPDATE (metadata) ON truxe.users TO authenticated;
 -- owners/admins edit their org (policy org_admin_update); re-parenting is checked again by
 -- the hierarchy trigger
 GRANT UPDATE (slug, name, parent_org_id, settings) ON truxe.organizations TO authenticated;
--- an app may append audit rows in the acting user's name (policy audit_self_insert)
-GRANT INSERT ON truxe.audit_logs TO authenticated;
+-- an app may append audit rows in the acting user's name (policy audit_self_insert); the
+-- request context (ip, user_agent, request_id), id and created_at are not its to choose
+GRANT INSERT (org_id, actor_user_id, action, target_type, target_id, details)
+  ON truxe.audit_logs TO authenticated;
 GRANT USAGE ON SEQUENCE truxe.audit_logs_id_seq TO authenticated;

@@ -1,10 +1,29 @@
 -- Organisations and memberships (SPEC §5). Called by authenticated and service_account;
 -- they write past RLS, so they are SECURITY DEFINER with a pinned search_path and act for
--- truxe.current_user_id(). Errors: no context or insufficient role 42501; unknown org,
--- user or invitation P0002; bad input 22023; an org's last owner 23514.
+-- truxe.current_user_id(). Errors: no context, a caller whose user is not active, or
+-- insufficient rights 42501; bad input 22023; an org's last owner 23514; a taken slug or a
+-- second membership 23505; unknown user, member or invitation P0002 (only once the caller's
+-- rights on the org are established, or for the caller's own membership).
+--
+-- Existence is never an oracle: every function first checks the caller's rights on the org
+-- from the caller's own memberships (truxe.require_org_admin, one message for every function),
+-- and only then looks anything up or locks anything. A stranger gets the same 42501 whether
+-- or not the org, the user or the membership exists. (create_organization's 23505 does tell
+-- that a slug is taken: slugs are unique, public names.)
+
+-- The format of a permission string, in one place: 'resource:action', 'resource:*' or '*'.
+-- truxe.role_permissions' CHECK and every function that grants permissions use it.
+CREATE FUNCTION truxe.valid_permission(permission text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+  SELECT permission ~ '^(\*|[a-z_]+:(\*|[a-z_]+))$';
+$$;
+ALTER TABLE truxe.role_permissions DROP CONSTRAINT permission_format,
+  ADD CONSTRAINT permission_format CHECK (truxe.valid_permission(permission));
 
 -- The strongest role `who` holds on `org`: a joined membership of the org itself, or owner
--- or admin of one of its ancestors (those hold their role on descendants). NULL if none.
+-- or admin of one of its ancestors (those hold their role on descendants; ancestors come from
+-- truxe.org_closure). NULL if none. Reads only `who`'s memberships.
 CREATE FUNCTION truxe.effective_role(org uuid, who uuid)
 RETURNS truxe.membership_role LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -13,11 +32,13 @@ BEGIN
            WHERE m.user_id = who AND m.joined_at IS NOT NULL
              AND (m.org_id = org
                   OR (m.role IN ('owner', 'admin')
-                      AND m.org_id IN (SELECT a.org_id FROM truxe.org_ancestors(org) a))));
+                      AND m.org_id IN (SELECT c.ancestor_id FROM truxe.org_closure c
+                                        WHERE c.descendant_id = org))));
 END
 $$;
 
--- The acting user, or 42501.
+-- The acting user, who must exist with status 'active', or 42501: a suspended, deleted or
+-- pending user acts in no organisation or membership function.
 CREATE FUNCTION truxe.require_user() RETURNS uuid LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE me uuid := truxe.current_user_id();
@@ -26,12 +47,33 @@ BEGIN
     RAISE EXCEPTION 'no current user: call truxe.set_context(user_id) first'
       USING ERRCODE = '42501';
   END IF;
+  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = me AND u.status = 'active') THEN
+    RAISE EXCEPTION 'the current user % is not an active user', me USING ERRCODE = '42501';
+  END IF;
   RETURN me;
 END
 $$;
 
--- Creates an org; the caller becomes its owner, joined now. With a parent, the caller
--- must be owner or admin of the parent (or of one of its ancestors).
+-- `me`'s effective role on `org` when it is owner or admin (directly or through an
+-- ancestor), else 42501 with the same message whether or not the org exists. Reads only
+-- `me`'s own memberships and locks nothing: call it before any lookup or lock.
+CREATE FUNCTION truxe.require_org_admin(org uuid, me uuid)
+RETURNS truxe.membership_role LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE r truxe.membership_role := truxe.effective_role(org, me);
+BEGIN
+  IF r IS NULL OR r NOT IN ('owner', 'admin') THEN
+    RAISE EXCEPTION 'permission denied: the current user is not an owner or admin of organization %', org
+      USING ERRCODE = '42501';
+  END IF;
+  RETURN r;
+END
+$$;
+
+-- Creates an org; the caller (an active user) becomes its owner, joined now. With a parent,
+-- the caller must be owner or admin of the parent (or of one of its ancestors), checked
+-- before anything else is read: 42501 whether or not the parent exists. A taken slug is
+-- 23505 (and so tells that the slug exists: slugs are unique names).
 CREATE FUNCTION truxe.create_organization(slug citext, name text, parent_org_id uuid DEFAULT NULL,
                                           settings jsonb DEFAULT '{}')
 RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -40,8 +82,8 @@ DECLARE
   new_id uuid;
 BEGIN
   IF slug IS NULL OR slug::text !~ '^[a-z0-9][a-z0-9-]*[a-z0-9]$' OR length(slug::text) > 63 THEN
-    RAISE EXCEPTION 'invalid slug %: 2-63 lowercase letters, digits and inner dashes', quote_nullable(slug::text)
-      USING ERRCODE = '22023';
+    RAISE EXCEPTION 'invalid slug %: 2-63 lowercase letters, digits and inner dashes',
+      coalesce(to_json(left(slug::text, 64))::text, 'NULL') USING ERRCODE = '22023';
   END IF;
   IF name IS NULL OR length(trim(name)) = 0 OR length(name) > 255 THEN
     RAISE EXCEPTION 'invalid name: 1-255 characters, not blank' USING ERRCODE = '22023';
@@ -49,63 +91,72 @@ BEGIN
   IF settings IS NULL OR jsonb_typeof(settings) <> 'object' THEN
     RAISE EXCEPTION 'settings must be a JSON object' USING ERRCODE = '22023';
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = me) THEN
-    RAISE EXCEPTION 'unknown user %', me USING ERRCODE = 'P0002';
-  END IF;
   IF create_organization.parent_org_id IS NOT NULL THEN
-    IF NOT EXISTS (SELECT 1 FROM truxe.organizations o WHERE o.id = create_organization.parent_org_id) THEN
-      RAISE EXCEPTION 'unknown organization %', create_organization.parent_org_id USING ERRCODE = 'P0002';
-    END IF;
-    IF coalesce(truxe.effective_role(create_organization.parent_org_id, me) NOT IN ('owner', 'admin'), true) THEN
-      RAISE EXCEPTION 'creating a child of organization % requires owner or admin on it',
-        create_organization.parent_org_id USING ERRCODE = '42501';
-    END IF;
+    PERFORM truxe.require_org_admin(create_organization.parent_org_id, me);
   END IF;
   INSERT INTO truxe.organizations AS o (slug, name, parent_org_id, settings)
     VALUES (create_organization.slug, create_organization.name, create_organization.parent_org_id,
             create_organization.settings)
+    ON CONFLICT ON CONSTRAINT organizations_slug_key DO NOTHING
     RETURNING o.id INTO new_id;
+  IF new_id IS NULL THEN
+    RAISE EXCEPTION 'the organization slug % is already taken', to_json(slug::text)::text
+      USING ERRCODE = '23505';
+  END IF;
   INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
     VALUES (new_id, me, 'owner', now(), now());
   RETURN new_id;
 END
 $$;
 
--- Invites a user (a pending membership). Caller: owner or admin; only an owner may invite
--- an owner.
+-- Invites a user (a pending membership). Caller: owner or admin (42501 before any lookup);
+-- only an owner may invite an owner. Each extra permission must have the format of
+-- truxe.valid_permission (22023) and be held by the caller in that org (42501; an owner may
+-- grant anything). Unknown user P0002; a second membership of the same user 23505.
 CREATE FUNCTION truxe.invite_member(org_id uuid, user_id uuid, role truxe.membership_role DEFAULT 'member',
                                     permissions jsonb DEFAULT '[]')
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   me uuid := truxe.require_user();
   my_role truxe.membership_role;
+  p text;
 BEGIN
   IF role IS NULL OR permissions IS NULL OR jsonb_typeof(permissions) <> 'array'
-     OR EXISTS (SELECT 1 FROM jsonb_array_elements(permissions) p WHERE jsonb_typeof(p) <> 'string') THEN
+     OR EXISTS (SELECT 1 FROM jsonb_array_elements(permissions) e WHERE jsonb_typeof(e) <> 'string') THEN
     RAISE EXCEPTION 'role must be given and permissions must be a JSON array of strings'
       USING ERRCODE = '22023';
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM truxe.organizations o WHERE o.id = invite_member.org_id) THEN
-    RAISE EXCEPTION 'unknown organization %', invite_member.org_id USING ERRCODE = 'P0002';
-  END IF;
-  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = invite_member.user_id) THEN
-    RAISE EXCEPTION 'unknown user %', invite_member.user_id USING ERRCODE = 'P0002';
-  END IF;
-  my_role := truxe.effective_role(invite_member.org_id, me);
-  IF my_role IS NULL OR my_role NOT IN ('owner', 'admin') THEN
-    RAISE EXCEPTION 'inviting to organization % requires owner or admin', invite_member.org_id
-      USING ERRCODE = '42501';
-  END IF;
+  my_role := truxe.require_org_admin(invite_member.org_id, me);
   IF invite_member.role = 'owner' AND my_role <> 'owner' THEN
     RAISE EXCEPTION 'only an owner may invite an owner' USING ERRCODE = '42501';
   END IF;
+  FOR p IN SELECT jsonb_array_elements_text(invite_member.permissions) LOOP
+    IF NOT truxe.valid_permission(p) THEN
+      RAISE EXCEPTION 'invalid permission %: expected resource:action, resource:* or *',
+        to_json(left(p, 64))::text USING ERRCODE = '22023';
+    END IF;
+    IF my_role <> 'owner' AND NOT truxe.has_permission(invite_member.org_id, p, me) THEN
+      RAISE EXCEPTION 'granting permission % requires holding it in organization %',
+        to_json(left(p, 64))::text, invite_member.org_id USING ERRCODE = '42501';
+    END IF;
+  END LOOP;
+  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = invite_member.user_id) THEN
+    RAISE EXCEPTION 'unknown user %', invite_member.user_id USING ERRCODE = 'P0002';
+  END IF;
   INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by)
     VALUES (invite_member.org_id, invite_member.user_id, invite_member.role, invite_member.permissions,
-            CASE WHEN me = invite_member.user_id THEN NULL ELSE me END);
+            CASE WHEN me = invite_member.user_id THEN NULL ELSE me END)
+    ON CONFLICT ON CONSTRAINT memberships_pkey DO NOTHING;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'user % is already a member of organization % or has a pending invitation to it',
+      invite_member.user_id, invite_member.org_id USING ERRCODE = '23505';
+  END IF;
 END
 $$;
 
--- Accepts the current user's pending invitation to org_id.
+-- Accepts the current user's pending invitation to org_id. Acts on the caller's own
+-- membership only: P0002 when there is none to accept, the same whether or not the org
+-- exists.
 CREATE FUNCTION truxe.accept_invitation(org_id uuid)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE me uuid := truxe.require_user();
@@ -119,17 +170,16 @@ BEGIN
 END
 $$;
 
--- Locks the org row (serialising owner changes of one org) and returns the caller's
--- effective role there, or raises: P0002 unknown org, 42501 not owner/admin.
+-- Checks that `me` is owner or admin of the org (42501, before anything is locked), locks
+-- the org row (serialising owner changes of one org), and returns `me`'s effective role as
+-- it stands once the lock is held (42501 if it was lost meanwhile, or the org is gone).
 CREATE FUNCTION truxe.lock_org_for_change(org uuid, me uuid)
 RETURNS truxe.membership_role LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+  PERFORM truxe.require_org_admin(org, me);
   PERFORM 1 FROM truxe.organizations o WHERE o.id = org FOR NO KEY UPDATE;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'unknown organization %', org USING ERRCODE = 'P0002';
-  END IF;
-  RETURN truxe.effective_role(org, me);
+  RETURN truxe.require_org_admin(org, me);
 END
 $$;
 
@@ -154,8 +204,9 @@ RETURNS bigint LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog
    WHERE m.org_id = org AND m.role = 'owner' AND m.joined_at IS NOT NULL AND m.user_id <> except_user;
 $$;
 
--- Changes a member's role. Caller: owner or admin; making or unmaking an owner needs an
--- owner; the last owner cannot be demoted (23514).
+-- Changes a member's role. Caller: owner or admin (42501 before any lookup or lock); making
+-- or unmaking an owner needs an owner; the last owner cannot be demoted (23514); a user who
+-- is not a member P0002.
 CREATE FUNCTION truxe.change_role(org_id uuid, user_id uuid, role truxe.membership_role)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -167,10 +218,6 @@ BEGIN
     RAISE EXCEPTION 'role must be given' USING ERRCODE = '22023';
   END IF;
   my_role := truxe.lock_org_for_change(change_role.org_id, me);
-  IF my_role IS NULL OR my_role NOT IN ('owner', 'admin') THEN
-    RAISE EXCEPTION 'changing roles in organization % requires owner or admin', change_role.org_id
-      USING ERRCODE = '42501';
-  END IF;
   old_role := truxe.member_role(change_role.org_id, change_role.user_id);
   IF (old_role = 'owner' OR change_role.role = 'owner') AND my_role <> 'owner' THEN
     RAISE EXCEPTION 'only an owner may grant or take the owner role' USING ERRCODE = '42501';
@@ -184,8 +231,9 @@ BEGIN
 END
 $$;
 
--- Removes a member. Caller: owner or admin, or the member removing themself; removing an
--- owner needs an owner (or the owner themself); never the last owner (23514).
+-- Removes a member. Caller: owner or admin (42501 before any lookup or lock; removing an
+-- owner needs an owner), or the member removing themself (P0002 when the caller has no
+-- membership there, the same whether or not the org exists); never the last owner (23514).
 CREATE FUNCTION truxe.remove_member(org_id uuid, user_id uuid)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -193,12 +241,17 @@ DECLARE
   my_role truxe.membership_role;
   old_role truxe.membership_role;
 BEGIN
-  my_role := truxe.lock_org_for_change(remove_member.org_id, me);
-  old_role := truxe.member_role(remove_member.org_id, remove_member.user_id);
-  IF me <> remove_member.user_id AND (my_role IS NULL OR my_role NOT IN ('owner', 'admin')
-                                      OR (old_role = 'owner' AND my_role <> 'owner')) THEN
-    RAISE EXCEPTION 'removing user % from organization % is not allowed for the current user',
-      remove_member.user_id, remove_member.org_id USING ERRCODE = '42501';
+  IF me IS DISTINCT FROM remove_member.user_id THEN
+    my_role := truxe.lock_org_for_change(remove_member.org_id, me);
+    old_role := truxe.member_role(remove_member.org_id, remove_member.user_id);
+    IF old_role = 'owner' AND my_role <> 'owner' THEN
+      RAISE EXCEPTION 'only an owner may remove an owner' USING ERRCODE = '42501';
+    END IF;
+  ELSE
+    -- the caller's own membership: nothing but the caller's own row is looked at before the lock
+    PERFORM truxe.member_role(remove_member.org_id, me);
+    PERFORM 1 FROM truxe.organizations o WHERE o.id = remove_member.org_id FOR NO KEY UPDATE;
+    old_role := truxe.member_role(remove_member.org_id, me);
   END IF;
   IF old_role = 'owner' AND truxe.other_owners(remove_member.org_id, remove_member.user_id) = 0 THEN
     RAISE EXCEPTION 'organization % would lose its last owner', remove_member.org_id USING ERRCODE = '23514';
@@ -207,29 +260,47 @@ BEGIN
 END
 $$;
 
+-- Whether the role that called into truxe is trusted with every user's data: a superuser
+-- or a member of service_account. Inside a SECURITY DEFINER function current_user is the
+-- function's owner, so this reads the caller's role from outside it: the role a SET ROLE
+-- chose (setting `role`), else the login (session_user). A backend that logs in as a
+-- service_account member and then runs `SET ROLE authenticated` is not trusted here.
+CREATE FUNCTION truxe.caller_is_service()
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT pg_has_role(CASE WHEN current_setting('role') = 'none' THEN session_user
+                          ELSE current_setting('role')::name END,
+                     'service_account', 'MEMBER');
+$$;
+
 -- Whether user_id holds `permission` ('resource:action') on org_id: the role defaults of
 -- truxe.role_permissions plus the membership's own permissions array, with 'resource:*' and
--- '*' wildcards; owners/admins of an ancestor hold their role's permissions here too.
--- Pending memberships grant nothing. False (never NULL) for unknown users/orgs.
+-- '*' wildcards; owners/admins of an ancestor (truxe.org_closure) hold their role's
+-- permissions here too. Pending memberships grant nothing. False (never NULL) for unknown
+-- users/orgs. Callable by authenticated and service_account; a caller that is not a
+-- superuser or service_account member may ask only about itself (the current user) or about
+-- a user with a joined membership in an org where the caller is owner or admin (directly or
+-- through an ancestor): for anyone else the answer is false, without reading their rights.
 CREATE FUNCTION truxe.has_permission(org_id uuid, permission text,
                                      user_id uuid DEFAULT truxe.current_user_id())
 RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+  -- (nested: the outer test stays a simple expression, cheap for the common callers)
+  IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id() AND NOT truxe.caller_is_service() THEN
+    IF NOT EXISTS (SELECT 1 FROM truxe.memberships m
+                    WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
+                      AND m.org_id = ANY (truxe.admin_org_ids())) THEN
+      RETURN false;
+    END IF;
+  END IF;
   RETURN (
-    WITH RECURSIVE up(id, depth) AS (
-      SELECT o.parent_org_id, 1 FROM truxe.organizations o
-       WHERE o.id = has_permission.org_id AND o.parent_org_id IS NOT NULL
-      UNION ALL
-      SELECT o.parent_org_id, up.depth + 1 FROM truxe.organizations o JOIN up ON o.id = up.id
-       WHERE o.parent_org_id IS NOT NULL AND up.depth < 1000
-    ), held AS (
+    WITH held AS (
       SELECT m.role, m.permissions FROM truxe.memberships m
        WHERE m.org_id = has_permission.org_id AND m.user_id = has_permission.user_id
          AND m.joined_at IS NOT NULL
       UNION ALL
-      SELECT m.role, '[]'::jsonb FROM up JOIN truxe.memberships m ON m.org_id = up.id
-       WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
-         AND m.role IN ('owner', 'admin')
+      SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
+       WHERE c.descendant_id = has_permission.org_id AND m.user_id = has_permission.user_id
+         AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
     ), granted(p) AS (
       SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
       UNION ALL

@@ -42,12 +42,14 @@ CREATE POLICY membership_read ON truxe.memberships FOR SELECT TO authenticated
   USING (org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
          OR user_id = (SELECT truxe.current_user_id()));
 
--- users: self, and users sharing an accessible org; UPDATE own row (metadata column only:
--- the column privilege in sql/grants.sql, so status stays out of reach)
+-- users: self, and users with a *joined* membership in an accessible org (a pending
+-- invitation by user id reveals nothing of the invitee to the inviting org); UPDATE own row
+-- (metadata column only: the column privilege in sql/grants.sql, so status stays out of reach)
 CREATE POLICY user_read ON truxe.users FOR SELECT TO authenticated
   USING (id = (SELECT truxe.current_user_id())
          OR id IN (SELECT m.user_id FROM truxe.memberships m
-                    WHERE m.org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])));
+                    WHERE m.org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
+                      AND m.joined_at IS NOT NULL));
 CREATE POLICY user_self_update ON truxe.users FOR UPDATE TO authenticated
   USING (id = (SELECT truxe.current_user_id()))
   WITH CHECK (id = (SELECT truxe.current_user_id()));
@@ -56,12 +58,28 @@ CREATE POLICY user_self_update ON truxe.users FOR UPDATE TO authenticated
 CREATE POLICY session_read ON truxe.sessions FOR SELECT TO authenticated
   USING (user_id = (SELECT truxe.current_user_id()));
 
--- audit_logs: rows of orgs the user administers (directly or via an ancestor); may append
--- rows in its own name only
+-- audit_logs: rows of orgs the user administers (directly or via an ancestor). An app may
+-- append rows in the acting user's own name, for an org the user may act in (one in
+-- accessible_org_ids(): a joined membership, or owner/admin of an ancestor) or for no org,
+-- and never with one of truxe's own actions (those rows are truxe's word, written by its
+-- triggers and functions as the extension owner, which RLS does not restrict). ip,
+-- user_agent, request_id, id and created_at are not the app's to choose: authenticated may
+-- insert only the other columns (sql/grants.sql), and the request columns default to the
+-- request settings, as in the rows truxe writes.
+CREATE FUNCTION truxe.is_builtin_audit_action(action text)
+RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT action = ANY (enum_range(NULL::truxe.audit_action)::text[]);
+$$;
+ALTER TABLE truxe.audit_logs
+  ALTER COLUMN ip SET DEFAULT truxe.request_ip(),
+  ALTER COLUMN user_agent SET DEFAULT truxe.request_user_agent(),
+  ALTER COLUMN request_id SET DEFAULT truxe.request_id();
 CREATE POLICY audit_admin_read ON truxe.audit_logs FOR SELECT TO authenticated
   USING (org_id = ANY ((SELECT truxe.admin_org_ids())::uuid[]));
 CREATE POLICY audit_self_insert ON truxe.audit_logs FOR INSERT TO authenticated
-  WITH CHECK (actor_user_id = (SELECT truxe.current_user_id()));
+  WITH CHECK (actor_user_id = (SELECT truxe.current_user_id())
+              AND (org_id IS NULL OR org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[]))
+              AND NOT truxe.is_builtin_audit_action(action::text));
 
 -- usage_metrics: owners/admins of the org, read only
 CREATE POLICY usage_admin_read ON truxe.usage_metrics FOR SELECT TO authenticated

@@ -5,3 +5,347 @@
 -- and the Rust #[pg_extern]s) and once here, and tests/integration/upgrade.rs proves that
 -- both give the same catalog. Sections follow the order of the changes; each says why.
 \echo Use "ALTER EXTENSION truxe UPDATE TO '0.2.0'" to load this file. \quit
+
+-- == Authorization rules (issues 18, 20, 21) ==
+-- Why: a hostile tenant could forge audit rows in another tenant's trail, probe anyone's
+-- permissions, grant permissions it does not hold, read any user's row by inviting it, tell
+-- existing orgs/users/memberships from missing ones, and keep acting while suspended. The
+-- fresh-install side of every statement is in sql/orgs.sql, sql/rls.sql, sql/context.sql
+-- and sql/grants.sql.
+
+-- The permission format in one place: a function used by role_permissions' CHECK and by
+-- invite_member (which 0.1 did not check at all).
+CREATE FUNCTION truxe.valid_permission(permission text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+  SELECT permission ~ '^(\*|[a-z_]+:(\*|[a-z_]+))$';
+$$;
+REVOKE ALL ON FUNCTION truxe.valid_permission(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.valid_permission(text) TO service_account;
+ALTER TABLE truxe.role_permissions DROP CONSTRAINT permission_format,
+  ADD CONSTRAINT permission_format CHECK (truxe.valid_permission(permission));
+
+-- Ancestors from truxe.org_closure instead of a recursive walk (same result).
+CREATE OR REPLACE FUNCTION truxe.effective_role(org uuid, who uuid)
+RETURNS truxe.membership_role LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RETURN (SELECT min(m.role) FROM truxe.memberships m
+           WHERE m.user_id = who AND m.joined_at IS NOT NULL
+             AND (m.org_id = org
+                  OR (m.role IN ('owner', 'admin')
+                      AND m.org_id IN (SELECT c.ancestor_id FROM truxe.org_closure c
+                                        WHERE c.descendant_id = org))));
+END
+$$;
+
+-- A suspended, deleted or pending caller is refused (42501).
+CREATE OR REPLACE FUNCTION truxe.require_user() RETURNS uuid LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE me uuid := truxe.current_user_id();
+BEGIN
+  IF me IS NULL THEN
+    RAISE EXCEPTION 'no current user: call truxe.set_context(user_id) first'
+      USING ERRCODE = '42501';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = me AND u.status = 'active') THEN
+    RAISE EXCEPTION 'the current user % is not an active user', me USING ERRCODE = '42501';
+  END IF;
+  RETURN me;
+END
+$$;
+
+-- New: rights are checked first, from the caller's own memberships, with one message.
+CREATE FUNCTION truxe.require_org_admin(org uuid, me uuid)
+RETURNS truxe.membership_role LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE r truxe.membership_role := truxe.effective_role(org, me);
+BEGIN
+  IF r IS NULL OR r NOT IN ('owner', 'admin') THEN
+    RAISE EXCEPTION 'permission denied: the current user is not an owner or admin of organization %', org
+      USING ERRCODE = '42501';
+  END IF;
+  RETURN r;
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.require_org_admin(uuid, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.require_org_admin(uuid, uuid) TO service_account;
+
+-- Rights before any lookup (no P0002 for an unknown parent), an inactive caller refused, a
+-- taken slug is 23505 in words, the slug quoted in at most 64 characters.
+CREATE OR REPLACE FUNCTION truxe.create_organization(slug citext, name text, parent_org_id uuid DEFAULT NULL,
+                                          settings jsonb DEFAULT '{}')
+RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me uuid := truxe.require_user();
+  new_id uuid;
+BEGIN
+  IF slug IS NULL OR slug::text !~ '^[a-z0-9][a-z0-9-]*[a-z0-9]$' OR length(slug::text) > 63 THEN
+    RAISE EXCEPTION 'invalid slug %: 2-63 lowercase letters, digits and inner dashes',
+      coalesce(to_json(left(slug::text, 64))::text, 'NULL') USING ERRCODE = '22023';
+  END IF;
+  IF name IS NULL OR length(trim(name)) = 0 OR length(name) > 255 THEN
+    RAISE EXCEPTION 'invalid name: 1-255 characters, not blank' USING ERRCODE = '22023';
+  END IF;
+  IF settings IS NULL OR jsonb_typeof(settings) <> 'object' THEN
+    RAISE EXCEPTION 'settings must be a JSON object' USING ERRCODE = '22023';
+  END IF;
+  IF create_organization.parent_org_id IS NOT NULL THEN
+    PERFORM truxe.require_org_admin(create_organization.parent_org_id, me);
+  END IF;
+  INSERT INTO truxe.organizations AS o (slug, name, parent_org_id, settings)
+    VALUES (create_organization.slug, create_organization.name, create_organization.parent_org_id,
+            create_organization.settings)
+    ON CONFLICT ON CONSTRAINT organizations_slug_key DO NOTHING
+    RETURNING o.id INTO new_id;
+  IF new_id IS NULL THEN
+    RAISE EXCEPTION 'the organization slug % is already taken', to_json(slug::text)::text
+      USING ERRCODE = '23505';
+  END IF;
+  INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
+    VALUES (new_id, me, 'owner', now(), now());
+  RETURN new_id;
+END
+$$;
+
+-- Rights before any lookup; extra permissions well-formed and held by the granter; a
+-- second membership is 23505 in words.
+CREATE OR REPLACE FUNCTION truxe.invite_member(org_id uuid, user_id uuid, role truxe.membership_role DEFAULT 'member',
+                                    permissions jsonb DEFAULT '[]')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me uuid := truxe.require_user();
+  my_role truxe.membership_role;
+  p text;
+BEGIN
+  IF role IS NULL OR permissions IS NULL OR jsonb_typeof(permissions) <> 'array'
+     OR EXISTS (SELECT 1 FROM jsonb_array_elements(permissions) e WHERE jsonb_typeof(e) <> 'string') THEN
+    RAISE EXCEPTION 'role must be given and permissions must be a JSON array of strings'
+      USING ERRCODE = '22023';
+  END IF;
+  my_role := truxe.require_org_admin(invite_member.org_id, me);
+  IF invite_member.role = 'owner' AND my_role <> 'owner' THEN
+    RAISE EXCEPTION 'only an owner may invite an owner' USING ERRCODE = '42501';
+  END IF;
+  FOR p IN SELECT jsonb_array_elements_text(invite_member.permissions) LOOP
+    IF NOT truxe.valid_permission(p) THEN
+      RAISE EXCEPTION 'invalid permission %: expected resource:action, resource:* or *',
+        to_json(left(p, 64))::text USING ERRCODE = '22023';
+    END IF;
+    IF my_role <> 'owner' AND NOT truxe.has_permission(invite_member.org_id, p, me) THEN
+      RAISE EXCEPTION 'granting permission % requires holding it in organization %',
+        to_json(left(p, 64))::text, invite_member.org_id USING ERRCODE = '42501';
+    END IF;
+  END LOOP;
+  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = invite_member.user_id) THEN
+    RAISE EXCEPTION 'unknown user %', invite_member.user_id USING ERRCODE = 'P0002';
+  END IF;
+  INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by)
+    VALUES (invite_member.org_id, invite_member.user_id, invite_member.role, invite_member.permissions,
+            CASE WHEN me = invite_member.user_id THEN NULL ELSE me END)
+    ON CONFLICT ON CONSTRAINT memberships_pkey DO NOTHING;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'user % is already a member of organization % or has a pending invitation to it',
+      invite_member.user_id, invite_member.org_id USING ERRCODE = '23505';
+  END IF;
+END
+$$;
+
+-- An inactive caller is refused (via require_user); comment only otherwise.
+CREATE OR REPLACE FUNCTION truxe.accept_invitation(org_id uuid)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE me uuid := truxe.require_user();
+BEGIN
+  UPDATE truxe.memberships m SET joined_at = now()
+   WHERE m.org_id = accept_invitation.org_id AND m.user_id = me AND m.joined_at IS NULL;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'no pending invitation to organization % for user %', accept_invitation.org_id, me
+      USING ERRCODE = 'P0002';
+  END IF;
+END
+$$;
+
+-- Rights before the lock, and again once it is held; no P0002 for an unknown org.
+CREATE OR REPLACE FUNCTION truxe.lock_org_for_change(org uuid, me uuid)
+RETURNS truxe.membership_role LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  PERFORM truxe.require_org_admin(org, me);
+  PERFORM 1 FROM truxe.organizations o WHERE o.id = org FOR NO KEY UPDATE;
+  RETURN truxe.require_org_admin(org, me);
+END
+$$;
+
+-- Rights (lock_org_for_change) before the member lookup.
+CREATE OR REPLACE FUNCTION truxe.change_role(org_id uuid, user_id uuid, role truxe.membership_role)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me uuid := truxe.require_user();
+  my_role truxe.membership_role;
+  old_role truxe.membership_role;
+BEGIN
+  IF role IS NULL THEN
+    RAISE EXCEPTION 'role must be given' USING ERRCODE = '22023';
+  END IF;
+  my_role := truxe.lock_org_for_change(change_role.org_id, me);
+  old_role := truxe.member_role(change_role.org_id, change_role.user_id);
+  IF (old_role = 'owner' OR change_role.role = 'owner') AND my_role <> 'owner' THEN
+    RAISE EXCEPTION 'only an owner may grant or take the owner role' USING ERRCODE = '42501';
+  END IF;
+  IF old_role = 'owner' AND change_role.role <> 'owner'
+     AND truxe.other_owners(change_role.org_id, change_role.user_id) = 0 THEN
+    RAISE EXCEPTION 'organization % would lose its last owner', change_role.org_id USING ERRCODE = '23514';
+  END IF;
+  UPDATE truxe.memberships m SET role = change_role.role
+   WHERE m.org_id = change_role.org_id AND m.user_id = change_role.user_id AND m.role <> change_role.role;
+END
+$$;
+
+-- Rights before any lookup or lock unless the caller removes their own membership.
+CREATE OR REPLACE FUNCTION truxe.remove_member(org_id uuid, user_id uuid)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me uuid := truxe.require_user();
+  my_role truxe.membership_role;
+  old_role truxe.membership_role;
+BEGIN
+  IF me IS DISTINCT FROM remove_member.user_id THEN
+    my_role := truxe.lock_org_for_change(remove_member.org_id, me);
+    old_role := truxe.member_role(remove_member.org_id, remove_member.user_id);
+    IF old_role = 'owner' AND my_role <> 'owner' THEN
+      RAISE EXCEPTION 'only an owner may remove an owner' USING ERRCODE = '42501';
+    END IF;
+  ELSE
+    -- the caller's own membership: nothing but the caller's own row is looked at before the lock
+    PERFORM truxe.member_role(remove_member.org_id, me);
+    PERFORM 1 FROM truxe.organizations o WHERE o.id = remove_member.org_id FOR NO KEY UPDATE;
+    old_role := truxe.member_role(remove_member.org_id, me);
+  END IF;
+  IF old_role = 'owner' AND truxe.other_owners(remove_member.org_id, remove_member.user_id) = 0 THEN
+    RAISE EXCEPTION 'organization % would lose its last owner', remove_member.org_id USING ERRCODE = '23514';
+  END IF;
+  DELETE FROM truxe.memberships m WHERE m.org_id = remove_member.org_id AND m.user_id = remove_member.user_id;
+END
+$$;
+
+-- New: whether the role calling into truxe is a superuser or service_account member.
+CREATE FUNCTION truxe.caller_is_service()
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT pg_has_role(CASE WHEN current_setting('role') = 'none' THEN session_user
+                          ELSE current_setting('role')::name END,
+                     'service_account', 'MEMBER');
+$$;
+REVOKE ALL ON FUNCTION truxe.caller_is_service() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.caller_is_service() TO service_account;
+
+-- has_permission: as authenticated only about oneself or users joined in an org one
+-- administers (else false); ancestors from truxe.org_closure.
+CREATE OR REPLACE FUNCTION truxe.has_permission(org_id uuid, permission text,
+                                     user_id uuid DEFAULT truxe.current_user_id())
+RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  -- (nested: the outer test stays a simple expression, cheap for the common callers)
+  IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id() AND NOT truxe.caller_is_service() THEN
+    IF NOT EXISTS (SELECT 1 FROM truxe.memberships m
+                    WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
+                      AND m.org_id = ANY (truxe.admin_org_ids())) THEN
+      RETURN false;
+    END IF;
+  END IF;
+  RETURN (
+    WITH held AS (
+      SELECT m.role, m.permissions FROM truxe.memberships m
+       WHERE m.org_id = has_permission.org_id AND m.user_id = has_permission.user_id
+         AND m.joined_at IS NOT NULL
+      UNION ALL
+      SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
+       WHERE c.descendant_id = has_permission.org_id AND m.user_id = has_permission.user_id
+         AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
+    ), granted(p) AS (
+      SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
+      UNION ALL
+      SELECT e FROM held h, jsonb_array_elements_text(h.permissions) e
+    )
+    SELECT coalesce(bool_or(g.p = '*' OR g.p = has_permission.permission
+                            OR (g.p LIKE '%:*'
+                                AND split_part(g.p, ':', 1) = split_part(has_permission.permission, ':', 1))),
+                    false)
+      FROM granted g);
+END
+$$;
+
+-- New: the request settings as audit rows record them; defaults of audit_logs' request
+-- columns, evaluated as the inserting role.
+CREATE FUNCTION truxe.request_ip()
+RETURNS inet LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE v text := btrim(current_setting('app.ip', true));
+BEGIN
+  IF v IS NULL OR v = '' OR length(v) > 64 OR v !~ '^[0-9A-Fa-f:.]+$' THEN
+    RETURN NULL;
+  END IF;
+  RETURN v::inet;
+EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value THEN
+  RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.request_ip() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.request_ip() TO service_account, authenticated;
+
+CREATE FUNCTION truxe.request_user_agent()
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT left(nullif(current_setting('app.user_agent', true), ''), 512);
+$$;
+REVOKE ALL ON FUNCTION truxe.request_user_agent() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.request_user_agent() TO service_account, authenticated;
+
+CREATE FUNCTION truxe.request_id()
+RETURNS uuid LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE v text := btrim(current_setting('app.request_id', true));
+BEGIN
+  IF v IS NULL OR v = '' OR length(v) > 45 THEN
+    RETURN NULL;
+  END IF;
+  IF starts_with(v, 'urn:uuid:') THEN
+    v := substr(v, 10);
+  END IF;
+  IF v = '' THEN
+    RETURN NULL;
+  END IF;
+  RETURN v::uuid;
+EXCEPTION WHEN invalid_text_representation THEN
+  RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.request_id() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.request_id() TO service_account, authenticated;
+
+-- New: truxe's own audit actions (every audit_action label), which no app may write.
+CREATE FUNCTION truxe.is_builtin_audit_action(action text)
+RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT action = ANY (enum_range(NULL::truxe.audit_action)::text[]);
+$$;
+REVOKE ALL ON FUNCTION truxe.is_builtin_audit_action(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.is_builtin_audit_action(text) TO service_account, authenticated;
+ALTER TABLE truxe.audit_logs
+  ALTER COLUMN ip SET DEFAULT truxe.request_ip(),
+  ALTER COLUMN user_agent SET DEFAULT truxe.request_user_agent(),
+  ALTER COLUMN request_id SET DEFAULT truxe.request_id();
+
+-- audit_logs: own name, an org one may act in (or none), never a truxe action.
+DROP POLICY audit_self_insert ON truxe.audit_logs;
+CREATE POLICY audit_self_insert ON truxe.audit_logs FOR INSERT TO authenticated
+  WITH CHECK (actor_user_id = (SELECT truxe.current_user_id())
+              AND (org_id IS NULL OR org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[]))
+              AND NOT truxe.is_builtin_audit_action(action::text));
+-- authenticated chooses neither the request context nor id/created_at of its audit rows.
+REVOKE INSERT ON truxe.audit_logs FROM authenticated;
+GRANT INSERT (org_id, actor_user_id, action, target_type, target_id, details)
+  ON truxe.audit_logs TO authenticated;
+
+-- users: visible through joined memberships only (a pending invitation reveals nothing).
+DROP POLICY user_read ON truxe.users;
+CREATE POLICY user_read ON truxe.users FOR SELECT TO authenticated
+  USING (id = (SELECT truxe.current_user_id())
+         OR id IN (SELECT m.user_id FROM truxe.memberships m
+                    WHERE m.org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
+                      AND m.joined_at IS NOT NULL));

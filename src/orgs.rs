@@ -104,9 +104,10 @@ mod tests {
             code_of("SELECT truxe.create_organization('ok-slug', '  ')"),
             Some(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE)
         );
+        // an unknown parent is refused like a stranger's: no existence oracle
         assert_eq!(
             code_of("SELECT truxe.create_organization('kid', 'Kid', gen_random_uuid())"),
-            Some(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND)
+            Some(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE)
         );
         assert_eq!(
             code_of(&format!(

@@ -135,7 +135,8 @@ fn owner_sees_own_tenant_and_its_descendants_only() {
     let db = populated();
     let mut c = as_user(&db, Some(ALICE));
     assert_eq!(orgs(&mut c), sorted(&[ORG_A, ORG_A1]));
-    assert_eq!(users(&mut c), sorted(&[ALICE, BOB, DAVE, ERIN]));
+    // 0.2: Dave's pending invitation no longer shows his user row (issue 21 finding 3)
+    assert_eq!(users(&mut c), sorted(&[ALICE, BOB, ERIN]));
     let m = members(&mut c);
     assert_eq!(m.len(), 4, "{m:?}");
     assert!(m.iter().all(|r| !r.starts_with(ORG_B)), "{m:?}");
@@ -217,8 +218,12 @@ fn owner_sees_own_tenant_and_its_descendants_only() {
         )),
         "42501"
     );
-    // audit rows only in one's own name
-    c.execute("INSERT INTO truxe.audit_logs (org_id, actor_user_id, action) VALUES ($1::text::uuid, $2::text::uuid, 'settings.updated')", &[&ORG_A, &ALICE]).unwrap();
+    // audit rows only in one's own name, and (0.2) never with truxe's own actions: the
+    // 'settings.updated' row 0.1 let an owner write is refused now (issue 18)
+    assert_eq!(
+        sqlstate(c.execute("INSERT INTO truxe.audit_logs (org_id, actor_user_id, action) VALUES ($1::text::uuid, $2::text::uuid, 'settings.updated')", &[&ORG_A, &ALICE])),
+        "42501"
+    );
     assert_eq!(
         sqlstate(c.execute("INSERT INTO truxe.audit_logs (org_id, actor_user_id, action) VALUES ($1::text::uuid, $2::text::uuid, 'settings.updated')", &[&ORG_A, &BOB])),
         "42501"
@@ -239,7 +244,8 @@ fn member_sees_own_org_but_not_descendants_nor_admin_data() {
     let db = populated();
     let mut c = as_user(&db, Some(BOB));
     assert_eq!(orgs(&mut c), sorted(&[ORG_A]));
-    assert_eq!(users(&mut c), sorted(&[ALICE, BOB, DAVE]));
+    // 0.2: joined members only; Dave is a pending invitee (issue 21 finding 3)
+    assert_eq!(users(&mut c), sorted(&[ALICE, BOB]));
     assert_eq!(audit_orgs(&mut c), Vec::<String>::new());
     assert_eq!(count(&mut c, "usage_metrics"), 0);
     assert_eq!(
@@ -381,4 +387,289 @@ fn policies_are_initplans_and_use_the_policy_column_index() {
         !plan.contains("Seq Scan on memberships"),
         "no full scan:\n{plan}"
     );
+}
+
+/// The personas of the matrices below: name, user (None = no context).
+const PERSONAS: [(&str, Option<&str>); 6] = [
+    ("no context", None),
+    ("alice (owner of A)", Some(ALICE)),
+    ("bob (member of A)", Some(BOB)),
+    ("carol (owner of B)", Some(CAROL)),
+    ("dave (pending invitee of A)", Some(DAVE)),
+    ("erin (member of A1)", Some(ERIN)),
+];
+
+/// Whether `c` may insert an audit row with `action` for `org` (None = no org) in the name
+/// of the acting user: "ok", or the SQLSTATE.
+fn try_audit(c: &mut Client, org: Option<&str>, action: &str) -> String {
+    // the action as a literal: it takes the column's type, enum or (later) text
+    match c.execute(
+        &format!(
+            "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, details)
+             VALUES ($1::text::uuid, truxe.current_user_id(), '{action}', '{{\"note\": \"app\"}}')"
+        ),
+        &[&org],
+    ) {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+    }
+}
+
+/// Issue 18, finding 1, exactly as reported: a stranger to org A writes a forged
+/// `org.deleted` row into A's audit trail (0.1: INSERT 0 1, and A's owner reads it).
+#[test]
+fn forged_audit_row_in_a_victims_log_is_refused() {
+    let db = populated();
+    let mut eve = db.authenticated();
+    let mut tx = eve.transaction().unwrap();
+    tx.execute("SELECT truxe.set_context($1::text::uuid)", &[&CAROL])
+        .unwrap();
+    let forged = tx.execute(
+        "INSERT INTO truxe.audit_logs (action, actor_user_id, org_id, details)
+         VALUES ('org.deleted', $1::text::uuid, $2::text::uuid, '{\"note\":\"forged\"}')",
+        &[&CAROL, &ORG_A],
+    );
+    assert_eq!(sqlstate(forged), "42501");
+    tx.rollback().unwrap();
+    let mut alice = as_user(&db, Some(ALICE));
+    let n: i64 = alice
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs WHERE details ? 'note'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing forged in A's trail");
+}
+
+/// "Write audit rows" column, as installed: every label of truxe.audit_action is truxe's
+/// own word, so `authenticated` writes none of them for any org (or none), whoever it is;
+/// service_account still may.
+#[test]
+fn matrix_write_audit_rows_builtin_actions() {
+    let db = populated();
+    for (name, user) in PERSONAS {
+        let mut c = as_user(&db, user);
+        for org in [Some(ORG_A), Some(ORG_A1), Some(ORG_B), None] {
+            for action in [
+                "org.deleted",
+                "settings.updated",
+                "user.login",
+                "membership.joined",
+            ] {
+                assert_eq!(
+                    try_audit(&mut c, org, action),
+                    "42501",
+                    "{name} writing {action} for {org:?}"
+                );
+            }
+        }
+    }
+    let mut s = db.service();
+    s.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, false)",
+        &[&ALICE],
+    )
+    .unwrap();
+    assert_eq!(try_audit(&mut s, Some(ORG_B), "settings.updated"), "ok");
+}
+
+/// Turns audit_logs.action into text, as the later application-defined-actions change will,
+/// keeping the installed INSERT policy's expression verbatim: the rule must keep working
+/// once an app can name its own actions.
+fn with_app_defined_actions(db: &TestDb) {
+    db.superuser()
+        .batch_execute(
+            "DO $$
+             DECLARE w text;
+             BEGIN
+               SELECT pg_get_expr(p.polwithcheck, p.polrelid) INTO STRICT w FROM pg_policy p
+                WHERE p.polrelid = 'truxe.audit_logs'::regclass AND p.polname = 'audit_self_insert';
+               DROP POLICY audit_self_insert ON truxe.audit_logs;
+               ALTER TABLE truxe.audit_logs ALTER COLUMN action TYPE text;
+               EXECUTE format('CREATE POLICY audit_self_insert ON truxe.audit_logs FOR INSERT
+                               TO authenticated WITH CHECK (%s)', w);
+             END $$;",
+        )
+        .unwrap();
+}
+
+/// "Write audit rows" column with an application-defined action: in the acting user's own
+/// name, for an org the user may act in (accessible_org_ids(): joined member, or owner/admin
+/// of an ancestor) or for no org; never truxe's own actions, never someone else's name.
+#[test]
+fn matrix_write_audit_rows_app_actions() {
+    let db = populated();
+    with_app_defined_actions(&db);
+    let expected: [(&str, &[&str]); 6] = [
+        ("no context", &[]),
+        ("alice (owner of A)", &[ORG_A, ORG_A1, "-"]),
+        ("bob (member of A)", &[ORG_A, "-"]),
+        ("carol (owner of B)", &[ORG_B, "-"]),
+        ("dave (pending invitee of A)", &["-"]),
+        ("erin (member of A1)", &[ORG_A1, "-"]),
+    ];
+    for ((name, user), (name2, allowed)) in PERSONAS.into_iter().zip(expected) {
+        assert_eq!(name, name2);
+        let mut c = as_user(&db, user);
+        for org in [Some(ORG_A), Some(ORG_A1), Some(ORG_B), None] {
+            let want = if allowed.contains(&org.unwrap_or("-")) {
+                "ok"
+            } else {
+                "42501"
+            };
+            assert_eq!(
+                try_audit(&mut c, org, "report.exported"),
+                want,
+                "{name} writing report.exported for {org:?}"
+            );
+            assert_eq!(
+                try_audit(&mut c, org, "org.deleted"),
+                "42501",
+                "{name} writing org.deleted for {org:?}"
+            );
+        }
+        // never in someone else's name
+        let other = if user == Some(CAROL) { ALICE } else { CAROL };
+        assert_eq!(
+            sqlstate(c.execute(
+                "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action) VALUES (NULL, $1::text::uuid, 'report.exported')",
+                &[&other]
+            )),
+            "42501",
+            "{name} writing in {other}'s name"
+        );
+    }
+}
+
+/// action, host(ip), user_agent, request_id of an audit row
+type AuditContext = (String, Option<String>, Option<String>, Option<String>);
+
+/// An app's audit row carries the request context of the settings, like truxe's own rows;
+/// ip, user_agent, request_id, id and created_at cannot be chosen by `authenticated`.
+#[test]
+fn app_audit_rows_take_the_request_context_from_the_settings() {
+    let db = populated();
+    with_app_defined_actions(&db);
+    let mut c = as_user(&db, Some(BOB));
+    c.batch_execute(
+        "SET app.ip = '203.0.113.9'; SET app.user_agent = 'app/2';
+         SET app.request_id = '11111111-2222-3333-4444-555555555555';",
+    )
+    .unwrap();
+    assert_eq!(try_audit(&mut c, Some(ORG_A), "report.exported"), "ok");
+    for (col, val) in [
+        ("ip", "'10.9.9.9'::inet"),
+        ("user_agent", "'forged'"),
+        ("request_id", "gen_random_uuid()"),
+        ("created_at", "'2001-01-01'::timestamptz"),
+        ("id", "1"),
+    ] {
+        assert_eq!(
+            sqlstate(c.execute(
+                &format!("INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, {col}) VALUES ($1::text::uuid, truxe.current_user_id(), 'report.exported', {val})"),
+                &[&ORG_A]
+            )),
+            "42501",
+            "authenticated sets {col}"
+        );
+    }
+    // garbage settings are ignored, never an error
+    c.batch_execute(
+        "SET app.ip = '999.1.1.1'; SET app.request_id = 'nope'; SET app.user_agent = ''",
+    )
+    .unwrap();
+    assert_eq!(try_audit(&mut c, None, "report.viewed"), "ok");
+    let rows: Vec<AuditContext> = db
+        .service()
+        .query(
+            "SELECT action, host(ip), user_agent, request_id::text FROM truxe.audit_logs
+              WHERE action IN ('report.exported', 'report.viewed') ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "report.exported".into(),
+                Some("203.0.113.9".into()),
+                Some("app/2".into()),
+                Some("11111111-2222-3333-4444-555555555555".into())
+            ),
+            ("report.viewed".into(), None, None, None),
+        ]
+    );
+}
+
+/// "Probe has_permission" column (issue 18, finding 2): each persona asks whether each
+/// user holds 'users:read' where that user really does (alice, bob: A; carol: B; erin: A1).
+/// `authenticated` gets an answer only about itself or about users joined in an org it owns
+/// or administers (directly or via an ancestor); anything else is false, unread. 0.1
+/// answered true to everyone.
+#[test]
+fn matrix_probe_has_permission() {
+    let db = populated();
+    let targets = [(ALICE, ORG_A), (BOB, ORG_A), (CAROL, ORG_B), (ERIN, ORG_A1)];
+    let expected: [&[&str]; 6] = [&[], &[ALICE, BOB, ERIN], &[BOB], &[CAROL], &[], &[ERIN]];
+    let probe = |c: &mut Client, org: &str, who: &str| -> bool {
+        c.query_one(
+            "SELECT truxe.has_permission($1::text::uuid, 'users:read', $2::text::uuid)",
+            &[&org, &who],
+        )
+        .unwrap()
+        .get(0)
+    };
+    for ((name, user), allowed) in PERSONAS.into_iter().zip(expected) {
+        let mut c = as_user(&db, user);
+        for (who, org) in targets {
+            assert_eq!(
+                probe(&mut c, org, who),
+                allowed.contains(&who),
+                "{name} probing {who} on {org}"
+            );
+        }
+    }
+    // the probe that told a stranger who owns org A
+    let mut carol = as_user(&db, Some(CAROL));
+    let owner: bool = carol
+        .query_one(
+            "SELECT truxe.has_permission($1::text::uuid, '*', $2::text::uuid)",
+            &[&ORG_A, &ALICE],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!owner, "a stranger learns nothing of A's owner");
+    // own permissions, with the default argument, still answer
+    let own: bool = carol
+        .query_one(
+            "SELECT truxe.has_permission($1::text::uuid, 'anything:at_all')",
+            &[&ORG_B],
+        )
+        .unwrap()
+        .get(0);
+    assert!(own);
+    // service_account and superusers ask about anyone (ancestors through the closure)...
+    for mut c in [db.service(), db.superuser()] {
+        for (who, org) in targets {
+            assert!(probe(&mut c, org, who), "trusted caller probing {who}");
+        }
+        assert!(probe(&mut c, ORG_A1, ALICE), "owner of A holds A1's rights");
+        assert!(!probe(&mut c, ORG_A1, BOB), "a member of A does not");
+        assert!(
+            !probe(&mut c, ORG_A, DAVE),
+            "a pending invitation grants nothing"
+        );
+    }
+    // ...but not once they SET ROLE authenticated: the rule follows the role acting
+    let mut s = db.superuser();
+    s.batch_execute(&format!(
+        "SELECT truxe.set_context('{CAROL}', NULL, false); SET ROLE authenticated"
+    ))
+    .unwrap();
+    assert!(!probe(&mut s, ORG_A, ALICE));
+    assert!(probe(&mut s, ORG_B, CAROL));
 }
