@@ -321,7 +321,9 @@ fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
 }
 
 /// AFTER INSERT OR UPDATE OF revoked_at on truxe.sessions: session.created, session.revoked
-/// (with the reason).
+/// (with the reason). The target is the session's public `id` and the details name its
+/// public `family_id`: never a token (the row holds only their hashes, which stay out of
+/// the audit log too).
 #[pg_trigger]
 fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     let events = || -> Result<Vec<Event>, AuditError> {
@@ -330,9 +332,9 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             return Ok(Vec::new());
         };
         let org_id: Option<Uuid> = n.get_by_name("org_id")?;
-        let jti: Option<Uuid> = n.get_by_name("jti")?;
+        let id: Option<Uuid> = n.get_by_name("id")?;
         let user: Option<Uuid> = n.get_by_name("user_id")?;
-        let event = events_of(org_id, "session", uuid_text(jti));
+        let event = events_of(org_id, "session", uuid_text(id));
         let revoked = |t: &Tuple<'_>| -> Result<bool, AuditError> {
             Ok(t.get_by_name::<TimestampWithTimeZone>("revoked_at")?
                 .is_some())

@@ -10,3 +10,4 @@ mod install;
 mod orgs;
 mod rls;
 mod security;
+mod sessions;
