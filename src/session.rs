@@ -668,3 +668,31 @@ ALTER FUNCTION truxe.end_sessions_on_status_change() SECURITY DEFINER SET search
         end_sessions_on_status_change
     ]
 );
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn bearer_hash_is_sql_sha256_of_uuid_send() {
+        let token = super::new_bearer().unwrap();
+        let same = Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.sha256(pg_catalog.uuid_send($1)) = $2",
+            &[token.into(), super::bearer_hash(&token).into()],
+        )
+        .unwrap();
+        assert_eq!(same, Some(true));
+    }
+
+    #[pg_test]
+    fn new_bearers_are_random_version_4_uuids() {
+        let (a, b) = super::new_pair().unwrap();
+        assert_ne!(a, b);
+        let text = Spi::get_one_with_args::<String>("SELECT $1::text", &[a.into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(&text[14..15], "4");
+        assert!("89ab".contains(&text[19..20]), "{text}");
+    }
+}

@@ -511,6 +511,17 @@ fn a_user_lists_and_revokes_own_sessions_by_id_and_not_another_users() {
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!(audited, (phone_id, "logout".to_string()));
+    // a superuser (or service) connection that SET ROLE authenticated is an end user
+    let mut pooled = db.superuser();
+    pooled
+        .batch_execute(&format!(
+            "SET ROLE authenticated; SELECT truxe.set_context('{MEMBER}', NULL, false)"
+        ))
+        .unwrap();
+    assert!(
+        !revoke(&mut pooled, &their_id),
+        "SET ROLE authenticated: own only"
+    );
     // service_account: any session
     assert!(revoke(&mut s, &their_id));
     assert_eq!(validate(&mut s, &theirs), None);
