@@ -703,3 +703,33 @@ fn access_ending_trigger_functions_are_granted_to_nobody() {
         "42501"
     );
 }
+
+/// Deleting an org or a user cascades to memberships (whose trigger revokes sessions) and to
+/// sessions in one statement: no error on the way, and nothing validates afterwards.
+#[test]
+fn deleting_an_org_or_a_user_with_members_and_sessions() {
+    let db = populated();
+    let mut s = db.service();
+    let (in_org, _) = create(&mut s, MEMBER, Some(ORG));
+    let (in_child, r_child) = create(&mut s, OWNER, Some(CHILD));
+    let (global, _) = create(&mut s, ADMIN, None);
+    s.execute(
+        "DELETE FROM truxe.organizations WHERE id = $1::text::uuid",
+        &[&ORG],
+    )
+    .unwrap();
+    assert_eq!(validate(&mut s, &in_org), None, "deleted with its org");
+    assert_eq!(
+        validate(&mut s, &in_child),
+        None,
+        "the child lost its parent, and the owner their route into it"
+    );
+    assert_eq!(refresh(&mut s, &r_child), None);
+    assert_eq!(validate(&mut s, &global).as_deref(), Some(ADMIN));
+    s.execute(
+        "DELETE FROM truxe.users WHERE id = $1::text::uuid",
+        &[&ADMIN],
+    )
+    .unwrap();
+    assert_eq!(validate(&mut s, &global), None);
+}
