@@ -726,10 +726,20 @@ fn deleting_an_org_or_a_user_with_members_and_sessions() {
     );
     assert_eq!(refresh(&mut s, &r_child), None);
     assert_eq!(validate(&mut s, &global).as_deref(), Some(ADMIN));
+    // a user with a membership and a session scoped to it
+    s.execute(
+        "INSERT INTO truxe.memberships (org_id, user_id, role, joined_at)
+         VALUES ($1::text::uuid, $2::text::uuid, 'member', now())",
+        &[&CHILD, &ADMIN],
+    )
+    .unwrap();
+    let (scoped, _) = create(&mut s, ADMIN, Some(CHILD));
+    assert_eq!(validate(&mut s, &scoped).as_deref(), Some(ADMIN));
     s.execute(
         "DELETE FROM truxe.users WHERE id = $1::text::uuid",
         &[&ADMIN],
     )
     .unwrap();
     assert_eq!(validate(&mut s, &global), None);
+    assert_eq!(validate(&mut s, &scoped), None);
 }
