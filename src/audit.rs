@@ -321,7 +321,9 @@ fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
 }
 
 /// AFTER INSERT OR UPDATE OF revoked_at on truxe.sessions: session.created, session.revoked
-/// (with the reason).
+/// (with the reason). The target is the session's public `id` and the details name its
+/// public `family_id`: never a token (the row holds only their hashes, which stay out of
+/// the audit log too).
 #[pg_trigger]
 fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     let events = || -> Result<Vec<Event>, AuditError> {
@@ -330,9 +332,25 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             return Ok(Vec::new());
         };
         let org_id: Option<Uuid> = n.get_by_name("org_id")?;
-        let jti: Option<Uuid> = n.get_by_name("jti")?;
         let user: Option<Uuid> = n.get_by_name("user_id")?;
-        let event = events_of(org_id, "session", uuid_text(jti));
+        let (id, family) = match n.get_by_name::<Uuid>("id") {
+            Ok(id) => (uuid_text(id), uuid_text(n.get_by_name("family_id")?)),
+            // a 0.1.0 table (this library loaded, ALTER EXTENSION truxe UPDATE not run yet):
+            // no public id, and jti and family_id are tokens: name them by their hashes,
+            // which are the 0.2 jti_hash values once the update has run
+            Err(e) => {
+                let hashed = |column: &str| -> Result<String, AuditError> {
+                    Ok(n.get_by_name::<Uuid>(column)?
+                        .map(|t| crate::security::to_hex(&crate::session::bearer_hash(&t)))
+                        .unwrap_or_default())
+                };
+                match hashed("jti") {
+                    Ok(jti) => (jti, hashed("family_id")?),
+                    Err(_) => return Err(e.into()),
+                }
+            }
+        };
+        let event = events_of(org_id, "session", id);
         let revoked = |t: &Tuple<'_>| -> Result<bool, AuditError> {
             Ok(t.get_by_name::<TimestampWithTimeZone>("revoked_at")?
                 .is_some())
@@ -340,7 +358,7 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
         Ok(match old.as_ref() {
             None => vec![event(
                 "session.created",
-                json!({ "user_id": uuid_text(user), "family_id": uuid_text(n.get_by_name("family_id")?) }),
+                json!({ "user_id": uuid_text(user), "family_id": family }),
             )],
             Some(o) if !revoked(o)? && revoked(n)? => vec![event(
                 "session.revoked",

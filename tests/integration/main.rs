@@ -10,4 +10,5 @@ mod install;
 mod orgs;
 mod rls;
 mod security;
+mod sessions;
 mod upgrade;
