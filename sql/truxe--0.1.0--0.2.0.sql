@@ -5,3 +5,74 @@
 -- and the Rust #[pg_extern]s) and once here, and tests/integration/upgrade.rs proves that
 -- both give the same catalog. Sections follow the order of the changes; each says why.
 \echo Use "ALTER EXTENSION truxe UPDATE TO '0.2.0'" to load this file. \quit
+
+-- == Hardening: moves, name resolution, per-tree locks, hostile input (issue 21) ==
+
+-- Name resolution: every function pins search_path, so none resolves a function, operator
+-- or type through a path the caller chose (current_user_id/current_org_id resolve no name
+-- at all and stay unpinned: src/context.rs).
+ALTER FUNCTION truxe.org_ancestors(uuid) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.org_descendants(uuid) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.set_context(uuid, uuid, boolean) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.clear_context() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.check_org_reparent() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.audit_logs_append_only() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.verify_magic_link(text, inet, text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.inspect_magic_link(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.record_usage(uuid, text, bigint, timestamptz) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.rate_limit_hit(text, integer, interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.cleanup_expired_sessions(interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.cleanup_expired_data(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.purge_audit_logs(interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.version() SET search_path = pg_catalog, pg_temp;
+
+-- Trigger functions are not callable as functions by anyone (they fire whatever the grants
+-- say); 0.1 granted them to service_account with every other function.
+DO $$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN
+    SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+     WHERE p.pronamespace = 'truxe'::regnamespace AND p.prorettype = 'pg_catalog.trigger'::regtype
+  LOOP
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, service_account', f);
+  END LOOP;
+END
+$$;
+
+-- Moves need owner rights on the org and its current parent: the re-parent trigger asks
+-- owner_org_ids() (as admin_org_ids(), but owners only), which runs past RLS.
+CREATE  FUNCTION truxe."owner_org_ids"() RETURNS uuid[] /* Vec < Uuid > */
+STRICT STABLE SECURITY DEFINER PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'owner_org_ids_wrapper';
+REVOKE ALL ON FUNCTION truxe.owner_org_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.owner_org_ids() TO service_account;
+GRANT EXECUTE ON FUNCTION truxe.owner_org_ids() TO authenticated;
+
+-- Per-tree serialisation: one lock row per tree (its root) instead of one row for all
+-- trees, so one tenant's open transaction no longer stalls every other tenant's hierarchy
+-- change. The old row held no data; the new rows are created on demand.
+DROP TABLE truxe.org_tree;
+CREATE TABLE truxe.org_tree (
+  root_id uuid PRIMARY KEY,
+  version bigint NOT NULL DEFAULT 0
+);
+ALTER TABLE truxe.org_tree ENABLE ROW LEVEL SECURITY;
+-- the same ACL as a fresh install (grants.sql grants every table, then takes this one back)
+GRANT SELECT ON truxe.org_tree TO service_account;
+REVOKE ALL ON truxe.org_tree FROM service_account;
+
+-- issue_magic_link: org_slug is citext like organizations.slug (issue 17), validated like it
+-- (22023), and must name an existing org (P0002); search_path pinned. A parameter type
+-- change: drop, create, grant again.
+DROP FUNCTION truxe.issue_magic_link(citext, text, interval, inet, text);
+CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
+                                       ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
+                                       user_agent text DEFAULT NULL)
+RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_wrapper';
+REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) TO service_account;
