@@ -210,6 +210,7 @@ fn hostile_arguments_never_panic_crash_or_flood() {
             c
         };
         let mut c = connect();
+        let set_context = format!("SELECT truxe.set_context('{owner}', '{org}', false)");
         for f in &funcs {
             let base: Vec<Option<String>> = f.args.iter().map(|t| benign(t, org)).collect();
             for (i, ty) in f.args.iter().enumerate() {
@@ -217,6 +218,8 @@ fn hostile_arguments_never_panic_crash_or_flood() {
                     let mut values = base.clone();
                     values[i] = value;
                     calls += 1;
+                    // a previous call may have cleared or changed the context
+                    let _ = c.batch_execute(&set_context);
                     if let Some(p) = call(&mut c, f, &values) {
                         problems.push(format!("as {role}: {p}"));
                     }
