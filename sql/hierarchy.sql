@@ -6,16 +6,17 @@
 
 -- The triggers' C entry points are truxe's own (src/trigger.rs), so that calling one as a
 -- plain function is a clean 0A000, not a panic; nobody holds EXECUTE on them
--- (sql/grants.sql). The permission check runs as the caller.
+-- (sql/grants.sql). The permission check runs as the caller. The `_v2` symbols: the 0.1.0
+-- functions' symbols keep 0.1's behaviour for databases still on that schema.
 CREATE FUNCTION truxe.check_org_reparent() RETURNS trigger
 LANGUAGE c SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'check_org_reparent_wrapper';
+AS 'MODULE_PATHNAME', 'check_org_reparent_v2_wrapper';
 -- enable_bitmapscan off: its statements read a few pairs by key, and plain index scans mark
 -- the index entries of pairs a moved org left behind as dead (bitmap scans never do), so a
 -- frequently moved org does not drag its history through every later check (bench/)
 CREATE FUNCTION truxe.maintain_org_hierarchy() RETURNS trigger
 LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_bitmapscan = off
-AS 'MODULE_PATHNAME', 'maintain_org_hierarchy_wrapper';
+AS 'MODULE_PATHNAME', 'maintain_org_hierarchy_v2_wrapper';
 
 -- Every (ancestor, descendant) pair of the tree, depth >= 1 (1 = parent): admin_org_ids()
 -- and accessible_org_ids() read an org's descendants with one index scan instead of a

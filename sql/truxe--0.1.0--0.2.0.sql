@@ -15,7 +15,6 @@ ALTER FUNCTION truxe.org_ancestors(uuid) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION truxe.org_descendants(uuid) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION truxe.set_context(uuid, uuid, boolean) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION truxe.clear_context() SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION truxe.check_org_reparent() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION truxe.audit_logs_append_only() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION truxe.verify_magic_link(text, inet, text) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION truxe.inspect_magic_link(text) SET search_path = pg_catalog, pg_temp;
@@ -51,9 +50,20 @@ REVOKE ALL ON FUNCTION truxe.owner_org_ids() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.owner_org_ids() TO service_account;
 GRANT EXECUTE ON FUNCTION truxe.owner_org_ids() TO authenticated;
 
+-- The hierarchy triggers move to their 0.2 entry points (the owner rule for moves, per-tree
+-- locks); the 0.1 symbols keep 0.1's behaviour for databases not yet updated.
+CREATE OR REPLACE FUNCTION truxe.check_org_reparent() RETURNS trigger
+LANGUAGE c SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'check_org_reparent_v2_wrapper';
+CREATE OR REPLACE FUNCTION truxe.maintain_org_hierarchy() RETURNS trigger
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_bitmapscan = off
+AS 'MODULE_PATHNAME', 'maintain_org_hierarchy_v2_wrapper';
+
 -- Per-tree serialisation: one lock row per tree (its root) instead of one row for all
 -- trees, so one tenant's open transaction no longer stalls every other tenant's hierarchy
--- change. The old row held no data; the new rows are created on demand.
+-- change. The old row held no data; the new rows are created on demand. (The update's own
+-- transaction holds the table's lock, so no tree change interleaves.)
+LOCK TABLE truxe.org_tree;
 DROP TABLE truxe.org_tree;
 CREATE TABLE truxe.org_tree (
   root_id uuid PRIMARY KEY,

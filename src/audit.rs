@@ -414,26 +414,31 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
 // raises 0A000 instead of panicking.
 trigger_entry!(
     audit_memberships,
+    "audit_memberships",
     audit_memberships_wrapper,
     pg_finfo_audit_memberships_wrapper
 );
 trigger_entry!(
     audit_organizations,
+    "audit_organizations",
     audit_organizations_wrapper,
     pg_finfo_audit_organizations_wrapper
 );
 trigger_entry!(
     audit_users,
+    "audit_users",
     audit_users_wrapper,
     pg_finfo_audit_users_wrapper
 );
 trigger_entry!(
     audit_sessions,
+    "audit_sessions",
     audit_sessions_wrapper,
     pg_finfo_audit_sessions_wrapper
 );
 trigger_entry!(
     audit_logs_append_only,
+    "audit_logs_append_only",
     audit_logs_append_only_wrapper,
     pg_finfo_audit_logs_append_only_wrapper
 );

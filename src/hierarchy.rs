@@ -141,17 +141,72 @@ const LOCK_TREES: &str = "
   SELECT v.id FROM (VALUES ($1), ($2)) v(id) WHERE v.id IS NOT NULL ORDER BY v.id
   ON CONFLICT (root_id) DO UPDATE SET version = t.version + 1";
 
-// The trigger functions' C entry points (src/trigger.rs; SQL in sql/hierarchy.sql).
+// The trigger functions' C entry points (src/trigger.rs; SQL in sql/hierarchy.sql). The
+// `_v2` symbols are 0.2's; the 0.1.0 install script names the others, which keep 0.1's
+// behaviour for a database still on schema 0.1.0 (its org_tree is one row, and it has no
+// owner_org_ids()) until ALTER EXTENSION truxe UPDATE points the functions at `_v2`.
 trigger_entry!(
     maintain_org_hierarchy,
+    "maintain_org_hierarchy",
+    maintain_org_hierarchy_v2_wrapper,
+    pg_finfo_maintain_org_hierarchy_v2_wrapper
+);
+trigger_entry!(
+    check_org_reparent,
+    "check_org_reparent",
+    check_org_reparent_v2_wrapper,
+    pg_finfo_check_org_reparent_v2_wrapper
+);
+trigger_entry!(
+    maintain_org_hierarchy_0_1,
+    "maintain_org_hierarchy",
     maintain_org_hierarchy_wrapper,
     pg_finfo_maintain_org_hierarchy_wrapper
 );
 trigger_entry!(
-    check_org_reparent,
+    check_org_reparent_0_1,
+    "check_org_reparent",
     check_org_reparent_wrapper,
     pg_finfo_check_org_reparent_wrapper
 );
+
+/// 0.1.0's maintain_org_hierarchy (schema 0.1.0: one org_tree row for all trees).
+fn maintain_org_hierarchy_0_1<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    match parent_move(trigger).and_then(|change| change.map_or(Ok(()), |c| apply(c, false))) {
+        Ok(()) => Ok(None),
+        Err(e) => e.raise(),
+    }
+}
+
+/// 0.1.0's check_org_reparent (schema 0.1.0): owner/admin on the org and the new parent.
+fn check_org_reparent_0_1<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let check = || -> Result<(), HierarchyError> {
+        let Some(Move {
+            org,
+            to: Some(parent),
+            ..
+        }) = parent_move(trigger)?
+        else {
+            return Ok(());
+        };
+        if trusted_caller() {
+            return Ok(());
+        }
+        let allowed = Spi::get_one_with_args::<bool>(
+            "SELECT ARRAY[$1, $2]::pg_catalog.uuid[] OPERATOR(pg_catalog.<@) truxe.admin_org_ids()",
+            &[org.into(), parent.into()],
+        )?;
+        if allowed == Some(true) {
+            Ok(())
+        } else {
+            Err(HierarchyError::MoveDenied { org })
+        }
+    };
+    match check() {
+        Ok(()) => Ok(trigger.new()),
+        Err(e) => e.raise(),
+    }
+}
 
 /// AFTER INSERT OR UPDATE OF parent_org_id OR DELETE: locks the trees the change touches,
 /// rejects cycles and hierarchies deeper than truxe.max_org_depth (23514), then records the
@@ -159,13 +214,15 @@ trigger_entry!(
 /// those trees committed meanwhile. Runs as the extension owner (RLS hides no org; the
 /// closure table is the owner's alone). Not callable as a function (0A000).
 fn maintain_org_hierarchy<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    match parent_move(trigger).and_then(|change| change.map_or(Ok(()), apply)) {
+    match parent_move(trigger).and_then(|change| change.map_or(Ok(()), |c| apply(c, true))) {
         Ok(()) => Ok(None),
         Err(e) => e.raise(),
     }
 }
 
-fn apply(change: Move) -> Result<(), HierarchyError> {
+/// Applies `change`: `per_tree` locks the trees it touches (0.2); otherwise the single
+/// org_tree row of schema 0.1.0.
+fn apply(change: Move, per_tree: bool) -> Result<(), HierarchyError> {
     let Move {
         org,
         from,
@@ -173,8 +230,17 @@ fn apply(change: Move) -> Result<(), HierarchyError> {
         inserted,
     } = change;
     Spi::connect_mut(|client| {
-        // a new row has no tree of its own: only its new parent's tree changes
-        lock_trees(client, org, (!inserted).then_some(org), to)?;
+        if per_tree {
+            // a new row has no tree of its own: only its new parent's tree changes
+            lock_trees(client, org, (!inserted).then_some(org), to)?;
+        } else {
+            plans::run(
+                client,
+                "UPDATE truxe.org_tree SET version = version + 1",
+                &[],
+                &[],
+            )?;
+        }
         if let Some(parent) = to {
             check(client, org, parent)?;
         }

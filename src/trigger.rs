@@ -44,17 +44,18 @@ pub fn fire<E: std::fmt::Display>(
     datum
 }
 
-/// `trigger_entry!(f, f_wrapper, pg_finfo_f_wrapper)`: the C entry point of the Rust
-/// trigger function `f` (a V1 function named `f_wrapper`, as pgrx would name it).
+/// `trigger_entry!(f, "sql_name", f_wrapper, pg_finfo_f_wrapper)`: the C entry point of the
+/// Rust trigger function `f` (a V1 function named `f_wrapper`, as pgrx would name it),
+/// declared in SQL as `truxe.sql_name()`.
 macro_rules! trigger_entry {
-    ($name:ident, $wrapper:ident, $finfo:ident) => {
+    ($name:ident, $sql:literal, $wrapper:ident, $finfo:ident) => {
         #[unsafe(no_mangle)]
         #[doc(hidden)]
         pub unsafe extern "C-unwind" fn $wrapper(
             fcinfo: ::pgrx::pg_sys::FunctionCallInfo,
         ) -> ::pgrx::pg_sys::Datum {
             ::pgrx::pg_sys::submodules::panic::pgrx_extern_c_guard(move || {
-                $crate::trigger::fire(fcinfo, stringify!($name), $name)
+                $crate::trigger::fire(fcinfo, $sql, $name)
             })
         }
 

@@ -225,8 +225,10 @@ fn run(c: &mut Client, sql: &str, args: &[&(dyn postgres::types::ToSql + Sync)])
 }
 
 fn message(e: &postgres::Error) -> String {
-    e.as_db_error()
-        .map_or_else(|| e.to_string(), |d| format!("{} {}", d.code().code(), d.message()))
+    e.as_db_error().map_or_else(
+        || e.to_string(),
+        |d| format!("{} {}", d.code().code(), d.message()),
+    )
 }
 
 #[test]
