@@ -239,6 +239,9 @@ fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     finish(events())
 }
 
+/// slug, name and parent of an organization row.
+type OrgFields = (Option<String>, Option<String>, Option<Uuid>);
+
 /// AFTER INSERT OR UPDATE OR DELETE on truxe.organizations: org.created, org.parent_changed,
 /// org.updated (slug, name or settings changed; details hold old and new), org.deleted.
 fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
@@ -249,14 +252,13 @@ fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
         };
         let id: Option<Uuid> = row.get_by_name("id")?;
         let event = events_of(id, "organization", uuid_text(id));
-        let fields =
-            |t: &Tuple<'_>| -> Result<(Option<String>, Option<String>, Option<Uuid>), AuditError> {
-                Ok((
-                    t.get_by_name::<String>("slug")?,
-                    t.get_by_name::<String>("name")?,
-                    t.get_by_name::<Uuid>("parent_org_id")?,
-                ))
-            };
+        let fields = |t: &Tuple<'_>| -> Result<OrgFields, AuditError> {
+            Ok((
+                t.get_by_name::<String>("slug")?,
+                t.get_by_name::<String>("name")?,
+                t.get_by_name::<Uuid>("parent_org_id")?,
+            ))
+        };
         Ok(match (old.as_ref(), new.as_ref()) {
             (None, Some(n)) => {
                 let (slug, name, parent) = fields(n)?;

@@ -104,7 +104,7 @@ pub(crate) fn org_ids(sql: &'static str) -> Result<Vec<pgrx::Uuid>, TruxeError> 
         return Ok(Vec::new());
     };
     let ids = Spi::connect(|client| {
-        plans::read(&client, sql, &[plans::UUID], &[user.into()])?
+        plans::read(client, sql, &[plans::UUID], &[user.into()])?
             .map(|row| row.get::<pgrx::Uuid>(1))
             .collect::<Result<Vec<_>, _>>()
     })?;

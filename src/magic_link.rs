@@ -448,6 +448,7 @@ RETURNS TABLE(status text, user_id uuid, email citext, org_id uuid)
 LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
 "#)]
+#[allow(clippy::type_complexity)]
 fn verify_magic_link(
     token: Option<&str>,
     ip: Option<Inet>,

@@ -35,6 +35,8 @@ pub fn fire<E: std::fmt::Display>(
         )
         .raise()
     };
+    // bound before it is returned: the result borrows `trigger`, which must outlive it
+    #[allow(clippy::let_and_return)]
     let datum = match f(&trigger) {
         Ok(Some(row)) => row.into_trigger_datum().unwrap_or(pg_sys::Datum::from(0)),
         // the trigger protocol: a NULL pointer (not the isnull flag) for "no row"
