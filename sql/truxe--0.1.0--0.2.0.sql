@@ -86,3 +86,63 @@ LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_wrapper';
 REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) TO service_account;
+
+-- security_report() also checks that every function pins search_path (the same text as
+-- sql/security_report.sql).
+CREATE OR REPLACE FUNCTION truxe.security_report()
+RETURNS TABLE(check_name text, ok boolean, detail text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  -- RLS enabled on every table of SPEC §4
+  SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
+         CASE WHEN c.oid IS NULL THEN 'table missing'
+              WHEN c.relrowsecurity THEN 'row level security enabled'
+              ELSE 'row level security is DISABLED' END
+    FROM unnest(ARRAY['users', 'organizations', 'memberships', 'sessions', 'audit_logs',
+                      'usage_metrics', 'magic_link_challenges', 'rate_limits']) AS t(name)
+    LEFT JOIN pg_class c ON c.relname = t.name AND c.relnamespace = 'truxe'::regnamespace
+  UNION ALL
+  -- nothing of the extension granted to PUBLIC (grantee 0); a NULL acl means the default
+  -- one, which for functions includes EXECUTE to PUBLIC
+  SELECT 'no_public_grants', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'PUBLIC holds no privilege on truxe tables or functions'
+              ELSE 'granted to PUBLIC: ' || string_agg(obj, ', ' ORDER BY obj) END
+    FROM (
+      SELECT c.oid::regclass::text AS obj FROM pg_class c
+       WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault(
+                       (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
+                      WHERE a.grantee = 0)
+      UNION ALL
+      SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'truxe'::regnamespace
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
+                      WHERE a.grantee = 0)
+    ) public_objects
+  UNION ALL
+  -- every SECURITY DEFINER function pins search_path
+  SELECT 'security_definer_search_path', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every SECURITY DEFINER function sets search_path'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ') END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- every function pins search_path (none resolves names through the caller's path), except
+  -- the two getters that resolve no name at all (src/context.rs)
+  SELECT 'search_path_pinned', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name)'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace
+     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()')
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
+  SELECT 'audit_logs_append_only', count(*) > 0,
+         CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'
+              ELSE 'no enabled append-only trigger on truxe.audit_logs' END
+    FROM pg_trigger tg
+   WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
+     AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
+     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0;
+$$;

@@ -367,3 +367,23 @@ fn deeply_nested_settings_are_stored_and_audited() {
         .get(0);
     assert_eq!(with_settings, 1);
 }
+
+/// security_report() names any truxe function that does not pin search_path (the two
+/// getters that resolve no name are the documented exceptions).
+#[test]
+fn security_report_flags_a_function_without_a_pinned_search_path() {
+    let db = server().fresh_db(true);
+    db.superuser()
+        .batch_execute("ALTER FUNCTION truxe.version() RESET search_path")
+        .unwrap();
+    let row = db
+        .service()
+        .query_one(
+            "SELECT ok, detail FROM truxe.security_report() WHERE check_name = 'search_path_pinned'",
+            &[],
+        )
+        .unwrap();
+    let (ok, detail): (bool, String) = (row.get(0), row.get(1));
+    assert!(!ok && detail.contains("truxe.version()"), "{detail}");
+    assert!(!detail.contains("current_user_id"), "{detail}");
+}
