@@ -74,6 +74,9 @@ fn hostile(ty: &str) -> Vec<Option<String>> {
                 "178000000 years",
                 "-178000000 years",
                 "1 mon -40 days",
+                // PostgreSQL 17+ (a cast error, 22007, before)
+                "infinity",
+                "-infinity",
             ]
             .map(|s| Some(s.into())),
         ),
