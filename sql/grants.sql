@@ -10,6 +10,19 @@ GRANT USAGE ON SCHEMA truxe TO authenticated, service_account;
 
 -- service_account is the trusted backend: it runs every function, including the auth flows
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA truxe TO service_account;
+-- … except trigger functions: nobody calls those as functions (they fire as triggers
+-- whatever the grants say; EXECUTE is checked only when a trigger is created)
+DO $$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN
+    SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+     WHERE p.pronamespace = 'truxe'::regnamespace AND p.prorettype = 'pg_catalog.trigger'::regtype
+  LOOP
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, service_account', f);
+  END LOOP;
+END
+$$;
 -- … and reads and writes every table (RLS: its service_all policies). audit_logs stays
 -- append-only through its trigger whatever the privileges say.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA truxe TO service_account;
@@ -26,7 +39,7 @@ BEGIN
     SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
      WHERE p.pronamespace = 'truxe'::regnamespace
        AND p.proname IN ('set_context', 'clear_context', 'current_user_id', 'current_org_id',
-                         'accessible_org_ids', 'admin_org_ids', 'invited_org_ids',
+                         'accessible_org_ids', 'admin_org_ids', 'invited_org_ids', 'owner_org_ids',
                          'create_organization', 'invite_member', 'accept_invitation',
                          'change_role', 'remove_member', 'has_permission',
                          'org_ancestors', 'org_descendants', 'validate_session',

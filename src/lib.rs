@@ -18,6 +18,7 @@ mod plans;
 mod rate_limit;
 mod security;
 mod session;
+mod trigger;
 mod types;
 mod usage;
 
@@ -41,6 +42,7 @@ pub extern "C-unwind" fn _PG_init() {
 
 /// The version of the truxe library loaded in this backend (the crate version).
 #[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }

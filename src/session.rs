@@ -14,11 +14,12 @@
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::gucs::REFRESH_REUSE_GRACE;
 use crate::plans::{self, INET, INTERVAL, JSONB, TEXT, UUID};
+use crate::trigger::trigger_entry;
+use pgrx::datum::DatumWithOid;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
-use pgrx::{Inet, JsonB, PgOid, Uuid};
+use pgrx::{AnyElement, Inet, PgOid, Uuid};
 use rand::TryRngCore;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 type Issued = (
@@ -135,7 +136,7 @@ fn create_session(
     user_id: Option<Uuid>,
     org_id: Option<Uuid>,
     ttl: Option<Interval>,
-    device_info: Option<JsonB>,
+    device_info: Option<AnyElement>,
     ip: Option<Inet>,
     user_agent: Option<String>,
 ) -> TableIterator<
@@ -153,7 +154,7 @@ fn create(
     user_id: Option<Uuid>,
     org_id: Option<Uuid>,
     ttl: Option<Interval>,
-    device_info: Option<JsonB>,
+    device_info: Option<AnyElement>,
     ip: Option<Inet>,
     user_agent: Option<String>,
 ) -> Result<Vec<Issued>, TruxeError> {
@@ -161,14 +162,24 @@ fn create(
         return fail(Sqlstate::InvalidParameter, "user_id must not be NULL");
     };
     let ttl = check_ttl(ttl)?;
-    let device_info = device_info.unwrap_or(JsonB(Value::Object(Default::default())));
-    if !device_info.0.is_object() {
-        return fail(
-            Sqlstate::InvalidParameter,
-            "device_info must be a JSON object",
-        );
-    }
+    // device_info stays a jsonb datum (the SQL signature says jsonb): parsing it into Rust
+    // would fail on values nested deeper than serde's recursion limit. NULL means '{}'.
+    let device_info = device_info.map(|d| d.datum());
+    // SAFETY: the datum is the caller's jsonb argument, alive for this call.
+    let device_info = || unsafe { DatumWithOid::new(device_info, pg_sys::JSONBOID) };
     Spi::connect_mut(|c| {
+        let shape = plans::read(
+            c,
+            "SELECT $1 IS NULL OR jsonb_typeof($1) = 'object'",
+            &[JSONB],
+            &[device_info()],
+        )?;
+        if shape.first().get_one::<bool>()? != Some(true) {
+            return fail(
+                Sqlstate::InvalidParameter,
+                "device_info must be a JSON object",
+            );
+        }
         let who = plans::run(
             c,
             concat!(
@@ -210,7 +221,7 @@ fn create(
             c,
             "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash, family_id,
                                          device_info, ip, user_agent, expires_at)
-             VALUES ($1, $2, $3, $4, gen_random_uuid(), $5, $6, $7, now() + $8)
+             VALUES ($1, $2, $3, $4, gen_random_uuid(), coalesce($5, '{}'), $6, $7, now() + $8)
              RETURNING id, expires_at",
             &[BYTEA, UUID, UUID, BYTEA, JSONB, INET, TEXT, INTERVAL],
             &[
@@ -218,7 +229,7 @@ fn create(
                 user_id.into(),
                 org_id.into(),
                 bearer_hash(&refresh_jti).into(),
-                device_info.into(),
+                device_info(),
                 ip.into(),
                 user_agent.into(),
                 ttl.into(),
@@ -580,8 +591,7 @@ fn service_caller() -> bool {
 /// are revoked (reason `membership_removed`), and so are those scoped to a descendant org
 /// that the user may no longer use (the removed membership was their owner/admin route).
 /// Same transaction as the removal. Runs as the extension owner; not callable as a
-/// function (no EXECUTE grant).
-#[pg_trigger]
+/// function (no EXECUTE grant; its C entry point is declared below, src/trigger.rs).
 fn end_sessions_on_membership_delete<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TruxeError> {
@@ -619,8 +629,7 @@ fn end_sessions_on_membership_delete<'a>(
 /// AFTER UPDATE OF status on truxe.users, when the status leaves `active` (the trigger's
 /// WHEN): every live session of the user is revoked with reason `user_<status>`
 /// (`user_suspended`, `user_deleted`, `user_pending`), in the same transaction. Runs as the
-/// extension owner; not callable as a function (no EXECUTE grant).
-#[pg_trigger]
+/// extension owner; not callable as a function (no EXECUTE grant; entry point below).
 fn end_sessions_on_status_change<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TruxeError> {
@@ -646,27 +655,37 @@ fn end_sessions_on_status_change<'a>(
     Ok(None)
 }
 
+trigger_entry!(
+    end_sessions_on_membership_delete,
+    "end_sessions_on_membership_delete",
+    end_sessions_on_membership_delete_wrapper,
+    pg_finfo_end_sessions_on_membership_delete_wrapper
+);
+trigger_entry!(
+    end_sessions_on_status_change,
+    "end_sessions_on_status_change",
+    end_sessions_on_status_change_wrapper,
+    pg_finfo_end_sessions_on_status_change_wrapper
+);
+
 pgrx::extension_sql!(
     r#"
 -- Access ends with membership and status (src/session.rs): in the same transaction as the
 -- DELETE or the status change. The trigger functions run as the extension owner (whoever
 -- may delete a membership or change a status ends those sessions, whatever their own
 -- privileges on sessions) with a pinned search_path; sql/grants.sql gives them to nobody.
+CREATE FUNCTION truxe.end_sessions_on_membership_delete() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'end_sessions_on_membership_delete_wrapper';
+CREATE FUNCTION truxe.end_sessions_on_status_change() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'end_sessions_on_status_change_wrapper';
 CREATE TRIGGER memberships_end_sessions AFTER DELETE ON truxe.memberships
   FOR EACH ROW EXECUTE FUNCTION truxe.end_sessions_on_membership_delete();
 CREATE TRIGGER users_end_sessions AFTER UPDATE OF status ON truxe.users
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status <> 'active')
   EXECUTE FUNCTION truxe.end_sessions_on_status_change();
-ALTER FUNCTION truxe.end_sessions_on_membership_delete() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION truxe.end_sessions_on_status_change() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 "#,
     name = "session_access_ends",
-    requires = [
-        "schema",
-        "hierarchy",
-        end_sessions_on_membership_delete,
-        end_sessions_on_status_change
-    ]
+    requires = ["schema", "hierarchy"]
 );
 
 #[cfg(any(test, feature = "pg_test"))]
