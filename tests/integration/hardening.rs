@@ -28,17 +28,6 @@ fn tenants() -> TestDb {
     db
 }
 
-/// An `authenticated` connection acting as `user` (session-level context).
-fn as_user(db: &TestDb, user: &str) -> Client {
-    let mut c = db.authenticated();
-    c.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, false)",
-        &[&user],
-    )
-    .unwrap();
-    c
-}
-
 fn create_org(c: &mut Client, slug: &str, parent: Option<&str>) -> Result<String, postgres::Error> {
     c.query_one(
         "SELECT truxe.create_organization($1, $2, $3::text::uuid)::text",
@@ -70,7 +59,7 @@ fn parent_of(db: &TestDb, org: &str) -> Option<String> {
 #[test]
 fn an_admin_cannot_graft_their_org_under_one_of_their_own() {
     let db = tenants();
-    let mut admin = as_user(&db, ADMIN);
+    let mut admin = db.acting_as(ADMIN);
     let mine = create_org(&mut admin, "admins-own", None).unwrap();
     assert_eq!(
         sqlstate(set_parent(&mut admin, ORG_A, Some(&mine))),
@@ -86,7 +75,7 @@ fn an_admin_cannot_graft_their_org_under_one_of_their_own() {
         "42501"
     );
     // the owner of A may put A under an org where they are owner or admin
-    let mut owner = as_user(&db, OWNER);
+    let mut owner = db.acting_as(OWNER);
     let holding = create_org(&mut owner, "owners-holding", None).unwrap();
     assert_eq!(set_parent(&mut owner, ORG_A, Some(&holding)).unwrap(), 1);
     assert_eq!(parent_of(&db, ORG_A).as_deref(), Some(holding.as_str()));
@@ -102,7 +91,7 @@ fn an_admin_cannot_graft_their_org_under_one_of_their_own() {
 #[test]
 fn detaching_an_org_needs_owner_on_it_and_on_its_parent() {
     let db = tenants();
-    let mut owner = as_user(&db, OWNER);
+    let mut owner = db.acting_as(OWNER);
     let child = create_org(&mut owner, "a-child", Some(ORG_A)).unwrap();
     // ADMIN is admin of A and, invited by the owner, direct owner of the child
     owner
@@ -111,7 +100,7 @@ fn detaching_an_org_needs_owner_on_it_and_on_its_parent() {
             &[&child, &ADMIN],
         )
         .unwrap();
-    let mut admin = as_user(&db, ADMIN);
+    let mut admin = db.acting_as(ADMIN);
     admin
         .execute("SELECT truxe.accept_invitation($1::text::uuid)", &[&child])
         .unwrap();
@@ -136,11 +125,11 @@ fn detaching_an_org_needs_owner_on_it_and_on_its_parent() {
 #[test]
 fn an_open_change_in_one_tree_does_not_block_another_tree() {
     let db = tenants();
-    let mut a = as_user(&db, OWNER);
+    let mut a = db.acting_as(OWNER);
     a.batch_execute("BEGIN").unwrap();
     create_org(&mut a, "a-kid", Some(ORG_A)).unwrap();
 
-    let mut b = as_user(&db, OTHER);
+    let mut b = db.acting_as(OTHER);
     b.batch_execute("SET statement_timeout = '2s'").unwrap();
     let b_kid = create_org(&mut b, "b-kid", Some(ORG_B)).expect("a child in tree B");
     let b_two = create_org(&mut b, "b-two", None).unwrap();
@@ -154,7 +143,7 @@ fn an_open_change_in_one_tree_does_not_block_another_tree() {
     );
 
     // the same tree serialises: A's second change waits for the first (and times out here)
-    let mut a2 = as_user(&db, OWNER);
+    let mut a2 = db.acting_as(OWNER);
     a2.batch_execute("SET statement_timeout = '300ms'").unwrap();
     assert_eq!(
         sqlstate(create_org(&mut a2, "a-kid-2", Some(ORG_A))),
@@ -321,7 +310,7 @@ fn record_usage_refuses_non_finite_times() {
 #[test]
 fn deeply_nested_settings_are_stored_and_audited() {
     let db = tenants();
-    let mut owner = as_user(&db, OWNER);
+    let mut owner = db.acting_as(OWNER);
     let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
     let deep_object = format!("{{\"a\": {deep}}}");
     let org: String = owner

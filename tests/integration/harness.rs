@@ -245,6 +245,18 @@ impl TestDb {
         server().client(&self.name, AUTH_LOGIN)
     }
 
+    /// An `authenticated` connection acting as `user` for the whole session
+    /// (`set_context(user, NULL, is_local => false)`).
+    pub fn acting_as(&self, user: &str) -> Client {
+        let mut c = self.authenticated();
+        c.execute(
+            "SELECT truxe.set_context($1::text::uuid, NULL, false)",
+            &[&user],
+        )
+        .expect("set the acting user");
+        c
+    }
+
     /// A connection as a NOSUPERUSER login that is a member of `service_account`.
     pub fn service(&self) -> Client {
         server().client(&self.name, SERVICE_LOGIN)

@@ -83,17 +83,6 @@ const VICTIM: &str = "00000000-0000-0000-0000-0000000000f6"; // in no org at all
 const NOBODY: &str = "00000000-0000-0000-0000-0000000000ff"; // no such user
 const NO_ORG: &str = "00000000-0000-0000-0000-00000000ffff"; // no such org
 
-/// An `authenticated` login acting as `user` (session-level context).
-fn as_user(db: &TestDb, user: &str) -> Client {
-    let mut c = db.authenticated();
-    c.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, false)",
-        &[&user],
-    )
-    .unwrap();
-    c
-}
-
 /// The SQLSTATE and message of a failed statement.
 fn error(r: Result<u64, postgres::Error>) -> (String, String) {
     let e = r.expect_err("expected an error");
@@ -115,7 +104,7 @@ fn acme(db: &TestDb) -> (String, String) {
                ('{VICTIM}', 'victim@secret.example', 'active');"
         ))
         .unwrap();
-    let mut o = as_user(db, OWNER);
+    let mut o = db.acting_as(OWNER);
     let acme: String = o
         .query_one(
             "SELECT truxe.create_organization('acme', 'Acme')::text",
@@ -135,11 +124,12 @@ fn acme(db: &TestDb) -> (String, String) {
         .unwrap();
     }
     for who in [ADMIN, MEMBER] {
-        as_user(db, who)
+        db.acting_as(who)
             .execute("SELECT truxe.accept_invitation($1::text::uuid)", &[&acme])
             .unwrap();
     }
-    let eve_org: String = as_user(db, EVE)
+    let eve_org: String = db
+        .acting_as(EVE)
         .query_one(
             "SELECT truxe.create_organization('eve-org', 'Eve')::text",
             &[],
@@ -168,7 +158,7 @@ fn invite(
 fn grants_stay_within_the_granters_rights_and_format() {
     let db = server().fresh_db(true);
     let (acme, _) = acme(&db);
-    let mut admin = as_user(&db, ADMIN);
+    let mut admin = db.acting_as(ADMIN);
     for perms in [
         r#"["*"]"#,                                          // owner-only
         r#"["audit_logs:delete"]"#,                          // admins hold audit_logs:read only
@@ -215,7 +205,7 @@ fn grants_stay_within_the_granters_rights_and_format() {
     )
     .unwrap();
     // a member's own extra permission counts as held... but members cannot invite at all
-    let mut member = as_user(&db, MEMBER);
+    let mut member = db.acting_as(MEMBER);
     assert_eq!(
         error(invite(
             &mut member,
@@ -228,7 +218,7 @@ fn grants_stay_within_the_granters_rights_and_format() {
         "42501"
     );
     // an owner grants anything well-formed
-    let mut owner = as_user(&db, OWNER);
+    let mut owner = db.acting_as(OWNER);
     invite(
         &mut owner,
         &acme,
@@ -259,7 +249,7 @@ fn grants_stay_within_the_granters_rights_and_format() {
 fn inviting_a_user_id_reveals_nothing_of_the_invitee() {
     let db = server().fresh_db(true);
     let (_, eve_org) = acme(&db);
-    let mut eve = as_user(&db, EVE);
+    let mut eve = db.acting_as(EVE);
     let mut tx = eve.transaction().unwrap();
     tx.execute(
         "SELECT truxe.invite_member($1::text::uuid, $2::text::uuid)",
@@ -275,7 +265,7 @@ fn inviting_a_user_id_reveals_nothing_of_the_invitee() {
     assert_eq!(seen, vec!["eve@evil.example".to_string()]);
     tx.rollback().unwrap();
     // an owner does not see a pending invitee's row either, and does once they joined
-    let mut owner = as_user(&db, OWNER);
+    let mut owner = db.acting_as(OWNER);
     let visible = |c: &mut Client, who: &str| -> i64 {
         c.query_one(
             "SELECT count(*) FROM truxe.users WHERE id = $1::text::uuid",
@@ -293,7 +283,7 @@ fn inviting_a_user_id_reveals_nothing_of_the_invitee() {
         )
         .unwrap()
         .get(0);
-    as_user(&db, INVITEE)
+    db.acting_as(INVITEE)
         .execute("SELECT truxe.accept_invitation($1::text::uuid)", &[&acme])
         .unwrap();
     assert_eq!(visible(&mut owner, INVITEE), 1);
@@ -306,7 +296,7 @@ fn inviting_a_user_id_reveals_nothing_of_the_invitee() {
 fn strangers_get_the_same_42501_whatever_exists() {
     let db = server().fresh_db(true);
     let (acme, _) = acme(&db);
-    let mut eve = as_user(&db, EVE);
+    let mut eve = db.acting_as(EVE);
     let calls: [(&str, &str); 4] = [
         (
             "invite_member",
@@ -344,7 +334,7 @@ fn strangers_get_the_same_42501_whatever_exists() {
         );
     }
     // a member of acme has no more rights than a stranger
-    let mut member = as_user(&db, MEMBER);
+    let mut member = db.acting_as(MEMBER);
     for who in [OWNER, INVITEE, NOBODY] {
         assert_eq!(
             error(member.execute(
@@ -374,7 +364,7 @@ fn strangers_get_the_same_42501_whatever_exists() {
 
     // rights come before the lock: with acme's row locked by its owner's open change, the
     // stranger is refused at once instead of queueing behind it (0.1: it waited)
-    let mut owner = as_user(&db, OWNER);
+    let mut owner = db.acting_as(OWNER);
     let mut tx = owner.transaction().unwrap();
     tx.execute(
         "SELECT truxe.change_role($1::text::uuid, $2::text::uuid, 'viewer')",
@@ -408,7 +398,7 @@ fn inactive_callers_are_refused() {
             &[&status, &ADMIN, &INVITEE],
         )
         .unwrap();
-        let mut admin = as_user(&db, ADMIN);
+        let mut admin = db.acting_as(ADMIN);
         for (sql, args) in [
             (
                 "SELECT truxe.invite_member($1::text::uuid, $2::text::uuid)",
@@ -442,7 +432,7 @@ fn inactive_callers_are_refused() {
             "42501",
             "{status} user creates an org"
         );
-        let mut inv = as_user(&db, INVITEE);
+        let mut inv = db.acting_as(INVITEE);
         assert_eq!(
             error(inv.execute("SELECT truxe.accept_invitation($1::text::uuid)", &[&acme])).0,
             "42501",
@@ -455,13 +445,13 @@ fn inactive_callers_are_refused() {
         &[&ADMIN, &INVITEE],
     )
     .unwrap();
-    as_user(&db, ADMIN)
+    db.acting_as(ADMIN)
         .execute(
             "SELECT truxe.invite_member($1::text::uuid, $2::text::uuid)",
             &[&acme, &VICTIM],
         )
         .unwrap();
-    as_user(&db, INVITEE)
+    db.acting_as(INVITEE)
         .execute("SELECT truxe.accept_invitation($1::text::uuid)", &[&acme])
         .unwrap();
 }
@@ -472,7 +462,7 @@ fn inactive_callers_are_refused() {
 fn duplicates_say_so_in_words() {
     let db = server().fresh_db(true);
     let (acme, _) = acme(&db);
-    let mut owner = as_user(&db, OWNER);
+    let mut owner = db.acting_as(OWNER);
     for who in [MEMBER, INVITEE] {
         let (code, msg) = error(invite(&mut owner, &acme, who, "viewer", "[]"));
         assert_eq!(code, "23505");

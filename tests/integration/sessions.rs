@@ -77,17 +77,6 @@ fn reason(c: &mut impl GenericClient, jti: &str) -> Option<String> {
     .get(0)
 }
 
-/// An authenticated connection acting as `user`.
-fn as_user(db: &TestDb, user: &str) -> Client {
-    let mut c = db.authenticated();
-    c.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, false)",
-        &[&user],
-    )
-    .unwrap();
-    c
-}
-
 /// Everything `c` may read in schema truxe, as text: every column it holds SELECT on, of
 /// every row RLS shows it.
 fn everything_readable(c: &mut Client) -> String {
@@ -191,7 +180,7 @@ fn an_admin_finds_no_usable_token_in_audit_rows_readable_columns_or_a_dump() {
     let (jti2, refresh2) = refresh(&mut s, &refresh1).expect("rotation");
     let needles = forms(&[&jti1, &refresh1, &jti2, &refresh2]);
 
-    let mut admin = as_user(&db, ADMIN);
+    let mut admin = db.acting_as(ADMIN);
     // the admin does see the owner's session events (by public id only)
     let events: i64 = admin
         .query_one(
@@ -223,7 +212,7 @@ fn an_admin_finds_no_usable_token_in_audit_rows_readable_columns_or_a_dump() {
         .unwrap()
         .get(0);
     assert_holds_none(&audit, &needles, "an audit row the admin reads");
-    for (who, mut c) in [("the admin", admin), ("the owner", as_user(&db, OWNER))] {
+    for (who, mut c) in [("the admin", admin), ("the owner", db.acting_as(OWNER))] {
         let readable = everything_readable(&mut c);
         assert!(
             readable.contains(ORG),
@@ -244,7 +233,7 @@ fn an_admin_finds_no_usable_token_in_audit_rows_readable_columns_or_a_dump() {
         assert_eq!(usable, 0, "{who} found a usable token");
     }
     // the token hashes are not granted to authenticated at all
-    let mut owner = as_user(&db, OWNER);
+    let mut owner = db.acting_as(OWNER);
     for sql in [
         "SELECT jti_hash FROM truxe.sessions",
         "SELECT refresh_jti_hash FROM truxe.sessions",
@@ -445,7 +434,7 @@ fn a_user_lists_and_revokes_own_sessions_by_id_and_not_another_users() {
     let (laptop, _) = create(&mut s, MEMBER, Some(ORG));
     let (theirs, _) = create(&mut s, OTHER, None);
 
-    let mut me = as_user(&db, MEMBER);
+    let mut me = db.acting_as(MEMBER);
     let listed: Vec<(String, String)> = me
         .query(
             "SELECT id::text, device_info->>'device' FROM truxe.sessions
@@ -623,7 +612,7 @@ fn session_functions_ignore_a_hostile_search_path() {
          GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA evil TO PUBLIC;"
     ))
     .unwrap();
-    for mut c in [db.service(), as_user(&db, MEMBER)] {
+    for mut c in [db.service(), db.acting_as(MEMBER)] {
         c.batch_execute("SET search_path = evil, pg_catalog, public")
             .unwrap();
         if c.query_one("SELECT current_user::text", &[])

@@ -384,9 +384,16 @@ fn no_truxe_function_resolves_names_through_the_callers_path() {
         ("audit_logs", "*"),
         ("usage_metrics", "*"),
         // every column but the token hashes, which authenticated may not read
-        ("sessions", "id, user_id, org_id, family_id, expires_at, last_used_at"),
+        (
+            "sessions",
+            "id, user_id, org_id, family_id, expires_at, last_used_at",
+        ),
     ] {
-        run(&mut as_u, &format!("SELECT {columns} FROM truxe.{table}"), &[]);
+        run(
+            &mut as_u,
+            &format!("SELECT {columns} FROM truxe.{table}"),
+            &[],
+        );
     }
     for f in [
         "current_user_id",
