@@ -366,6 +366,17 @@ ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_pkey;
 ALTER TABLE truxe.sessions RENAME COLUMN jti TO jti_hash;
 ALTER TABLE truxe.sessions RENAME COLUMN refresh_jti TO refresh_jti_hash;
 ALTER TABLE truxe.sessions RENAME CONSTRAINT sessions_refresh_jti_key TO sessions_refresh_jti_hash_key;
+-- PostgreSQL 18 keeps NOT NULL as a named constraint, named after the column when it was
+-- made: give it the name a fresh install gives (15 and 16 have no such constraint)
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_constraint
+              WHERE conrelid = 'truxe.sessions'::pg_catalog.regclass
+                AND conname = 'sessions_jti_not_null') THEN
+    ALTER TABLE truxe.sessions RENAME CONSTRAINT sessions_jti_not_null TO sessions_jti_hash_not_null;
+  END IF;
+END
+$$;
 -- one rewrite: hash both tokens, append the public id (a random one per existing row),
 -- and the constraints sql/schema.sql declares (32-byte hashes: a clear uuid cannot be
 -- stored there by mistake)
