@@ -152,7 +152,8 @@ fn create(
 }
 
 /// The user, org and expiry of a live session; no row when the jti is unknown, expired or
-/// revoked. Writes `last_used_at` at most once a minute (most calls write nothing).
+/// revoked. Writes `last_used_at` at most once a minute (most calls write nothing), and
+/// never in a read-only transaction, so it also answers on a hot standby.
 /// Callable by authenticated and service_account (SECURITY DEFINER: RLS would hide the row).
 #[pg_extern(sql = r#"
 CREATE FUNCTION truxe.validate_session(jti uuid)
@@ -194,7 +195,11 @@ fn validate(jti: Uuid) -> Result<Option<Validated>, TruxeError> {
             row.get::<Uuid>(2)?,
             row.get::<TimestampWithTimeZone>(3)?,
         );
-        if row.get::<bool>(4)? == Some(true) {
+        // Nothing is written on a hot standby (or in any read-only transaction): there the
+        // touch is skipped and last_used_at is refreshed by the next call on the primary.
+        // SAFETY: both read backend-local state and have no preconditions.
+        let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
+        if writable && row.get::<bool>(4)? == Some(true) {
             plans::run(
                 c,
                 "UPDATE truxe.sessions SET last_used_at = now()
