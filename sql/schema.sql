@@ -9,6 +9,8 @@
 --  * sessions.family_id (first jti of a refresh chain) with its index, and
 --    sessions.replaced_by (the jti its rotation created: the refresh-reuse grace returns it);
 --  * rate_limits.window_end: windows have different sizes, so cleanup needs their end;
+--  * rate_limits.exhausted_at (0.2): set by a window's first refused call, for metrics();
+--  * audit_logs (action, created_at) (0.2, replacing (action)): metrics() counts an hour;
 --  * indexes on sessions.revoked_at and magic_link_challenges.used_at for the cleanup batches;
 --  * audit_logs has no foreign keys (it keeps ids of deleted users and orgs) and is
 --    append-only through a raising trigger (src/audit.rs), not silent rules;

@@ -20,8 +20,15 @@ fn ids(c: &mut Client, sql: &str, args: &[&(dyn postgres::types::ToSql + Sync)])
 
 /// What `login` sees in one read-only transaction with `user` as context: its accessible
 /// orgs, the ancestors of `leaf`, the descendants of `root`, whether it may write `leaf`'s
-/// settings, and the org slugs RLS lets it read.
-type Seen = (Vec<String>, Vec<String>, Vec<String>, bool, Vec<String>);
+/// settings, the org slugs RLS lets it read, and the other context helpers' answers.
+type Seen = (
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    bool,
+    Vec<String>,
+    Vec<String>,
+);
 
 fn reads(c: &mut Client, user: &str, root: &str, leaf: &str) -> Seen {
     let mut tx = c.transaction().unwrap();
@@ -41,6 +48,16 @@ fn reads(c: &mut Client, user: &str, root: &str, leaf: &str) -> Seen {
         v
     };
     let accessible = q("SELECT unnest(truxe.accessible_org_ids())::text", None);
+    // the other org-set helpers: compared with the primary's answer below
+    let mut others = q("SELECT unnest(truxe.admin_org_ids())::text", None);
+    others.extend(q(
+        "SELECT 'invited ' || unnest(truxe.invited_org_ids())::text",
+        None,
+    ));
+    others.extend(q(
+        "SELECT truxe.current_user_id()::text || ' ' || coalesce(truxe.current_org_id()::text, '-')",
+        None,
+    ));
     let ancestors = q(
         "SELECT org_id::text FROM truxe.org_ancestors($1::text::uuid)",
         Some(leaf),
@@ -58,7 +75,7 @@ fn reads(c: &mut Client, user: &str, root: &str, leaf: &str) -> Seen {
         .unwrap()
         .get(0);
     tx.rollback().unwrap();
-    (accessible, ancestors, descendants, allowed, slugs)
+    (accessible, ancestors, descendants, allowed, slugs, others)
 }
 
 #[test]
@@ -178,7 +195,8 @@ fn reads_answer_on_a_hot_standby_and_writes_fail_with_25006() {
         standby_seen, primary_seen,
         "the standby answers as the primary"
     );
-    let (accessible, ancestors, descendants, allowed, slugs) = standby_seen;
+    let (accessible, ancestors, descendants, allowed, slugs, others) = standby_seen;
+    assert!(others.contains(&format!("{alice} -")) && others.contains(&root));
     let mut tree = vec![root.clone(), eu.clone(), de.clone()];
     tree.sort();
     assert_eq!(accessible, tree);
@@ -190,13 +208,19 @@ fn reads_answer_on_a_hot_standby_and_writes_fail_with_25006() {
     assert_eq!(descendants, down);
     assert!(allowed, "alice owns an ancestor of acme-eu-de");
     assert_eq!(slugs, ["acme", "acme-eu", "acme-eu-de"], "RLS hides globex");
-    let (_, _, _, bob_allowed, bob_slugs) = reads(&mut sauth, &bob, &root, &de);
+    let (_, _, _, bob_allowed, bob_slugs, _) = reads(&mut sauth, &bob, &root, &de);
     assert!(
         !bob_allowed,
         "a member of acme-eu may not write acme-eu-de's settings"
     );
     assert!(!bob_slugs.contains(&"acme".to_string()));
     assert!(bob_slugs.contains(&"globex".to_string()));
+
+    let report: i64 = ssu
+        .query_one("SELECT count(*) FROM truxe.security_report()", &[])
+        .unwrap()
+        .get(0);
+    assert!(report > 0, "security_report answers on the standby");
 
     // metrics() reads only: it answers on the standby for a pg_monitor login
     let live: f64 = standby
