@@ -168,7 +168,11 @@ fn reads_answer_on_a_hot_standby_and_writes_fail_with_25006() {
                 "SELECT user_id::text FROM truxe.validate_session($1::text::uuid)",
                 &[jti],
             );
-            assert_eq!(&found, &[owner.clone()], "validate_session on the standby");
+            assert_eq!(
+                found,
+                [owner.to_string()],
+                "validate_session on the standby"
+            );
         }
         let unknown = ids(
             c,
