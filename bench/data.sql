@@ -32,8 +32,11 @@ INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
          (CASE k WHEN 0 THEN 'owner' WHEN 1 THEN 'admin' ELSE 'member' END)::truxe.membership_role,
          now(), now()
     FROM generate_series(1, :U) u, generate_series(0, 9) k;
-INSERT INTO truxe.sessions (jti, user_id, refresh_jti, family_id, expires_at)
-  SELECT bench.uid(3, g), bench.uid(1, 1 + g % :U), bench.uid(4, g), bench.uid(3, g), now() + interval '30 days'
+-- access token bench.uid(3, n), refresh token bench.uid(4, n), stored as their SHA-256
+-- (as truxe does); public id and family bench.uid(8, n)
+INSERT INTO truxe.sessions (jti_hash, user_id, refresh_jti_hash, family_id, expires_at, id)
+  SELECT sha256(uuid_send(bench.uid(3, g))), bench.uid(1, 1 + g % :U), sha256(uuid_send(bench.uid(4, g))),
+         bench.uid(8, g), now() + interval '30 days', bench.uid(8, g)
     FROM generate_series(1, :S) g;
 INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)
   SELECT bench.uid(2, 1 + g % :O), 'org.updated', 'organization', g::text FROM generate_series(1, :A) g;

@@ -88,35 +88,38 @@ CREATE FUNCTION ref.validate_session(p_jti uuid)
 RETURNS TABLE(user_id uuid, org_id uuid, expires_at timestamptz) LANGUAGE plpgsql AS $$
 DECLARE s truxe.sessions;
 BEGIN
-  SELECT * INTO s FROM truxe.sessions x WHERE x.jti = p_jti AND x.revoked_at IS NULL AND x.expires_at > now();
+  SELECT * INTO s FROM truxe.sessions x
+   WHERE x.jti_hash = sha256(uuid_send(p_jti)) AND x.revoked_at IS NULL AND x.expires_at > now();
   IF NOT FOUND THEN RETURN; END IF;
   IF s.last_used_at < now() - interval '1 minute' THEN
-    UPDATE truxe.sessions x SET last_used_at = now() WHERE x.jti = p_jti;
+    UPDATE truxe.sessions x SET last_used_at = now() WHERE x.id = s.id;
   END IF;
   RETURN QUERY SELECT s.user_id, s.org_id, s.expires_at;
 END $$;
 
 CREATE FUNCTION ref.create_session(p_user uuid, p_ttl interval DEFAULT '7 days')
 RETURNS TABLE(jti uuid, refresh_jti uuid, expires_at timestamptz) LANGUAGE plpgsql AS $$
-DECLARE j uuid := gen_random_uuid();
+DECLARE j uuid := gen_random_uuid(); r uuid := gen_random_uuid();
 BEGIN
   IF (SELECT u.status FROM truxe.users u WHERE u.id = p_user) IS DISTINCT FROM 'active' THEN
     RAISE EXCEPTION 'user not active' USING ERRCODE = '42501';
   END IF;
-  RETURN QUERY INSERT INTO truxe.sessions AS x (jti, user_id, refresh_jti, family_id, expires_at)
-    VALUES (j, p_user, gen_random_uuid(), j, now() + p_ttl) RETURNING x.jti, x.refresh_jti, x.expires_at;
+  RETURN QUERY INSERT INTO truxe.sessions AS x (jti_hash, user_id, refresh_jti_hash, family_id, expires_at)
+    VALUES (sha256(uuid_send(j)), p_user, sha256(uuid_send(r)), gen_random_uuid(), now() + p_ttl)
+    RETURNING j, r, x.expires_at;
 END $$;
 
 CREATE FUNCTION ref.refresh_session(p_refresh uuid, p_ttl interval DEFAULT '7 days')
 RETURNS TABLE(jti uuid, refresh_jti uuid, expires_at timestamptz) LANGUAGE plpgsql AS $$
-DECLARE s truxe.sessions; n uuid := gen_random_uuid();
+DECLARE s truxe.sessions; n uuid := gen_random_uuid(); r uuid := gen_random_uuid(); nid uuid;
 BEGIN
-  SELECT * INTO s FROM truxe.sessions x WHERE x.refresh_jti = p_refresh FOR UPDATE;
+  SELECT * INTO s FROM truxe.sessions x WHERE x.refresh_jti_hash = sha256(uuid_send(p_refresh)) FOR UPDATE;
   IF NOT FOUND OR s.revoked_at IS NOT NULL OR s.expires_at <= now() THEN RETURN; END IF;
-  INSERT INTO truxe.sessions (jti, user_id, org_id, refresh_jti, family_id, device_info, ip, user_agent, expires_at)
-    VALUES (n, s.user_id, s.org_id, gen_random_uuid(), s.family_id, s.device_info, s.ip, s.user_agent, now() + p_ttl);
-  UPDATE truxe.sessions x SET revoked_at = now(), revoked_reason = 'rotated', replaced_by = n WHERE x.jti = s.jti;
-  RETURN QUERY SELECT x.jti, x.refresh_jti, x.expires_at FROM truxe.sessions x WHERE x.jti = n;
+  INSERT INTO truxe.sessions AS x (jti_hash, user_id, org_id, refresh_jti_hash, family_id, device_info, ip, user_agent, expires_at)
+    VALUES (sha256(uuid_send(n)), s.user_id, s.org_id, sha256(uuid_send(r)), s.family_id, s.device_info, s.ip, s.user_agent, now() + p_ttl)
+    RETURNING x.id INTO nid;
+  UPDATE truxe.sessions x SET revoked_at = now(), revoked_reason = 'rotated', replaced_by = nid WHERE x.id = s.id;
+  RETURN QUERY SELECT n, r, x.expires_at FROM truxe.sessions x WHERE x.id = nid;
 END $$;
 
 CREATE FUNCTION ref.rate_limit_hit(p_key text, p_max integer, p_window interval DEFAULT '1 minute')

@@ -28,9 +28,15 @@ pg_config_for() { # pg_config_for 15|16|18
 }
 
 # Run a server-side command as the user that owns the clusters: `postgres` when we are
-# root (initdb refuses root), ourselves otherwise.
+# root (initdb refuses root), ourselves otherwise. Without Rust's backtrace switches: a
+# server started with RUST_BACKTRACE set puts a backtrace with build paths into the DETAIL
+# of every error raised from Rust (docs/security.md).
 as_pg_owner() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" = 0 ]; then
+    env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE runuser -u postgres -- "$@"
+  else
+    env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"
+  fi
 }
 
 # Released versions whose install script is frozen in sql/truxe--VERSION.sql, with the

@@ -10,6 +10,19 @@ GRANT USAGE ON SCHEMA truxe TO authenticated, service_account;
 
 -- service_account is the trusted backend: it runs every function, including the auth flows
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA truxe TO service_account;
+-- … except trigger functions: nobody calls those as functions (they fire as triggers
+-- whatever the grants say; EXECUTE is checked only when a trigger is created)
+DO $$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN
+    SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+     WHERE p.pronamespace = 'truxe'::regnamespace AND p.prorettype = 'pg_catalog.trigger'::regtype
+  LOOP
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, service_account', f);
+  END LOOP;
+END
+$$;
 -- … and reads and writes every table (RLS: its service_all policies). audit_logs stays
 -- append-only through its trigger whatever the privileges say.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA truxe TO service_account;
@@ -26,10 +39,11 @@ BEGIN
     SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
      WHERE p.pronamespace = 'truxe'::regnamespace
        AND p.proname IN ('set_context', 'clear_context', 'current_user_id', 'current_org_id',
-                         'accessible_org_ids', 'admin_org_ids', 'invited_org_ids',
+                         'accessible_org_ids', 'admin_org_ids', 'invited_org_ids', 'owner_org_ids',
                          'create_organization', 'invite_member', 'accept_invitation',
                          'change_role', 'remove_member', 'has_permission',
-                         'org_ancestors', 'org_descendants', 'validate_session', 'version',
+                         'org_ancestors', 'org_descendants', 'validate_session',
+                         'revoke_session_by_id', 'version',
                          -- evaluated as the caller by audit_logs' INSERT policy and defaults
                          'is_builtin_audit_action', 'request_ip', 'request_user_agent',
                          'request_id')
@@ -40,8 +54,12 @@ END
 $$;
 
 -- authenticated reads what RLS then narrows to the current context
-GRANT SELECT ON truxe.users, truxe.organizations, truxe.memberships, truxe.sessions,
+GRANT SELECT ON truxe.users, truxe.organizations, truxe.memberships,
   truxe.audit_logs, truxe.usage_metrics TO authenticated;
+-- a user lists their own sessions (policy session_read): every column but the two token
+-- hashes, which no end user needs
+GRANT SELECT (id, user_id, org_id, family_id, device_info, ip, user_agent, created_at,
+  expires_at, last_used_at, revoked_at, revoked_reason, replaced_by) ON truxe.sessions TO authenticated;
 -- the role defaults behind has_permission are not secret
 GRANT SELECT ON truxe.role_permissions TO authenticated;
 -- a user edits only their own metadata (policy user_self_update picks the row)
@@ -54,3 +72,6 @@ GRANT UPDATE (slug, name, parent_org_id, settings) ON truxe.organizations TO aut
 GRANT INSERT (org_id, actor_user_id, action, target_type, target_id, details)
   ON truxe.audit_logs TO authenticated;
 GRANT USAGE ON SEQUENCE truxe.audit_logs_id_seq TO authenticated;
+-- trigger functions are called by their triggers only: no role gets EXECUTE on them
+REVOKE EXECUTE ON FUNCTION truxe.end_sessions_on_membership_delete(),
+  truxe.end_sessions_on_status_change() FROM service_account;

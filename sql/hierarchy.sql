@@ -1,7 +1,22 @@
 -- Organisation hierarchy (SPEC §5). The checks are Rust triggers (src/hierarchy.rs); they
 -- fire only when parent_org_id is set, changes or goes away. The permission check runs
 -- first, as the caller; the cycle/depth check and the closure upkeep run after the row is
--- written, as the extension owner, so RLS hides no org from them.
+-- written, as the extension owner, so RLS hides no org from them. Every function here pins
+-- search_path: none resolves a function, operator or type by the caller's path.
+
+-- The triggers' C entry points are truxe's own (src/trigger.rs), so that calling one as a
+-- plain function is a clean 0A000, not a panic; nobody holds EXECUTE on them
+-- (sql/grants.sql). The permission check runs as the caller. The `_v2` symbols: the 0.1.0
+-- functions' symbols keep 0.1's behaviour for databases still on that schema.
+CREATE FUNCTION truxe.check_org_reparent() RETURNS trigger
+LANGUAGE c SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'check_org_reparent_v2_wrapper';
+-- enable_bitmapscan off: its statements read a few pairs by key, and plain index scans mark
+-- the index entries of pairs a moved org left behind as dead (bitmap scans never do), so a
+-- frequently moved org does not drag its history through every later check (bench/)
+CREATE FUNCTION truxe.maintain_org_hierarchy() RETURNS trigger
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_bitmapscan = off
+AS 'MODULE_PATHNAME', 'maintain_org_hierarchy_v2_wrapper';
 
 -- Every (ancestor, descendant) pair of the tree, depth >= 1 (1 = parent): admin_org_ids()
 -- and accessible_org_ids() read an org's descendants with one index scan instead of a
@@ -15,13 +30,16 @@ CREATE TABLE truxe.org_closure (
   PRIMARY KEY (ancestor_id, descendant_id) INCLUDE (depth)
 );
 CREATE INDEX idx_org_closure_descendant ON truxe.org_closure (descendant_id, ancestor_id) INCLUDE (depth);
--- One row, updated by every tree change: it serialises tree changes and makes a snapshot
--- that missed one fail with 40001 (src/hierarchy.rs). Not dumped: CREATE EXTENSION seeds it.
+-- One row per tree (keyed by its root org), locked and bumped by every change of that tree:
+-- it serialises the changes of one tree, never of two unrelated ones, and makes a snapshot
+-- that missed a change of the tree fail with 40001 (src/hierarchy.rs). Rows are created on
+-- a tree's first change and kept (see src/hierarchy.rs); they hold no data, so the table is
+-- not dumped: after a restore the rows come back on demand. No foreign key: a root's row
+-- outlives the root.
 CREATE TABLE truxe.org_tree (
-  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-  version   bigint NOT NULL DEFAULT 0
+  root_id uuid PRIMARY KEY,
+  version bigint NOT NULL DEFAULT 0
 );
-INSERT INTO truxe.org_tree DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('truxe.org_closure', '');
 -- the extension owner's alone: RLS on, no policy, no privilege (sql/grants.sql)
 ALTER TABLE truxe.org_closure ENABLE ROW LEVEL SECURITY;
@@ -33,16 +51,12 @@ CREATE TRIGGER organizations_1_reparent_check
 CREATE TRIGGER organizations_2_hierarchy
   AFTER INSERT OR UPDATE OF parent_org_id OR DELETE ON truxe.organizations
   FOR EACH ROW EXECUTE FUNCTION truxe.maintain_org_hierarchy();
--- enable_bitmapscan off: its statements read a few pairs by key, and plain index scans mark
--- the index entries of pairs a moved org left behind as dead (bitmap scans never do), so a
--- frequently moved org does not drag its history through every later check (bench/)
-ALTER FUNCTION truxe.maintain_org_hierarchy() SECURITY DEFINER
-  SET search_path = pg_catalog, pg_temp SET enable_bitmapscan = off;
 
 -- Ancestors of an org, nearest first (depth 1 = parent). SECURITY INVOKER: an
 -- authenticated caller gets the ancestors RLS lets it see.
 CREATE FUNCTION truxe.org_ancestors(org_id uuid)
-RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE AS $$
+RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
   WITH RECURSIVE up(org_id, depth) AS (
     SELECT o.parent_org_id, 1 FROM truxe.organizations o
      WHERE o.id = $1 AND o.parent_org_id IS NOT NULL
@@ -55,7 +69,8 @@ $$;
 
 -- Descendants of an org, breadth first (depth 1 = children). SECURITY INVOKER, as above.
 CREATE FUNCTION truxe.org_descendants(org_id uuid)
-RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE AS $$
+RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
   WITH RECURSIVE down(org_id, depth) AS (
     SELECT o.id, 1 FROM truxe.organizations o WHERE o.parent_org_id = $1
     UNION ALL

@@ -2,12 +2,14 @@
 -- its columns, defaults, CHECK constraints and indexes, and these deliberate changes:
 --  * NOT NULL on every column that has a default and no meaning when NULL;
 --  * no index that duplicates a unique constraint's or primary key's index
---    (users.email, organizations.slug, sessions.refresh_jti), nor one that is a prefix of
---    another (memberships.user_id is served by (user_id, org_id));
+--    (users.email, organizations.slug, sessions.refresh_jti_hash), nor one that is a
+--    prefix of another (memberships.user_id is served by (user_id, org_id));
 --  * magic-link challenges are found by primary key (the token carries the id), so there
 --    is no index on token_hash;
---  * sessions.family_id (first jti of a refresh chain) with its index, and
---    sessions.replaced_by (the jti its rotation created: the refresh-reuse grace returns it);
+--  * sessions keep only the SHA-256 of their two bearer tokens (jti_hash,
+--    refresh_jti_hash) and are known by a public id; sessions.family_id (a random id per
+--    refresh chain) with its index, and sessions.replaced_by (the id of the session its
+--    rotation created);
 --  * rate_limits.window_end: windows have different sizes, so cleanup needs their end;
 --  * rate_limits.exhausted_at (0.2): set by a window's first refused call, for metrics();
 --  * audit_logs (action, created_at) (0.2, replacing (action)): metrics() counts an hour;
@@ -106,21 +108,34 @@ CREATE TRIGGER memberships_updated_at BEFORE UPDATE ON truxe.memberships
   FOR EACH ROW EXECUTE FUNCTION truxe.set_updated_at();
 
 -- Sessions: one row per access token, chained by refresh rotation ------------------------
+-- The access token (jti) and refresh token (refresh_jti) are bearer credentials: only their
+-- SHA-256 (of the uuid's 16 bytes, as sha256(uuid_send(x)); src/session.rs bearer_hash) is
+-- kept, as 32 raw bytes — bytea, not hex text: half the size in the row and in both unique
+-- indexes, compared as bytes. A row inserted without jti_hash gets the hash of a random
+-- uuid nobody holds: it never validates. `id` is the public, non-secret name of a session
+-- (family_id, replaced_by, audit rows); it is the last column because 0.2 added it (the
+-- upgrade from 0.1.0 hashes jti/refresh_jti in place and appends id: same column order).
 CREATE TABLE truxe.sessions (
-  jti            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  user_id        uuid NOT NULL REFERENCES truxe.users (id) ON DELETE CASCADE,
-  org_id         uuid REFERENCES truxe.organizations (id) ON DELETE CASCADE,
-  refresh_jti    uuid UNIQUE,
-  family_id      uuid NOT NULL,
-  device_info    jsonb NOT NULL DEFAULT '{}'::jsonb,
-  ip             inet,
-  user_agent     text,
-  created_at     timestamptz NOT NULL DEFAULT now(),
-  expires_at     timestamptz NOT NULL,
-  last_used_at   timestamptz NOT NULL DEFAULT now(),
-  revoked_at     timestamptz,
-  revoked_reason text,
-  replaced_by    uuid,
+  jti_hash         bytea NOT NULL DEFAULT sha256(uuid_send(gen_random_uuid())),
+  user_id          uuid NOT NULL REFERENCES truxe.users (id) ON DELETE CASCADE,
+  org_id           uuid REFERENCES truxe.organizations (id) ON DELETE CASCADE,
+  refresh_jti_hash bytea,
+  family_id        uuid NOT NULL,
+  device_info      jsonb NOT NULL DEFAULT '{}'::jsonb,
+  ip               inet,
+  user_agent       text,
+  created_at       timestamptz NOT NULL DEFAULT now(),
+  expires_at       timestamptz NOT NULL,
+  last_used_at     timestamptz NOT NULL DEFAULT now(),
+  revoked_at       timestamptz,
+  revoked_reason   text,
+  replaced_by      uuid,
+  id               uuid NOT NULL DEFAULT gen_random_uuid(),
+  CONSTRAINT sessions_pkey PRIMARY KEY (id),
+  CONSTRAINT sessions_jti_hash_key UNIQUE (jti_hash),
+  CONSTRAINT sessions_refresh_jti_hash_key UNIQUE (refresh_jti_hash),
+  CONSTRAINT jti_hash_is_sha256 CHECK (octet_length(jti_hash) = 32),
+  CONSTRAINT refresh_jti_hash_is_sha256 CHECK (octet_length(refresh_jti_hash) = 32),
   CONSTRAINT device_info_is_object CHECK (jsonb_typeof(device_info) = 'object'),
   CONSTRAINT expires_after_created CHECK (expires_at > created_at),
   CONSTRAINT revoked_after_created CHECK (revoked_at IS NULL OR revoked_at >= created_at),

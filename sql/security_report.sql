@@ -37,6 +37,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
    WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
+  -- every function pins search_path (none resolves names through the caller's path), except
+  -- the two getters that resolve no name at all (src/context.rs)
+  SELECT 'search_path_pinned', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name)'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace
+     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()')
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
   -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
   SELECT 'audit_logs_append_only', count(*) > 0,
          CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'

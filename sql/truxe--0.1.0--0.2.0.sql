@@ -350,6 +350,228 @@ CREATE POLICY user_read ON truxe.users FOR SELECT TO authenticated
                     WHERE m.org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
                       AND m.joined_at IS NOT NULL));
 
+-- == Sessions: hashed bearer values, device list, access ends (issue 20) ==
+-- A session's jti and refresh_jti are bearer credentials: from 0.2 only their SHA-256 (of
+-- the uuid's 16 bytes: sha256(uuid_send(x)), the same bytes as src/session.rs bearer_hash)
+-- is stored, and a public `id` names the session everywhere else. Existing rows are hashed
+-- in place, so sessions issued by 0.1.0 keep validating and refreshing.
+-- Audit rows written before this update are left as they are (append-only) and contain
+-- jtis: `SELECT truxe.revoke_user_sessions(id, 'upgrade') FROM truxe.users` ends every
+-- session they could name (docs/security.md).
+
+-- the primary key moves to the new id; the jti's index is rebuilt on its hash below
+ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_pkey;
+-- the columns keep their place (fresh installs declare them in the same order) and get
+-- names that say what they hold
+ALTER TABLE truxe.sessions RENAME COLUMN jti TO jti_hash;
+ALTER TABLE truxe.sessions RENAME COLUMN refresh_jti TO refresh_jti_hash;
+ALTER TABLE truxe.sessions RENAME CONSTRAINT sessions_refresh_jti_key TO sessions_refresh_jti_hash_key;
+-- one rewrite: hash both tokens, append the public id (a random one per existing row),
+-- and the constraints sql/schema.sql declares (32-byte hashes: a clear uuid cannot be
+-- stored there by mistake)
+ALTER TABLE truxe.sessions
+  ALTER COLUMN jti_hash DROP DEFAULT,
+  ALTER COLUMN jti_hash TYPE bytea USING sha256(uuid_send(jti_hash)),
+  ALTER COLUMN jti_hash SET DEFAULT sha256(uuid_send(gen_random_uuid())),
+  ALTER COLUMN jti_hash SET NOT NULL,
+  ALTER COLUMN refresh_jti_hash TYPE bytea USING sha256(uuid_send(refresh_jti_hash)),
+  ADD COLUMN id uuid NOT NULL DEFAULT gen_random_uuid(),
+  ADD CONSTRAINT sessions_pkey PRIMARY KEY (id),
+  ADD CONSTRAINT sessions_jti_hash_key UNIQUE (jti_hash),
+  ADD CONSTRAINT jti_hash_is_sha256 CHECK (octet_length(jti_hash) = 32),
+  ADD CONSTRAINT refresh_jti_hash_is_sha256 CHECK (octet_length(refresh_jti_hash) = 32);
+-- family_id was the family's first jti (a bearer value, and the audit rows' family_id):
+-- each family gets a fresh random id — not the id of its first row, which cleanup may
+-- already have deleted. replaced_by was the jti of the session a rotation created: now
+-- that session's id (NULL when cleanup deleted it: the grace needs it live anyway).
+-- MATERIALIZED: one random id per family, computed once.
+WITH f AS MATERIALIZED (
+  SELECT s.family_id AS old_id, gen_random_uuid() AS new_id
+    FROM truxe.sessions s GROUP BY s.family_id
+)
+UPDATE truxe.sessions s
+   SET family_id = f.new_id,
+       replaced_by = (SELECT c.id FROM truxe.sessions c
+                       WHERE c.jti_hash = sha256(uuid_send(s.replaced_by)))
+  FROM f
+ WHERE s.family_id = f.old_id;
+
+-- authenticated lists its own sessions (policy session_read) without the token hashes
+REVOKE SELECT ON truxe.sessions FROM authenticated;
+GRANT SELECT (id, user_id, org_id, family_id, device_info, ip, user_agent, created_at,
+  expires_at, last_used_at, revoked_at, revoked_reason, replaced_by) ON truxe.sessions TO authenticated;
+
+-- create_session / refresh_session read truxe.org_closure (the ancestor owner/admin
+-- re-check), which no role may read: SECURITY DEFINER, still service_account-only. Every
+-- session function pins its search_path (0.1's refresh_session called make_interval
+-- through the caller's path).
+ALTER FUNCTION truxe.create_session(uuid, uuid, interval, jsonb, inet, text)
+  SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.refresh_session(uuid, interval)
+  SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.revoke_session(uuid, text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.revoke_user_sessions(uuid, text) SET search_path = pg_catalog, pg_temp;
+
+-- "sign out that device": own sessions as authenticated, any as service_account
+CREATE FUNCTION truxe.revoke_session_by_id(session_id uuid) RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'revoke_session_by_id_wrapper';
+REVOKE ALL ON FUNCTION truxe.revoke_session_by_id(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.revoke_session_by_id(uuid) TO service_account, authenticated;
+
+-- access ends with membership and status, in the same transaction (src/session.rs)
+CREATE FUNCTION truxe.end_sessions_on_membership_delete() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'end_sessions_on_membership_delete_wrapper';
+CREATE FUNCTION truxe.end_sessions_on_status_change() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'end_sessions_on_status_change_wrapper';
+CREATE TRIGGER memberships_end_sessions AFTER DELETE ON truxe.memberships
+  FOR EACH ROW EXECUTE FUNCTION truxe.end_sessions_on_membership_delete();
+CREATE TRIGGER users_end_sessions AFTER UPDATE OF status ON truxe.users
+  FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status <> 'active')
+  EXECUTE FUNCTION truxe.end_sessions_on_status_change();
+-- trigger functions are called by their triggers only
+REVOKE ALL ON FUNCTION truxe.end_sessions_on_membership_delete(), truxe.end_sessions_on_status_change() FROM PUBLIC;
+
+-- == Hardening: moves, name resolution, per-tree locks, hostile input (issue 21) ==
+
+-- Name resolution: every function pins search_path, so none resolves a function, operator
+-- or type through a path the caller chose (current_user_id/current_org_id resolve no name
+-- at all and stay unpinned: src/context.rs).
+ALTER FUNCTION truxe.org_ancestors(uuid) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.org_descendants(uuid) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.set_context(uuid, uuid, boolean) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.clear_context() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.audit_logs_append_only() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.verify_magic_link(text, inet, text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.inspect_magic_link(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.record_usage(uuid, text, bigint, timestamptz) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.rate_limit_hit(text, integer, interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.cleanup_expired_sessions(interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.cleanup_expired_data(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.purge_audit_logs(interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION truxe.version() SET search_path = pg_catalog, pg_temp;
+
+-- Trigger functions are not callable as functions by anyone (they fire whatever the grants
+-- say); 0.1 granted them to service_account with every other function.
+DO $$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN
+    SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+     WHERE p.pronamespace = 'truxe'::regnamespace AND p.prorettype = 'pg_catalog.trigger'::regtype
+  LOOP
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, service_account', f);
+  END LOOP;
+END
+$$;
+
+-- Moves need owner rights on the org and its current parent: the re-parent trigger asks
+-- owner_org_ids() (as admin_org_ids(), but owners only), which runs past RLS.
+CREATE  FUNCTION truxe."owner_org_ids"() RETURNS uuid[] /* Vec < Uuid > */
+STRICT STABLE SECURITY DEFINER PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'owner_org_ids_wrapper';
+REVOKE ALL ON FUNCTION truxe.owner_org_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.owner_org_ids() TO service_account;
+GRANT EXECUTE ON FUNCTION truxe.owner_org_ids() TO authenticated;
+
+-- The hierarchy triggers move to their 0.2 entry points (the owner rule for moves, per-tree
+-- locks); the 0.1 symbols keep 0.1's behaviour for databases not yet updated.
+CREATE OR REPLACE FUNCTION truxe.check_org_reparent() RETURNS trigger
+LANGUAGE c SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'check_org_reparent_v2_wrapper';
+CREATE OR REPLACE FUNCTION truxe.maintain_org_hierarchy() RETURNS trigger
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_bitmapscan = off
+AS 'MODULE_PATHNAME', 'maintain_org_hierarchy_v2_wrapper';
+
+-- Per-tree serialisation: one lock row per tree (its root) instead of one row for all
+-- trees, so one tenant's open transaction no longer stalls every other tenant's hierarchy
+-- change. The old row held no data; the new rows are created on demand. (The update's own
+-- transaction holds the table's lock, so no tree change interleaves.)
+LOCK TABLE truxe.org_tree;
+DROP TABLE truxe.org_tree;
+CREATE TABLE truxe.org_tree (
+  root_id uuid PRIMARY KEY,
+  version bigint NOT NULL DEFAULT 0
+);
+ALTER TABLE truxe.org_tree ENABLE ROW LEVEL SECURITY;
+-- the same ACL as a fresh install (grants.sql grants every table, then takes this one back)
+GRANT SELECT ON truxe.org_tree TO service_account;
+REVOKE ALL ON truxe.org_tree FROM service_account;
+
+-- issue_magic_link: org_slug is citext like organizations.slug (issue 17), validated like it
+-- (22023), and must name an existing org (P0002); search_path pinned. A parameter type
+-- change: drop, create, grant again.
+DROP FUNCTION truxe.issue_magic_link(citext, text, interval, inet, text);
+CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
+                                       ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
+                                       user_agent text DEFAULT NULL)
+RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_wrapper';
+REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) TO service_account;
+
+-- security_report() also checks that every function pins search_path (the same text as
+-- sql/security_report.sql).
+CREATE OR REPLACE FUNCTION truxe.security_report()
+RETURNS TABLE(check_name text, ok boolean, detail text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  -- RLS enabled on every table of SPEC §4
+  SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
+         CASE WHEN c.oid IS NULL THEN 'table missing'
+              WHEN c.relrowsecurity THEN 'row level security enabled'
+              ELSE 'row level security is DISABLED' END
+    FROM unnest(ARRAY['users', 'organizations', 'memberships', 'sessions', 'audit_logs',
+                      'usage_metrics', 'magic_link_challenges', 'rate_limits']) AS t(name)
+    LEFT JOIN pg_class c ON c.relname = t.name AND c.relnamespace = 'truxe'::regnamespace
+  UNION ALL
+  -- nothing of the extension granted to PUBLIC (grantee 0); a NULL acl means the default
+  -- one, which for functions includes EXECUTE to PUBLIC
+  SELECT 'no_public_grants', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'PUBLIC holds no privilege on truxe tables or functions'
+              ELSE 'granted to PUBLIC: ' || string_agg(obj, ', ' ORDER BY obj) END
+    FROM (
+      SELECT c.oid::regclass::text AS obj FROM pg_class c
+       WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault(
+                       (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
+                      WHERE a.grantee = 0)
+      UNION ALL
+      SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'truxe'::regnamespace
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
+                      WHERE a.grantee = 0)
+    ) public_objects
+  UNION ALL
+  -- every SECURITY DEFINER function pins search_path
+  SELECT 'security_definer_search_path', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every SECURITY DEFINER function sets search_path'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ') END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- every function pins search_path (none resolves names through the caller's path), except
+  -- the two getters that resolve no name at all (src/context.rs)
+  SELECT 'search_path_pinned', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name)'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace
+     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()')
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
+  SELECT 'audit_logs_append_only', count(*) > 0,
+         CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'
+              ELSE 'no enabled append-only trigger on truxe.audit_logs' END
+    FROM pg_trigger tg
+   WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
+     AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
+     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0;
+$$;
 -- == Operations: metrics (issue 15) ==
 -- rate_limits.exhausted_at: set by the first refused call of a window (rate_limit_hit), so
 -- that metrics() can count exhausted windows; the table does not store the limit itself.

@@ -4,10 +4,12 @@
 use crate::context::{parse_uuid, setting_text, setting_uuid};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, JSONB, TEXT, UUID};
+use crate::trigger::trigger_entry;
 use crate::types::{membership_role, user_status};
-use pgrx::datum::{Interval, TimestampWithTimeZone, TryFromDatumError};
+use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone, TryFromDatumError};
+use pgrx::htup::heap_getattr_raw;
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::{JsonB, PgOid, PgTupleDesc, Uuid};
 use serde_json::{json, Value};
 use std::cell::Cell;
 
@@ -30,6 +32,10 @@ struct Event {
     target_type: &'static str,
     target_id: String,
     details: Value,
+    /// Old and new organization settings, added to `details` as `settings: {old, new}` by
+    /// the INSERT itself: the jsonb values go from the row to SQL as they are, never through
+    /// serde (which refuses documents nested deeper than 128 levels, and would panic).
+    settings: Option<(pg_sys::Datum, pg_sys::Datum)>,
 }
 
 /// Client address and agent given explicitly by a function's arguments; when absent, the
@@ -60,6 +66,20 @@ fn request_user_agent() -> Option<String> {
     (!ua.is_empty()).then(|| clip_user_agent(ua))
 }
 
+const INSERT: &str = "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
+                   target_id, details, ip, user_agent, request_id)
+                 VALUES ($1, $2, $3::truxe.audit_action, $4, $5, $6, $7::inet, $8, $9)";
+const INSERT_TYPES: [PgOid; 9] = [UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID];
+/// INSERT, with `settings: {old: $10, new: $11}` added to the details.
+const INSERT_WITH_SETTINGS: &str = "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action,
+                   target_type, target_id, details, ip, user_agent, request_id)
+                 VALUES ($1, $2, $3::truxe.audit_action, $4, $5,
+                         $6 || jsonb_build_object('settings', jsonb_build_object('old', $10, 'new', $11)),
+                         $7::inet, $8, $9)";
+const INSERT_SETTINGS_TYPES: [PgOid; 11] = [
+    UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID, JSONB, JSONB,
+];
+
 /// Writes `events` with the acting user and request context of this moment.
 fn write(events: Vec<Event>, client: Client) -> Result<(), AuditError> {
     if events.is_empty() {
@@ -74,24 +94,27 @@ fn write(events: Vec<Event>, client: Client) -> Result<(), AuditError> {
     let request_id = setting_text(c"app.request_id").and_then(|r| parse_uuid(&r));
     Spi::connect_mut(|client| {
         for e in events {
-            plans::run(
-                client,
-                "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
-                   target_id, details, ip, user_agent, request_id)
-                 VALUES ($1, $2, $3::truxe.audit_action, $4, $5, $6, $7::inet, $8, $9)",
-                &[UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID],
-                &[
-                    e.org_id.into(),
-                    actor.into(),
-                    e.action.into(),
-                    e.target_type.into(),
-                    e.target_id.into(),
-                    JsonB(e.details).into(),
-                    ip.clone().into(),
-                    user_agent.clone().into(),
-                    request_id.into(),
-                ],
-            )?;
+            let mut args = vec![
+                e.org_id.into(),
+                actor.into(),
+                e.action.into(),
+                e.target_type.into(),
+                e.target_id.into(),
+                JsonB(e.details).into(),
+                ip.clone().into(),
+                user_agent.clone().into(),
+                request_id.into(),
+            ];
+            let Some((old, new)) = e.settings else {
+                plans::run(client, INSERT, &INSERT_TYPES, &args)?;
+                continue;
+            };
+            // SAFETY: both are jsonb datums of the trigger's rows, alive until it returns.
+            unsafe {
+                args.push(DatumWithOid::new(old, pg_sys::JSONBOID));
+                args.push(DatumWithOid::new(new, pg_sys::JSONBOID));
+            }
+            plans::run(client, INSERT_WITH_SETTINGS, &INSERT_SETTINGS_TYPES, &args)?;
         }
         Ok(())
     })
@@ -113,6 +136,7 @@ pub(crate) fn record(
         target_type,
         target_id: target_id.to_string(),
         details,
+        settings: None,
     };
     write(vec![event], client.clone())
         .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))
@@ -153,13 +177,13 @@ fn events_of(
         target_type,
         target_id: target_id.clone(),
         details,
+        settings: None,
     }
 }
 
 /// AFTER INSERT OR UPDATE OR DELETE on truxe.memberships: membership.invited (a row that is
 /// not yet joined) or membership.joined, membership.role_changed, membership.joined (on
 /// acceptance), membership.removed.
-#[pg_trigger]
 fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     let events = || -> Result<Vec<Event>, AuditError> {
         let (new, old) = (trigger.new(), trigger.old());
@@ -215,9 +239,11 @@ fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     finish(events())
 }
 
+/// slug, name and parent of an organization row.
+type OrgFields = (Option<String>, Option<String>, Option<Uuid>);
+
 /// AFTER INSERT OR UPDATE OR DELETE on truxe.organizations: org.created, org.parent_changed,
 /// org.updated (slug, name or settings changed; details hold old and new), org.deleted.
-#[pg_trigger]
 fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     let events = || -> Result<Vec<Event>, AuditError> {
         let (new, old) = (trigger.new(), trigger.old());
@@ -226,28 +252,24 @@ fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
         };
         let id: Option<Uuid> = row.get_by_name("id")?;
         let event = events_of(id, "organization", uuid_text(id));
-        let fields = |t: &Tuple<'_>| -> Result<
-            (Option<String>, Option<String>, Option<JsonB>, Option<Uuid>),
-            AuditError,
-        > {
+        let fields = |t: &Tuple<'_>| -> Result<OrgFields, AuditError> {
             Ok((
                 t.get_by_name::<String>("slug")?,
                 t.get_by_name::<String>("name")?,
-                t.get_by_name::<JsonB>("settings")?,
                 t.get_by_name::<Uuid>("parent_org_id")?,
             ))
         };
         Ok(match (old.as_ref(), new.as_ref()) {
             (None, Some(n)) => {
-                let (slug, name, _, parent) = fields(n)?;
+                let (slug, name, parent) = fields(n)?;
                 vec![event(
                     "org.created",
                     json!({ "slug": slug, "name": name, "parent_org_id": parent.map(|p| p.to_string()) }),
                 )]
             }
             (Some(o), Some(n)) => {
-                let (os, on, oset, op) = fields(o)?;
-                let (ns, nn, nset, np) = fields(n)?;
+                let (os, on, op) = fields(o)?;
+                let (ns, nn, np) = fields(n)?;
                 let mut v = Vec::new();
                 if op != np {
                     v.push(event(
@@ -262,17 +284,16 @@ fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
                 if on != nn {
                     changed.insert("name".into(), json!({ "old": on, "new": nn }));
                 }
-                let (oset, nset) = (oset.map(|j| j.0), nset.map(|j| j.0));
-                if oset != nset {
-                    changed.insert("settings".into(), json!({ "old": oset, "new": nset }));
-                }
-                if !changed.is_empty() {
-                    v.push(event("org.updated", Value::Object(changed)));
+                let settings = changed_settings(trigger)?;
+                if !changed.is_empty() || settings.is_some() {
+                    let mut e = event("org.updated", Value::Object(changed));
+                    e.settings = settings;
+                    v.push(e);
                 }
                 v
             }
             (Some(o), None) => {
-                let (slug, name, _, _) = fields(o)?;
+                let (slug, name, _) = fields(o)?;
                 vec![event("org.deleted", json!({ "slug": slug, "name": name }))]
             }
             (None, None) => Vec::new(),
@@ -281,9 +302,49 @@ fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     finish(events())
 }
 
+/// The old and new `settings` of an UPDATE on truxe.organizations when they differ (jsonb
+/// equality), as raw datums of the trigger's rows: they are never parsed in Rust.
+fn changed_settings(
+    trigger: &PgTrigger<'_>,
+) -> Result<Option<(pg_sys::Datum, pg_sys::Datum)>, AuditError> {
+    let data = trigger.trigger_data();
+    if data.tg_trigtuple.is_null() || data.tg_newtuple.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: an UPDATE row trigger's relation and both tuples are valid while it runs.
+    let (old, new) = unsafe {
+        let tupdesc = (*data.tg_relation).rd_att;
+        let Some(attno) = PgTupleDesc::from_pg_unchecked(tupdesc)
+            .iter()
+            .position(|a| !a.is_dropped() && a.name() == "settings")
+            .and_then(|i| std::num::NonZeroUsize::new(i + 1))
+        else {
+            return Ok(None);
+        };
+        (
+            heap_getattr_raw(data.tg_trigtuple, attno, tupdesc),
+            heap_getattr_raw(data.tg_newtuple, attno, tupdesc),
+        )
+    };
+    // settings is NOT NULL
+    let (Some(old), Some(new)) = (old, new) else {
+        return Ok(None);
+    };
+    // SAFETY: both are jsonb datums of the trigger's rows, alive until it returns.
+    let differ = unsafe {
+        Spi::get_one_with_args::<bool>(
+            "SELECT $1 IS DISTINCT FROM $2",
+            &[
+                DatumWithOid::new(old, pg_sys::JSONBOID),
+                DatumWithOid::new(new, pg_sys::JSONBOID),
+            ],
+        )?
+    };
+    Ok((differ == Some(true)).then_some((old, new)))
+}
+
 /// AFTER INSERT OR UPDATE OR DELETE on truxe.users: user.created, user.status_changed,
 /// user.deleted. (Other column changes are the app's to log as user.updated.)
-#[pg_trigger]
 fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     let events = || -> Result<Vec<Event>, AuditError> {
         let (new, old) = (trigger.new(), trigger.old());
@@ -321,8 +382,9 @@ fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
 }
 
 /// AFTER INSERT OR UPDATE OF revoked_at on truxe.sessions: session.created, session.revoked
-/// (with the reason).
-#[pg_trigger]
+/// (with the reason). The target is the session's public `id` and the details name its
+/// public `family_id`: never a token (the row holds only their hashes, which stay out of
+/// the audit log too).
 fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     let events = || -> Result<Vec<Event>, AuditError> {
         let (new, old) = (trigger.new(), trigger.old());
@@ -330,9 +392,25 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             return Ok(Vec::new());
         };
         let org_id: Option<Uuid> = n.get_by_name("org_id")?;
-        let jti: Option<Uuid> = n.get_by_name("jti")?;
         let user: Option<Uuid> = n.get_by_name("user_id")?;
-        let event = events_of(org_id, "session", uuid_text(jti));
+        let (id, family) = match n.get_by_name::<Uuid>("id") {
+            Ok(id) => (uuid_text(id), uuid_text(n.get_by_name("family_id")?)),
+            // a 0.1.0 table (this library loaded, ALTER EXTENSION truxe UPDATE not run yet):
+            // no public id, and jti and family_id are tokens: name them by their hashes,
+            // which are the 0.2 jti_hash values once the update has run
+            Err(e) => {
+                let hashed = |column: &str| -> Result<String, AuditError> {
+                    Ok(n.get_by_name::<Uuid>(column)?
+                        .map(|t| crate::security::to_hex(&crate::session::bearer_hash(&t)))
+                        .unwrap_or_default())
+                };
+                match hashed("jti") {
+                    Ok(jti) => (jti, hashed("family_id")?),
+                    Err(_) => return Err(e.into()),
+                }
+            }
+        };
+        let event = events_of(org_id, "session", id);
         let revoked = |t: &Tuple<'_>| -> Result<bool, AuditError> {
             Ok(t.get_by_name::<TimestampWithTimeZone>("revoked_at")?
                 .is_some())
@@ -340,7 +418,7 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
         Ok(match old.as_ref() {
             None => vec![event(
                 "session.created",
-                json!({ "user_id": uuid_text(user), "family_id": uuid_text(n.get_by_name("family_id")?) }),
+                json!({ "user_id": uuid_text(user), "family_id": family }),
             )],
             Some(o) if !revoked(o)? && revoked(n)? => vec![event(
                 "session.revoked",
@@ -352,12 +430,54 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
     finish(events())
 }
 
+// The trigger functions' C entry points (src/trigger.rs): called as a plain function, each
+// raises 0A000 instead of panicking.
+trigger_entry!(
+    audit_memberships,
+    "audit_memberships",
+    audit_memberships_wrapper,
+    pg_finfo_audit_memberships_wrapper
+);
+trigger_entry!(
+    audit_organizations,
+    "audit_organizations",
+    audit_organizations_wrapper,
+    pg_finfo_audit_organizations_wrapper
+);
+trigger_entry!(
+    audit_users,
+    "audit_users",
+    audit_users_wrapper,
+    pg_finfo_audit_users_wrapper
+);
+trigger_entry!(
+    audit_sessions,
+    "audit_sessions",
+    audit_sessions_wrapper,
+    pg_finfo_audit_sessions_wrapper
+);
+trigger_entry!(
+    audit_logs_append_only,
+    "audit_logs_append_only",
+    audit_logs_append_only_wrapper,
+    pg_finfo_audit_logs_append_only_wrapper
+);
+
 pgrx::extension_sql!(
     r#"
 -- Audit triggers run as the extension owner: an audit row never depends on the caller's
 -- privileges, and RLS on audit_logs does not apply to them. truxe follows pg_catalog in
 -- their search_path because pgrx finds the enum types it reads (user_status,
--- membership_role) by name.
+-- membership_role) by name; nobody can create objects in either schema. Nobody holds
+-- EXECUTE on them (sql/grants.sql); their C entry points are truxe's own (src/trigger.rs).
+CREATE FUNCTION truxe.audit_memberships() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, truxe, pg_temp AS 'MODULE_PATHNAME', 'audit_memberships_wrapper';
+CREATE FUNCTION truxe.audit_organizations() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, truxe, pg_temp AS 'MODULE_PATHNAME', 'audit_organizations_wrapper';
+CREATE FUNCTION truxe.audit_users() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, truxe, pg_temp AS 'MODULE_PATHNAME', 'audit_users_wrapper';
+CREATE FUNCTION truxe.audit_sessions() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, truxe, pg_temp AS 'MODULE_PATHNAME', 'audit_sessions_wrapper';
 CREATE TRIGGER audit_memberships AFTER INSERT OR UPDATE OR DELETE ON truxe.memberships
   FOR EACH ROW EXECUTE FUNCTION truxe.audit_memberships();
 CREATE TRIGGER audit_organizations AFTER INSERT OR UPDATE OR DELETE ON truxe.organizations
@@ -366,19 +486,9 @@ CREATE TRIGGER audit_users AFTER INSERT OR UPDATE OR DELETE ON truxe.users
   FOR EACH ROW EXECUTE FUNCTION truxe.audit_users();
 CREATE TRIGGER audit_sessions AFTER INSERT OR UPDATE OF revoked_at ON truxe.sessions
   FOR EACH ROW EXECUTE FUNCTION truxe.audit_sessions();
-ALTER FUNCTION truxe.audit_memberships() SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp;
-ALTER FUNCTION truxe.audit_organizations() SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp;
-ALTER FUNCTION truxe.audit_users() SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp;
-ALTER FUNCTION truxe.audit_sessions() SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp;
 "#,
     name = "audit_triggers",
-    requires = [
-        "schema",
-        audit_memberships,
-        audit_organizations,
-        audit_users,
-        audit_sessions
-    ]
+    requires = ["schema"]
 );
 
 thread_local! {
@@ -405,7 +515,6 @@ impl Drop for PurgeWindow {
 }
 
 /// Statement-level guard: UPDATE, DELETE and TRUNCATE on truxe.audit_logs raise 55000.
-#[pg_trigger]
 fn audit_logs_append_only<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
@@ -425,6 +534,9 @@ fn audit_logs_append_only<'a>(
 
 pgrx::extension_sql!(
     r#"
+-- the guard reads nothing by name; its path is pinned all the same
+CREATE FUNCTION truxe.audit_logs_append_only() RETURNS trigger LANGUAGE c
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'audit_logs_append_only_wrapper';
 CREATE TRIGGER audit_logs_append_only
   BEFORE UPDATE OR DELETE OR TRUNCATE ON truxe.audit_logs
   FOR EACH STATEMENT EXECUTE FUNCTION truxe.audit_logs_append_only();
@@ -432,12 +544,13 @@ CREATE TRIGGER audit_logs_append_only
 ALTER TABLE truxe.audit_logs ENABLE ALWAYS TRIGGER audit_logs_append_only;
 "#,
     name = "audit_logs_append_only",
-    requires = ["schema", audit_logs_append_only]
+    requires = ["schema"]
 );
 
 /// Deletes audit rows older than `older_than` and returns how many; the only way rows leave
 /// truxe.audit_logs. Refuses anything younger than 90 days (22023). service_account only.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn purge_audit_logs(older_than: Interval) -> i64 {
     purge(older_than).unwrap_or_raise()
 }

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 /// Deletes sessions whose expiry or revocation is older than `retention`; returns how many.
 /// 22023 for a NULL or negative retention. service_account only.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn cleanup_expired_sessions(retention: default!(Option<Interval>, "'7 days'")) -> i32 {
     sessions(retention).unwrap_or_raise() as i32
 }
@@ -58,6 +59,7 @@ const BATCHES: [(&str, &str); 3] = [
 /// batches of `batch_size` rows (1 to 1,000,000; else 22023). Returns one row per table.
 /// service_account only.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn cleanup_expired_data(
     batch_size: default!(Option<i32>, 10000),
 ) -> TableIterator<'static, (name!(table_name, String), name!(deleted, i64))> {

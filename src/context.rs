@@ -52,6 +52,13 @@ pub(crate) fn parse_uuid(text: &str) -> Option<pgrx::Uuid> {
         .map(|u| pgrx::Uuid::from_bytes(*u.as_bytes()))
 }
 
+// current_user_id() and current_org_id() are the two truxe functions without a pinned
+// search_path, on purpose: they are on every RLS policy's path, a SET clause costs a GUC
+// save/restore per call, and they resolve no name at all — they read a setting through
+// GetConfigOption and parse it in Rust, with no SPI, no operator and no type lookup — so a
+// caller's search_path has nothing to hijack (tests/integration/shadow.rs calls them under a
+// hostile path; security_report() lists them as the documented exceptions).
+
 /// The acting user: `app.current_user_id` as a uuid; NULL when unset, empty or malformed.
 /// Never raises. Callable by authenticated and service_account.
 #[pg_extern(stable, parallel_safe)]
@@ -92,12 +99,12 @@ const INVITED_ORGS: &str = "
 
 /// The org ids `sql` lists for the acting user ($1); empty with no context. Read-only, in
 /// the calling statement's snapshot.
-fn org_ids(sql: &'static str) -> Result<Vec<pgrx::Uuid>, TruxeError> {
+pub(crate) fn org_ids(sql: &'static str) -> Result<Vec<pgrx::Uuid>, TruxeError> {
     let Some(user) = setting_uuid(c"app.current_user_id") else {
         return Ok(Vec::new());
     };
     let ids = Spi::connect(|client| {
-        plans::read(&client, sql, &[plans::UUID], &[user.into()])?
+        plans::read(client, sql, &[plans::UUID], &[user.into()])?
             .map(|row| row.get::<pgrx::Uuid>(1))
             .collect::<Result<Vec<_>, _>>()
     })?;

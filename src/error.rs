@@ -22,6 +22,10 @@ pub enum Sqlstate {
     CheckViolation,
     /// 55000 object_not_in_prerequisite_state: e.g. writing to the append-only audit log.
     NotInPrerequisiteState,
+    /// 0A000 feature_not_supported: e.g. a trigger function called as a plain function.
+    FeatureNotSupported,
+    /// 40001 serialization_failure: a concurrent change the caller should retry after.
+    SerializationFailure,
     /// TX429 (truxe's own): too many requests, e.g. magic links for one e-mail.
     TooManyRequests,
     /// XX000 internal_error: a failure inside truxe (e.g. the OS random source).
@@ -37,6 +41,8 @@ impl Sqlstate {
             Sqlstate::NotFound => ERRCODE_NO_DATA_FOUND,
             Sqlstate::CheckViolation => ERRCODE_CHECK_VIOLATION,
             Sqlstate::NotInPrerequisiteState => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Sqlstate::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+            Sqlstate::SerializationFailure => ERRCODE_T_R_SERIALIZATION_FAILURE,
             Sqlstate::Internal => ERRCODE_INTERNAL_ERROR,
             Sqlstate::TooManyRequests => return None,
         })
@@ -50,6 +56,8 @@ impl Sqlstate {
             Sqlstate::NotFound => "P0002",
             Sqlstate::CheckViolation => "23514",
             Sqlstate::NotInPrerequisiteState => "55000",
+            Sqlstate::FeatureNotSupported => "0A000",
+            Sqlstate::SerializationFailure => "40001",
             Sqlstate::TooManyRequests => "TX429",
             Sqlstate::Internal => "XX000",
         }
@@ -78,12 +86,13 @@ impl TruxeError {
     /// boundary: call it only from that top-level frame, after its locals are dropped
     /// (as `Result::unwrap_or_raise` in a `#[pg_extern]` body does).
     pub fn raise(self) -> ! {
+        let message = clip_message(self.message);
         match self.state.pgrx_code() {
             Some(code) => {
-                ErrorReport::new(code, self.message, "truxe").report(PgLogLevel::ERROR);
+                ErrorReport::new(code, message, "truxe").report(PgLogLevel::ERROR);
                 unreachable!("ERROR does not return")
             }
-            None => raise_custom(self.state.code(), self.message),
+            None => raise_custom(self.state.code(), message),
         }
     }
 }
@@ -104,6 +113,54 @@ impl From<pgrx::datum::TryFromDatumError> for TruxeError {
     fn from(e: pgrx::datum::TryFromDatumError) -> Self {
         TruxeError::new(Sqlstate::Internal, format!("reading a row: {e}"))
     }
+}
+
+/// How many characters of an input value an error message quotes.
+pub const QUOTED_CHARS: usize = 64;
+/// The longest message truxe raises, in bytes: a safety net behind [`quote_input`] (a
+/// message is never a place for bulk data, and a 10 MB message is a 10 MB log line).
+const MAX_MESSAGE_BYTES: usize = 900;
+
+/// An input value as an error message may show it: double-quoted, at most
+/// [`QUOTED_CHARS`] characters (then `…`), control characters, quotes and backslashes
+/// escaped. Every Rust error that names an input value goes through this.
+pub fn quote_input(value: &str) -> String {
+    let mut out = String::with_capacity(QUOTED_CHARS + 8);
+    out.push('"');
+    let mut chars = value.chars();
+    for c in chars.by_ref().take(QUOTED_CHARS) {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out.push('"');
+    out
+}
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] on a character boundary, NULs replaced.
+fn clip_message(message: String) -> String {
+    let message = if message.contains('\0') {
+        message.replace('\0', " ")
+    } else {
+        message
+    };
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
 }
 
 /// Shorthand: `Err(TruxeError)`.
@@ -160,6 +217,19 @@ fn raise_custom(code: &str, message: String) -> ! {
 #[cfg(test)]
 mod unit {
     use super::make_sqlstate;
+
+    #[test]
+    fn quote_input_clips_and_escapes() {
+        use super::{clip_message, quote_input};
+        assert_eq!(quote_input("acme"), "\"acme\"");
+        assert_eq!(quote_input("a\nb\u{1}\"c\\"), "\"a\\nb\\u{0001}\\\"c\\\\\"");
+        let long = quote_input(&"é".repeat(10_000_000));
+        assert_eq!(long.chars().count(), 64 + 3, "{long}");
+        assert!(long.ends_with("…\""));
+        let clipped = clip_message("x".repeat(5000));
+        assert!(clipped.len() < 1000);
+        assert_eq!(clip_message("a\0b".into()), "a b");
+    }
 
     #[test]
     fn make_sqlstate_matches_postgres() {

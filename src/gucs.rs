@@ -4,7 +4,8 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 /// `truxe.max_org_depth`: the deepest allowed organisation hierarchy (default 32).
 pub static MAX_ORG_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
 /// `truxe.refresh_reuse_grace`: seconds after a rotation during which presenting the old
-/// refresh token returns the rotated session instead of revoking the family (default 10).
+/// refresh token gives a new session of the same family instead of revoking the family
+/// (default 10; 0 = no grace at all).
 pub static REFRESH_REUSE_GRACE: GucSetting<i32> = GucSetting::<i32>::new(10);
 
 pub fn init() {
@@ -21,7 +22,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"truxe.refresh_reuse_grace",
         c"Grace period for presenting an already-rotated refresh token.",
-        c"Within this time after a rotation, refresh_session with the old refresh_jti returns the session that rotation created; later it revokes the whole family.",
+        c"Within this time after a rotation, refresh_session with the old refresh_jti gives a new session of the same family (while the rotated-to session is live); later it revokes the whole family. 0 means no grace.",
         &REFRESH_REUSE_GRACE,
         0,
         3600,

@@ -1,20 +1,33 @@
 //! Organisation hierarchy (SPEC §5): the cycle/depth check, the ancestor/descendant table
-//! truxe.org_closure that keeps RLS's org sets to one index scan, and the re-parenting
-//! permission check on truxe.organizations (Rust triggers); org_ancestors /
-//! org_descendants are SQL (sql/hierarchy.sql).
+//! truxe.org_closure that keeps RLS's org sets to one index scan, and the move permission
+//! check on truxe.organizations (Rust triggers); org_ancestors / org_descendants are SQL
+//! (sql/hierarchy.sql).
 //!
-//! Concurrency. Every change to the tree (an org inserted under a parent, re-parented, or
-//! deleted from under one) first updates the single row of truxe.org_tree, so tree changes
-//! are serialised. Under READ COMMITTED each later statement of the trigger runs with a
-//! fresh snapshot (the plans execute as mutating SPI statements), so a transaction that
-//! waited sees the tree its predecessor committed: of two transactions that each add one
-//! edge of a cycle, the second fails with 23514 — no deadlock, no double commit. Under
-//! REPEATABLE READ and SERIALIZABLE, a transaction whose snapshot misses a tree change
-//! committed meanwhile cannot update that row and fails with 40001 (serialization failure),
-//! which the client retries; one that gets past it sees every earlier change.
+//! Concurrency: changes are serialised per tree, never globally. Every change to a tree (an
+//! org inserted under a parent, moved, or deleted from under one) first locks the
+//! truxe.org_tree row of each tree it touches — the root of the org's current tree and the
+//! root of the new parent's tree — in one statement, in uuid order (no deadlock between two
+//! changes that touch the same two trees), creating the row when it is the tree's first
+//! change. An open transaction in one tenant's tree therefore never blocks a change in an
+//! unrelated tree. After the lock the roots are read again: under READ COMMITTED each
+//! statement of the trigger runs with a fresh snapshot (the plans execute as mutating SPI
+//! statements), so a change that waited sees the tree its predecessor committed; if that
+//! predecessor moved the org into a tree not yet locked, the missing root is locked too when
+//! it sorts after every root held, otherwise the change fails with 40001 (retry). Of two
+//! transactions that each add one edge of a cycle, the second fails with 23514 — no
+//! deadlock, no double commit. Under REPEATABLE READ and SERIALIZABLE, a transaction whose
+//! snapshot misses a change committed meanwhile in one of its trees cannot update (or
+//! insert) that tree's row and fails with 40001, which the client retries; one that gets
+//! past it sees every earlier change of those trees.
+//!
+//! An org_tree row stays when its root is moved under another org or deleted: deleting it
+//! would let a REPEATABLE READ transaction that missed that change insert a fresh row
+//! instead of failing. The rows are lock targets only (no data): not dumped, recreated on
+//! demand after a restore.
 use crate::error::{Sqlstate, TruxeError};
 use crate::gucs::MAX_ORG_DEPTH;
 use crate::plans::{self, UUID};
+use crate::trigger::trigger_entry;
 use pgrx::datum::TryFromDatumError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -23,7 +36,7 @@ use pgrx::Uuid;
 pgrx::extension_sql_file!(
     "../sql/hierarchy.sql",
     name = "hierarchy",
-    requires = ["schema", maintain_org_hierarchy, check_org_reparent]
+    requires = ["schema", "context", owner_org_ids]
 );
 
 /// Why a hierarchy change is refused.
@@ -38,8 +51,10 @@ pub enum HierarchyError {
         levels: i64,
         max: i64,
     },
-    #[error("re-parenting organization {org} requires owner or admin on it and on the new parent")]
-    ReparentDenied { org: Uuid },
+    #[error("moving organization {org} requires owner on it and on its current parent, and owner or admin on the new parent")]
+    MoveDenied { org: Uuid },
+    #[error("the tree of organization {org} was changed by a concurrent transaction; retry")]
+    TreeChanged { org: Uuid },
     #[error("cannot read the organization row: {0}")]
     Row(#[from] TryFromDatumError),
     #[error("hierarchy maintenance failed: {0}")]
@@ -52,7 +67,8 @@ impl HierarchyError {
             HierarchyError::Cycle { .. } | HierarchyError::TooDeep { .. } => {
                 Sqlstate::CheckViolation
             }
-            HierarchyError::ReparentDenied { .. } => Sqlstate::InsufficientPrivilege,
+            HierarchyError::MoveDenied { .. } => Sqlstate::InsufficientPrivilege,
+            HierarchyError::TreeChanged { .. } => Sqlstate::SerializationFailure,
             HierarchyError::Row(_) | HierarchyError::Spi(_) => Sqlstate::InvalidParameter,
         }
     }
@@ -65,11 +81,12 @@ impl HierarchyError {
 type TriggerResult<'a> = Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, HierarchyError>;
 
 /// An org's parent changing: `from` is None for an INSERT or a root, `to` is None for a
-/// DELETE or a move to the top.
+/// DELETE or a move to the top; `inserted` for a new row (it has no tree of its own yet).
 struct Move {
     org: Uuid,
     from: Option<Uuid>,
     to: Option<Uuid>,
+    inserted: bool,
 }
 
 /// The parent change this INSERT/UPDATE/DELETE makes, else None.
@@ -78,6 +95,7 @@ fn parent_move(trigger: &PgTrigger<'_>) -> Result<Option<Move>, HierarchyError> 
         Some(row) => row.get_by_name::<Uuid>("parent_org_id"),
         None => Ok(None),
     };
+    let inserted = trigger.old().is_none();
     let (from, to) = (parent(trigger.old())?, parent(trigger.new())?);
     if from == to {
         return Ok(None);
@@ -85,9 +103,12 @@ fn parent_move(trigger: &PgTrigger<'_>) -> Result<Option<Move>, HierarchyError> 
     let Some(row) = trigger.new().or_else(|| trigger.old()) else {
         return Ok(None);
     };
-    Ok(row
-        .get_by_name::<Uuid>("id")?
-        .map(|org| Move { org, from, to }))
+    Ok(row.get_by_name::<Uuid>("id")?.map(|org| Move {
+        org,
+        from,
+        to,
+        inserted,
+    }))
 }
 
 /// Pairs linking `$1`'s old ancestors to `$1` and its subtree: both sets first, then one
@@ -106,27 +127,120 @@ const ATTACH: &str = "
          (SELECT $1 AS id, 0 AS depth UNION ALL
           SELECT descendant_id, depth FROM truxe.org_closure WHERE ancestor_id = $1) s";
 
-/// AFTER INSERT OR UPDATE OF parent_org_id OR DELETE: rejects cycles and hierarchies deeper
-/// than truxe.max_org_depth (23514), then records the change in truxe.org_closure; 40001
-/// under REPEATABLE READ when another tree change committed meanwhile. Runs as the
-/// extension owner (RLS hides no org; the closure table is the owner's alone).
-#[pg_trigger]
-fn maintain_org_hierarchy<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    match parent_move(trigger).and_then(|change| change.map_or(Ok(()), apply)) {
+/// The roots of the trees of `$1` and `$2` (either may be NULL), distinct, in uuid order.
+const ROOTS: &str = "
+  SELECT DISTINCT coalesce((SELECT c.ancestor_id FROM truxe.org_closure c
+                             WHERE c.descendant_id = v.id ORDER BY c.depth DESC LIMIT 1), v.id)
+    FROM (VALUES ($1), ($2)) v(id) WHERE v.id IS NOT NULL ORDER BY 1";
+
+/// Locks the org_tree rows of roots `$1` and `$2` (distinct, either may be NULL) in uuid
+/// order, creating them when missing; the version bump makes a REPEATABLE READ snapshot that
+/// missed a change of that tree fail with 40001.
+const LOCK_TREES: &str = "
+  INSERT INTO truxe.org_tree AS t (root_id)
+  SELECT v.id FROM (VALUES ($1), ($2)) v(id) WHERE v.id IS NOT NULL ORDER BY v.id
+  ON CONFLICT (root_id) DO UPDATE SET version = t.version + 1";
+
+// The trigger functions' C entry points (src/trigger.rs; SQL in sql/hierarchy.sql). The
+// `_v2` symbols are 0.2's; the 0.1.0 install script names the others, which keep 0.1's
+// behaviour for a database still on schema 0.1.0 (its org_tree is one row, and it has no
+// owner_org_ids()) until ALTER EXTENSION truxe UPDATE points the functions at `_v2`.
+trigger_entry!(
+    maintain_org_hierarchy,
+    "maintain_org_hierarchy",
+    maintain_org_hierarchy_v2_wrapper,
+    pg_finfo_maintain_org_hierarchy_v2_wrapper
+);
+trigger_entry!(
+    check_org_reparent,
+    "check_org_reparent",
+    check_org_reparent_v2_wrapper,
+    pg_finfo_check_org_reparent_v2_wrapper
+);
+trigger_entry!(
+    maintain_org_hierarchy_0_1,
+    "maintain_org_hierarchy",
+    maintain_org_hierarchy_wrapper,
+    pg_finfo_maintain_org_hierarchy_wrapper
+);
+trigger_entry!(
+    check_org_reparent_0_1,
+    "check_org_reparent",
+    check_org_reparent_wrapper,
+    pg_finfo_check_org_reparent_wrapper
+);
+
+/// 0.1.0's maintain_org_hierarchy (schema 0.1.0: one org_tree row for all trees).
+fn maintain_org_hierarchy_0_1<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    match parent_move(trigger).and_then(|change| change.map_or(Ok(()), |c| apply(c, false))) {
         Ok(()) => Ok(None),
         Err(e) => e.raise(),
     }
 }
 
-fn apply(change: Move) -> Result<(), HierarchyError> {
-    let Move { org, from, to } = change;
-    Spi::connect_mut(|client| {
-        plans::run(
-            client,
-            "UPDATE truxe.org_tree SET version = version + 1",
-            &[],
-            &[],
+/// 0.1.0's check_org_reparent (schema 0.1.0): owner/admin on the org and the new parent.
+fn check_org_reparent_0_1<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let check = || -> Result<(), HierarchyError> {
+        let Some(Move {
+            org,
+            to: Some(parent),
+            ..
+        }) = parent_move(trigger)?
+        else {
+            return Ok(());
+        };
+        if trusted_caller() {
+            return Ok(());
+        }
+        let allowed = Spi::get_one_with_args::<bool>(
+            "SELECT ARRAY[$1, $2]::pg_catalog.uuid[] OPERATOR(pg_catalog.<@) truxe.admin_org_ids()",
+            &[org.into(), parent.into()],
         )?;
+        if allowed == Some(true) {
+            Ok(())
+        } else {
+            Err(HierarchyError::MoveDenied { org })
+        }
+    };
+    match check() {
+        Ok(()) => Ok(trigger.new()),
+        Err(e) => e.raise(),
+    }
+}
+
+/// AFTER INSERT OR UPDATE OF parent_org_id OR DELETE: locks the trees the change touches,
+/// rejects cycles and hierarchies deeper than truxe.max_org_depth (23514), then records the
+/// change in truxe.org_closure; 40001 under REPEATABLE READ when another change of one of
+/// those trees committed meanwhile. Runs as the extension owner (RLS hides no org; the
+/// closure table is the owner's alone). Not callable as a function (0A000).
+fn maintain_org_hierarchy<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    match parent_move(trigger).and_then(|change| change.map_or(Ok(()), |c| apply(c, true))) {
+        Ok(()) => Ok(None),
+        Err(e) => e.raise(),
+    }
+}
+
+/// Applies `change`: `per_tree` locks the trees it touches (0.2); otherwise the single
+/// org_tree row of schema 0.1.0.
+fn apply(change: Move, per_tree: bool) -> Result<(), HierarchyError> {
+    let Move {
+        org,
+        from,
+        to,
+        inserted,
+    } = change;
+    Spi::connect_mut(|client| {
+        if per_tree {
+            // a new row has no tree of its own: only its new parent's tree changes
+            lock_trees(client, org, (!inserted).then_some(org), to)?;
+        } else {
+            plans::run(
+                client,
+                "UPDATE truxe.org_tree SET version = version + 1",
+                &[],
+                &[],
+            )?;
+        }
         if let Some(parent) = to {
             check(client, org, parent)?;
         }
@@ -138,6 +252,57 @@ fn apply(change: Move) -> Result<(), HierarchyError> {
         }
         Ok(())
     })
+}
+
+/// The roots of the trees of `a` and `b`, distinct, in uuid order.
+fn roots(
+    client: &mut SpiClient<'_>,
+    a: Option<Uuid>,
+    b: Option<Uuid>,
+) -> Result<Vec<Uuid>, HierarchyError> {
+    let rows = plans::run(client, ROOTS, &[UUID, UUID], &[a.into(), b.into()])?;
+    let mut out = Vec::with_capacity(2);
+    for row in rows {
+        if let Some(root) = row.get::<Uuid>(1)? {
+            out.push(root);
+        }
+    }
+    Ok(out)
+}
+
+/// Locks the org_tree rows of the trees of `a` and `b` (see the module comment): the roots
+/// are read, locked, and read again until every root is held; a root that sorts before one
+/// already held cannot be waited for without risking a deadlock: 40001 then.
+fn lock_trees(
+    client: &mut SpiClient<'_>,
+    org: Uuid,
+    a: Option<Uuid>,
+    b: Option<Uuid>,
+) -> Result<(), HierarchyError> {
+    let mut held: Vec<Uuid> = Vec::with_capacity(4);
+    loop {
+        let missing: Vec<Uuid> = roots(client, a, b)?
+            .into_iter()
+            .filter(|r| !held.contains(r))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let highest = held.iter().map(|h| *h.as_bytes()).max();
+        if highest.is_some_and(|h| missing.iter().any(|m| *m.as_bytes() <= h)) || held.len() > 8 {
+            return Err(HierarchyError::TreeChanged { org });
+        }
+        plans::run(
+            client,
+            LOCK_TREES,
+            &[UUID, UUID],
+            &[
+                missing.first().copied().into(),
+                missing.get(1).copied().into(),
+            ],
+        )?;
+        held.extend(missing);
+    }
 }
 
 /// `parent` must not be `org` or below it, and the levels above `parent`, `parent`, `org`
@@ -170,29 +335,30 @@ fn check(client: &mut SpiClient<'_>, org: Uuid, parent: Uuid) -> Result<(), Hier
 }
 
 /// BEFORE UPDATE OF parent_org_id, as the caller: anyone but a superuser or a member of
-/// service_account needs owner/admin on the org and on the new parent (42501).
-#[pg_trigger]
+/// service_account moving an org (setting, changing or clearing its parent) needs owner
+/// rights on the org (directly or through an ancestor), owner rights on its current parent
+/// when it has one, and owner or admin rights on the new parent when it gets one (42501).
+/// Owner, not admin, on the org: a move hands the new parent's owners power over it, so an
+/// admin could otherwise graft it under an org of their own and become its owner. Not
+/// callable as a function (0A000).
 fn check_org_reparent<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let check = || -> Result<(), HierarchyError> {
-        let Some(Move {
-            org,
-            to: Some(parent),
-            ..
-        }) = parent_move(trigger)?
-        else {
+        let Some(Move { org, from, to, .. }) = parent_move(trigger)? else {
             return Ok(());
         };
         if trusted_caller() {
             return Ok(());
         }
         let allowed = Spi::get_one_with_args::<bool>(
-            "SELECT ARRAY[$1, $2] <@ truxe.admin_org_ids()",
-            &[org.into(), parent.into()],
+            "SELECT $1 = ANY (t.owned) AND ($2 IS NULL OR $2 = ANY (t.owned))
+                    AND ($3 IS NULL OR $3 = ANY (truxe.admin_org_ids()))
+               FROM (SELECT truxe.owner_org_ids()) t(owned)",
+            &[org.into(), from.into(), to.into()],
         )?;
         if allowed == Some(true) {
             Ok(())
         } else {
-            Err(HierarchyError::ReparentDenied { org })
+            Err(HierarchyError::MoveDenied { org })
         }
     };
     match check() {
@@ -201,7 +367,7 @@ fn check_org_reparent<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     }
 }
 
-/// A superuser, or a role with the privileges of service_account: re-parents anything.
+/// A superuser, or a role with the privileges of service_account: moves anything.
 fn trusted_caller() -> bool {
     // SAFETY: plain catalog/role lookups for the current user; missing_ok for the role.
     unsafe {
@@ -213,6 +379,25 @@ fn trusted_caller() -> bool {
         service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, service)
     }
 }
+
+/// Orgs where the acting user is a joined owner, and every descendant of those: where the
+/// user holds an owner's rights (the move rule above). Empty with no context. SECURITY
+/// DEFINER, as accessible_org_ids. Callable by authenticated and service_account.
+#[pg_extern(stable, security_definer, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn owner_org_ids() -> Vec<Uuid> {
+    use crate::error::UnwrapOrRaise;
+    crate::context::org_ids(OWNER_ORGS).unwrap_or_raise()
+}
+
+/// Orgs where the acting user ($1) is a joined owner, and every descendant of those.
+const OWNER_ORGS: &str = "
+  WITH own AS (
+    SELECT m.org_id FROM truxe.memberships m
+     WHERE m.user_id = $1 AND m.joined_at IS NOT NULL AND m.role = 'owner')
+  SELECT org_id FROM own
+  UNION
+  SELECT c.descendant_id FROM own JOIN truxe.org_closure c ON c.ancestor_id = own.org_id";
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

@@ -19,6 +19,7 @@ mod plans;
 mod rate_limit;
 mod security;
 mod session;
+mod trigger;
 mod types;
 mod usage;
 
@@ -42,6 +43,7 @@ pub extern "C-unwind" fn _PG_init() {
 
 /// The version of the truxe library loaded in this backend (the crate version).
 #[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }

@@ -7,7 +7,7 @@
 //! learns more than `invalid` (or `locked`): a wrong secret counts an attempt, and that
 //! increment commits with the caller's transaction because the function returns normally.
 use crate::audit;
-use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::error::{fail, quote_input, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, INET, INTERVAL, TEXT, UUID};
 use crate::security::{constant_time_eq, sha256_hex, to_hex};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -96,16 +96,29 @@ fn citext_sql(client: &mut SpiClient<'_>, sql: &'static str) -> Result<&'static 
     Ok(done)
 }
 
-/// Issues a magic link for `email` (optionally for the org `org_slug`) valid for `ttl`
-/// (1 minute to 24 hours). Returns the challenge id, the token to e-mail (never stored) and
-/// its expiry. 22023 for an invalid e-mail or ttl; TX429 when more than 5 links were issued
-/// for the e-mail within 15 minutes. Writes `magic_link.sent`. service_account only.
+/// An org slug as organizations.slug allows it (2-63 lowercase letters, digits and inner
+/// dashes), compared case-insensitively: `org_slug` is citext, like the column.
+pub fn valid_slug(slug: &str) -> bool {
+    let b = slug.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || *c == b'-';
+    (2..=63).contains(&b.len()) && b.iter().all(inner) && b[0] != b'-' && b[b.len() - 1] != b'-'
+}
+
+/// Issues a magic link for `email` (optionally for the org `org_slug`, which must exist)
+/// valid for `ttl` (1 minute to 24 hours). Returns the challenge id, the token to e-mail
+/// (never stored) and its expiry. 22023 for an invalid e-mail, org slug or ttl; P0002 for
+/// an unknown org slug; TX429 when more than 5 links were issued for the e-mail within 15
+/// minutes. Writes `magic_link.sent`. service_account only.
+///
+/// Hand-written SQL: pgrx has no citext type; citext's own `=` is reached through
+/// `citext_sql`, so the pinned search_path needs no citext schema.
 #[pg_extern(sql = r#"
-CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug text DEFAULT NULL,
+CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
                                        ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
                                        user_agent text DEFAULT NULL)
 RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
-LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
 "#)]
 fn issue_magic_link(
     email: Option<String>,
@@ -135,6 +148,15 @@ fn issue(
     let Some(email) = email.filter(|e| valid_email(e)) else {
         return fail(Sqlstate::InvalidParameter, "invalid e-mail address");
     };
+    if let Some(slug) = org_slug.as_deref().filter(|s| !valid_slug(s)) {
+        return fail(
+            Sqlstate::InvalidParameter,
+            format!(
+                "invalid org_slug {}: 2-63 letters, digits and inner dashes",
+                quote_input(slug)
+            ),
+        );
+    }
     let ttl = match ttl {
         Some(t) if (MIN_TTL_MICROS..=MAX_TTL_MICROS).contains(&t.as_micros()) => t,
         _ => {
@@ -154,6 +176,18 @@ fn issue(
         user_agent: user_agent.clone(),
     };
     let (id, expires_at) = Spi::connect_mut(|c| -> Result<_, TruxeError> {
+        if let Some(slug) = org_slug.as_deref() {
+            let sql = citext_sql(
+                c,
+                "SELECT 1 FROM truxe.organizations WHERE slug OPERATOR({citext}.=) $1::{citext}.citext",
+            )?;
+            if plans::run(c, sql, &[TEXT], &[slug.into()])?.is_empty() {
+                return fail(
+                    Sqlstate::NotFound,
+                    format!("unknown organization {}", quote_input(slug)),
+                );
+            }
+        }
         // one issuer per e-mail at a time, so the limit is exact under concurrency
         plans::run(
             c,
@@ -411,8 +445,10 @@ fn login_user(c: &mut SpiClient<'_>, email: &str) -> Result<(Uuid, String), Trux
 #[pg_extern(sql = r#"
 CREATE FUNCTION truxe.verify_magic_link(token text, ip inet DEFAULT NULL, user_agent text DEFAULT NULL)
 RETURNS TABLE(status text, user_id uuid, email citext, org_id uuid)
-LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
 "#)]
+#[allow(clippy::type_complexity)]
 fn verify_magic_link(
     token: Option<&str>,
     ip: Option<Inet>,
@@ -441,7 +477,8 @@ fn verify_magic_link(
 #[pg_extern(sql = r#"
 CREATE FUNCTION truxe.inspect_magic_link(token text)
 RETURNS TABLE(status text, email citext, expires_at timestamptz)
-LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
 "#)]
 fn inspect_magic_link(
     token: Option<&str>,
@@ -489,6 +526,26 @@ mod unit {
         let last = tweaked.len() - 1;
         tweaked[last] = if tweaked[last] == b'c' { b'd' } else { b'c' };
         assert!(parse_token(std::str::from_utf8(&tweaked).unwrap()).is_none());
+    }
+
+    #[test]
+    fn valid_slug_follows_the_organizations_check() {
+        for ok in ["ab", "acme", "ACME", "a-b-9", &"a".repeat(63)] {
+            assert!(valid_slug(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "-ab",
+            "ab-",
+            "a b",
+            "a_b",
+            "é1",
+            "a\n",
+            &"a".repeat(64),
+        ] {
+            assert!(!valid_slug(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -677,16 +734,25 @@ mod tests {
             events.unwrap().as_deref(),
             Some("magic_link.sent,magic_link.verified,user.login")
         );
-        // a user who is not a member of the link's org, or an unknown slug: no org
-        for slug in ["acme", "no-such-org"] {
-            let token = Spi::get_one::<String>(&format!(
-                "SELECT token FROM truxe.issue_magic_link('stranger@example.com', '{slug}')"
-            ))
-            .unwrap()
-            .unwrap();
-            let (status, _, _, org) = verify(&token);
-            assert_eq!((status.as_str(), org), ("verified", None));
-        }
+        // a user who is not a member of the link's org: no org
+        let token = Spi::get_one::<String>(
+            "SELECT token FROM truxe.issue_magic_link('stranger@example.com', 'acme')",
+        )
+        .unwrap()
+        .unwrap();
+        let (status, _, _, org) = verify(&token);
+        assert_eq!((status.as_str(), org), ("verified", None));
+        // an unknown slug is refused when the link is issued (P0002), a malformed one is 22023
+        assert_eq!(
+            error_of("SELECT truxe.issue_magic_link('stranger@example.com', 'no-such-org')")
+                .map(|e| e.0),
+            Some(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND)
+        );
+        assert_eq!(
+            error_of("SELECT truxe.issue_magic_link('stranger@example.com', 'Bad Slug!')")
+                .map(|e| e.0),
+            Some(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE)
+        );
     }
 
     #[pg_test]

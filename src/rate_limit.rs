@@ -18,6 +18,7 @@ const MAX_WINDOW_MICROS: i128 = 366 * 86_400 * 1_000_000;
 /// max_requests < 1, or a window not between 1 microsecond and 366 days.
 /// service_account only.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn rate_limit_hit(
     key: Option<&str>,
     max_requests: Option<i32>,

@@ -1,13 +1,26 @@
-//! Sessions (SPEC §7): create_session, validate_session, refresh_session with rotation and
-//! reuse detection, revoke_session, revoke_user_sessions. A session row is one access token
-//! (`jti`) with its refresh token (`refresh_jti`); rotation chains rows into a family.
+//! Sessions (SPEC §7, §17): create_session, validate_session, refresh_session with rotation
+//! and reuse detection, revoke_session, revoke_user_sessions, revoke_session_by_id, and the
+//! triggers that end sessions when a membership or an active status ends.
+//!
+//! A session row is one access token (`jti`) with its refresh token (`refresh_jti`);
+//! rotation chains rows into a family. Both tokens are bearer credentials, so a row keeps
+//! only their SHA-256 (`jti_hash`, `refresh_jti_hash`, computed by [`bearer_hash`] alone)
+//! and is known everywhere else by its public, non-secret `id`: `family_id`, `replaced_by`
+//! and audit rows hold ids, never a token. The tokens leave truxe exactly once, in the row
+//! `create_session` / `refresh_session` return.
+//!
+//! Every function here pins `search_path = pg_catalog, pg_temp`: their statements name
+//! truxe's objects with the schema, and nothing resolves through the caller's path.
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::gucs::REFRESH_REUSE_GRACE;
-use crate::plans::{self, INET, INT4, INTERVAL, JSONB, TEXT, UUID};
+use crate::plans::{self, INET, INTERVAL, JSONB, TEXT, UUID};
+use crate::trigger::trigger_entry;
+use pgrx::datum::DatumWithOid;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
-use pgrx::{Inet, JsonB, Uuid};
-use serde_json::Value;
+use pgrx::{AnyElement, Inet, PgOid, Uuid};
+use rand::TryRngCore;
+use sha2::{Digest, Sha256};
 
 type Issued = (
     name!(jti, Uuid),
@@ -16,6 +29,69 @@ type Issued = (
 );
 
 const MAX_TTL_MICROS: i128 = 366 * 86_400 * 1_000_000;
+const BYTEA: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BYTEAOID);
+
+/// The stored form of a bearer value (a jti or refresh_jti): SHA-256 of the uuid's 16
+/// bytes — the same 32 bytes as SQL's `sha256(uuid_send(x))`, which the 0.1.0 → 0.2.0
+/// upgrade uses on existing rows. The only place truxe hashes a session token.
+pub(crate) fn bearer_hash(value: &Uuid) -> Vec<u8> {
+    Sha256::digest(value.as_bytes()).to_vec()
+}
+
+/// A new bearer value: a version-4 uuid of 122 bits from the OS random source (the same
+/// shape as gen_random_uuid()).
+fn new_bearer() -> Result<Uuid, TruxeError> {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut b)
+        .map_err(|_| TruxeError::new(Sqlstate::Internal, "the OS random source failed"))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Ok(Uuid::from_bytes(b))
+}
+
+/// A new (jti, refresh_jti) pair.
+fn new_pair() -> Result<(Uuid, Uuid), TruxeError> {
+    Ok((new_bearer()?, new_bearer()?))
+}
+
+/// SQL condition: the user `$user` may hold a session scoped to org `$org` — a joined
+/// member of it, or a joined owner/admin of one of its ancestors (truxe.org_closure). The
+/// lookups are index scans: memberships (user_id, org_id) INCLUDE (role, joined_at) and
+/// org_closure (descendant_id, ancestor_id). One text for create, validate, refresh and
+/// the membership trigger.
+macro_rules! org_access {
+    ($user:literal, $org:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM truxe.memberships am WHERE am.user_id = ",
+            $user,
+            " AND am.org_id = ",
+            $org,
+            " AND am.joined_at IS NOT NULL)",
+            " OR EXISTS (SELECT 1 FROM truxe.org_closure ac JOIN truxe.memberships am",
+            " ON am.user_id = ",
+            $user,
+            " AND am.org_id = ac.ancestor_id",
+            " WHERE ac.descendant_id = ",
+            $org,
+            " AND am.joined_at IS NOT NULL AND am.role IN ('owner', 'admin')))"
+        )
+    };
+}
+
+/// SQL condition on a session row `s`: its user is active and, for an org-scoped session,
+/// may still use that org ([`org_access`]). What create_session checks, re-checked by
+/// validate_session and refresh_session.
+macro_rules! still_allowed {
+    () => {
+        concat!(
+            "EXISTS (SELECT 1 FROM truxe.users au WHERE au.id = s.user_id AND au.status = 'active')",
+            " AND (s.org_id IS NULL OR ",
+            org_access!("s.user_id", "s.org_id"),
+            ")"
+        )
+    };
+}
 
 /// A session lifetime: more than zero, at most 366 days (22023).
 fn check_ttl(ttl: Option<Interval>) -> Result<Interval, TruxeError> {
@@ -28,43 +104,39 @@ fn check_ttl(ttl: Option<Interval>) -> Result<Interval, TruxeError> {
     }
 }
 
-/// The single row of an INSERT … RETURNING jti, refresh_jti, expires_at.
-fn issued(rows: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<Issued>, TruxeError> {
-    let mut out = Vec::with_capacity(1);
-    for row in rows {
-        match (
-            row.get::<Uuid>(1)?,
-            row.get::<Uuid>(2)?,
-            row.get::<TimestampWithTimeZone>(3)?,
-        ) {
-            (Some(j), Some(r), Some(e)) => out.push((j, r, e)),
-            _ => {
-                return fail(
-                    Sqlstate::Internal,
-                    "session row without jti, refresh_jti or expiry",
-                )
-            }
-        }
+/// The (id, expires_at) of the one row an INSERT … RETURNING id, expires_at wrote.
+fn inserted(
+    rows: pgrx::spi::SpiTupleTable<'_>,
+) -> Result<Option<(Uuid, TimestampWithTimeZone)>, TruxeError> {
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    match (row.get::<Uuid>(1)?, row.get::<TimestampWithTimeZone>(2)?) {
+        (Some(id), Some(e)) => Ok(Some((id, e))),
+        _ => fail(Sqlstate::Internal, "session row without id or expiry"),
     }
-    Ok(out)
 }
 
 /// Creates a session for an active user (42501 otherwise; P0002 unknown user or org); with
-/// `org_id`, the user must be a joined member of it (42501). Returns the access token id,
-/// the refresh token id and the expiry. A new family starts (family_id = jti).
-/// service_account only.
+/// `org_id`, the user must be a joined member of it or a joined owner/admin of one of its
+/// ancestors (42501). Returns the access token (`jti`), the refresh token (`refresh_jti`)
+/// and the expiry — the only time the tokens are shown: the row keeps their SHA-256. A new
+/// family starts, with a random `family_id` of its own. ttl outside (0, 366 days] or a
+/// device_info that is not an object: 22023. service_account only (SECURITY DEFINER: it
+/// reads truxe.org_closure, which no role may read).
 #[pg_extern(sql = r#"
 CREATE FUNCTION truxe.create_session(user_id uuid, org_id uuid DEFAULT NULL, ttl interval DEFAULT '7 days',
                                      device_info jsonb DEFAULT '{}', ip inet DEFAULT NULL,
                                      user_agent text DEFAULT NULL)
 RETURNS TABLE(jti uuid, refresh_jti uuid, expires_at timestamptz)
-LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
 "#)]
 fn create_session(
     user_id: Option<Uuid>,
     org_id: Option<Uuid>,
     ttl: Option<Interval>,
-    device_info: Option<JsonB>,
+    device_info: Option<AnyElement>,
     ip: Option<Inet>,
     user_agent: Option<String>,
 ) -> TableIterator<
@@ -82,7 +154,7 @@ fn create(
     user_id: Option<Uuid>,
     org_id: Option<Uuid>,
     ttl: Option<Interval>,
-    device_info: Option<JsonB>,
+    device_info: Option<AnyElement>,
     ip: Option<Inet>,
     user_agent: Option<String>,
 ) -> Result<Vec<Issued>, TruxeError> {
@@ -90,28 +162,40 @@ fn create(
         return fail(Sqlstate::InvalidParameter, "user_id must not be NULL");
     };
     let ttl = check_ttl(ttl)?;
-    let device_info = device_info.unwrap_or(JsonB(Value::Object(Default::default())));
-    if !device_info.0.is_object() {
-        return fail(
-            Sqlstate::InvalidParameter,
-            "device_info must be a JSON object",
-        );
-    }
+    // device_info stays a jsonb datum (the SQL signature says jsonb): parsing it into Rust
+    // would fail on values nested deeper than serde's recursion limit. NULL means '{}'.
+    let device_info = device_info.map(|d| d.datum());
+    // SAFETY: the datum is the caller's jsonb argument, alive for this call.
+    let device_info = || unsafe { DatumWithOid::new(device_info, pg_sys::JSONBOID) };
     Spi::connect_mut(|c| {
+        let shape = plans::read(
+            c,
+            "SELECT $1 IS NULL OR jsonb_typeof($1) = 'object'",
+            &[JSONB],
+            &[device_info()],
+        )?;
+        if shape.first().get_one::<bool>()? != Some(true) {
+            return fail(
+                Sqlstate::InvalidParameter,
+                "device_info must be a JSON object",
+            );
+        }
         let who = plans::run(
             c,
-            "SELECT u.status::text,
-                    (SELECT true FROM truxe.organizations o WHERE o.id = $2),
-                    (SELECT m.joined_at IS NOT NULL FROM truxe.memberships m
-                      WHERE m.org_id = $2 AND m.user_id = $1)
-               FROM truxe.users u WHERE u.id = $1",
+            concat!(
+                "SELECT u.status::text,
+                        (SELECT true FROM truxe.organizations o WHERE o.id = $2),
+                        $2 IS NULL OR ",
+                org_access!("$1", "$2"),
+                " FROM truxe.users u WHERE u.id = $1"
+            ),
             &[UUID, UUID],
             &[user_id.into(), org_id.into()],
         )?;
         if who.is_empty() {
             return fail(Sqlstate::NotFound, format!("unknown user {user_id}"));
         }
-        let (status, org_exists, joined) = who.first().get_three::<String, bool, bool>()?;
+        let (status, org_exists, allowed) = who.first().get_three::<String, bool, bool>()?;
         if status.as_deref() != Some("active") {
             return fail(
                 Sqlstate::InsufficientPrivilege,
@@ -125,36 +209,46 @@ fn create(
             if org_exists != Some(true) {
                 return fail(Sqlstate::NotFound, format!("unknown organization {org}"));
             }
-            if joined != Some(true) {
+            if allowed != Some(true) {
                 return fail(
                     Sqlstate::InsufficientPrivilege,
                     format!("user {user_id} is not a joined member of organization {org}"),
                 );
             }
         }
-        issued(plans::run(
+        let (jti, refresh_jti) = new_pair()?;
+        let row = inserted(plans::run(
             c,
-            "INSERT INTO truxe.sessions (jti, user_id, org_id, refresh_jti, family_id, device_info,
-                                         ip, user_agent, expires_at)
-             SELECT j, $1, $2, gen_random_uuid(), j, $3, $4, $5, now() + $6 FROM gen_random_uuid() j
-             RETURNING jti, refresh_jti, expires_at",
-            &[UUID, UUID, JSONB, INET, TEXT, INTERVAL],
+            "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash, family_id,
+                                         device_info, ip, user_agent, expires_at)
+             VALUES ($1, $2, $3, $4, gen_random_uuid(), coalesce($5, '{}'), $6, $7, now() + $8)
+             RETURNING id, expires_at",
+            &[BYTEA, UUID, UUID, BYTEA, JSONB, INET, TEXT, INTERVAL],
             &[
+                bearer_hash(&jti).into(),
                 user_id.into(),
                 org_id.into(),
-                device_info.into(),
+                bearer_hash(&refresh_jti).into(),
+                device_info(),
                 ip.into(),
                 user_agent.into(),
                 ttl.into(),
             ],
-        )?)
+        )?)?;
+        Ok(row
+            .map(|(_, expires_at)| (jti, refresh_jti, expires_at))
+            .into_iter()
+            .collect())
     })
 }
 
 /// The user, org and expiry of a live session; no row when the jti is unknown, expired or
-/// revoked. Writes `last_used_at` at most once a minute (most calls write nothing), and
-/// never in a read-only transaction, so it also answers on a hot standby.
-/// Callable by authenticated and service_account (SECURITY DEFINER: RLS would hide the row).
+/// revoked, when its user is no longer active, or when an org-scoped session's user may no
+/// longer use that org (not a joined member, nor a joined owner/admin of an ancestor).
+/// Writes `last_used_at` at most once a minute (most calls write nothing), and never in a
+/// read-only transaction, so it also answers on a hot standby. Callable by
+/// authenticated and service_account (SECURITY DEFINER: RLS would hide the row). Never
+/// raises for an unknown jti.
 #[pg_extern(sql = r#"
 CREATE FUNCTION truxe.validate_session(jti uuid)
 RETURNS TABLE(user_id uuid, org_id uuid, expires_at timestamptz)
@@ -181,47 +275,58 @@ fn validate(jti: Uuid) -> Result<Option<Validated>, TruxeError> {
         // read-only in the caller's snapshot: most calls end here, without a write
         let rows = plans::read(
             c,
-            "SELECT user_id, org_id, expires_at, last_used_at < now() - interval '1 minute'
-               FROM truxe.sessions WHERE jti = $1 AND revoked_at IS NULL AND expires_at > now()",
-            &[UUID],
-            &[jti.into()],
+            concat!(
+                "SELECT s.id, s.user_id, s.org_id, s.expires_at,
+                        s.last_used_at < now() - interval '1 minute'
+                   FROM truxe.sessions s
+                  WHERE s.jti_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND ",
+                still_allowed!()
+            ),
+            &[BYTEA],
+            &[bearer_hash(&jti).into()],
         )?;
         if rows.is_empty() {
             return Ok(None);
         }
         let row = rows.first();
+        let id = row.get::<Uuid>(1)?;
         let found = (
-            row.get::<Uuid>(1)?,
             row.get::<Uuid>(2)?,
-            row.get::<TimestampWithTimeZone>(3)?,
+            row.get::<Uuid>(3)?,
+            row.get::<TimestampWithTimeZone>(4)?,
         );
         // Nothing is written on a hot standby (or in any read-only transaction): there the
         // touch is skipped and last_used_at is refreshed by the next call on the primary.
         // SAFETY: both read backend-local state and have no preconditions.
         let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
-        if writable && row.get::<bool>(4)? == Some(true) {
+        if writable && row.get::<bool>(5)? == Some(true) {
             plans::run(
                 c,
                 "UPDATE truxe.sessions SET last_used_at = now()
-                  WHERE jti = $1 AND last_used_at < now() - interval '1 minute'",
+                  WHERE id = $1 AND last_used_at < now() - interval '1 minute'",
                 &[UUID],
-                &[jti.into()],
+                &[id.into()],
             )?;
         }
         Ok(Some(found))
     })
 }
 
-/// Rotates a refresh token: a new session in the same family, the old one revoked with
-/// reason `rotated`. Presenting an already-rotated refresh_jti within
-/// `truxe.refresh_reuse_grace` returns the session its rotation created (two tabs
-/// refreshing at once); later, it revokes every live session of the family (reason
-/// `refresh_token_reuse`, audit `session.reuse_detected`) and returns no row. Unknown,
-/// expired or otherwise revoked: no row. service_account only.
+/// Rotates a refresh token: a new session in the same family (new tokens, returned once),
+/// the old one revoked with reason `rotated`. Presenting an already-rotated refresh_jti
+/// within `truxe.refresh_reuse_grace` of its rotation, while the session that rotation
+/// created is live, gives a new session of the same family (two tabs refreshing at once
+/// both stay signed in; truxe cannot hand out the first rotation's tokens again, it does
+/// not keep them); a grace of 0 means none, even within the rotating transaction. Later,
+/// it revokes every live session of the family (reason `refresh_token_reuse`, audit
+/// `session.reuse_detected`) and returns no row. Unknown, expired or otherwise revoked, a
+/// user no longer active, or an org the user may no longer use: no row. ttl outside
+/// (0, 366 days]: 22023. service_account only (SECURITY DEFINER, as create_session).
 #[pg_extern(sql = r#"
 CREATE FUNCTION truxe.refresh_session(refresh_jti uuid, ttl interval DEFAULT '7 days')
 RETURNS TABLE(jti uuid, refresh_jti uuid, expires_at timestamptz)
-LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
 "#)]
 fn refresh_session(
     refresh_jti: Option<Uuid>,
@@ -242,70 +347,117 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
     let Some(refresh_jti) = refresh_jti else {
         return Ok(Vec::new());
     };
+    let grace_secs = i64::from(REFRESH_REUSE_GRACE.get().max(0));
+    // an interval computed here: no function call that a caller's schema could shadow
+    let grace = Interval::new(0, 0, grace_secs * 1_000_000)
+        .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
     Spi::connect_mut(|c| {
         let rows = plans::run(
             c,
-            "SELECT jti, family_id, org_id, revoked_at IS NULL AND expires_at > now(),
-                    revoked_reason, replaced_by,
-                    revoked_at >= now() - make_interval(secs => $2)
-               FROM truxe.sessions WHERE refresh_jti = $1 FOR UPDATE",
-            &[UUID, INT4],
-            &[refresh_jti.into(), REFRESH_REUSE_GRACE.get().into()],
+            concat!(
+                "SELECT s.id, s.family_id, s.org_id, s.revoked_at IS NULL AND s.expires_at > now(),
+                        s.revoked_reason, s.revoked_at >= now() - $2, s.replaced_by, ",
+                still_allowed!(),
+                " FROM truxe.sessions s WHERE s.refresh_jti_hash = $1 FOR UPDATE OF s"
+            ),
+            &[BYTEA, INTERVAL],
+            &[bearer_hash(&refresh_jti).into(), grace.into()],
         )?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         let row = rows.first();
-        let jti = row.get::<Uuid>(1)?;
+        let id = row.get::<Uuid>(1)?;
         let family = row.get::<Uuid>(2)?;
         let org = row.get::<Uuid>(3)?;
         let live = row.get::<bool>(4)? == Some(true);
         let reason = row.get::<String>(5)?;
-        let replaced_by = row.get::<Uuid>(6)?;
-        let within_grace = row.get::<bool>(7)? == Some(true);
-        if live {
-            let new = issued(plans::run(
-                c,
-                "WITH child AS (
-                   INSERT INTO truxe.sessions (jti, user_id, org_id, refresh_jti, family_id,
-                                               device_info, ip, user_agent, expires_at)
-                   SELECT gen_random_uuid(), s.user_id, s.org_id, gen_random_uuid(), s.family_id,
-                          s.device_info, s.ip, s.user_agent, now() + $2
-                     FROM truxe.sessions s WHERE s.jti = $1
-                   RETURNING jti, refresh_jti, expires_at
-                 ), rotated AS (
-                   UPDATE truxe.sessions s SET revoked_at = now(), revoked_reason = 'rotated',
-                          replaced_by = (SELECT child.jti FROM child)
-                    WHERE s.jti = $1
-                 )
-                 SELECT jti, refresh_jti, expires_at FROM child",
-                &[UUID, INTERVAL],
-                &[jti.into(), ttl.into()],
-            )?)?;
-            if let Some((new_jti, _, _)) = new.first() {
-                crate::audit::record(
-                    org,
-                    "session.refreshed",
-                    "session",
-                    &new_jti.to_string(),
-                    serde_json::json!({ "rotated_from": jti.map(|j| j.to_string()) }),
-                    &Default::default(),
-                )?;
+        // grace 0: none at all (revoked_at >= now() - 0 holds within the rotating transaction)
+        let within_grace = grace_secs > 0 && row.get::<bool>(6)? == Some(true);
+        let replaced_by = row.get::<Uuid>(7)?;
+        let allowed = row.get::<bool>(8)? == Some(true);
+        let Some(id) = id else {
+            return fail(Sqlstate::Internal, "session row without id");
+        };
+        let rotate = live || (reason.as_deref() == Some("rotated") && within_grace);
+        if rotate {
+            if !allowed {
+                return Ok(Vec::new());
             }
-            return Ok(new);
+            // the grace holds while the first rotation's session is live; read in a new
+            // snapshot: a rotation this call waited for (FOR UPDATE) committed after ours
+            if !live
+                && plans::run(
+                    c,
+                    "SELECT 1 FROM truxe.sessions
+                      WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()",
+                    &[UUID],
+                    &[replaced_by.into()],
+                )?
+                .is_empty()
+            {
+                return Ok(Vec::new());
+            }
+            let (jti, new_refresh) = new_pair()?;
+            let args = [
+                id.into(),
+                bearer_hash(&jti).into(),
+                bearer_hash(&new_refresh).into(),
+                ttl.into(),
+            ];
+            let types = [UUID, BYTEA, BYTEA, INTERVAL];
+            let child = if live {
+                inserted(plans::run(
+                    c,
+                    "WITH child AS (
+                       INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
+                                                   family_id, device_info, ip, user_agent, expires_at)
+                       SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
+                              s.user_agent, now() + $4
+                         FROM truxe.sessions s WHERE s.id = $1
+                       RETURNING id, expires_at
+                     ), rotated AS (
+                       UPDATE truxe.sessions s SET revoked_at = now(), revoked_reason = 'rotated',
+                              replaced_by = (SELECT child.id FROM child)
+                        WHERE s.id = $1
+                     )
+                     SELECT id, expires_at FROM child",
+                    &types,
+                    &args,
+                )?)?
+            } else {
+                // the second tab, within the grace: a sibling of the first tab's session
+                inserted(plans::run(
+                    c,
+                    "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
+                                                 family_id, device_info, ip, user_agent, expires_at)
+                     SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
+                            s.user_agent, now() + $4
+                       FROM truxe.sessions s WHERE s.id = $1
+                     RETURNING id, expires_at",
+                    &types,
+                    &args,
+                )?)?
+            };
+            let Some((child_id, expires_at)) = child else {
+                return Ok(Vec::new());
+            };
+            crate::audit::record(
+                org,
+                "session.refreshed",
+                "session",
+                &child_id.to_string(),
+                serde_json::json!({
+                    "rotated_from": id.to_string(),
+                    "family_id": family.map(|f| f.to_string()),
+                    "within_grace": !live,
+                }),
+                &Default::default(),
+            )?;
+            return Ok(vec![(jti, new_refresh, expires_at)]);
         }
         if reason.as_deref() != Some("rotated") {
             return Ok(Vec::new());
-        }
-        if within_grace {
-            // the second tab: hand it the session the first tab's rotation created
-            return issued(plans::run(
-                c,
-                "SELECT jti, refresh_jti, expires_at FROM truxe.sessions
-                  WHERE jti = $1 AND revoked_at IS NULL AND expires_at > now()",
-                &[UUID],
-                &[replaced_by.into()],
-            )?);
         }
         let revoked = plans::run(
             c,
@@ -319,7 +471,7 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
             org,
             "session.reuse_detected",
             "session",
-            &jti.map(|j| j.to_string()).unwrap_or_default(),
+            &id.to_string(),
             serde_json::json!({ "family_id": family.map(|f| f.to_string()), "revoked": revoked }),
             &Default::default(),
         )?;
@@ -327,22 +479,26 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
     })
 }
 
-/// Revokes one live session (`reason` is kept in revoked_reason); true when it was live.
-/// service_account only. NULL reason: 22023.
+/// Revokes one live session by its access token (`reason` is kept in revoked_reason);
+/// true when it was live. service_account only. NULL or blank reason: 22023.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn revoke_session(jti: Option<Uuid>, reason: default!(Option<String>, "'logout'")) -> bool {
     revoke(
         "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = $2
-          WHERE jti = $1 AND revoked_at IS NULL",
-        jti,
+          WHERE jti_hash = $1 AND revoked_at IS NULL",
+        BYTEA,
+        jti.map(|j| bearer_hash(&j)).into(),
         reason,
     )
     .unwrap_or_raise()
         > 0
 }
 
-/// Revokes every live session of a user; returns how many. service_account only.
+/// Revokes every live session of a user; returns how many. service_account only. NULL or
+/// blank reason: 22023.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn revoke_user_sessions(
     user_id: Option<Uuid>,
     reason: default!(Option<String>, "'logout'"),
@@ -350,16 +506,19 @@ fn revoke_user_sessions(
     revoke(
         "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = $2
           WHERE user_id = $1 AND revoked_at IS NULL",
-        user_id,
+        UUID,
+        user_id.into(),
         reason,
     )
     .unwrap_or_raise() as i32
 }
 
-/// Runs one revoking UPDATE (`$1` the id, `$2` the reason); returns how many rows it revoked.
+/// Runs one revoking UPDATE (`$1` the key, `$2` the reason); returns how many rows it
+/// revoked.
 fn revoke(
     sql: &'static str,
-    id: Option<Uuid>,
+    key_type: PgOid,
+    key: pgrx::datum::DatumWithOid<'_>,
     reason: Option<String>,
 ) -> Result<usize, TruxeError> {
     let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
@@ -370,8 +529,194 @@ fn revoke(
     };
     Ok(plans::run_once(
         sql,
-        &[UUID, TEXT],
-        &[id.into(), reason.into()],
+        &[key_type, TEXT],
+        &[key, reason.into()],
         |t| Ok(t.len()),
     )?)
+}
+
+/// "Sign out that device": revokes the live session with public id `session_id` (reason
+/// `logout`); true when it revoked one. As service_account (or a superuser): any session.
+/// As anyone else (authenticated): only a session of the acting user
+/// (`truxe.current_user_id()`); another user's session, an unknown id, no context or NULL
+/// all give false, alike — the answer does not tell whether the id exists. The caller is
+/// the role the statement runs as (the login, or the role it SET ROLE to), not the owner
+/// of a function in between. Writes `session.revoked` with the id. Never raises.
+#[pg_extern(sql = r#"
+CREATE FUNCTION truxe.revoke_session_by_id(session_id uuid) RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#)]
+fn revoke_session_by_id(session_id: Option<Uuid>) -> bool {
+    revoke_by_id(session_id).unwrap_or_raise()
+}
+
+fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
+    let Some(session_id) = session_id else {
+        return Ok(false);
+    };
+    let revoked = if service_caller() {
+        plans::run_once(
+            "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'logout'
+              WHERE id = $1 AND revoked_at IS NULL",
+            &[UUID],
+            &[session_id.into()],
+            |t| Ok(t.len()),
+        )?
+    } else {
+        let Some(me) = crate::context::setting_uuid(c"app.current_user_id") else {
+            return Ok(false);
+        };
+        plans::run_once(
+            "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'logout'
+              WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+            &[UUID, UUID],
+            &[session_id.into(), me.into()],
+            |t| Ok(t.len()),
+        )?
+    };
+    Ok(revoked > 0)
+}
+
+/// True when the role the statement runs as — the login or its SET ROLE, which a SECURITY
+/// DEFINER function does not change — is a superuser or has service_account's privileges.
+fn service_caller() -> bool {
+    // SAFETY: plain role lookups; missing_ok for the role name.
+    unsafe {
+        let me = pg_sys::GetOuterUserId();
+        if pg_sys::superuser_arg(me) {
+            return true;
+        }
+        let service = pg_sys::get_role_oid(c"service_account".as_ptr(), true);
+        service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, service)
+    }
+}
+
+/// AFTER DELETE on truxe.memberships: the removed member's live sessions scoped to that org
+/// are revoked (reason `membership_removed`), and so are those scoped to a descendant org
+/// that the user may no longer use (the removed membership was their owner/admin route).
+/// Same transaction as the removal. Runs as the extension owner; not callable as a
+/// function (no EXECUTE grant; its C entry point is declared below, src/trigger.rs).
+fn end_sessions_on_membership_delete<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TruxeError> {
+    let run = || -> Result<(), TruxeError> {
+        let Some(old) = trigger.old() else {
+            return Ok(());
+        };
+        let org: Option<Uuid> = old
+            .get_by_name("org_id")
+            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
+        let user: Option<Uuid> = old
+            .get_by_name("user_id")
+            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
+        plans::run_once(
+            concat!(
+                "UPDATE truxe.sessions s SET revoked_at = now(), revoked_reason = 'membership_removed'
+                  WHERE s.user_id = $2 AND s.revoked_at IS NULL
+                    AND (s.org_id = $1
+                         OR (s.org_id IN (SELECT c.descendant_id FROM truxe.org_closure c
+                                           WHERE c.ancestor_id = $1)
+                             AND NOT ",
+                org_access!("s.user_id", "s.org_id"),
+                "))"
+            ),
+            &[UUID, UUID],
+            &[org.into(), user.into()],
+            |_| Ok(()),
+        )?;
+        Ok(())
+    };
+    run().unwrap_or_raise();
+    Ok(None)
+}
+
+/// AFTER UPDATE OF status on truxe.users, when the status leaves `active` (the trigger's
+/// WHEN): every live session of the user is revoked with reason `user_<status>`
+/// (`user_suspended`, `user_deleted`, `user_pending`), in the same transaction. Runs as the
+/// extension owner; not callable as a function (no EXECUTE grant; entry point below).
+fn end_sessions_on_status_change<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TruxeError> {
+    let run = || -> Result<(), TruxeError> {
+        let Some(new) = trigger.new() else {
+            return Ok(());
+        };
+        let user: Option<Uuid> = new
+            .get_by_name("id")
+            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
+        // the status is read back as text: no enum type to resolve by name
+        plans::run_once(
+            "UPDATE truxe.sessions s SET revoked_at = now(), revoked_reason = 'user_' || u.status::text
+               FROM truxe.users u
+              WHERE u.id = $1 AND u.status <> 'active' AND s.user_id = u.id AND s.revoked_at IS NULL",
+            &[UUID],
+            &[user.into()],
+            |_| Ok(()),
+        )?;
+        Ok(())
+    };
+    run().unwrap_or_raise();
+    Ok(None)
+}
+
+trigger_entry!(
+    end_sessions_on_membership_delete,
+    "end_sessions_on_membership_delete",
+    end_sessions_on_membership_delete_wrapper,
+    pg_finfo_end_sessions_on_membership_delete_wrapper
+);
+trigger_entry!(
+    end_sessions_on_status_change,
+    "end_sessions_on_status_change",
+    end_sessions_on_status_change_wrapper,
+    pg_finfo_end_sessions_on_status_change_wrapper
+);
+
+pgrx::extension_sql!(
+    r#"
+-- Access ends with membership and status (src/session.rs): in the same transaction as the
+-- DELETE or the status change. The trigger functions run as the extension owner (whoever
+-- may delete a membership or change a status ends those sessions, whatever their own
+-- privileges on sessions) with a pinned search_path; sql/grants.sql gives them to nobody.
+CREATE FUNCTION truxe.end_sessions_on_membership_delete() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'end_sessions_on_membership_delete_wrapper';
+CREATE FUNCTION truxe.end_sessions_on_status_change() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'end_sessions_on_status_change_wrapper';
+CREATE TRIGGER memberships_end_sessions AFTER DELETE ON truxe.memberships
+  FOR EACH ROW EXECUTE FUNCTION truxe.end_sessions_on_membership_delete();
+CREATE TRIGGER users_end_sessions AFTER UPDATE OF status ON truxe.users
+  FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status <> 'active')
+  EXECUTE FUNCTION truxe.end_sessions_on_status_change();
+"#,
+    name = "session_access_ends",
+    requires = ["schema", "hierarchy"]
+);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn bearer_hash_is_sql_sha256_of_uuid_send() {
+        let token = super::new_bearer().unwrap();
+        let same = Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.sha256(pg_catalog.uuid_send($1)) = $2",
+            &[token.into(), super::bearer_hash(&token).into()],
+        )
+        .unwrap();
+        assert_eq!(same, Some(true));
+    }
+
+    #[pg_test]
+    fn new_bearers_are_random_version_4_uuids() {
+        let (a, b) = super::new_pair().unwrap();
+        assert_ne!(a, b);
+        let text = Spi::get_one_with_args::<String>("SELECT $1::text", &[a.into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(&text[14..15], "4");
+        assert!("89ab".contains(&text[19..20]), "{text}");
+    }
 }

@@ -7,9 +7,11 @@ use pgrx::Uuid;
 
 /// Adds `amount` to the org's `metric_type` for the calendar month (UTC) of `at` and returns
 /// the new total. One upsert: concurrent calls never lose an increment. 22023 for a NULL
-/// org, an empty or over-long metric, or a NULL or negative amount; an unknown org is the
-/// foreign key's 23503. service_account only.
+/// org, an empty or over-long metric, a NULL or negative amount, or a NULL, infinite or
+/// out-of-range `at` (years 1 to 294000); an unknown org is the foreign key's 23503.
+/// service_account only.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn record_usage(
     org_id: Option<Uuid>,
     metric_type: Option<&str>,
@@ -40,6 +42,13 @@ fn record(
     let Some(at) = at else {
         return fail(Sqlstate::InvalidParameter, "at must not be NULL");
     };
+    // the period is at's calendar month and the next one's start: both must exist
+    if !at.is_finite() || !(1..=294_000).contains(&at.year()) {
+        return fail(
+            Sqlstate::InvalidParameter,
+            "at must be a finite time between the years 1 and 294000",
+        );
+    }
     let total = plans::run_once(
         "INSERT INTO truxe.usage_metrics AS u (org_id, metric_type, metric_value, period_start, period_end)
          SELECT $1, $2, $3, p, (p AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'

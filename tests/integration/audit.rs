@@ -67,7 +67,7 @@ fn every_event_writes_exactly_one_row() {
         (format!("UPDATE truxe.memberships SET role = 'admin' WHERE user_id = '{u}'"), vec![format!("membership.role_changed|user|{u}|{a}")]),
         (format!("UPDATE truxe.memberships SET role = 'admin' WHERE user_id = '{u}'"), vec![]),
         (format!("DELETE FROM truxe.memberships WHERE user_id = '{u}'"), vec![format!("membership.removed|user|{u}|{a}")]),
-        (format!("INSERT INTO truxe.sessions (jti, user_id, family_id, expires_at) VALUES ('00000000-0000-0000-0000-0000000000e1', '{u}', gen_random_uuid(), now() + interval '1 h')"),
+        (format!("INSERT INTO truxe.sessions (id, user_id, family_id, expires_at) VALUES ('00000000-0000-0000-0000-0000000000e1', '{u}', gen_random_uuid(), now() + interval '1 h')"),
          vec![format!("session.created|session|00000000-0000-0000-0000-0000000000e1|{a}")]),
         ("UPDATE truxe.sessions SET last_used_at = now()".into(), vec![]),
         ("UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'logout'".into(),

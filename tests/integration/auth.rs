@@ -274,13 +274,14 @@ fn session_lifecycle_rotation_grace_and_reuse() {
         .is_empty());
 
     // last_used_at moves at most once a minute
-    s.execute("UPDATE truxe.sessions SET last_used_at = now() - interval '5 minutes' WHERE jti = $1::text::uuid", &[&jti]).unwrap();
+    // rows are found by the token's hash: the table holds no token
+    s.execute("UPDATE truxe.sessions SET last_used_at = now() - interval '5 minutes' WHERE jti_hash = sha256(uuid_send($1::text::uuid))", &[&jti]).unwrap();
     s.query(
         "SELECT * FROM truxe.validate_session($1::text::uuid)",
         &[&jti],
     )
     .unwrap();
-    let moved: bool = s.query_one("SELECT last_used_at > now() - interval '1 minute' FROM truxe.sessions WHERE jti = $1::text::uuid", &[&jti]).unwrap().get(0);
+    let moved: bool = s.query_one("SELECT last_used_at > now() - interval '1 minute' FROM truxe.sessions WHERE jti_hash = sha256(uuid_send($1::text::uuid))", &[&jti]).unwrap().get(0);
     assert!(moved);
 
     // rotation
@@ -303,20 +304,44 @@ fn session_lifecycle_rotation_grace_and_reuse() {
     );
     let reason: String = s
         .query_one(
-            "SELECT revoked_reason FROM truxe.sessions WHERE jti = $1::text::uuid",
+            "SELECT revoked_reason FROM truxe.sessions WHERE jti_hash = sha256(uuid_send($1::text::uuid))",
             &[&jti],
         )
         .unwrap()
         .get(0);
     assert_eq!(reason, "rotated");
-    // the second tab, within the grace period, gets the session the first tab created
-    let again = s
+    // the second tab, within the grace period, stays signed in: 0.1 handed it the first
+    // tab's session again; 0.2 keeps no token to hand out twice, so it gets a session of
+    // its own in the same family, and the first tab's session stays live
+    let again: String = s
         .query_one(
             "SELECT jti::text FROM truxe.refresh_session($1::text::uuid)",
             &[&refresh],
         )
-        .unwrap();
-    assert_eq!(again.get::<_, String>(0), jti2);
+        .unwrap()
+        .get(0);
+    assert_ne!(again, jti2);
+    assert_ne!(again, jti);
+    let families: i64 = s
+        .query_one(
+            "SELECT count(DISTINCT family_id) FROM truxe.sessions
+              WHERE jti_hash IN (sha256(uuid_send($1::text::uuid)), sha256(uuid_send($2::text::uuid)))",
+            &[&again, &jti2],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        families, 1,
+        "the second tab's session is of the same family"
+    );
+    for j in [&again, &jti2] {
+        assert_eq!(
+            s.query("SELECT * FROM truxe.validate_session($1::text::uuid)", &[j])
+                .unwrap()
+                .len(),
+            1
+        );
+    }
     // after the grace period, reuse revokes the whole family and returns nothing
     let mut su = db.superuser();
     su.batch_execute("SET truxe.refresh_reuse_grace = 0")

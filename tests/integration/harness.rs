@@ -48,14 +48,20 @@ fn is_root() -> bool {
 }
 
 /// A command run as the cluster owner: `postgres` when we are root, ourselves otherwise.
+/// Rust's backtrace switches are not passed on: with RUST_BACKTRACE set in the server's
+/// environment, every error raised from Rust would carry a backtrace (with build paths) in
+/// its DETAIL — to clients and into the log.
 fn as_owner(program: &Path) -> Command {
-    if is_root() {
+    let mut c = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
         c
     } else {
         Command::new(program)
-    }
+    };
+    c.env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    c
 }
 
 extern "C" fn stop_server() {

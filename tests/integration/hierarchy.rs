@@ -40,10 +40,13 @@ fn two_edge_race(isolation: &'static str, expected: &str) {
     let (done, result) = mpsc::channel();
     let name = db.name.clone();
     let (x2, y2) = (x.clone(), y.clone());
+    let (pid_tx, pid_rx) = mpsc::channel();
     let t2 = thread::spawn(move || {
         let mut c = server().client(&name, "postgres");
         c.batch_execute(&format!("BEGIN ISOLATION LEVEL {isolation}; SELECT 1"))
             .unwrap();
+        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        pid_tx.send(pid).unwrap();
         let r = c.execute(
             "UPDATE truxe.organizations SET parent_org_id = $1::text::uuid WHERE id = $2::text::uuid",
             &[&x2, &y2],
@@ -57,11 +60,13 @@ fn two_edge_race(isolation: &'static str, expected: &str) {
         };
         done.send(outcome).unwrap();
     });
-    // T2 must be blocked behind T1's hierarchy lock, not finished
-    assert!(
-        result.recv_timeout(Duration::from_millis(500)).is_err(),
-        "T2 did not wait for T1"
-    );
+    // T2 must be blocked behind T1's hierarchy lock, not finished: wait (no sleep-based
+    // guess) until its backend is waiting on a lock
+    let pid = pid_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("T2 started");
+    wait_for_lock(&db, pid);
+    assert!(result.try_recv().is_err(), "T2 did not wait for T1");
     t1.batch_execute("COMMIT").unwrap();
     let outcome = result
         .recv_timeout(Duration::from_secs(20))
@@ -82,6 +87,26 @@ fn two_edge_race(isolation: &'static str, expected: &str) {
     assert_eq!(cycle, 1, "exactly one edge committed");
 }
 
+/// Returns once backend `pid` waits on a heavyweight lock (a row or transaction lock);
+/// panics after 20 seconds.
+pub fn wait_for_lock(db: &TestDb, pid: i32) {
+    let mut c = db.superuser();
+    for _ in 0..2000 {
+        let waiting: bool = c
+            .query_one(
+                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if waiting {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    panic!("backend {pid} never waited on a lock");
+}
+
 #[test]
 fn two_edge_cycle_race_fails_with_23514_under_read_committed() {
     two_edge_race("READ COMMITTED", "23514");
@@ -93,7 +118,7 @@ fn two_edge_cycle_race_fails_with_40001_under_repeatable_read() {
 }
 
 #[test]
-fn reparenting_as_authenticated_needs_admin_on_both_orgs() {
+fn reparenting_as_authenticated_needs_owner_on_the_org_and_admin_on_the_new_parent() {
     let db = server().fresh_db(true);
     let mut s = db.superuser();
     let (x, y) = two_roots(&db);
