@@ -572,6 +572,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
      AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0;
 $$;
+
 -- == Operations: metrics (issue 15) ==
 -- rate_limits.exhausted_at: set by the first refused call of a window (rate_limit_hit), so
 -- that metrics() can count exhausted windows; the table does not store the limit itself.
