@@ -11,6 +11,8 @@
 --    refresh chain) with its index, and sessions.replaced_by (the id of the session its
 --    rotation created);
 --  * rate_limits.window_end: windows have different sizes, so cleanup needs their end;
+--  * rate_limits.exhausted_at (0.2): set by a window's first refused call, for metrics();
+--  * audit_logs (action, created_at) (0.2, replacing (action)): metrics() counts an hour;
 --  * indexes on sessions.revoked_at and magic_link_challenges.used_at for the cleanup batches;
 --  * audit_logs has no foreign keys (it keeps ids of deleted users and orgs) and is
 --    append-only through a raising trigger (src/audit.rs), not silent rules;
@@ -169,7 +171,9 @@ CREATE TABLE truxe.audit_logs (
 );
 CREATE INDEX idx_audit_logs_org_id ON truxe.audit_logs (org_id, created_at) WHERE org_id IS NOT NULL;
 CREATE INDEX idx_audit_logs_actor ON truxe.audit_logs (actor_user_id) WHERE actor_user_id IS NOT NULL;
-CREATE INDEX idx_audit_logs_action ON truxe.audit_logs (action);
+-- (action, created_at): metrics() counts the last hour's events of an action index-only;
+-- it also serves every lookup by action alone
+CREATE INDEX idx_audit_logs_action_created ON truxe.audit_logs (action, created_at);
 CREATE INDEX idx_audit_logs_created_at ON truxe.audit_logs (created_at);
 CREATE INDEX idx_audit_logs_target ON truxe.audit_logs (target_type, target_id) WHERE target_type IS NOT NULL;
 CREATE INDEX idx_audit_logs_request_id ON truxe.audit_logs (request_id) WHERE request_id IS NOT NULL;
@@ -224,11 +228,15 @@ CREATE TABLE truxe.rate_limits (
   window_end    timestamptz NOT NULL,
   request_count integer NOT NULL DEFAULT 1,
   created_at    timestamptz NOT NULL DEFAULT now(),
+  exhausted_at  timestamptz,
   CONSTRAINT unique_key_window UNIQUE (key_hash, window_start),
   CONSTRAINT positive_count CHECK (request_count > 0),
   CONSTRAINT window_order CHECK (window_end > window_start)
 );
 CREATE INDEX idx_rate_limits_cleanup ON truxe.rate_limits (window_end);
+-- windows whose limit was reached (the first refused call sets exhausted_at): metrics()
+-- counts the open ones index-only
+CREATE INDEX idx_rate_limits_exhausted ON truxe.rate_limits (window_end) WHERE exhausted_at IS NOT NULL;
 
 -- Role permissions: what each membership role may do (SPEC §3) ---------------------------
 CREATE TABLE truxe.role_permissions (

@@ -556,6 +556,8 @@ fn purge_audit_logs(older_than: Interval) -> i64 {
 }
 
 fn purge(older_than: Interval) -> Result<i64, TruxeError> {
+    // Spi::get_one_with_args below runs through pgrx's mutating path too
+    crate::plans::refuse_in_recovery();
     let too_young =
         Spi::get_one_with_args::<bool>("SELECT $1 < interval '90 days'", &[older_than.into()])
             .map_err(|e| TruxeError::new(Sqlstate::InvalidParameter, e.to_string()))?

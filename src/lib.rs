@@ -13,6 +13,7 @@ mod error;
 mod gucs;
 mod hierarchy;
 mod magic_link;
+mod metrics;
 mod orgs;
 mod plans;
 mod rate_limit;

@@ -13,13 +13,14 @@ thread_local! {
 }
 
 /// Runs `sql` (parameters of `types`) through its cached plan, as a mutating statement:
-/// under READ COMMITTED each execution takes a fresh snapshot.
+/// under READ COMMITTED each execution takes a fresh snapshot. On a hot standby: 25006.
 pub fn run<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> spi::Result<SpiTupleTable<'conn>> {
+    refuse_in_recovery();
     let plan = cached(sql, || Ok(client.prepare_mut(sql, types)?.keep()))?;
     client.update(&*plan, None, args)
 }
@@ -48,6 +49,24 @@ fn cached(
     let plan = Rc::new(prepare()?);
     PLANS.with(|cache| cache.borrow_mut().insert(sql, plan.clone()));
     Ok(plan)
+}
+
+/// Raises Postgres' own 25006 (read_only_sql_transaction) on a hot standby, where nothing
+/// can be written. Every mutating SPI call goes through here first: pgrx's `update`
+/// assigns a transaction id before the statement runs, and in recovery that fails with an
+/// internal error (XX000, "cannot assign TransactionIds during recovery") before Postgres
+/// could refuse the write itself.
+pub fn refuse_in_recovery() {
+    // SAFETY: reads shared-memory state; no preconditions.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "cannot execute a truxe write function in a read-only transaction (hot standby): \
+             call it on the primary",
+            "truxe",
+        )
+        .report(PgLogLevel::ERROR);
+    }
 }
 
 /// `run` in its own SPI connection.

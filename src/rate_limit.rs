@@ -13,7 +13,8 @@ const MAX_WINDOW_MICROS: i128 = 366 * 86_400 * 1_000_000;
 /// Counts one call for `key` in the current window of `window_size` and says whether it is
 /// within `max_requests`. Exactly `max_requests` calls per window are allowed whatever the
 /// concurrency (the upsert locks the window's row). The key is stored only as its SHA-256.
-/// Once a window is exhausted, further calls write nothing. 22023 for a NULL/empty key,
+/// The first refused call of a window sets its `exhausted_at` (counted by `truxe.metrics()`);
+/// once a window is exhausted, further calls write nothing. 22023 for a NULL/empty key,
 /// max_requests < 1, or a window not between 1 microsecond and 366 days.
 /// service_account only.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -69,7 +70,8 @@ fn hit(
     let (window_start, reset_at) = (to_ts(start)?, to_ts(start + window)?);
     let count = plans::run_once(
         "INSERT INTO truxe.rate_limits AS r (key_hash, window_start, window_end) VALUES ($1, $2, $3)
-         ON CONFLICT (key_hash, window_start) DO UPDATE SET request_count = r.request_count + 1
+         ON CONFLICT (key_hash, window_start) DO UPDATE SET request_count = r.request_count + 1,
+                exhausted_at = CASE WHEN r.request_count >= $4 THEN now() END
           WHERE r.request_count <= $4
          RETURNING request_count",
         &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT4],

@@ -245,7 +245,8 @@ fn create(
 /// The user, org and expiry of a live session; no row when the jti is unknown, expired or
 /// revoked, when its user is no longer active, or when an org-scoped session's user may no
 /// longer use that org (not a joined member, nor a joined owner/admin of an ancestor).
-/// Writes `last_used_at` at most once a minute (most calls write nothing). Callable by
+/// Writes `last_used_at` at most once a minute (most calls write nothing), and never in a
+/// read-only transaction, so it also answers on a hot standby. Callable by
 /// authenticated and service_account (SECURITY DEFINER: RLS would hide the row). Never
 /// raises for an unknown jti.
 #[pg_extern(sql = r#"
@@ -294,7 +295,11 @@ fn validate(jti: Uuid) -> Result<Option<Validated>, TruxeError> {
             row.get::<Uuid>(3)?,
             row.get::<TimestampWithTimeZone>(4)?,
         );
-        if row.get::<bool>(5)? == Some(true) {
+        // Nothing is written on a hot standby (or in any read-only transaction): there the
+        // touch is skipped and last_used_at is refreshed by the next call on the primary.
+        // SAFETY: both read backend-local state and have no preconditions.
+        let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
+        if writable && row.get::<bool>(5)? == Some(true) {
             plans::run(
                 c,
                 "UPDATE truxe.sessions SET last_used_at = now()

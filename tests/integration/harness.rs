@@ -279,3 +279,87 @@ pub fn sqlstate<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
             .to_string(),
     }
 }
+
+/// Standbys and outside programs (tests/integration/standby.rs, ops.rs).
+impl Server {
+    /// The Unix socket directory the server listens in.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The port of the server's socket (the same for every server: each has its own dir).
+    pub fn port(&self) -> u16 {
+        PORT
+    }
+
+    /// The `pg_config` value `--<what>` of the PostgreSQL under test (e.g. `pkglibdir`).
+    pub fn pg_config(what: &str) -> String {
+        let pg_config = std::env::var("TRUXE_PG_CONFIG").expect("TRUXE_PG_CONFIG");
+        run(Command::new(pg_config).arg(format!("--{what}")))
+    }
+
+    /// The major version of the PostgreSQL under test.
+    pub fn major() -> u32 {
+        major_version(&std::env::var("TRUXE_PG_CONFIG").expect("TRUXE_PG_CONFIG"))
+    }
+
+    /// A hot standby of this running server: `pg_basebackup -R -X stream` into a directory
+    /// of its own (`<this server's dir>-<tag>`), started with `hot_standby = on` and its own
+    /// socket directory; it streams from this server and is removed when dropped.
+    pub fn standby(&self, tag: &str) -> Server {
+        let mut name = self
+            .dir
+            .file_name()
+            .expect("server dir name")
+            .to_os_string();
+        name.push(format!("-{tag}"));
+        let dir = self.dir.with_file_name(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the standby directory");
+        if is_root() {
+            run(Command::new("chown").arg("postgres:").arg(&dir));
+        }
+        run(as_owner(&self.bindir.join("pg_basebackup"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &PORT.to_string(), "-U", "postgres"])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]));
+        let standby = Server {
+            dir,
+            bindir: self.bindir.clone(),
+        };
+        standby.start_with(&[("hot_standby", "on")]);
+        standby
+    }
+
+    /// Waits (at most 60 s) until `standby` has replayed everything this primary has
+    /// written so far (compared by WAL position).
+    pub fn wait_for_replay(&self, standby: &Server) {
+        let lsn: String = self
+            .client("postgres", "postgres")
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .expect("primary WAL position")
+            .get(0);
+        let mut c = standby.client("postgres", "postgres");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let done: bool = c
+                .query_one(
+                    "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .expect("standby replay position")
+                .get(0);
+            if done {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the standby did not replay up to {lsn} within 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! truxe.metrics() (docs/operations.md): every metric, with its exact value after a
+//! scripted set of events, and who may call it.
+use crate::harness::{server, sqlstate, TestDb};
+use postgres::Client;
+use std::collections::BTreeMap;
+
+const MONITOR_LOGIN: &str = "truxe_test_monitor";
+
+/// metrics() as `c` sees it: "metric" or "metric{labels}" → value.
+fn metrics(c: &mut Client) -> BTreeMap<String, f64> {
+    c.query(
+        "SELECT metric || CASE WHEN labels = '{}' THEN '' ELSE labels::text END, value
+           FROM truxe.metrics()",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// A login that is a member of pg_monitor only (created once per cluster).
+fn monitor(db: &TestDb) -> Client {
+    db.superuser()
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {MONITOR_LOGIN} LOGIN IN ROLE pg_monitor;
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ))
+        .unwrap();
+    server().client(&db.name, MONITOR_LOGIN)
+}
+
+fn wrong_secret(token: &str) -> String {
+    let (id, _) = token.split_once('.').unwrap();
+    format!("{id}.{}", "A".repeat(43))
+}
+
+#[test]
+fn metrics_count_every_event_of_a_scripted_hour() {
+    let db = server().fresh_db(true);
+    let mut su = db.superuser();
+    let mut s = db.service();
+    // a fresh database: every metric is there, at zero
+    let empty = metrics(&mut s);
+    let names = [
+        "audit_rows_last_day",
+        "cleanup_overdue_seconds{\"table\": \"magic_link_challenges\"}",
+        "cleanup_overdue_seconds{\"table\": \"rate_limits\"}",
+        "cleanup_overdue_seconds{\"table\": \"sessions\"}",
+        "magic_links_failed_last_hour",
+        "magic_links_locked_last_hour",
+        "magic_links_sent_last_hour",
+        "magic_links_verified_last_hour",
+        "rate_limit_windows_exhausted",
+        "sessions_created_last_hour",
+        "sessions_live",
+        "sessions_reuse_detected_last_hour",
+        "sessions_revoked_last_hour",
+    ];
+    assert_eq!(empty.keys().collect::<Vec<_>>(), names);
+    assert!(empty.values().all(|v| *v == 0.0), "{empty:?}");
+
+    let user = |c: &mut Client, email: &str| -> String {
+        c.query_one(
+            "INSERT INTO truxe.users (email, status) VALUES ($1, 'active') RETURNING id::text",
+            &[&email],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (u1, u2) = (
+        user(&mut s, "u1@example.com"),
+        user(&mut s, "u2@example.com"),
+    );
+    // sessions: A, B, C created; A logged out; B refreshed (B' created, B rotated); B's
+    // refresh token presented again after the grace: reuse detected, B' revoked
+    let create = |c: &mut Client, u: &str| -> (String, String) {
+        let r = c
+            .query_one(
+                "SELECT jti::text, refresh_jti::text FROM truxe.create_session($1::text::uuid)",
+                &[&u],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let (a, _) = create(&mut s, &u1);
+    let (_, b_refresh) = create(&mut s, &u1);
+    create(&mut s, &u1);
+    assert!(s
+        .query_one("SELECT truxe.revoke_session($1::text::uuid)", &[&a])
+        .unwrap()
+        .get::<_, bool>(0));
+    assert_eq!(
+        s.query(
+            "SELECT * FROM truxe.refresh_session($1::text::uuid)",
+            &[&b_refresh]
+        )
+        .unwrap()
+        .len(),
+        1
+    );
+    su.batch_execute("SET truxe.refresh_reuse_grace = 0")
+        .unwrap();
+    assert!(su
+        .query(
+            "SELECT * FROM truxe.refresh_session($1::text::uuid)",
+            &[&b_refresh]
+        )
+        .unwrap()
+        .is_empty());
+    // u2's session expired 8 days ago: cleanup (7 days after expiry) is a day late
+    create(&mut s, &u2);
+    su.execute(
+        "UPDATE truxe.sessions SET created_at = now() - interval '10 days',
+                last_used_at = now() - interval '9 days', expires_at = now() - interval '8 days'
+          WHERE user_id = $1::text::uuid",
+        &[&u2],
+    )
+    .unwrap();
+
+    // magic links: 4 sent; l1 verified; l2 locked by 5 wrong secrets, then refused as
+    // locked; l3 one wrong secret; l4 expired 2 days ago (cleanup is a day late)
+    let issue = |c: &mut Client, email: &str| -> String {
+        c.query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
+            .unwrap()
+            .get(0)
+    };
+    let verify = |c: &mut Client, token: &str| -> String {
+        c.query_one("SELECT status FROM truxe.verify_magic_link($1)", &[&token])
+            .unwrap()
+            .get(0)
+    };
+    let l1 = issue(&mut s, "l1@example.com");
+    let l2 = issue(&mut s, "l2@example.com");
+    let l3 = issue(&mut s, "l3@example.com");
+    issue(&mut s, "l4@example.com");
+    assert_eq!(verify(&mut s, &l1), "verified");
+    for _ in 0..5 {
+        assert_eq!(verify(&mut s, &wrong_secret(&l2)), "invalid");
+    }
+    assert_eq!(verify(&mut s, &l2), "locked");
+    assert_eq!(verify(&mut s, &wrong_secret(&l3)), "invalid");
+    su.execute(
+        "UPDATE truxe.magic_link_challenges SET created_at = now() - interval '3 days',
+                expires_at = now() - interval '2 days' WHERE email = 'l4@example.com'",
+        &[],
+    )
+    .unwrap();
+
+    // rate limits: k1 exhausted (3 calls, limit 2), k2 not; one window ended 2 hours ago
+    for _ in 0..3 {
+        s.query(
+            "SELECT * FROM truxe.rate_limit_hit('k1', 2, '30 days')",
+            &[],
+        )
+        .unwrap();
+    }
+    s.query(
+        "SELECT * FROM truxe.rate_limit_hit('k2', 2, '30 days')",
+        &[],
+    )
+    .unwrap();
+    su.execute(
+        "INSERT INTO truxe.rate_limits (key_hash, window_start, window_end, request_count)
+         VALUES (repeat('a', 64), now() - interval '3 hours', now() - interval '2 hours', 9)",
+        &[],
+    )
+    .unwrap();
+
+    // audit rows older than the windows do not count
+    su.execute(
+        "INSERT INTO truxe.audit_logs (action, created_at) VALUES
+           ('session.created', now() - interval '2 hours'),
+           ('magic_link.sent', now() - interval '2 days')",
+        &[],
+    )
+    .unwrap();
+    let last_day: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs WHERE created_at > now() - interval '24 hours'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let all: i64 = su
+        .query_one("SELECT count(*) FROM truxe.audit_logs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(all, last_day + 1);
+
+    let mut m = metrics(&mut s);
+    assert_eq!(m.keys().collect::<Vec<_>>(), names);
+    let lag = |m: &mut BTreeMap<String, f64>, table: &str| {
+        m.remove(&format!(
+            "cleanup_overdue_seconds{{\"table\": \"{table}\"}}"
+        ))
+        .unwrap()
+    };
+    let day = 86_400.0;
+    let sessions_lag = lag(&mut m, "sessions");
+    assert!(
+        (day - 5.0..day + 60.0).contains(&sessions_lag),
+        "{sessions_lag}"
+    );
+    let links_lag = lag(&mut m, "magic_link_challenges");
+    assert!((day - 5.0..day + 60.0).contains(&links_lag), "{links_lag}");
+    let rl_lag = lag(&mut m, "rate_limits");
+    assert!((3595.0..3660.0).contains(&rl_lag), "{rl_lag}");
+    let expected: BTreeMap<String, f64> = [
+        ("audit_rows_last_day", last_day as f64),
+        ("magic_links_failed_last_hour", 7.0),
+        ("magic_links_locked_last_hour", 1.0),
+        ("magic_links_sent_last_hour", 4.0),
+        ("magic_links_verified_last_hour", 1.0),
+        ("rate_limit_windows_exhausted", 1.0),
+        // A, B, C, B' and u2's
+        ("sessions_created_last_hour", 5.0),
+        ("sessions_live", 1.0),
+        ("sessions_reuse_detected_last_hour", 1.0),
+        // A (logout), B (rotated), B' (refresh_token_reuse)
+        ("sessions_revoked_last_hour", 3.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(m, expected);
+
+    // cleanup removes what was overdue: the lag falls back to zero
+    s.query("SELECT * FROM truxe.cleanup_expired_data()", &[])
+        .unwrap();
+    let after = metrics(&mut s);
+    for table in ["sessions", "magic_link_challenges", "rate_limits"] {
+        let k = format!("cleanup_overdue_seconds{{\"table\": \"{table}\"}}");
+        assert_eq!(after[&k], 0.0, "{k}");
+    }
+}
+
+#[test]
+fn metrics_are_for_service_account_and_pg_monitor_only() {
+    let db = server().fresh_db(true);
+    assert_eq!(metrics(&mut db.service()).len(), 13);
+    assert_eq!(metrics(&mut monitor(&db)).len(), 13);
+    for mut c in [db.authenticated(), db.nobody()] {
+        assert_eq!(
+            sqlstate(c.query("SELECT * FROM truxe.metrics()", &[])),
+            "42501"
+        );
+    }
+    // the definition resolves nothing through the caller's search_path
+    let config: Vec<String> = db
+        .superuser()
+        .query_one(
+            "SELECT proconfig FROM pg_proc WHERE oid = 'truxe.metrics()'::regprocedure",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(config, ["search_path=pg_catalog, pg_temp"]);
+}
