@@ -13,7 +13,10 @@ const MONITOR_LOGIN: &str = "truxe_test_monitor";
 const EXPORTER: &str = "prometheus-postgres-exporter";
 
 fn skip(why: &str) {
-    eprintln!("\n*** SKIPPED: {why} ***\n");
+    // straight to the process's stderr: cargo test hides what a passing test prints
+    // through eprintln!, and a skip must never be silent
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {why} ***\n");
 }
 
 /// The exporter's path, if installed.
