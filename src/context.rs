@@ -73,29 +73,46 @@ fn current_org_id() -> Option<pgrx::Uuid> {
     setting_uuid(c"app.current_org_id")
 }
 
+/// The memberships every org set starts from: those of the acting user (`$1`), and none at
+/// all unless that user is `active` — a suspended, deleted or pending user's context opens
+/// no org, whoever sets it (the EXISTS is uncorrelated: one probe per statement).
+macro_rules! acting_members {
+    () => {
+        "SELECT m.org_id, m.role, m.joined_at FROM truxe.memberships m
+          WHERE m.user_id = $1
+            AND EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = $1 AND u.status = 'active')"
+    };
+}
+pub(crate) use acting_members;
+
 /// Orgs where the acting user is a joined owner or admin, and every descendant of those
 /// (truxe.org_closure: one index scan per org, no recursive walk).
-const ADMIN_ORGS: &str = "
-  WITH admin AS (
-    SELECT m.org_id FROM truxe.memberships m
-     WHERE m.user_id = $1 AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin'))
+const ADMIN_ORGS: &str = concat!(
+    "WITH admin AS (",
+    acting_members!(),
+    " AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin'))
   SELECT org_id FROM admin
   UNION
-  SELECT c.descendant_id FROM admin JOIN truxe.org_closure c ON c.ancestor_id = admin.org_id";
+  SELECT c.descendant_id FROM admin JOIN truxe.org_closure c ON c.ancestor_id = admin.org_id"
+);
 
 /// The acting user's joined memberships, plus ADMIN_ORGS, in one statement.
-const ACCESSIBLE_ORGS: &str = "
-  WITH mine AS (
-    SELECT m.org_id, m.role FROM truxe.memberships m
-     WHERE m.user_id = $1 AND m.joined_at IS NOT NULL)
+const ACCESSIBLE_ORGS: &str = concat!(
+    "WITH mine AS (",
+    acting_members!(),
+    " AND m.joined_at IS NOT NULL)
   SELECT org_id FROM mine
   UNION
   SELECT c.descendant_id FROM mine JOIN truxe.org_closure c ON c.ancestor_id = mine.org_id
-   WHERE mine.role IN ('owner', 'admin')";
+   WHERE mine.role IN ('owner', 'admin')"
+);
 
 /// Orgs with a pending (not yet accepted) invitation for the acting user.
-const INVITED_ORGS: &str = "
-  SELECT m.org_id FROM truxe.memberships m WHERE m.user_id = $1 AND m.joined_at IS NULL";
+const INVITED_ORGS: &str = concat!(
+    "SELECT org_id FROM (",
+    acting_members!(),
+    " AND m.joined_at IS NULL) pending"
+);
 
 /// The org ids `sql` lists for the acting user ($1); empty with no context. Read-only, in
 /// the calling statement's snapshot.

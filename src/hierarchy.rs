@@ -390,14 +390,16 @@ fn owner_org_ids() -> Vec<Uuid> {
     crate::context::org_ids(OWNER_ORGS).unwrap_or_raise()
 }
 
-/// Orgs where the acting user ($1) is a joined owner, and every descendant of those.
-const OWNER_ORGS: &str = "
-  WITH own AS (
-    SELECT m.org_id FROM truxe.memberships m
-     WHERE m.user_id = $1 AND m.joined_at IS NOT NULL AND m.role = 'owner')
+/// Orgs where the acting user ($1, if active) is a joined owner, and every descendant of
+/// those.
+const OWNER_ORGS: &str = concat!(
+    "WITH own AS (",
+    crate::context::acting_members!(),
+    " AND m.joined_at IS NOT NULL AND m.role = 'owner')
   SELECT org_id FROM own
   UNION
-  SELECT c.descendant_id FROM own JOIN truxe.org_closure c ON c.ancestor_id = own.org_id";
+  SELECT c.descendant_id FROM own JOIN truxe.org_closure c ON c.ancestor_id = own.org_id"
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

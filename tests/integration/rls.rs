@@ -673,3 +673,57 @@ fn matrix_probe_has_permission() {
     assert!(!probe(&mut s, ORG_A, ALICE));
     assert!(probe(&mut s, ORG_B, CAROL));
 }
+
+/// A user whose status leaves `active` opens no org, whoever sets their context: no org,
+/// member or audit row of their tenant is visible, and a direct UPDATE of their org
+/// (a rename, a move) affects nothing — the same holds for pending and deleted users.
+#[test]
+fn a_suspended_user_opens_no_org_through_rls() {
+    let db = populated();
+    let mut alice = as_user(&db, Some(ALICE));
+    assert_eq!(
+        orgs(&mut alice),
+        sorted(&[ORG_A, ORG_A1]),
+        "active, the owner sees her tenant"
+    );
+    for status in ["suspended", "deleted", "pending"] {
+        db.superuser()
+            .execute(
+                "UPDATE truxe.users SET status = $2::text::truxe.user_status WHERE id = $1::text::uuid",
+                &[&ALICE, &status],
+            )
+            .unwrap();
+        assert!(orgs(&mut alice).is_empty(), "{status}: no org visible");
+        assert_eq!(audit_orgs(&mut alice), Vec::<String>::new(), "{status}");
+        assert_eq!(
+            ids(
+                &mut alice,
+                "SELECT unnest(truxe.accessible_org_ids())::text"
+            ),
+            Vec::<String>::new(),
+            "{status}"
+        );
+        assert_eq!(
+            users(&mut alice),
+            vec![ALICE.to_string()],
+            "{status}: only her own row"
+        );
+        let renamed = alice
+            .execute(
+                "UPDATE truxe.organizations SET name = 'taken' WHERE id = $1::text::uuid",
+                &[&ORG_A],
+            )
+            .unwrap();
+        let moved = alice
+            .execute(
+                "UPDATE truxe.organizations SET parent_org_id = NULL WHERE id = $1::text::uuid",
+                &[&ORG_A1],
+            )
+            .unwrap();
+        assert_eq!(
+            (renamed, moved),
+            (0, 0),
+            "{status}: direct updates affect nothing"
+        );
+    }
+}
