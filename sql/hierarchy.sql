@@ -54,28 +54,34 @@ CREATE TRIGGER organizations_2_hierarchy
 
 -- Ancestors of an org, nearest first (depth 1 = parent). SECURITY INVOKER: an
 -- authenticated caller gets the ancestors RLS lets it see.
+-- No SET search_path here, unlike every other truxe function: a SQL function with a SET
+-- clause is never inlined and is planned anew on every call (4x slower in
+-- bench/search_path_cost), and these run inside every organisation function. Instead every
+-- name in their bodies is qualified (tables truxe.*, operators OPERATOR(pg_catalog.…)), so
+-- inlined into the caller's query they still resolve nothing through the caller's path
+-- (tests/integration/shadow.rs); security_report() knows them as qualified.
 CREATE FUNCTION truxe.org_ancestors(org_id uuid)
-RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp AS $$
+RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE AS $$
   WITH RECURSIVE up(org_id, depth) AS (
     SELECT o.parent_org_id, 1 FROM truxe.organizations o
-     WHERE o.id = $1 AND o.parent_org_id IS NOT NULL
+     WHERE o.id OPERATOR(pg_catalog.=) $1 AND o.parent_org_id IS NOT NULL
     UNION ALL
-    SELECT o.parent_org_id, up.depth + 1 FROM truxe.organizations o JOIN up ON o.id = up.org_id
-     WHERE o.parent_org_id IS NOT NULL AND up.depth < 1000
+    SELECT o.parent_org_id, up.depth OPERATOR(pg_catalog.+) 1
+      FROM truxe.organizations o JOIN up ON o.id OPERATOR(pg_catalog.=) up.org_id
+     WHERE o.parent_org_id IS NOT NULL AND up.depth OPERATOR(pg_catalog.<) 1000
   )
   SELECT up.org_id, up.depth FROM up ORDER BY up.depth;
 $$;
 
 -- Descendants of an org, breadth first (depth 1 = children). SECURITY INVOKER, as above.
 CREATE FUNCTION truxe.org_descendants(org_id uuid)
-RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp AS $$
+RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE AS $$
   WITH RECURSIVE down(org_id, depth) AS (
-    SELECT o.id, 1 FROM truxe.organizations o WHERE o.parent_org_id = $1
+    SELECT o.id, 1 FROM truxe.organizations o WHERE o.parent_org_id OPERATOR(pg_catalog.=) $1
     UNION ALL
-    SELECT o.id, down.depth + 1 FROM truxe.organizations o JOIN down ON o.parent_org_id = down.org_id
-     WHERE down.depth < 1000
+    SELECT o.id, down.depth OPERATOR(pg_catalog.+) 1
+      FROM truxe.organizations o JOIN down ON o.parent_org_id OPERATOR(pg_catalog.=) down.org_id
+     WHERE down.depth OPERATOR(pg_catalog.<) 1000
   )
   SELECT down.org_id, down.depth FROM down ORDER BY down.depth, down.org_id;
 $$;

@@ -38,13 +38,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- every function pins search_path (none resolves names through the caller's path), except
-  -- the two getters that resolve no name at all (src/context.rs)
+  -- the two getters that resolve no name at all (src/context.rs) and the two SQL tree
+  -- walkers whose bodies qualify every name (sql/hierarchy.sql: a SET would stop inlining)
   SELECT 'search_path_pinned', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name)'
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name; org_ancestors and org_descendants qualify every name)'
               ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
     FROM pg_proc p
    WHERE p.pronamespace = 'truxe'::regnamespace
-     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()')
+     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
+                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)')
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE

@@ -448,8 +448,33 @@ REVOKE ALL ON FUNCTION truxe.end_sessions_on_membership_delete(), truxe.end_sess
 -- Name resolution: every function pins search_path, so none resolves a function, operator
 -- or type through a path the caller chose (current_user_id/current_org_id resolve no name
 -- at all and stay unpinned: src/context.rs).
-ALTER FUNCTION truxe.org_ancestors(uuid) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION truxe.org_descendants(uuid) SET search_path = pg_catalog, pg_temp;
+-- The two SQL tree walkers keep no SET clause (it would stop their inlining): their bodies
+-- name every table and operator with its schema instead (sql/hierarchy.sql).
+CREATE OR REPLACE FUNCTION truxe.org_ancestors(org_id uuid)
+RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE AS $$
+  WITH RECURSIVE up(org_id, depth) AS (
+    SELECT o.parent_org_id, 1 FROM truxe.organizations o
+     WHERE o.id OPERATOR(pg_catalog.=) $1 AND o.parent_org_id IS NOT NULL
+    UNION ALL
+    SELECT o.parent_org_id, up.depth OPERATOR(pg_catalog.+) 1
+      FROM truxe.organizations o JOIN up ON o.id OPERATOR(pg_catalog.=) up.org_id
+     WHERE o.parent_org_id IS NOT NULL AND up.depth OPERATOR(pg_catalog.<) 1000
+  )
+  SELECT up.org_id, up.depth FROM up ORDER BY up.depth;
+$$;
+
+CREATE OR REPLACE FUNCTION truxe.org_descendants(org_id uuid)
+RETURNS TABLE(org_id uuid, depth int) LANGUAGE sql STABLE AS $$
+  WITH RECURSIVE down(org_id, depth) AS (
+    SELECT o.id, 1 FROM truxe.organizations o WHERE o.parent_org_id OPERATOR(pg_catalog.=) $1
+    UNION ALL
+    SELECT o.id, down.depth OPERATOR(pg_catalog.+) 1
+      FROM truxe.organizations o JOIN down ON o.parent_org_id OPERATOR(pg_catalog.=) down.org_id
+     WHERE down.depth OPERATOR(pg_catalog.<) 1000
+  )
+  SELECT down.org_id, down.depth FROM down ORDER BY down.depth, down.org_id;
+$$;
+
 ALTER FUNCTION truxe.set_context(uuid, uuid, boolean) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION truxe.clear_context() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION truxe.audit_logs_append_only() SET search_path = pg_catalog, pg_temp;
@@ -565,13 +590,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- every function pins search_path (none resolves names through the caller's path), except
-  -- the two getters that resolve no name at all (src/context.rs)
+  -- the two getters that resolve no name at all (src/context.rs) and the two SQL tree
+  -- walkers whose bodies qualify every name (sql/hierarchy.sql: a SET would stop inlining)
   SELECT 'search_path_pinned', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name)'
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name; org_ancestors and org_descendants qualify every name)'
               ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
     FROM pg_proc p
    WHERE p.pronamespace = 'truxe'::regnamespace
-     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()')
+     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
+                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)')
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
