@@ -214,6 +214,25 @@ fn raise_custom(code: &str, message: String) -> ! {
     unreachable!("ERROR does not return")
 }
 
+/// For #[pg_test]s: runs `sql` and returns the SQLSTATE and message of the error it raised,
+/// or None when it succeeded.
+#[cfg(any(test, feature = "pg_test"))]
+pub fn error_of(sql: &str) -> Option<(PgSqlErrorCode, String)> {
+    use pgrx::pg_sys::panic::CaughtError;
+    PgTryBuilder::new(|| {
+        Spi::run(sql).expect("SPI reports errors by raising");
+        None
+    })
+    .catch_others(|e| match e {
+        CaughtError::PostgresError(r)
+        | CaughtError::ErrorReport(r)
+        | CaughtError::RustPanic { ereport: r, .. } => {
+            Some((r.sql_error_code(), r.message().to_string()))
+        }
+    })
+    .execute()
+}
+
 #[cfg(test)]
 mod unit {
     use super::make_sqlstate;
@@ -243,23 +262,4 @@ mod unit {
             pgrx::prelude::PgSqlErrorCode::ERRCODE_NO_DATA_FOUND as i32
         );
     }
-}
-
-/// For #[pg_test]s: runs `sql` and returns the SQLSTATE and message of the error it raised,
-/// or None when it succeeded.
-#[cfg(any(test, feature = "pg_test"))]
-pub fn error_of(sql: &str) -> Option<(PgSqlErrorCode, String)> {
-    use pgrx::pg_sys::panic::CaughtError;
-    PgTryBuilder::new(|| {
-        Spi::run(sql).expect("SPI reports errors by raising");
-        None
-    })
-    .catch_others(|e| match e {
-        CaughtError::PostgresError(r)
-        | CaughtError::ErrorReport(r)
-        | CaughtError::RustPanic { ereport: r, .. } => {
-            Some((r.sql_error_code(), r.message().to_string()))
-        }
-    })
-    .execute()
 }

@@ -594,7 +594,7 @@ fn two_concurrent_refreshes_of_one_token_both_get_a_session() {
 fn session_functions_ignore_a_hostile_search_path() {
     let db = populated();
     let mut su = db.superuser();
-    su.batch_execute(&format!(
+    su.batch_execute(
         "CREATE SCHEMA evil;
          GRANT USAGE ON SCHEMA evil TO PUBLIC;
          CREATE FUNCTION evil.make_interval(secs int4) RETURNS interval LANGUAGE plpgsql AS
@@ -609,8 +609,8 @@ fn session_functions_ignore_a_hostile_search_path() {
          CREATE FUNCTION evil.eq(uuid, uuid) RETURNS boolean LANGUAGE plpgsql AS
            $$ BEGIN RAISE EXCEPTION 'hijacked uuid ='; END $$;
          CREATE OPERATOR evil.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = evil.eq);
-         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA evil TO PUBLIC;"
-    ))
+         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA evil TO PUBLIC;",
+    )
     .unwrap();
     for mut c in [db.service(), db.acting_as(MEMBER)] {
         c.batch_execute("SET search_path = evil, pg_catalog, public")
