@@ -55,9 +55,6 @@ CREATE TABLE truxe.users (
   CONSTRAINT metadata_is_object CHECK (jsonb_typeof(metadata) = 'object')
 );
 CREATE INDEX idx_users_status ON truxe.users (status) WHERE status <> 'active';
--- the ids of users who are not active (a few): validate_session and refresh_session check
--- each call that the session's user is not among them, index-only (src/session.rs)
-CREATE INDEX idx_users_inactive ON truxe.users (id) WHERE status <> 'active';
 CREATE INDEX idx_users_created_at ON truxe.users (created_at);
 CREATE INDEX idx_users_email_verified ON truxe.users (email_verified) WHERE email_verified = false;
 CREATE TRIGGER users_updated_at BEFORE UPDATE ON truxe.users

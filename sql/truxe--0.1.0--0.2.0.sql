@@ -430,10 +430,6 @@ AS 'MODULE_PATHNAME', 'revoke_session_by_id_wrapper';
 REVOKE ALL ON FUNCTION truxe.revoke_session_by_id(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.revoke_session_by_id(uuid) TO service_account, authenticated;
 
--- validate_session and refresh_session re-check that the session's user is still active:
--- against the ids of the (few) users who are not, index-only
-CREATE INDEX idx_users_inactive ON truxe.users (id) WHERE status <> 'active';
-
 -- access ends with membership and status, in the same transaction (src/session.rs)
 CREATE FUNCTION truxe.end_sessions_on_membership_delete() RETURNS trigger LANGUAGE c SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'end_sessions_on_membership_delete_wrapper';

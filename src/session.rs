@@ -85,9 +85,7 @@ macro_rules! org_access {
 macro_rules! still_allowed {
     () => {
         concat!(
-            // the user is active: not among the few who are not (idx_users_inactive, an
-            // index-only probe of a tiny index; a session's user row always exists)
-            "NOT EXISTS (SELECT 1 FROM truxe.users au WHERE au.id = s.user_id AND au.status <> 'active')",
+            "EXISTS (SELECT 1 FROM truxe.users au WHERE au.id = s.user_id AND au.status = 'active')",
             " AND (s.org_id IS NULL OR ",
             org_access!("s.user_id", "s.org_id"),
             ")"
