@@ -21,6 +21,21 @@ pgrx::extension_sql_file!(
     ]
 );
 
+/// Whether `role` is trusted as the backend: a superuser, or a role with the privileges of
+/// service_account. Callers choose which role to ask about: the current user
+/// (`GetUserId`, which a SECURITY DEFINER function changes) or the role the statement runs
+/// as (`GetOuterUserId`: the login or its SET ROLE).
+pub(crate) fn is_trusted_role(role: pg_sys::Oid) -> bool {
+    // SAFETY: plain role lookups; missing_ok for the role name.
+    unsafe {
+        if pg_sys::superuser_arg(role) {
+            return true;
+        }
+        let service = pg_sys::get_role_oid(c"service_account".as_ptr(), true);
+        service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, service)
+    }
+}
+
 /// The value of setting `name`, or None when it is unset or not UTF-8. Never raises.
 pub(crate) fn setting_text(name: &CStr) -> Option<String> {
     // SAFETY: missing_ok = true returns NULL for an unknown setting instead of raising;

@@ -369,15 +369,8 @@ fn check_org_reparent<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
 
 /// A superuser, or a role with the privileges of service_account: moves anything.
 fn trusted_caller() -> bool {
-    // SAFETY: plain catalog/role lookups for the current user; missing_ok for the role.
-    unsafe {
-        let me = pg_sys::GetUserId();
-        if pg_sys::superuser_arg(me) {
-            return true;
-        }
-        let service = pg_sys::get_role_oid(c"service_account".as_ptr(), true);
-        service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, service)
-    }
+    // SAFETY: GetUserId reads backend-local state and has no preconditions.
+    crate::context::is_trusted_role(unsafe { pg_sys::GetUserId() })
 }
 
 /// Orgs where the acting user is a joined owner, and every descendant of those: where the

@@ -581,15 +581,8 @@ fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
 /// True when the role the statement runs as — the login or its SET ROLE, which a SECURITY
 /// DEFINER function does not change — is a superuser or has service_account's privileges.
 fn service_caller() -> bool {
-    // SAFETY: plain role lookups; missing_ok for the role name.
-    unsafe {
-        let me = pg_sys::GetOuterUserId();
-        if pg_sys::superuser_arg(me) {
-            return true;
-        }
-        let service = pg_sys::get_role_oid(c"service_account".as_ptr(), true);
-        service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, service)
-    }
+    // SAFETY: GetOuterUserId reads backend-local state and has no preconditions.
+    crate::context::is_trusted_role(unsafe { pg_sys::GetOuterUserId() })
 }
 
 /// AFTER DELETE on truxe.memberships: the removed member's live sessions scoped to that org
