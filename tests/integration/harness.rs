@@ -268,6 +268,17 @@ impl TestDb {
     }
 }
 
+/// Inserts an active user with `email` through `c` (a superuser or service connection) and
+/// returns its id as text.
+pub fn active_user(c: &mut Client, email: &str) -> String {
+    c.query_one(
+        "INSERT INTO truxe.users (email, status) VALUES ($1, 'active') RETURNING id::text",
+        &[&email],
+    )
+    .expect("insert an active user")
+    .get(0)
+}
+
 /// The SQLSTATE of a failed statement, or a panic naming what succeeded unexpectedly.
 pub fn sqlstate<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
     match r {

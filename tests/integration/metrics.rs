@@ -1,6 +1,6 @@
 //! truxe.metrics() (docs/operations.md): every metric, with its exact value after a
 //! scripted set of events, and who may call it.
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{active_user, server, sqlstate, TestDb};
 use postgres::Client;
 use std::collections::BTreeMap;
 
@@ -60,17 +60,9 @@ fn metrics_count_every_event_of_a_scripted_hour() {
     assert_eq!(empty.keys().collect::<Vec<_>>(), names);
     assert!(empty.values().all(|v| *v == 0.0), "{empty:?}");
 
-    let user = |c: &mut Client, email: &str| -> String {
-        c.query_one(
-            "INSERT INTO truxe.users (email, status) VALUES ($1, 'active') RETURNING id::text",
-            &[&email],
-        )
-        .unwrap()
-        .get(0)
-    };
     let (u1, u2) = (
-        user(&mut s, "u1@example.com"),
-        user(&mut s, "u2@example.com"),
+        active_user(&mut s, "u1@example.com"),
+        active_user(&mut s, "u2@example.com"),
     );
     // sessions: A, B, C created; A logged out; B refreshed (B' created, B rotated); B's
     // refresh token presented again after the grace: reuse detected, B' revoked

@@ -2,7 +2,7 @@
 //! from it by `pg_basebackup -R -X stream`, and real logins on both. Every read path answers
 //! on the standby without writing; every write function fails there with Postgres' own
 //! 25006 (read_only_sql_transaction), never XX000.
-use crate::harness::{create_extension, sqlstate, Server, AUTH_LOGIN, SERVICE_LOGIN};
+use crate::harness::{active_user, create_extension, sqlstate, Server, AUTH_LOGIN, SERVICE_LOGIN};
 use postgres::Client;
 
 const MONITOR_LOGIN: &str = "truxe_test_monitor";
@@ -96,17 +96,9 @@ fn reads_answer_on_a_hot_standby_and_writes_fail_with_25006() {
         "GRANT authenticated TO {AUTH_LOGIN}; GRANT service_account TO {SERVICE_LOGIN};"
     ))
     .unwrap();
-    let user = |c: &mut Client, email: &str| -> String {
-        c.query_one(
-            "INSERT INTO truxe.users (email, status) VALUES ($1, 'active') RETURNING id::text",
-            &[&email],
-        )
-        .unwrap()
-        .get(0)
-    };
     let (alice, bob) = (
-        user(&mut su, "alice@example.com"),
-        user(&mut su, "bob@example.com"),
+        active_user(&mut su, "alice@example.com"),
+        active_user(&mut su, "bob@example.com"),
     );
     let org = |c: &mut Client, slug: &str, parent: Option<&str>| -> String {
         c.query_one(
