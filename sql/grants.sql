@@ -59,7 +59,7 @@ GRANT SELECT ON truxe.users, truxe.organizations, truxe.memberships,
 -- a user lists their own sessions (policy session_read): every column but the two token
 -- hashes, which no end user needs
 GRANT SELECT (id, user_id, org_id, family_id, device_info, ip, user_agent, created_at,
-  expires_at, last_used_at, revoked_at, revoked_reason, replaced_by) ON truxe.sessions TO authenticated;
+  expires_at, last_used_at, revoked_at, revoked_reason, replaced_by, aal) ON truxe.sessions TO authenticated;
 -- the role defaults behind has_permission are not secret
 GRANT SELECT ON truxe.role_permissions TO authenticated;
 -- a user edits only their own metadata (policy user_self_update picks the row)

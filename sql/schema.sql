@@ -115,6 +115,8 @@ CREATE TRIGGER memberships_updated_at BEFORE UPDATE ON truxe.memberships
 -- uuid nobody holds: it never validates. `id` is the public, non-secret name of a session
 -- (family_id, replaced_by, audit rows); it is the last column because 0.2 added it (the
 -- upgrade from 0.1.0 hashes jti/refresh_jti in place and appends id: same column order).
+-- `aal` is the session's authentication assurance level: 1 after a magic link, 2 once a
+-- second factor was verified for it (docs/security.md); truxe.authenticate returns it.
 CREATE TABLE truxe.sessions (
   jti_hash         bytea NOT NULL DEFAULT sha256(uuid_send(gen_random_uuid())),
   user_id          uuid NOT NULL REFERENCES truxe.users (id) ON DELETE CASCADE,
@@ -131,6 +133,7 @@ CREATE TABLE truxe.sessions (
   revoked_reason   text,
   replaced_by      uuid,
   id               uuid NOT NULL DEFAULT gen_random_uuid(),
+  aal              smallint NOT NULL DEFAULT 1,
   CONSTRAINT sessions_pkey PRIMARY KEY (id),
   CONSTRAINT sessions_jti_hash_key UNIQUE (jti_hash),
   CONSTRAINT sessions_refresh_jti_hash_key UNIQUE (refresh_jti_hash),
@@ -138,6 +141,7 @@ CREATE TABLE truxe.sessions (
   CONSTRAINT refresh_jti_hash_is_sha256 CHECK (octet_length(refresh_jti_hash) = 32),
   CONSTRAINT device_info_is_object CHECK (jsonb_typeof(device_info) = 'object'),
   CONSTRAINT expires_after_created CHECK (expires_at > created_at),
+  CONSTRAINT aal_is_1_or_2 CHECK (aal IN (1, 2)),
   CONSTRAINT revoked_after_created CHECK (revoked_at IS NULL OR revoked_at >= created_at),
   CONSTRAINT revoked_reason_when_revoked CHECK (
     (revoked_at IS NULL AND revoked_reason IS NULL) OR

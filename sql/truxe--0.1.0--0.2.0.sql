@@ -387,10 +387,12 @@ ALTER TABLE truxe.sessions
   ALTER COLUMN jti_hash SET NOT NULL,
   ALTER COLUMN refresh_jti_hash TYPE bytea USING sha256(uuid_send(refresh_jti_hash)),
   ADD COLUMN id uuid NOT NULL DEFAULT gen_random_uuid(),
+  ADD COLUMN aal smallint NOT NULL DEFAULT 1,
   ADD CONSTRAINT sessions_pkey PRIMARY KEY (id),
   ADD CONSTRAINT sessions_jti_hash_key UNIQUE (jti_hash),
   ADD CONSTRAINT jti_hash_is_sha256 CHECK (octet_length(jti_hash) = 32),
-  ADD CONSTRAINT refresh_jti_hash_is_sha256 CHECK (octet_length(refresh_jti_hash) = 32);
+  ADD CONSTRAINT refresh_jti_hash_is_sha256 CHECK (octet_length(refresh_jti_hash) = 32),
+  ADD CONSTRAINT aal_is_1_or_2 CHECK (aal IN (1, 2));
 -- family_id was the family's first jti (a bearer value, and the audit rows' family_id):
 -- each family gets a fresh random id — not the id of its first row, which cleanup may
 -- already have deleted. replaced_by was the jti of the session a rotation created: now
@@ -410,7 +412,7 @@ UPDATE truxe.sessions s
 -- authenticated lists its own sessions (policy session_read) without the token hashes
 REVOKE SELECT ON truxe.sessions FROM authenticated;
 GRANT SELECT (id, user_id, org_id, family_id, device_info, ip, user_agent, created_at,
-  expires_at, last_used_at, revoked_at, revoked_reason, replaced_by) ON truxe.sessions TO authenticated;
+  expires_at, last_used_at, revoked_at, revoked_reason, replaced_by, aal) ON truxe.sessions TO authenticated;
 
 -- create_session / refresh_session read truxe.org_closure (the ancestor owner/admin
 -- re-check), which no role may read: SECURITY DEFINER, still service_account-only. Every
