@@ -39,6 +39,8 @@ BEGIN
     SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
      WHERE p.pronamespace = 'truxe'::regnamespace
        AND p.proname IN ('set_context', 'clear_context', 'current_user_id', 'current_org_id',
+                         'authenticate', 'switch_org', 'current_session_id', 'identity_source',
+                         'current_api_key_id', 'current_aal',
                          'accessible_org_ids', 'admin_org_ids', 'invited_org_ids', 'owner_org_ids',
                          'create_organization', 'invite_member', 'accept_invitation',
                          'change_role', 'remove_member', 'has_permission',

@@ -36,11 +36,13 @@ CREATE POLICY org_admin_update ON truxe.organizations FOR UPDATE TO authenticate
   USING (id = ANY ((SELECT truxe.admin_org_ids())::uuid[]))
   WITH CHECK (id = ANY ((SELECT truxe.admin_org_ids())::uuid[]));
 
--- memberships: rows of accessible orgs, and the user's own rows (pending invitations);
--- writes only through the membership functions
+-- memberships: rows of accessible orgs, and the user's own rows — with an acting org only
+-- their pending invitations (the others belong to orgs outside the acting one); writes
+-- only through the membership functions
 CREATE POLICY membership_read ON truxe.memberships FOR SELECT TO authenticated
   USING (org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
-         OR user_id = (SELECT truxe.current_user_id()));
+         OR (user_id = (SELECT truxe.current_user_id())
+             AND (joined_at IS NULL OR (SELECT truxe.current_org_id()) IS NULL)));
 
 -- users: self, and users with a *joined* membership in an accessible org (a pending
 -- invitation by user id reveals nothing of the invitee to the inviting org); UPDATE own row

@@ -49,6 +49,23 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                            'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)')
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
+  -- the identity mode: under `trusted`, any login that can become `authenticated` can claim
+  -- any identity through app.current_user_id; flagged when such a login exists (a superuser
+  -- or service_account member is trusted either way). The CASE loads truxe's library first,
+  -- so the setting is truxe's own and not a placeholder a session made up.
+  SELECT 'identity_mode', mode = 'verified' OR count(r.oid) = 0,
+         CASE WHEN mode = 'verified' THEN 'identity_mode = verified: only truxe.authenticate and truxe.authenticate_api_key establish an end user''s identity'
+              WHEN count(r.oid) = 0 THEN 'identity_mode = trusted, and no login but trusted ones can become authenticated'
+              ELSE 'identity_mode = trusted: these logins can claim any identity through app.current_user_id: '
+                   || string_agg(r.rolname::text, ', ' ORDER BY r.rolname) END
+    FROM (SELECT CASE WHEN truxe.version() IS NOT NULL
+                      THEN coalesce(current_setting('truxe.identity_mode', true), 'trusted') END) m(mode)
+    LEFT JOIN pg_roles r
+      ON mode <> 'verified' AND r.rolcanlogin AND NOT r.rolsuper
+     AND pg_has_role(r.oid, 'authenticated', 'MEMBER')
+     AND NOT pg_has_role(r.oid, 'service_account', 'MEMBER')
+   GROUP BY mode
+  UNION ALL
   -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
   SELECT 'audit_logs_append_only', count(*) > 0,
          CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'

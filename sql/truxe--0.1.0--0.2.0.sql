@@ -690,3 +690,157 @@ GRANT EXECUTE ON FUNCTION truxe.metrics() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION truxe.metrics() TO service_account;
 -- pg_monitor reaches the schema for this function only: it holds no other truxe right
 GRANT USAGE ON SCHEMA truxe TO pg_monitor;
+
+-- == Verified identity (issue 11) ==
+-- The identity getters, authenticate and switch_org are Rust (src/identity.rs). Their
+-- storage, truxe.verified_identity, and truxe.identity_mode are settings the library
+-- registers: nothing to create here.
+CREATE FUNCTION truxe."authenticate"(
+	"token" TEXT
+) RETURNS TABLE (
+	"user_id" uuid,
+	"org_id" uuid,
+	"expires_at" timestamp with time zone,
+	"aal" smallint
+)
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'authenticate_wrapper';
+CREATE FUNCTION truxe."switch_org"(
+	"org_id" uuid
+) RETURNS void
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'switch_org_wrapper';
+CREATE FUNCTION truxe."current_session_id"() RETURNS uuid
+STRICT STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'current_session_id_wrapper';
+CREATE FUNCTION truxe."current_api_key_id"() RETURNS uuid
+STRICT STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'current_api_key_id_wrapper';
+CREATE FUNCTION truxe."current_aal"() RETURNS smallint
+STRICT STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'current_aal_wrapper';
+CREATE FUNCTION truxe."identity_source"() RETURNS TEXT
+STRICT STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'identity_source_wrapper';
+REVOKE ALL ON FUNCTION truxe.authenticate(text), truxe.switch_org(uuid),
+  truxe.current_session_id(), truxe.current_api_key_id(), truxe.current_aal(),
+  truxe.identity_source() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.authenticate(text), truxe.switch_org(uuid),
+  truxe.current_session_id(), truxe.current_api_key_id(), truxe.current_aal(),
+  truxe.identity_source() TO authenticated, service_account;
+
+-- set_context refuses an org the user may not act in, and any call from an untrusted login
+-- under identity_mode = verified: Rust now (it reads memberships, SECURITY DEFINER); same
+-- signature and grants
+CREATE OR REPLACE FUNCTION truxe."set_context"(
+	"user_id" uuid,
+	"org_id" uuid DEFAULT NULL,
+	"is_local" bool DEFAULT true
+) RETURNS void
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_context_wrapper';
+
+-- the org sets narrow to the acting org, and know API keys: same C symbols; pgrx now
+-- declares them, STRICT like every argument-less pgrx function (no behaviour change)
+ALTER FUNCTION truxe.accessible_org_ids() STRICT;
+ALTER FUNCTION truxe.admin_org_ids() STRICT;
+ALTER FUNCTION truxe.invited_org_ids() STRICT;
+
+-- with an acting org, a user's own memberships elsewhere are outside it: only their own
+-- pending invitations stay visible
+ALTER POLICY membership_read ON truxe.memberships
+  USING (org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
+         OR (user_id = (SELECT truxe.current_user_id())
+             AND (joined_at IS NULL OR (SELECT truxe.current_org_id()) IS NULL)));
+
+-- security_report() gains the identity_mode row (the same text as sql/security_report.sql)
+CREATE OR REPLACE FUNCTION truxe.security_report()
+RETURNS TABLE(check_name text, ok boolean, detail text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  -- RLS enabled on every table of SPEC §4
+  SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
+         CASE WHEN c.oid IS NULL THEN 'table missing'
+              WHEN c.relrowsecurity THEN 'row level security enabled'
+              ELSE 'row level security is DISABLED' END
+    FROM unnest(ARRAY['users', 'organizations', 'memberships', 'sessions', 'audit_logs',
+                      'usage_metrics', 'magic_link_challenges', 'rate_limits']) AS t(name)
+    LEFT JOIN pg_class c ON c.relname = t.name AND c.relnamespace = 'truxe'::regnamespace
+  UNION ALL
+  -- nothing of the extension granted to PUBLIC (grantee 0); a NULL acl means the default
+  -- one, which for functions includes EXECUTE to PUBLIC
+  SELECT 'no_public_grants', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'PUBLIC holds no privilege on truxe tables or functions'
+              ELSE 'granted to PUBLIC: ' || string_agg(obj, ', ' ORDER BY obj) END
+    FROM (
+      SELECT c.oid::regclass::text AS obj FROM pg_class c
+       WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault(
+                       (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
+                      WHERE a.grantee = 0)
+      UNION ALL
+      SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'truxe'::regnamespace
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
+                      WHERE a.grantee = 0)
+    ) public_objects
+  UNION ALL
+  -- every SECURITY DEFINER function pins search_path
+  SELECT 'security_definer_search_path', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every SECURITY DEFINER function sets search_path'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ') END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- every function pins search_path (none resolves names through the caller's path), except
+  -- the two getters that resolve no name at all (src/context.rs) and the two SQL tree
+  -- walkers whose bodies qualify every name (sql/hierarchy.sql: a SET would stop inlining)
+  SELECT 'search_path_pinned', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name; org_ancestors and org_descendants qualify every name)'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace
+     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
+                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)')
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- the identity mode: under `trusted`, any login that can become `authenticated` can claim
+  -- any identity through app.current_user_id; flagged when such a login exists (a superuser
+  -- or service_account member is trusted either way). The CASE loads truxe's library first,
+  -- so the setting is truxe's own and not a placeholder a session made up.
+  SELECT 'identity_mode', mode = 'verified' OR count(r.oid) = 0,
+         CASE WHEN mode = 'verified' THEN 'identity_mode = verified: only truxe.authenticate and truxe.authenticate_api_key establish an end user''s identity'
+              WHEN count(r.oid) = 0 THEN 'identity_mode = trusted, and no login but trusted ones can become authenticated'
+              ELSE 'identity_mode = trusted: these logins can claim any identity through app.current_user_id: '
+                   || string_agg(r.rolname::text, ', ' ORDER BY r.rolname) END
+    FROM (SELECT CASE WHEN truxe.version() IS NOT NULL
+                      THEN coalesce(current_setting('truxe.identity_mode', true), 'trusted') END) m(mode)
+    LEFT JOIN pg_roles r
+      ON mode <> 'verified' AND r.rolcanlogin AND NOT r.rolsuper
+     AND pg_has_role(r.oid, 'authenticated', 'MEMBER')
+     AND NOT pg_has_role(r.oid, 'service_account', 'MEMBER')
+   GROUP BY mode
+  UNION ALL
+  -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
+  SELECT 'audit_logs_append_only', count(*) > 0,
+         CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'
+              ELSE 'no enabled append-only trigger on truxe.audit_logs' END
+    FROM pg_trigger tg
+   WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
+     AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
+     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0;
+$$;

@@ -1,7 +1,7 @@
 //! Audit trail (SPEC §6): Rust triggers that write one truxe.audit_logs row per event of
 //! users, organizations, memberships and sessions; the append-only guard on audit_logs;
 //! purge_audit_logs, its one exit (SPEC §7).
-use crate::context::{parse_uuid, setting_text, setting_uuid};
+use crate::context::{parse_uuid, setting_text};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, JSONB, TEXT, UUID};
 use crate::trigger::trigger_entry;
@@ -85,7 +85,7 @@ fn write(events: Vec<Event>, client: Client) -> Result<(), AuditError> {
     if events.is_empty() {
         return Ok(());
     }
-    let actor = setting_uuid(c"app.current_user_id");
+    let actor = crate::identity::acting_user();
     let ip = client.ip.or_else(request_ip);
     let user_agent = client
         .user_agent

@@ -1,20 +1,20 @@
-//! Request context (SPEC §2): who is acting, in which organisation, and which organisations
-//! that user may see. All of it is on every RLS policy's path: the getters read the settings
-//! directly and never raise; the org sets run one cached plan each. set_context and
-//! clear_context are SQL (sql/context.sql).
-use crate::error::{TruxeError, UnwrapOrRaise};
+//! Request context: the request settings, `set_context`, and the org sets every RLS policy
+//! is built on — which organisations the acting identity (src/identity.rs) may see. The org
+//! sets run one cached plan each; clear_context and the request-metadata getters are SQL
+//! (sql/context.sql).
+use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 
 pgrx::extension_sql_file!(
     "../sql/context.sql",
     name = "context",
     requires = [
         "schema",
-        current_user_id,
-        current_org_id,
+        identity::current_user_id,
+        identity::current_org_id,
         accessible_org_ids,
         admin_org_ids,
         invited_org_ids
@@ -67,27 +67,6 @@ pub(crate) fn parse_uuid(text: &str) -> Option<pgrx::Uuid> {
         .map(|u| pgrx::Uuid::from_bytes(*u.as_bytes()))
 }
 
-// current_user_id() and current_org_id() are the two truxe functions without a pinned
-// search_path, on purpose: they are on every RLS policy's path, a SET clause costs a GUC
-// save/restore per call, and they resolve no name at all — they read a setting through
-// GetConfigOption and parse it in Rust, with no SPI, no operator and no type lookup — so a
-// caller's search_path has nothing to hijack (tests/integration/shadow.rs calls them under a
-// hostile path; security_report() lists them as the documented exceptions).
-
-/// The acting user: `app.current_user_id` as a uuid; NULL when unset, empty or malformed.
-/// Never raises. Callable by authenticated and service_account.
-#[pg_extern(stable, parallel_safe)]
-fn current_user_id() -> Option<pgrx::Uuid> {
-    setting_uuid(c"app.current_user_id")
-}
-
-/// The acting organisation: `app.current_org_id` as a uuid; NULL when unset, empty or
-/// malformed. Never raises. Callable by authenticated and service_account.
-#[pg_extern(stable, parallel_safe)]
-fn current_org_id() -> Option<pgrx::Uuid> {
-    setting_uuid(c"app.current_org_id")
-}
-
 /// The memberships every org set starts from: those of the acting user (`$1`), and none at
 /// all unless that user is `active` — a suspended, deleted or pending user's context opens
 /// no org, whoever sets it (the EXISTS is uncorrelated: one probe per statement).
@@ -129,54 +108,245 @@ const INVITED_ORGS: &str = concat!(
     " AND m.joined_at IS NULL) pending"
 );
 
-/// The org ids `sql` lists for the acting user ($1); empty with no context. Read-only, in
-/// the calling statement's snapshot.
-pub(crate) fn org_ids(sql: &'static str) -> Result<Vec<pgrx::Uuid>, TruxeError> {
-    let Some(user) = setting_uuid(c"app.current_user_id") else {
+/// SQL condition: the acting user (`$1`) is a joined owner or admin of org `$2`, directly
+/// or through an ancestor — over the rows of `mine` ([`acting_members`], joined only).
+macro_rules! admin_of_org {
+    () => {
+        "(EXISTS (SELECT 1 FROM mine WHERE mine.org_id = $2 AND mine.role IN ('owner', 'admin'))
+          OR EXISTS (SELECT 1 FROM mine JOIN truxe.org_closure c ON c.ancestor_id = mine.org_id
+                      WHERE c.descendant_id = $2 AND mine.role IN ('owner', 'admin')))"
+    };
+}
+
+/// With an acting org (`$2`): that org, when the user may act in it (a joined member, or an
+/// owner/admin of it or of an ancestor), plus its descendants when the user is its owner or
+/// admin (directly or through an ancestor).
+const ACCESSIBLE_IN_ORG: &str = concat!(
+    "WITH mine AS (",
+    acting_members!(),
+    " AND m.joined_at IS NOT NULL)
+  SELECT $2 WHERE EXISTS (SELECT 1 FROM mine WHERE mine.org_id = $2) OR ",
+    admin_of_org!(),
+    "
+  UNION ALL
+  SELECT c.descendant_id FROM truxe.org_closure c WHERE c.ancestor_id = $2 AND ",
+    admin_of_org!()
+);
+
+/// With an acting org (`$2`): that org and its descendants when the user is its owner or
+/// admin (directly or through an ancestor); nothing otherwise.
+const ADMIN_IN_ORG: &str = concat!(
+    "WITH mine AS (",
+    acting_members!(),
+    " AND m.joined_at IS NOT NULL)
+  SELECT $2 WHERE ",
+    admin_of_org!(),
+    "
+  UNION ALL
+  SELECT c.descendant_id FROM truxe.org_closure c WHERE c.ancestor_id = $2 AND ",
+    admin_of_org!()
+);
+
+/// The org sets RLS policies are built on.
+#[derive(Clone, Copy)]
+enum OrgSet {
+    Accessible,
+    Admin,
+    Invited,
+}
+
+/// The orgs of `set` for the acting identity (src/identity.rs). With an acting org,
+/// Accessible and Admin narrow to that org (plus descendants for its owners/admins); an
+/// API key is a joined member of its org and nothing else. Empty when nobody is acting.
+/// Read-only, in the calling statement's snapshot.
+fn acting_org_ids(set: OrgSet) -> Result<Vec<pgrx::Uuid>, TruxeError> {
+    let Some(who) = crate::identity::acting() else {
         return Ok(Vec::new());
     };
+    if who.id.api_key.is_some() {
+        return Ok(match set {
+            OrgSet::Accessible => who.id.org.into_iter().collect(),
+            OrgSet::Admin | OrgSet::Invited => Vec::new(),
+        });
+    }
+    let Some(user) = who.id.user else {
+        return Ok(Vec::new());
+    };
+    match (set, who.id.org) {
+        (OrgSet::Accessible, None) => user_org_ids(ACCESSIBLE_ORGS, user, None),
+        (OrgSet::Admin, None) => user_org_ids(ADMIN_ORGS, user, None),
+        (OrgSet::Accessible, Some(org)) => user_org_ids(ACCESSIBLE_IN_ORG, user, Some(org)),
+        (OrgSet::Admin, Some(org)) => user_org_ids(ADMIN_IN_ORG, user, Some(org)),
+        (OrgSet::Invited, _) => user_org_ids(INVITED_ORGS, user, None),
+    }
+}
+
+/// The org ids `sql` lists for `user` (`$1`) and, when the text takes it, `org` (`$2`).
+/// Read-only, in the calling statement's snapshot.
+pub(crate) fn user_org_ids(
+    sql: &'static str,
+    user: pgrx::Uuid,
+    org: Option<pgrx::Uuid>,
+) -> Result<Vec<pgrx::Uuid>, TruxeError> {
     let ids = Spi::connect(|client| {
-        plans::read(client, sql, &[plans::UUID], &[user.into()])?
-            .map(|row| row.get::<pgrx::Uuid>(1))
+        let rows = match org {
+            None => plans::read(client, sql, &[plans::UUID], &[user.into()])?,
+            Some(org) => plans::read(
+                client,
+                sql,
+                &[plans::UUID, plans::UUID],
+                &[user.into(), org.into()],
+            )?,
+        };
+        rows.map(|row| row.get::<pgrx::Uuid>(1))
             .collect::<Result<Vec<_>, _>>()
     })?;
     Ok(ids.into_iter().flatten().collect())
 }
 
-/// Orgs the acting user may see (SPEC §2): joined memberships, plus every descendant of an
-/// org where the user is owner or admin. Empty with no context. SECURITY DEFINER: RLS
-/// policies call it, so it reads memberships and organizations past them (no recursion).
-#[pg_extern(sql = r#"
-CREATE FUNCTION truxe.accessible_org_ids() RETURNS uuid[]
-LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
-"#)]
+/// Orgs the acting identity may see: with no acting org, the user's joined memberships plus
+/// every descendant of an org where the user is owner or admin; with an acting org, that
+/// org (plus its descendants for its owners/admins); an API key's org for a key. Empty
+/// when nobody is acting. SECURITY DEFINER: RLS policies call it, so it reads memberships
+/// past them (no recursion).
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn accessible_org_ids() -> Vec<pgrx::Uuid> {
-    org_ids(ACCESSIBLE_ORGS).unwrap_or_raise()
+    acting_org_ids(OrgSet::Accessible).unwrap_or_raise()
 }
 
-/// Orgs where the acting user is a joined owner or admin, and every descendant of those:
-/// where the user holds an administrator's view (audit logs, usage, org updates). Empty
-/// with no context. SECURITY DEFINER, as accessible_org_ids.
-#[pg_extern(sql = r#"
-CREATE FUNCTION truxe.admin_org_ids() RETURNS uuid[]
-LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
-"#)]
+/// Orgs where the acting user holds an administrator's view (audit logs, usage, org
+/// updates): joined owner/admin orgs and all their descendants, narrowed to the acting
+/// org's subtree when one is set. Empty when nobody is acting or for an API key.
+/// SECURITY DEFINER, as accessible_org_ids.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn admin_org_ids() -> Vec<pgrx::Uuid> {
-    org_ids(ADMIN_ORGS).unwrap_or_raise()
+    acting_org_ids(OrgSet::Admin).unwrap_or_raise()
 }
 
-/// Orgs that have a pending invitation for the acting user: the invitee may read the org
-/// and the invitation, nothing else of it. Empty with no context. SECURITY DEFINER, as
-/// accessible_org_ids.
-#[pg_extern(sql = r#"
-CREATE FUNCTION truxe.invited_org_ids() RETURNS uuid[]
-LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
-"#)]
+/// Orgs that have a pending invitation for the acting user — whatever the acting org: the
+/// invitee may read the org and the invitation, nothing else of it. Empty when nobody is
+/// acting. SECURITY DEFINER, as accessible_org_ids.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn invited_org_ids() -> Vec<pgrx::Uuid> {
-    org_ids(INVITED_ORGS).unwrap_or_raise()
+    acting_org_ids(OrgSet::Invited).unwrap_or_raise()
+}
+
+/// SQL condition: user `$user` is active and may act in org `$org` — a joined member of
+/// it, or a joined owner/admin of one of its ancestors (truxe.org_closure). The lookups are
+/// index scans: memberships (user_id, org_id) INCLUDE (role, joined_at) and org_closure
+/// (descendant_id, ancestor_id). One text for sessions, set_context and switch_org.
+macro_rules! org_access {
+    ($user:literal, $org:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM truxe.memberships am WHERE am.user_id = ",
+            $user,
+            " AND am.org_id = ",
+            $org,
+            " AND am.joined_at IS NOT NULL)",
+            " OR EXISTS (SELECT 1 FROM truxe.org_closure ac JOIN truxe.memberships am",
+            " ON am.user_id = ",
+            $user,
+            " AND am.org_id = ac.ancestor_id",
+            " WHERE ac.descendant_id = ",
+            $org,
+            " AND am.joined_at IS NOT NULL AND am.role IN ('owner', 'admin')))"
+        )
+    };
+}
+pub(crate) use org_access;
+
+/// Whether active user `user` may act in `org` ([`org_access`]). Read-only.
+pub(crate) fn may_act_in(user: pgrx::Uuid, org: pgrx::Uuid) -> Result<bool, TruxeError> {
+    Spi::connect(|c| {
+        let row = plans::read(
+            c,
+            concat!(
+                "SELECT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = $1 AND u.status = 'active') AND ",
+                org_access!("$1", "$2")
+            ),
+            &[plans::UUID, plans::UUID],
+            &[user.into(), org.into()],
+        )?;
+        Ok(row.first().get_one::<bool>()? == Some(true))
+    })
+}
+
+/// Sets one request setting (`app.*`), for the transaction (`local`) or the session.
+fn set_setting(name: &CStr, value: Option<pgrx::Uuid>, local: bool) {
+    let value = CString::new(value.map(|v| v.to_string()).unwrap_or_default()).unwrap_or_default();
+    let action = if local {
+        pg_sys::GucAction::GUC_ACTION_LOCAL
+    } else {
+        pg_sys::GucAction::GUC_ACTION_SET
+    };
+    // SAFETY: both strings are NUL-terminated and outlive the call; what set_config() does.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Sets the acting user and organisation (`app.current_user_id`, `app.current_org_id`);
+/// transaction-local by default (safe behind a transaction-pooling connection pooler). NULL
+/// clears a value. 42501 when `truxe.identity_mode = verified` and the login is neither a
+/// superuser nor a member of service_account (checked before anything is read), and when
+/// `org_id` is an org `user_id` may not act in (not an active joined member of it, nor a
+/// joined owner/admin of an ancestor); 22023 for a NULL `is_local`. Callable by
+/// authenticated and service_account (SECURITY DEFINER: it reads memberships past RLS).
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn set_context(
+    user_id: Option<pgrx::Uuid>,
+    org_id: default!(Option<pgrx::Uuid>, "NULL"),
+    is_local: default!(Option<bool>, true),
+) {
+    check_set_context(user_id, org_id, is_local).unwrap_or_raise();
+    let local = is_local.unwrap_or(true);
+    set_setting(c"app.current_user_id", user_id, local);
+    set_setting(c"app.current_org_id", org_id, local);
+}
+
+fn check_set_context(
+    user: Option<pgrx::Uuid>,
+    org: Option<pgrx::Uuid>,
+    is_local: Option<bool>,
+) -> Result<(), TruxeError> {
+    if !crate::identity::settings_honoured() {
+        return fail(
+            Sqlstate::InsufficientPrivilege,
+            "truxe.identity_mode is verified: this login cannot set a context; call truxe.authenticate",
+        );
+    }
+    if is_local.is_none() {
+        return fail(Sqlstate::InvalidParameter, "is_local must not be NULL");
+    }
+    if let Some(org) = org {
+        let allowed = match user {
+            Some(user) => may_act_in(user, org)?,
+            None => false,
+        };
+        if !allowed {
+            return fail(
+                Sqlstate::InsufficientPrivilege,
+                format!(
+                    "user {} may not act in organization {org}",
+                    user.map(|u| u.to_string()).unwrap_or_else(|| "NULL".into())
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -374,13 +374,17 @@ fn trusted_caller() -> bool {
 }
 
 /// Orgs where the acting user is a joined owner, and every descendant of those: where the
-/// user holds an owner's rights (the move rule above). Empty with no context. SECURITY
+/// user holds an owner's rights (the move rule above), whatever the acting org. Empty with
+/// no acting user (an API key owns nothing). SECURITY
 /// DEFINER, as accessible_org_ids. Callable by authenticated and service_account.
 #[pg_extern(stable, security_definer, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn owner_org_ids() -> Vec<Uuid> {
     use crate::error::UnwrapOrRaise;
-    crate::context::org_ids(OWNER_ORGS).unwrap_or_raise()
+    match crate::identity::acting_user() {
+        Some(user) => crate::context::user_org_ids(OWNER_ORGS, user, None).unwrap_or_raise(),
+        None => Vec::new(),
+    }
 }
 
 /// Orgs where the acting user ($1, if active) is a joined owner, and every descendant of

@@ -12,6 +12,7 @@ mod context;
 mod error;
 mod gucs;
 mod hierarchy;
+mod identity;
 mod magic_link;
 mod metrics;
 mod orgs;
@@ -39,6 +40,7 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    identity::init();
 }
 
 /// The version of the truxe library loaded in this backend (the crate version).

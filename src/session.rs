@@ -11,6 +11,7 @@
 //!
 //! Every function here pins `search_path = pg_catalog, pg_temp`: their statements name
 //! truxe's objects with the schema, and nothing resolves through the caller's path.
+use crate::context::org_access;
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::gucs::REFRESH_REUSE_GRACE;
 use crate::plans::{self, INET, INTERVAL, JSONB, TEXT, UUID};
@@ -53,30 +54,6 @@ fn new_bearer() -> Result<Uuid, TruxeError> {
 /// A new (jti, refresh_jti) pair.
 fn new_pair() -> Result<(Uuid, Uuid), TruxeError> {
     Ok((new_bearer()?, new_bearer()?))
-}
-
-/// SQL condition: the user `$user` may hold a session scoped to org `$org` — a joined
-/// member of it, or a joined owner/admin of one of its ancestors (truxe.org_closure). The
-/// lookups are index scans: memberships (user_id, org_id) INCLUDE (role, joined_at) and
-/// org_closure (descendant_id, ancestor_id). One text for create, validate, refresh and
-/// the membership trigger.
-macro_rules! org_access {
-    ($user:literal, $org:literal) => {
-        concat!(
-            "(EXISTS (SELECT 1 FROM truxe.memberships am WHERE am.user_id = ",
-            $user,
-            " AND am.org_id = ",
-            $org,
-            " AND am.joined_at IS NOT NULL)",
-            " OR EXISTS (SELECT 1 FROM truxe.org_closure ac JOIN truxe.memberships am",
-            " ON am.user_id = ",
-            $user,
-            " AND am.org_id = ac.ancestor_id",
-            " WHERE ac.descendant_id = ",
-            $org,
-            " AND am.joined_at IS NOT NULL AND am.role IN ('owner', 'admin')))"
-        )
-    };
 }
 
 /// SQL condition on a session row `s`: its user is active and, for an org-scoped session,
@@ -265,19 +242,32 @@ fn validate_session(
         name!(expires_at, Option<TimestampWithTimeZone>),
     ),
 > {
-    TableIterator::new(validate(jti).unwrap_or_raise())
+    TableIterator::new(
+        validate(jti)
+            .unwrap_or_raise()
+            .map(|s| (Some(s.user), s.org, Some(s.expires_at))),
+    )
 }
 
-type Validated = (Option<Uuid>, Option<Uuid>, Option<TimestampWithTimeZone>);
+/// A live session, as validate finds it.
+pub(crate) struct Live {
+    pub id: Uuid,
+    pub user: Uuid,
+    pub org: Option<Uuid>,
+    pub expires_at: TimestampWithTimeZone,
+    pub aal: i16,
+}
 
-fn validate(jti: Uuid) -> Result<Option<Validated>, TruxeError> {
+/// The live session of `jti` (validate_session's checks and its `last_used_at` touch), or
+/// None.
+pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     Spi::connect_mut(|c| {
         // read-only in the caller's snapshot: most calls end here, without a write
         let rows = plans::read(
             c,
             concat!(
                 "SELECT s.id, s.user_id, s.org_id, s.expires_at,
-                        s.last_used_at < now() - interval '1 minute'
+                        s.last_used_at < now() - interval '1 minute', s.aal
                    FROM truxe.sessions s
                   WHERE s.jti_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND ",
                 still_allowed!()
@@ -289,17 +279,21 @@ fn validate(jti: Uuid) -> Result<Option<Validated>, TruxeError> {
             return Ok(None);
         }
         let row = rows.first();
-        let id = row.get::<Uuid>(1)?;
-        let found = (
+        let (Some(id), Some(user), org, Some(expires_at), stale, Some(aal)) = (
+            row.get::<Uuid>(1)?,
             row.get::<Uuid>(2)?,
             row.get::<Uuid>(3)?,
             row.get::<TimestampWithTimeZone>(4)?,
-        );
+            row.get::<bool>(5)?,
+            row.get::<i16>(6)?,
+        ) else {
+            return fail(Sqlstate::Internal, "session row with a NULL key column");
+        };
         // Nothing is written on a hot standby (or in any read-only transaction): there the
         // touch is skipped and last_used_at is refreshed by the next call on the primary.
         // SAFETY: both read backend-local state and have no preconditions.
         let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
-        if writable && row.get::<bool>(5)? == Some(true) {
+        if writable && stale == Some(true) {
             plans::run(
                 c,
                 "UPDATE truxe.sessions SET last_used_at = now()
@@ -308,7 +302,13 @@ fn validate(jti: Uuid) -> Result<Option<Validated>, TruxeError> {
                 &[id.into()],
             )?;
         }
-        Ok(Some(found))
+        Ok(Some(Live {
+            id,
+            user,
+            org,
+            expires_at,
+            aal,
+        }))
     })
 }
 
@@ -564,7 +564,7 @@ fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
             |t| Ok(t.len()),
         )?
     } else {
-        let Some(me) = crate::context::setting_uuid(c"app.current_user_id") else {
+        let Some(me) = crate::identity::acting_user() else {
             return Ok(false);
         };
         plans::run_once(

@@ -51,7 +51,9 @@ fn is_root() -> bool {
 /// Rust's backtrace switches are not passed on: with RUST_BACKTRACE set in the server's
 /// environment, every error raised from Rust would carry a backtrace (with build paths) in
 /// its DETAIL — to clients and into the log.
-fn as_owner(program: &Path) -> Command {
+/// `program` as a command run by the server's OS user (`postgres` when the tests run as
+/// root: neither PostgreSQL nor PgBouncer runs as root).
+pub fn as_owner(program: &Path) -> Command {
     let mut c = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -277,6 +279,41 @@ pub fn active_user(c: &mut Client, email: &str) -> String {
     )
     .expect("insert an active user")
     .get(0)
+}
+
+/// Says on the process's stderr that a test did not run its real check, and why: cargo test
+/// hides what a passing test prints through eprintln!, and a skip must never be silent.
+pub fn skip(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {why} ***\n");
+}
+
+/// The path of `program` if it is on PATH or in /usr/sbin (where Debian puts daemons).
+pub fn installed(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin"])
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+/// An outside program started by a test (an exporter, a pooler), killed when the test
+/// ends, pass or fail.
+pub struct Killed(pub std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
 }
 
 /// The SQLSTATE of a failed statement, or a panic naming what succeeded unexpectedly.

@@ -8,6 +8,7 @@ mod hardening;
 mod harness;
 mod hierarchy;
 mod hostile;
+mod identity;
 mod install;
 mod metrics;
 mod ops;

@@ -2,40 +2,17 @@
 //! prometheus-postgres-exporter serving truxe.metrics() through the shipped queries file,
 //! and pg_cron running the README's cleanup recipe. Where a program is not installed the
 //! test says so on stderr (SKIPPED: …) and passes; scripts/setup installs both.
-use crate::harness::{create_extension, server, Server, SERVICE_LOGIN};
+use crate::harness::{
+    create_extension, free_loopback_port, installed, server, skip, Killed, Server, SERVICE_LOGIN,
+};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MONITOR_LOGIN: &str = "truxe_test_monitor";
 const EXPORTER: &str = "prometheus-postgres-exporter";
-
-fn skip(why: &str) {
-    // straight to the process's stderr: cargo test hides what a passing test prints
-    // through eprintln!, and a skip must never be silent
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {why} ***\n");
-}
-
-/// The exporter's path, if installed.
-fn exporter() -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(EXPORTER))
-        .find(|p| p.is_file())
-}
-
-/// Kills the exporter when the test ends, pass or fail.
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// GET `path` from 127.0.0.1:`port` (HTTP/1.0: the server closes after the body).
 fn http_get(port: u16, path: &str) -> std::io::Result<String> {
@@ -49,7 +26,7 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 
 #[test]
 fn prometheus_exporter_serves_truxe_metrics() {
-    let Some(exporter) = exporter() else {
+    let Some(exporter) = installed(EXPORTER) else {
         return skip(&format!(
             "{EXPORTER} is not installed (scripts/setup installs Debian's \
              prometheus-postgres-exporter): the Prometheus example was NOT tested"
@@ -77,11 +54,7 @@ fn prometheus_exporter_serves_truxe_metrics() {
         .unwrap();
     }
     // a free loopback port for the exporter
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_loopback_port();
     let dsn = format!(
         "postgresql://{MONITOR_LOGIN}@:{}/{}?host={}&sslmode=disable",
         server().port(),

@@ -17,9 +17,29 @@ fn report(c: &mut Client) -> Vec<(String, bool, String)> {
 fn fresh_install_is_all_ok() {
     let db = server().fresh_db(true);
     let rows = report(&mut db.service());
-    assert!(rows.len() >= 11, "{rows:?}");
+    assert!(rows.len() >= 12, "{rows:?}");
+    // the harness's `authenticated` login can claim any identity under the default mode:
+    // exactly what the identity_mode row reports
     let bad: Vec<_> = rows.iter().filter(|r| !r.1).collect();
-    assert!(bad.is_empty(), "not ok on a fresh install: {bad:?}");
+    assert!(
+        bad.len() == 1
+            && bad[0].0 == "identity_mode"
+            && bad[0].2.contains("trusted")
+            && bad[0].2.contains(crate::harness::AUTH_LOGIN),
+        "not ok on a fresh install: {bad:?}"
+    );
+    db.superuser()
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET truxe.identity_mode = verified",
+            db.name
+        ))
+        .unwrap();
+    let rows = report(&mut db.service());
+    let bad: Vec<_> = rows.iter().filter(|r| !r.1).collect();
+    assert!(
+        bad.is_empty(),
+        "not ok under identity_mode = verified: {bad:?}"
+    );
     for t in [
         "users",
         "organizations",
