@@ -40,7 +40,8 @@ BEGIN
      WHERE p.pronamespace = 'truxe'::regnamespace
        AND p.proname IN ('set_context', 'clear_context', 'current_user_id', 'current_org_id',
                          'authenticate', 'switch_org', 'current_session_id', 'identity_source',
-                         'current_api_key_id', 'current_aal',
+                         'current_api_key_id', 'current_aal', 'create_api_key',
+                         'authenticate_api_key', 'revoke_api_key',
                          'accessible_org_ids', 'admin_org_ids', 'invited_org_ids', 'owner_org_ids',
                          'create_organization', 'invite_member', 'accept_invitation',
                          'change_role', 'remove_member', 'has_permission',
@@ -62,6 +63,10 @@ GRANT SELECT ON truxe.users, truxe.organizations, truxe.memberships,
 -- hashes, which no end user needs
 GRANT SELECT (id, user_id, org_id, family_id, device_info, ip, user_agent, created_at,
   expires_at, last_used_at, revoked_at, revoked_reason, replaced_by, aal) ON truxe.sessions TO authenticated;
+-- owners/admins list their orgs' API keys (policy api_key_admin_read): every column but
+-- the hash of the secret
+GRANT SELECT (id, org_id, name, scopes, created_by, created_at, expires_at, last_used_at,
+  revoked_at, metadata) ON truxe.api_keys TO authenticated;
 -- the role defaults behind has_permission are not secret
 GRANT SELECT ON truxe.role_permissions TO authenticated;
 -- a user edits only their own metadata (policy user_self_update picks the row)

@@ -272,18 +272,59 @@ RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                      'service_account', 'MEMBER');
 $$;
 
--- Whether user_id holds `permission` ('resource:action') on org_id: the role defaults of
--- truxe.role_permissions plus the membership's own permissions array, with 'resource:*' and
--- '*' wildcards; owners/admins of an ancestor (truxe.org_closure) hold their role's
--- permissions here too. Pending memberships grant nothing. False (never NULL) for unknown
--- users/orgs. Callable by authenticated and service_account; a caller that is not a
--- superuser or service_account member may ask only about itself (the current user) or about
--- a user with a joined membership in an org where the caller is owner or admin (directly or
--- through an ancestor): for anyone else the answer is false, without reading their rights.
+-- Whether a granted permission covers the wanted one: equal, '*', or 'resource:*' for any
+-- action on that resource. The one wildcard rule: memberships and API key scopes use it.
+CREATE FUNCTION truxe.permission_matches(granted text, wanted text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT granted = '*' OR granted = wanted
+         OR (granted LIKE '%:*' AND split_part(granted, ':', 1) = split_part(wanted, ':', 1));
+$$;
+
+-- Whether user_id holds `permission` on org_id: the role defaults of truxe.role_permissions
+-- plus the membership's own permissions array; owners/admins of an ancestor
+-- (truxe.org_closure) hold their role's permissions here too. Pending memberships grant
+-- nothing. No rights check: only has_permission and create_api_key (SECURITY DEFINER) call
+-- it, after their own.
+CREATE FUNCTION truxe.user_holds_permission(org_id uuid, permission text, user_id uuid)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  WITH held AS (
+    SELECT m.role, m.permissions FROM truxe.memberships m
+     WHERE m.org_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
+       AND m.joined_at IS NOT NULL
+    UNION ALL
+    SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
+     WHERE c.descendant_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
+       AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
+  ), granted(p) AS (
+    SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
+    UNION ALL
+    SELECT e FROM held h, jsonb_array_elements_text(h.permissions) e
+  )
+  SELECT coalesce(bool_or(truxe.permission_matches(g.p, user_holds_permission.permission)), false)
+    FROM granted g;
+$$;
+
+-- Whether user_id holds `permission` ('resource:action') on org_id
+-- (truxe.user_holds_permission). False (never NULL) for unknown users/orgs. Callable by
+-- authenticated and service_account; a caller that is not a superuser or service_account
+-- member may ask only about itself (the current user) or about a user with a joined
+-- membership in an org where the caller is owner or admin (directly or through an
+-- ancestor): for anyone else the answer is false, without reading their rights. Under an
+-- API key identity (user_id NULL): true exactly when org_id is the key's org, a scope of
+-- the live key matches, and the key's creator still holds the permission there.
 CREATE FUNCTION truxe.has_permission(org_id uuid, permission text,
                                      user_id uuid DEFAULT truxe.current_user_id())
 RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+  IF has_permission.user_id IS NULL AND truxe.current_api_key_id() IS NOT NULL THEN
+    RETURN EXISTS (
+      SELECT 1 FROM truxe.api_keys k
+       WHERE k.id = truxe.current_api_key_id() AND k.org_id = has_permission.org_id
+         AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+         AND EXISTS (SELECT 1 FROM unnest(k.scopes) s
+                      WHERE truxe.permission_matches(s, has_permission.permission))
+         AND truxe.user_holds_permission(k.org_id, has_permission.permission, k.created_by));
+  END IF;
   -- (nested: the outer test stays a simple expression, cheap for the common callers)
   IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id() AND NOT truxe.caller_is_service() THEN
     IF NOT EXISTS (SELECT 1 FROM truxe.memberships m
@@ -292,24 +333,7 @@ BEGIN
       RETURN false;
     END IF;
   END IF;
-  RETURN (
-    WITH held AS (
-      SELECT m.role, m.permissions FROM truxe.memberships m
-       WHERE m.org_id = has_permission.org_id AND m.user_id = has_permission.user_id
-         AND m.joined_at IS NOT NULL
-      UNION ALL
-      SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
-       WHERE c.descendant_id = has_permission.org_id AND m.user_id = has_permission.user_id
-         AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
-    ), granted(p) AS (
-      SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
-      UNION ALL
-      SELECT e FROM held h, jsonb_array_elements_text(h.permissions) e
-    )
-    SELECT coalesce(bool_or(g.p = '*' OR g.p = has_permission.permission
-                            OR (g.p LIKE '%:*'
-                                AND split_part(g.p, ':', 1) = split_part(has_permission.permission, ':', 1))),
-                    false)
-      FROM granted g);
+  RETURN truxe.user_holds_permission(has_permission.org_id, has_permission.permission,
+                                     has_permission.user_id);
 END
 $$;

@@ -844,3 +844,152 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
      AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0;
 $$;
+
+-- == API keys (issue 11) ==
+-- the table, its policies and the creator-removal trigger: the same text as sql/api_keys.sql
+-- API keys: machine principals acting in one organisation (docs/reference.md, "API keys";
+-- the functions are Rust, src/api_key.rs). A key is `trx_` + key id + secret + checksum;
+-- only the SHA-256 of the secret is kept (key_hash, hex). The primary key leads with
+-- org_id, so the table can be distributed by org without a schema change; keys are found
+-- by id alone through idx_api_keys_id (ids are random uuids: unique by construction).
+CREATE TABLE truxe.api_keys (
+  id           uuid NOT NULL DEFAULT gen_random_uuid(),
+  org_id       uuid NOT NULL REFERENCES truxe.organizations (id) ON DELETE CASCADE,
+  name         text NOT NULL,
+  key_hash     text NOT NULL,
+  scopes       text[] NOT NULL DEFAULT '{}',
+  created_by   uuid REFERENCES truxe.users (id) ON DELETE SET NULL,
+  created_at   timestamptz NOT NULL DEFAULT now(),
+  expires_at   timestamptz,
+  last_used_at timestamptz,
+  revoked_at   timestamptz,
+  metadata     jsonb NOT NULL DEFAULT '{}'::jsonb,
+  CONSTRAINT api_keys_pkey PRIMARY KEY (org_id, id),
+  CONSTRAINT api_key_name_length CHECK (length(btrim(name)) BETWEEN 1 AND 255),
+  CONSTRAINT key_hash_is_sha256_hex CHECK (key_hash ~ '^[0-9a-f]{64}$'),
+  CONSTRAINT api_key_metadata_is_object CHECK (jsonb_typeof(metadata) = 'object'),
+  CONSTRAINT api_key_expires_after_created CHECK (expires_at IS NULL OR expires_at > created_at)
+);
+CREATE INDEX idx_api_keys_id ON truxe.api_keys (id);
+CREATE INDEX idx_api_keys_created_by ON truxe.api_keys (created_by, org_id) WHERE revoked_at IS NULL;
+SELECT pg_catalog.pg_extension_config_dump('truxe.api_keys', '');
+
+-- owners/admins of the org (or of an ancestor) read its keys; nobody writes them directly
+ALTER TABLE truxe.api_keys ENABLE ROW LEVEL SECURITY;
+CREATE POLICY service_all ON truxe.api_keys TO service_account USING (true) WITH CHECK (true);
+CREATE POLICY api_key_admin_read ON truxe.api_keys FOR SELECT TO authenticated
+  USING (org_id = ANY ((SELECT truxe.admin_org_ids())::uuid[]));
+
+-- A key never outlives its creator's access (src/api_key.rs): the trigger function runs as
+-- the extension owner with a pinned search_path; sql/grants.sql gives it to nobody.
+CREATE FUNCTION truxe.revoke_api_keys_on_membership_delete() RETURNS trigger LANGUAGE c SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'revoke_api_keys_on_membership_delete_wrapper';
+CREATE TRIGGER memberships_revoke_api_keys AFTER DELETE ON truxe.memberships
+  FOR EACH ROW EXECUTE FUNCTION truxe.revoke_api_keys_on_membership_delete();
+
+-- the key functions are Rust (src/api_key.rs)
+CREATE FUNCTION truxe.create_api_key(org_id uuid, name text, scopes text[] DEFAULT '{}',
+                                     ttl interval DEFAULT NULL, metadata jsonb DEFAULT '{}')
+RETURNS TABLE(key_id uuid, key text, expires_at timestamptz)
+LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'create_api_key_wrapper';
+CREATE FUNCTION truxe."authenticate_api_key"(
+	"key" TEXT
+) RETURNS TABLE (
+	"key_id" uuid,
+	"org_id" uuid,
+	"scopes" TEXT[]
+)
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'authenticate_api_key_wrapper';
+CREATE FUNCTION truxe."revoke_api_key"(
+	"key_id" uuid
+) RETURNS bool
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'revoke_api_key_wrapper';
+
+-- has_permission knows API keys; the wildcard rule and the rights computation become
+-- functions of their own, shared with create_api_key (the same text as sql/orgs.sql)
+-- Whether a granted permission covers the wanted one: equal, '*', or 'resource:*' for any
+-- action on that resource. The one wildcard rule: memberships and API key scopes use it.
+CREATE FUNCTION truxe.permission_matches(granted text, wanted text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT granted = '*' OR granted = wanted
+         OR (granted LIKE '%:*' AND split_part(granted, ':', 1) = split_part(wanted, ':', 1));
+$$;
+
+-- Whether user_id holds `permission` on org_id: the role defaults of truxe.role_permissions
+-- plus the membership's own permissions array; owners/admins of an ancestor
+-- (truxe.org_closure) hold their role's permissions here too. Pending memberships grant
+-- nothing. No rights check: only has_permission and create_api_key (SECURITY DEFINER) call
+-- it, after their own.
+CREATE FUNCTION truxe.user_holds_permission(org_id uuid, permission text, user_id uuid)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  WITH held AS (
+    SELECT m.role, m.permissions FROM truxe.memberships m
+     WHERE m.org_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
+       AND m.joined_at IS NOT NULL
+    UNION ALL
+    SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
+     WHERE c.descendant_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
+       AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
+  ), granted(p) AS (
+    SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
+    UNION ALL
+    SELECT e FROM held h, jsonb_array_elements_text(h.permissions) e
+  )
+  SELECT coalesce(bool_or(truxe.permission_matches(g.p, user_holds_permission.permission)), false)
+    FROM granted g;
+$$;
+
+-- Whether user_id holds `permission` ('resource:action') on org_id
+-- (truxe.user_holds_permission). False (never NULL) for unknown users/orgs. Callable by
+-- authenticated and service_account; a caller that is not a superuser or service_account
+-- member may ask only about itself (the current user) or about a user with a joined
+-- membership in an org where the caller is owner or admin (directly or through an
+-- ancestor): for anyone else the answer is false, without reading their rights. Under an
+-- API key identity (user_id NULL): true exactly when org_id is the key's org, a scope of
+-- the live key matches, and the key's creator still holds the permission there.
+CREATE OR REPLACE FUNCTION truxe.has_permission(org_id uuid, permission text,
+                                     user_id uuid DEFAULT truxe.current_user_id())
+RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF has_permission.user_id IS NULL AND truxe.current_api_key_id() IS NOT NULL THEN
+    RETURN EXISTS (
+      SELECT 1 FROM truxe.api_keys k
+       WHERE k.id = truxe.current_api_key_id() AND k.org_id = has_permission.org_id
+         AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+         AND EXISTS (SELECT 1 FROM unnest(k.scopes) s
+                      WHERE truxe.permission_matches(s, has_permission.permission))
+         AND truxe.user_holds_permission(k.org_id, has_permission.permission, k.created_by));
+  END IF;
+  -- (nested: the outer test stays a simple expression, cheap for the common callers)
+  IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id() AND NOT truxe.caller_is_service() THEN
+    IF NOT EXISTS (SELECT 1 FROM truxe.memberships m
+                    WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
+                      AND m.org_id = ANY (truxe.admin_org_ids())) THEN
+      RETURN false;
+    END IF;
+  END IF;
+  RETURN truxe.user_holds_permission(has_permission.org_id, has_permission.permission,
+                                     has_permission.user_id);
+END
+$$;
+
+
+REVOKE ALL ON truxe.api_keys FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON truxe.api_keys TO service_account;
+GRANT SELECT (id, org_id, name, scopes, created_by, created_at, expires_at, last_used_at,
+  revoked_at, metadata) ON truxe.api_keys TO authenticated;
+REVOKE ALL ON FUNCTION truxe.create_api_key(uuid, text, text[], interval, jsonb),
+  truxe.authenticate_api_key(text), truxe.revoke_api_key(uuid),
+  truxe.permission_matches(text, text), truxe.user_holds_permission(uuid, text, uuid),
+  truxe.revoke_api_keys_on_membership_delete() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.create_api_key(uuid, text, text[], interval, jsonb),
+  truxe.authenticate_api_key(text), truxe.revoke_api_key(uuid) TO authenticated, service_account;
+GRANT EXECUTE ON FUNCTION truxe.permission_matches(text, text),
+  truxe.user_holds_permission(uuid, text, uuid) TO service_account;

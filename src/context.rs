@@ -36,6 +36,13 @@ pub(crate) fn is_trusted_role(role: pg_sys::Oid) -> bool {
     }
 }
 
+/// True when the role the statement runs as — the login or its SET ROLE, which a SECURITY
+/// DEFINER function does not change — is a superuser or has service_account's privileges.
+pub(crate) fn service_caller() -> bool {
+    // SAFETY: GetOuterUserId reads backend-local state and has no preconditions.
+    is_trusted_role(unsafe { pg_sys::GetOuterUserId() })
+}
+
 /// The value of setting `name`, or None when it is unset or not UTF-8. Never raises.
 pub(crate) fn setting_text(name: &CStr) -> Option<String> {
     // SAFETY: missing_ok = true returns NULL for an unknown setting instead of raising;
@@ -149,7 +156,7 @@ const ADMIN_IN_ORG: &str = concat!(
 
 /// The org sets RLS policies are built on.
 #[derive(Clone, Copy)]
-enum OrgSet {
+pub(crate) enum OrgSet {
     Accessible,
     Admin,
     Invited,
@@ -159,7 +166,7 @@ enum OrgSet {
 /// Accessible and Admin narrow to that org (plus descendants for its owners/admins); an
 /// API key is a joined member of its org and nothing else. Empty when nobody is acting.
 /// Read-only, in the calling statement's snapshot.
-fn acting_org_ids(set: OrgSet) -> Result<Vec<pgrx::Uuid>, TruxeError> {
+pub(crate) fn acting_org_ids(set: OrgSet) -> Result<Vec<pgrx::Uuid>, TruxeError> {
     let Some(who) = crate::identity::acting() else {
         return Ok(Vec::new());
     };

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod api_key;
 mod audit;
 mod cleanup;
 mod context;

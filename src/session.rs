@@ -555,7 +555,7 @@ fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
     let Some(session_id) = session_id else {
         return Ok(false);
     };
-    let revoked = if service_caller() {
+    let revoked = if crate::context::service_caller() {
         plans::run_once(
             "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'logout'
               WHERE id = $1 AND revoked_at IS NULL",
@@ -576,13 +576,6 @@ fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
         )?
     };
     Ok(revoked > 0)
-}
-
-/// True when the role the statement runs as — the login or its SET ROLE, which a SECURITY
-/// DEFINER function does not change — is a superuser or has service_account's privileges.
-fn service_caller() -> bool {
-    // SAFETY: GetOuterUserId reads backend-local state and has no preconditions.
-    crate::context::is_trusted_role(unsafe { pg_sys::GetOuterUserId() })
 }
 
 /// AFTER DELETE on truxe.memberships: the removed member's live sessions scoped to that org

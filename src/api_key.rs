@@ -1,0 +1,451 @@
+//! API keys (docs/reference.md, "API keys"): machine principals acting in one organisation.
+//!
+//! A key is `trx_` + the key id (32 hex digits) + a secret of 32 CSPRNG bytes (64 hex
+//! digits) + the CRC-32 of everything before it (8 hex digits): 108 characters that a
+//! secret scanner recognises offline, and that authenticate_api_key refuses on a typo
+//! before any table read. Only the SHA-256 of the secret is stored; the key leaves truxe
+//! once, in create_api_key's result. authenticate_api_key makes the key the verified
+//! identity (src/identity.rs): no user, the key's org, the key's id.
+use crate::context::{org_access, service_caller, OrgSet};
+use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::plans::{self, INTERVAL, JSONB, TEXT, UUID};
+use crate::trigger::trigger_entry;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::{AnyElement, Uuid};
+use rand::TryRngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pgrx::extension_sql_file!(
+    "../sql/api_keys.sql",
+    name = "api_keys",
+    requires = ["schema", "hierarchy"]
+);
+
+const PREFIX: &str = "trx_";
+/// `trx_` + 32 + 64 + 8 hex digits.
+const KEY_LEN: usize = 4 + 32 + 64 + 8;
+
+/// The key string for `id` and `secret` (see the module comment).
+fn encode(id: &Uuid, secret: &[u8; 32]) -> String {
+    let mut key = String::with_capacity(KEY_LEN);
+    key.push_str(PREFIX);
+    key.push_str(&hex(id.as_bytes()));
+    key.push_str(&hex(secret));
+    let crc = crc32fast::hash(key.as_bytes());
+    key.push_str(&format!("{crc:08x}"));
+    key
+}
+
+/// The key id and secret of a well-formed key (length, prefix, lowercase hex, checksum);
+/// None for anything else, without touching a table. Surrounding whitespace is ignored.
+fn decode(key: &str) -> Option<(Uuid, [u8; 32])> {
+    let key = key.trim();
+    if key.len() != KEY_LEN || !key.starts_with(PREFIX) {
+        return None;
+    }
+    let body = &key[..KEY_LEN - 8];
+    if !key[PREFIX.len()..]
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let crc = u32::from_str_radix(&key[KEY_LEN - 8..], 16).ok()?;
+    if crc32fast::hash(body.as_bytes()) != crc {
+        return None;
+    }
+    let id: [u8; 16] = unhex(&key[4..36])?.try_into().ok()?;
+    let secret: [u8; 32] = unhex(&key[36..100])?.try_into().ok()?;
+    Some((Uuid::from_bytes(id), secret))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What the table keeps of a secret: its SHA-256, as 64 hex digits.
+fn secret_hash(secret: &[u8; 32]) -> String {
+    hex(&Sha256::digest(secret))
+}
+
+/// Creates a key for org `org_id` as the acting user, who must be able to act in the org
+/// and hold every scope there (truxe.user_holds_permission, wildcards included): a key
+/// never has more than its creator. Returns the key id, the key (shown once: only the
+/// SHA-256 of its secret is kept) and the expiry (NULL: none). Audits `api_key.created`
+/// with the name and scopes, never the key. 42501 with no acting user (an API key cannot
+/// create keys), for an org the user may not act in, or a scope the user does not hold;
+/// 22023 for a NULL org, a blank or over-long name, an invalid scope
+/// (truxe.valid_permission), a ttl that is not positive or a metadata that is not an
+/// object. Callable by authenticated and service_account (SECURITY DEFINER).
+// sql = …: `metadata` is jsonb kept as a datum (AnyElement), which pgrx would declare as
+// anyelement.
+#[pg_extern(sql = r#"
+CREATE FUNCTION truxe.create_api_key(org_id uuid, name text, scopes text[] DEFAULT '{}',
+                                     ttl interval DEFAULT NULL, metadata jsonb DEFAULT '{}')
+RETURNS TABLE(key_id uuid, key text, expires_at timestamptz)
+LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#)]
+fn create_api_key(
+    org_id: Option<Uuid>,
+    name: Option<String>,
+    scopes: Option<Vec<Option<String>>>,
+    ttl: Option<Interval>,
+    metadata: Option<AnyElement>,
+) -> TableIterator<
+    'static,
+    (
+        name!(key_id, Uuid),
+        name!(key, String),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    TableIterator::once(create(org_id, name, scopes, ttl, metadata).unwrap_or_raise())
+}
+
+fn create(
+    org: Option<Uuid>,
+    name: Option<String>,
+    scopes: Option<Vec<Option<String>>>,
+    ttl: Option<Interval>,
+    metadata: Option<AnyElement>,
+) -> Result<(Uuid, String, Option<TimestampWithTimeZone>), TruxeError> {
+    let Some(me) = crate::identity::acting_user() else {
+        return fail(
+            Sqlstate::InsufficientPrivilege,
+            "create_api_key needs an acting user (truxe.authenticate or truxe.set_context)",
+        );
+    };
+    let Some(org) = org else {
+        return fail(Sqlstate::InvalidParameter, "org_id must not be NULL");
+    };
+    let name = name.unwrap_or_default();
+    if name.trim().is_empty() || name.trim().chars().count() > 255 {
+        return fail(
+            Sqlstate::InvalidParameter,
+            "name must be 1-255 characters, not blank",
+        );
+    }
+    let Some(scopes) = scopes
+        .unwrap_or_default()
+        .into_iter()
+        .collect::<Option<Vec<String>>>()
+    else {
+        return fail(Sqlstate::InvalidParameter, "a scope must not be NULL");
+    };
+    if ttl.is_some_and(|t| t.as_micros() <= 0) {
+        return fail(Sqlstate::InvalidParameter, "ttl must be positive");
+    }
+    // the jsonb argument stays a datum (never parsed in Rust); NULL means '{}'
+    let metadata = metadata.map(|m| m.datum());
+    // SAFETY: the datum is the caller's jsonb argument, alive for this call.
+    let metadata = || unsafe { pgrx::datum::DatumWithOid::new(metadata, pg_sys::JSONBOID) };
+    if !crate::context::may_act_in(me, org)? {
+        return fail(
+            Sqlstate::InsufficientPrivilege,
+            format!("user {me} may not act in organization {org}"),
+        );
+    }
+    Spi::connect_mut(|c| {
+        for scope in &scopes {
+            let row = plans::read(
+                c,
+                "SELECT truxe.valid_permission($1), truxe.user_holds_permission($2, $1, $3)",
+                &[TEXT, UUID, UUID],
+                &[scope.clone().into(), org.into(), me.into()],
+            )?;
+            let (valid, held) = row.first().get_two::<bool, bool>()?;
+            if valid != Some(true) {
+                return fail(
+                    Sqlstate::InvalidParameter,
+                    format!(
+                        "invalid scope {}: resource:action",
+                        crate::error::quote_input(scope)
+                    ),
+                );
+            }
+            if held != Some(true) {
+                return fail(
+                    Sqlstate::InsufficientPrivilege,
+                    format!(
+                        "user {me} does not hold {} in organization {org}: a key cannot have more",
+                        crate::error::quote_input(scope)
+                    ),
+                );
+            }
+        }
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut secret)
+            .map_err(|_| TruxeError::new(Sqlstate::Internal, "the OS random source failed"))?;
+        let shape = plans::read(
+            c,
+            "SELECT $1 IS NULL OR jsonb_typeof($1) = 'object'",
+            &[JSONB],
+            &[metadata()],
+        )?;
+        if shape.first().get_one::<bool>()? != Some(true) {
+            return fail(Sqlstate::InvalidParameter, "metadata must be a JSON object");
+        }
+        let row = plans::run(
+            c,
+            "INSERT INTO truxe.api_keys (org_id, name, key_hash, scopes, created_by, expires_at, metadata)
+             VALUES ($1, btrim($2), $3, $4, $5, now() + $6, coalesce($7, '{}'))
+             RETURNING id, expires_at",
+            &[UUID, TEXT, TEXT, TEXT_ARRAY, UUID, INTERVAL, JSONB],
+            &[
+                org.into(),
+                name.clone().into(),
+                secret_hash(&secret).into(),
+                scopes.clone().into(),
+                me.into(),
+                ttl.into(),
+                metadata(),
+            ],
+        )?;
+        let row = row.first();
+        let (Some(id), expires_at) = (row.get::<Uuid>(1)?, row.get::<TimestampWithTimeZone>(2)?)
+        else {
+            return fail(Sqlstate::Internal, "api key row without id");
+        };
+        crate::audit::record(
+            Some(org),
+            "api_key.created",
+            "api_key",
+            &id.to_string(),
+            serde_json::json!({ "name": name.trim(), "scopes": scopes }),
+            &crate::audit::Client::default(),
+        )?;
+        Ok((id, encode(&id, &secret), expires_at))
+    })
+}
+
+const TEXT_ARRAY: pgrx::PgOid = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTARRAYOID);
+
+/// Checks an API key and, when it is live, makes it the verified identity of the current
+/// transaction (no user; its org; its id): returns its id, org and scopes. No row — never an
+/// error — for a malformed key (refused by its checksum without a table read), an unknown,
+/// revoked or expired one, or one whose creator is no longer active or may no longer act in
+/// its org; any verified identity is then cleared. Touches `last_used_at` at most once a
+/// minute, never in a read-only transaction (so it answers on a hot standby). Callable by
+/// authenticated and service_account (SECURITY DEFINER).
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn authenticate_api_key(
+    key: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(key_id, Uuid),
+        name!(org_id, Uuid),
+        name!(scopes, Vec<String>),
+    ),
+> {
+    crate::identity::clear();
+    let Some((id, secret)) = key.and_then(decode) else {
+        return TableIterator::new(Vec::new());
+    };
+    TableIterator::new(authenticate(id, &secret).unwrap_or_raise())
+}
+
+fn authenticate(
+    id: Uuid,
+    secret: &[u8; 32],
+) -> Result<Option<(Uuid, Uuid, Vec<String>)>, TruxeError> {
+    Spi::connect_mut(|c| {
+        let rows = plans::read(
+            c,
+            concat!(
+                "SELECT k.org_id, k.key_hash, k.scopes,
+                        k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'
+                   FROM truxe.api_keys k
+                  WHERE k.id = $1 AND k.revoked_at IS NULL
+                    AND (k.expires_at IS NULL OR k.expires_at > now())
+                    AND EXISTS (SELECT 1 FROM truxe.users au WHERE au.id = k.created_by AND au.status = 'active')
+                    AND ",
+                org_access!("k.created_by", "k.org_id")
+            ),
+            &[UUID],
+            &[id.into()],
+        )?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let row = rows.first();
+        let (Some(org), Some(stored), scopes, stale) = (
+            row.get::<Uuid>(1)?,
+            row.get::<String>(2)?,
+            row.get::<Vec<String>>(3)?,
+            row.get::<bool>(4)?,
+        ) else {
+            return fail(Sqlstate::Internal, "api key row without org or hash");
+        };
+        if !bool::from(secret_hash(secret).as_bytes().ct_eq(stored.as_bytes())) {
+            return Ok(None);
+        }
+        // SAFETY: both read backend-local state and have no preconditions.
+        let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
+        if writable && stale == Some(true) {
+            plans::run(
+                c,
+                "UPDATE truxe.api_keys SET last_used_at = now()
+                  WHERE org_id = $1 AND id = $2
+                    AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+                &[UUID, UUID],
+                &[org.into(), id.into()],
+            )?;
+        }
+        crate::identity::establish(&crate::identity::Verified {
+            org: Some(org),
+            api_key: Some(id),
+            ..Default::default()
+        });
+        Ok(Some((id, org, scopes.unwrap_or_default())))
+    })
+}
+
+/// Revokes key `key_id`: true when this call revoked it. Allowed to its creator, to the
+/// owners/admins of its org (directly or through an ancestor) and to service_account (the
+/// role the statement runs as); for anyone else, an unknown or already revoked key, or
+/// NULL: false, alike (the answer does not tell whether the key exists). Audits
+/// `api_key.revoked`. Callable by authenticated and service_account (SECURITY DEFINER).
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn revoke_api_key(key_id: Option<Uuid>) -> bool {
+    revoke(key_id).unwrap_or_raise()
+}
+
+fn revoke(key_id: Option<Uuid>) -> Result<bool, TruxeError> {
+    let Some(key_id) = key_id else {
+        return Ok(false);
+    };
+    let service = service_caller();
+    let me = crate::identity::acting_user();
+    if !service && me.is_none() {
+        return Ok(false);
+    }
+    let admin = if service {
+        Vec::new()
+    } else {
+        crate::context::acting_org_ids(OrgSet::Admin)?
+    };
+    let revoked = plans::run_once(
+        "UPDATE truxe.api_keys k SET revoked_at = now()
+          WHERE k.id = $1 AND k.revoked_at IS NULL
+            AND ($2 OR k.created_by = $3 OR k.org_id = ANY ($4))
+          RETURNING k.org_id",
+        &[UUID, BOOL, UUID, UUID_ARRAY],
+        &[key_id.into(), service.into(), me.into(), admin.into()],
+        |t| Ok(t.into_iter().next().map(|r| r.get::<Uuid>(1))),
+    )?;
+    let Some(org) = revoked else {
+        return Ok(false);
+    };
+    crate::audit::record(
+        org?,
+        "api_key.revoked",
+        "api_key",
+        &key_id.to_string(),
+        serde_json::json!({ "reason": "revoked" }),
+        &crate::audit::Client::default(),
+    )?;
+    Ok(true)
+}
+
+const BOOL: pgrx::PgOid = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::BOOLOID);
+const UUID_ARRAY: pgrx::PgOid = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::UUIDARRAYOID);
+
+/// AFTER DELETE on truxe.memberships: a key never outlives its creator's access. The keys
+/// the removed member created in that org, or in a descendant they may no longer act in,
+/// are revoked, each audited `api_key.revoked` (reason `creator_removed`). Runs as the
+/// extension owner; not callable as a function (no EXECUTE grant; entry point below).
+fn revoke_api_keys_on_membership_delete<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TruxeError> {
+    let Some(old) = trigger.old() else {
+        return Ok(None);
+    };
+    let column = |name: &str| -> Result<Option<Uuid>, TruxeError> {
+        old.get_by_name(name)
+            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))
+    };
+    let (org, user) = (column("org_id")?, column("user_id")?);
+    let revoked: Vec<(Option<Uuid>, Option<Uuid>)> = plans::run_once(
+        concat!(
+            "UPDATE truxe.api_keys k SET revoked_at = now()
+              WHERE k.created_by = $2 AND k.revoked_at IS NULL
+                AND (k.org_id = $1
+                     OR (k.org_id IN (SELECT c.descendant_id FROM truxe.org_closure c
+                                       WHERE c.ancestor_id = $1)
+                         AND NOT ",
+            org_access!("k.created_by", "k.org_id"),
+            "))
+              RETURNING k.id, k.org_id"
+        ),
+        &[UUID, UUID],
+        &[org.into(), user.into()],
+        |t| {
+            t.into_iter()
+                .map(|r| Ok((r.get::<Uuid>(1)?, r.get::<Uuid>(2)?)))
+                .collect()
+        },
+    )?;
+    for (id, org) in revoked {
+        crate::audit::record(
+            org,
+            "api_key.revoked",
+            "api_key",
+            &id.map(|i| i.to_string()).unwrap_or_default(),
+            serde_json::json!({ "reason": "creator_removed" }),
+            &crate::audit::Client::default(),
+        )?;
+    }
+    Ok(None)
+}
+
+trigger_entry!(
+    revoke_api_keys_on_membership_delete,
+    "revoke_api_keys_on_membership_delete",
+    revoke_api_keys_on_membership_delete_wrapper,
+    pg_finfo_revoke_api_keys_on_membership_delete_wrapper
+);
+
+#[cfg(test)]
+mod unit {
+    use super::{decode, encode, KEY_LEN};
+    use pgrx::Uuid;
+
+    #[test]
+    fn a_key_round_trips_and_every_one_character_typo_is_refused() {
+        let id = Uuid::from_bytes([0x5a; 16]);
+        let key = encode(&id, &[7; 32]);
+        assert_eq!(key.len(), KEY_LEN);
+        assert!(key.starts_with("trx_"));
+        assert_eq!(decode(&key), Some((id, [7; 32])));
+        assert_eq!(decode(&format!("  {key}\n")), Some((id, [7; 32])));
+        for i in 4..key.len() {
+            for c in ['0', '9', 'a', 'f', 'x', 'A'] {
+                let mut typo = key.clone().into_bytes();
+                if typo[i] == c as u8 {
+                    continue;
+                }
+                typo[i] = c as u8;
+                let typo = String::from_utf8(typo).unwrap();
+                assert_eq!(decode(&typo), None, "typo at {i}: {typo}");
+            }
+        }
+        assert_eq!(decode(""), None);
+        assert_eq!(decode(&key[..KEY_LEN - 1]), None);
+        assert_eq!(decode(&key.replacen("trx_", "trk_", 1)), None);
+        assert_eq!(decode(&"é".repeat(54)), None);
+    }
+}
