@@ -48,4 +48,13 @@ CREATE TABLE bench.counter (k text PRIMARY KEY, n bigint NOT NULL);
 -- pre-issued magic links for the inspect benchmark (truxe's and the reference's)
 CREATE TABLE bench.tokens (i int PRIMARY KEY, token text NOT NULL);
 CREATE TABLE bench.ref_tokens (i int PRIMARY KEY, token text NOT NULL);
+-- 1,000 API keys, each created by user u as a member of one of its orgs (the key text is
+-- only ever shown once: kept here for the authenticate_api_key benchmark)
+CREATE TABLE bench.api_keys (i int PRIMARY KEY, key text NOT NULL);
+CREATE FUNCTION bench.make_key(u int, o int) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM truxe.set_context(bench.uid(1, u));
+  RETURN (SELECT k.key FROM truxe.create_api_key(bench.uid(2, o), 'bench') k);
+END $$;
+INSERT INTO bench.api_keys SELECT u, bench.make_key(u, 1 + ((u * 10 + 2) % :O)) FROM generate_series(1, 1000) u;
 VACUUM ANALYZE;

@@ -1,0 +1,2 @@
+\set i random(1, :S)
+SELECT user_id FROM truxe.authenticate(bench.uid(3, :i)::text);
