@@ -1,7 +1,7 @@
--- Request context (SPEC §2). The getters current_user_id()/current_org_id() and the org
+-- Request context (docs/reference.md, "Context"). The getters current_user_id()/current_org_id() and the org
 -- sets accessible_org_ids()/admin_org_ids()/invited_org_ids() are Rust (src/context.rs).
 -- Trust model: these are ordinary settings; the backend that owns the connection sets them
--- after authenticating the request (README, "Context").
+-- after authenticating the request (docs/reference.md, "Context").
 
 -- Sets the acting user and organisation; transaction-local by default (safe behind a
 -- transaction-pooling connection pooler). NULL clears a value.

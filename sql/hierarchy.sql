@@ -1,4 +1,4 @@
--- Organisation hierarchy (SPEC §5). The checks are Rust triggers (src/hierarchy.rs); they
+-- Organisation hierarchy (docs/reference.md, "Hierarchy"). The checks are Rust triggers (src/hierarchy.rs); they
 -- fire only when parent_org_id is set, changes or goes away. The permission check runs
 -- first, as the caller; the cycle/depth check and the closure upkeep run after the row is
 -- written, as the extension owner, so RLS hides no org from them. Every function here pins

@@ -1,4 +1,4 @@
--- Organisations and memberships (SPEC §5). Called by authenticated and service_account;
+-- Organisations and memberships (docs/reference.md, "Organisations and memberships"). Called by authenticated and service_account;
 -- they write past RLS, so they are SECURITY DEFINER with a pinned search_path and act for
 -- truxe.current_user_id(). Errors: no context, a caller whose user is not active, or
 -- insufficient rights 42501; bad input 22023; an org's last owner 23514; a taken slug or a

@@ -1,6 +1,6 @@
-//! Audit trail (SPEC §6): Rust triggers that write one truxe.audit_logs row per event of
+//! Audit trail (docs/reference.md, "Audit trail"): Rust triggers that write one truxe.audit_logs row per event of
 //! users, organizations, memberships and sessions; the append-only guard on audit_logs;
-//! purge_audit_logs, its one exit (SPEC §7).
+//! purge_audit_logs, its one exit.
 use crate::context::{parse_uuid, setting_text, setting_uuid};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, JSONB, TEXT, UUID};

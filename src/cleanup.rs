@@ -1,4 +1,4 @@
-//! Cleanup (SPEC §7): deletes expired sessions, magic-link challenges and rate-limit windows
+//! Cleanup (docs/reference.md, "Cleanup"): deletes expired sessions, magic-link challenges and rate-limit windows
 //! in batches — each batch its own short statement that skips rows other transactions hold.
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, INT4, INTERVAL};

@@ -1,4 +1,4 @@
-//! Magic links (SPEC §7): issue_magic_link, verify_magic_link, inspect_magic_link.
+//! Magic links (docs/reference.md, "Magic links"): issue_magic_link, verify_magic_link, inspect_magic_link.
 //!
 //! A token is `<challenge id: 32 lowercase hex>.<secret: 32 CSPRNG bytes, unpadded
 //! base64url>` (76 characters). Only the SHA-256 of the secret's bytes is stored; the token
@@ -51,8 +51,11 @@ pub fn parse_token(token: &str) -> Option<(Uuid, [u8; SECRET_LEN])> {
     }
 }
 
-/// The design document's e-mail pattern, `^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$`,
-/// at most 254 characters.
+/// The e-mail rule of the `valid_email` CHECK of truxe.users and truxe.magic_link_challenges
+/// (sql/schema.sql, the source), `^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$`, plus at
+/// most 254 characters (docs/reference.md, "Magic links"). Checked here first so that a bad
+/// e-mail is 22023, not the CHECK's 23514; tests/integration/constraints.rs proves the two
+/// agree.
 pub fn valid_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;

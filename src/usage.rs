@@ -1,4 +1,4 @@
-//! Usage metering (SPEC §7): one counter per org, metric and calendar month (UTC).
+//! Usage metering (docs/reference.md, "Usage metering"): one counter per org, metric and calendar month (UTC).
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, INT8, TEXT, TIMESTAMPTZ, UUID};
 use pgrx::datum::TimestampWithTimeZone;

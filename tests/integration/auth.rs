@@ -1,4 +1,4 @@
-//! Auth flows (SPEC §7) through real connections as service_account: the SQLSTATE a client
+//! Auth flows (docs/reference.md, "Magic links" to "Cleanup") through real connections as service_account: the SQLSTATE a client
 //! sees, failed attempts that persist, races, and hostile tokens.
 use crate::harness::{server, sqlstate, TestDb};
 use postgres::Client;

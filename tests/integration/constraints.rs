@@ -1,4 +1,4 @@
-//! Every CHECK of the design document, and the keys, each with the SQLSTATE it raises.
+//! Every CHECK constraint of the tables (docs/reference.md, "Tables and Row Level Security"), and the keys, each with the SQLSTATE it raises.
 use crate::harness::{server, sqlstate};
 
 const U: &str = "00000000-0000-0000-0000-0000000000a1";

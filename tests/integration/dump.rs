@@ -78,7 +78,7 @@ fn populated_database_round_trips_through_pg_dump_and_pg_restore() {
 }
 
 /// Dumps database `db` of `s` with pg_dump (custom format) and restores it the documented
-/// way (README, "Backup and restore") into a new database `<db>_restored`, whose name it
+/// way (docs/operations.md, "Backup and restore") into a new database `<db>_restored`, whose name it
 /// returns; pg_dump must find no dependency loop and pg_restore must report no error.
 pub fn restore_copy(s: &Server, db: &str) -> String {
     let dump = std::env::temp_dir().join(format!("{db}-{}.dump", std::process::id()));

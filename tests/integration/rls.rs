@@ -1,4 +1,4 @@
-//! Row Level Security (SPEC §4) as a real NOSUPERUSER login that is a member of
+//! Row Level Security (docs/reference.md, "Tables and Row Level Security") as a real NOSUPERUSER login that is a member of
 //! `authenticated`: two tenants (A with child A1, and B), an owner, a member, a pending
 //! invitee and a member of the child org.
 use crate::harness::{server, sqlstate, TestDb};
