@@ -73,7 +73,10 @@ $$;
 -- Creates an org; the caller (an active user) becomes its owner, joined now. With a parent,
 -- the caller must be owner or admin of the parent (or of one of its ancestors), checked
 -- before anything else is read: 42501 whether or not the parent exists. A taken slug is
--- 23505 (and so tells that the slug exists: slugs are unique names).
+-- 23505 (and so tells that the slug exists: slugs are unique names). The slug and name
+-- rules repeat the organizations CHECKs (sql/schema.sql, the source) so that bad input is
+-- 22023; tests/integration/constraints.rs
+-- (slug_and_email_rules_agree_between_the_checks_sql_and_rust) proves they agree.
 CREATE FUNCTION truxe.create_organization(slug citext, name text, parent_org_id uuid DEFAULT NULL,
                                           settings jsonb DEFAULT '{}')
 RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

@@ -8,7 +8,7 @@
 //! increment commits with the caller's transaction because the function returns normally.
 use crate::audit;
 use crate::error::{fail, quote_input, Sqlstate, TruxeError, UnwrapOrRaise};
-use crate::plans::{self, INET, INTERVAL, TEXT, UUID};
+use crate::plans::{self, INET, INT4, INTERVAL, TEXT, UUID};
 use crate::security::{constant_time_eq, sha256_hex, to_hex};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -23,6 +23,11 @@ use std::collections::HashMap;
 
 const SECRET_LEN: usize = 32;
 const TOKEN_LEN: usize = 32 + 1 + 43;
+/// Wrong secrets after which a link is `locked`: the bound of magic_link_challenges'
+/// `max_attempts` CHECK (sql/schema.sql) and of metrics()' locked count (sql/metrics.sql);
+/// tests/integration/auth.rs
+/// (`five_failed_verifications_in_separate_transactions_lock_the_challenge`) proves the three
+/// agree.
 const MAX_ATTEMPTS: i32 = 5;
 /// More than this many links for one e-mail within 15 minutes: TX429.
 const LINKS_PER_WINDOW: i64 = 5;
@@ -99,8 +104,10 @@ fn citext_sql(client: &mut SpiClient<'_>, sql: &'static str) -> Result<&'static 
     Ok(done)
 }
 
-/// An org slug as organizations.slug allows it (2-63 lowercase letters, digits and inner
-/// dashes), compared case-insensitively: `org_slug` is citext, like the column.
+/// An org slug as the organizations CHECKs allow it (sql/schema.sql, the source: 2-63
+/// lowercase letters, digits and inner dashes), compared case-insensitively: `org_slug` is
+/// citext, like the column. tests/integration/constraints.rs
+/// (`slug_and_email_rules_agree_between_the_checks_sql_and_rust`) proves they agree.
 pub fn valid_slug(slug: &str) -> bool {
     let b = slug.as_bytes();
     let inner = |c: &u8| c.is_ascii_alphanumeric() || *c == b'-';
@@ -311,9 +318,9 @@ fn check(
         if !constant_time_eq(sha256_hex(&secret).as_bytes(), token_hash.as_bytes()) {
             plans::run(
                 c,
-                "UPDATE truxe.magic_link_challenges SET attempts = attempts + 1 WHERE id = $1 AND attempts < 5",
-                &[UUID],
-                &[id.into()],
+                "UPDATE truxe.magic_link_challenges SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2",
+                &[UUID, INT4],
+                &[id.into(), MAX_ATTEMPTS.into()],
             )?;
             return failed("invalid");
         }
