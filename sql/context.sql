@@ -14,11 +14,11 @@ RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
          pg_catalog.set_config('app.current_org_id', coalesce(org_id::pg_catalog.text, ''), is_local);
 $$;
 
--- Clears both settings (session and transaction values).
+-- Clears both settings (session and transaction values): set_context with NULLs for the
+-- session, so that the two setting names are written in set_context only.
 CREATE FUNCTION truxe.clear_context()
 RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT pg_catalog.set_config('app.current_user_id', '', false),
-         pg_catalog.set_config('app.current_org_id', '', false);
+  SELECT truxe.set_context(NULL, NULL, false);
 $$;
 
 -- The request settings app.ip, app.user_agent and app.request_id as the audit trail records

@@ -18,7 +18,7 @@ RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp AS $$
   SELECT permission ~ '^(\*|[a-z_]+:(\*|[a-z_]+))$';
 $$;
-ALTER TABLE truxe.role_permissions DROP CONSTRAINT permission_format,
+ALTER TABLE truxe.role_permissions
   ADD CONSTRAINT permission_format CHECK (truxe.valid_permission(permission));
 
 -- The strongest role `who` holds on `org`: a joined membership of the org itself, or owner

@@ -81,13 +81,13 @@ const INSERT_SETTINGS_TYPES: [PgOid; 11] = [
 ];
 
 /// Writes `events` with the acting user and request context of this moment.
-fn write(events: Vec<Event>, client: Client) -> Result<(), AuditError> {
+fn write(events: Vec<Event>, request: Client) -> Result<(), AuditError> {
     if events.is_empty() {
         return Ok(());
     }
     let actor = setting_uuid(c"app.current_user_id");
-    let ip = client.ip.or_else(request_ip);
-    let user_agent = client
+    let ip = request.ip.or_else(request_ip);
+    let user_agent = request
         .user_agent
         .map(clip_user_agent)
         .or_else(request_user_agent);

@@ -18,10 +18,10 @@ fn record_usage(
     amount: default!(Option<i64>, 1),
     at: default!(Option<TimestampWithTimeZone>, "now()"),
 ) -> i64 {
-    record(org_id, metric_type, amount, at).unwrap_or_raise()
+    add(org_id, metric_type, amount, at).unwrap_or_raise()
 }
 
-fn record(
+fn add(
     org_id: Option<Uuid>,
     metric_type: Option<&str>,
     amount: Option<i64>,

@@ -265,3 +265,42 @@ fn closure_stays_exact_under_concurrent_moves_and_deletes() {
     );
     assert!(pairs > 0, "the tree had no pairs to check");
 }
+
+/// org_ancestors and org_descendants walk parent_org_id as the caller (RLS decides what
+/// they see; truxe.org_closure is the extension owner's alone), bounded at the deepest tree
+/// truxe.max_org_depth can ever allow: its hard maximum (src/gucs.rs). The two numbers are
+/// written in two languages; this proves they agree.
+#[test]
+fn the_tree_walkers_stop_at_the_deepest_allowed_tree() {
+    let db = server().fresh_db(true);
+    let mut c = db.superuser();
+    c.batch_execute("SELECT truxe.version()").unwrap(); // loads the library: its settings exist
+    let max: String = c
+        .query_one(
+            "SELECT max_val FROM pg_settings WHERE name = 'truxe.max_org_depth'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for f in ["org_ancestors", "org_descendants"] {
+        let bound: String = c
+            .query_one(
+                "SELECT substring(prosrc FROM 'depth OPERATOR\\(pg_catalog\\.<\\) (\\d+)') FROM pg_proc
+                  WHERE oid = ('truxe.' || $1 || '(uuid)')::regprocedure",
+                &[&f],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            bound, max,
+            "{f}'s walk bound vs truxe.max_org_depth's maximum"
+        );
+    }
+    assert_eq!(
+        sqlstate(c.batch_execute(&format!(
+            "SET truxe.max_org_depth = {}",
+            max.parse::<i32>().unwrap() + 1
+        ))),
+        "22023"
+    );
+}

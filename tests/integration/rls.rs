@@ -346,6 +346,18 @@ fn set_context_is_transaction_local_by_default() {
     );
     c.batch_execute("SELECT truxe.clear_context()").unwrap();
     assert_eq!(count(&mut c, "organizations"), 0);
+    // inside a transaction it also ends a transaction-local context, for good
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT truxe.set_context($1::text::uuid)", &[&ALICE])
+        .unwrap();
+    tx.batch_execute("SELECT truxe.clear_context()").unwrap();
+    let inside: i64 = tx
+        .query_one("SELECT count(*) FROM truxe.organizations", &[])
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    assert_eq!(inside, 0, "cleared inside the transaction");
+    assert_eq!(count(&mut c, "organizations"), 0, "and after it");
 }
 
 #[test]
