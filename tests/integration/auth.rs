@@ -1,22 +1,12 @@
 //! Auth flows (docs/reference.md, "Magic links" to "Cleanup") through real connections as service_account: the SQLSTATE a client
 //! sees, failed attempts that persist, races, and hostile tokens.
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{
+    issue_link as issue, server, sqlstate, verify_link as verify, wrong_secret, TestDb,
+};
 use postgres::Client;
 use rand::{Rng, RngCore};
 use std::sync::{Arc, Barrier};
 use std::thread;
-
-fn issue(c: &mut Client, email: &str) -> String {
-    c.query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
-        .unwrap()
-        .get(0)
-}
-
-fn verify(c: &mut Client, token: &str) -> String {
-    c.query_one("SELECT status FROM truxe.verify_magic_link($1)", &[&token])
-        .unwrap()
-        .get(0)
-}
 
 /// `n` threads, each with its own service_account connection, start together and run `f`.
 fn race<T: Send + 'static>(
@@ -115,11 +105,7 @@ fn five_failed_verifications_in_separate_transactions_lock_the_challenge() {
     let db = server().fresh_db(true);
     let mut c = db.service();
     let token = issue(&mut c, "lock@example.com");
-    let wrong = format!(
-        "{}{}",
-        &token[..40],
-        if &token[40..41] == "A" { "B" } else { "A" }
-    ) + &token[41..];
+    let wrong = wrong_secret(&token);
     for _ in 0..5 {
         // autocommit: each call is its own transaction, and its increment persists
         assert_eq!(verify(&mut db.service(), &wrong), "invalid");
