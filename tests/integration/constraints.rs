@@ -1,5 +1,5 @@
 //! Every CHECK constraint of the tables (docs/reference.md, "Tables and Row Level Security"), and the keys, each with the SQLSTATE it raises.
-use crate::harness::{server, sqlstate};
+use crate::harness::{code_of, server, sqlstate};
 
 const U: &str = "00000000-0000-0000-0000-0000000000a1";
 const O: &str = "00000000-0000-0000-0000-0000000000b1";
@@ -66,7 +66,7 @@ fn outcome(c: &mut postgres::Client, sql: &str, arg: &str) -> String {
     let mut t = c.transaction().unwrap();
     match t.query(sql, &[&arg]) {
         Ok(_) => "ok".into(),
-        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_default(),
+        Err(e) => code_of(&e),
     }
 }
 

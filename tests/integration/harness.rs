@@ -398,3 +398,8 @@ pub fn wrong_secret(token: &str) -> String {
     let first = if secret.starts_with('A') { 'B' } else { 'A' };
     format!("{id}.{first}{}", &secret[1..])
 }
+
+/// The SQLSTATE of `e` ("" for an error without one, such as a lost connection).
+pub fn code_of(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}

@@ -1,5 +1,5 @@
 //! The organisation hierarchy under concurrency, through two real connections.
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{code_of, server, sqlstate, TestDb};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -55,8 +55,8 @@ fn two_edge_race(isolation: &'static str, expected: &str) {
             Ok(n) => c
                 .batch_execute("COMMIT")
                 .map(|_| format!("committed {n}"))
-                .unwrap_or_else(|e| e.code().map(|c| c.code().to_string()).unwrap_or_default()),
-            Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+                .unwrap_or_else(|e| code_of(&e)),
+            Err(e) => code_of(&e),
         };
         done.send(outcome).unwrap();
     });
@@ -220,7 +220,7 @@ fn closure_stays_exact_under_concurrent_moves_and_deletes() {
                     ) {
                         Ok(_) => moved += 1,
                         Err(e) => {
-                            let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                            let code = code_of(&e);
                             assert!(
                                 ["23514", "40001"].contains(&code.as_str()),
                                 "unexpected failure: {e}"

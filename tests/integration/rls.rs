@@ -1,7 +1,7 @@
 //! Row Level Security (docs/reference.md, "Tables and Row Level Security") as a real NOSUPERUSER login that is a member of
 //! `authenticated`: two tenants (A with child A1, and B), an owner, a member, a pending
 //! invitee and a member of the child org.
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{code_of, server, sqlstate, TestDb};
 use postgres::Client;
 
 const ORG_A: &str = "a0000000-0000-0000-0000-00000000000a";
@@ -423,7 +423,7 @@ fn try_audit(c: &mut Client, org: Option<&str>, action: &str) -> String {
         &[&org],
     ) {
         Ok(_) => "ok".into(),
-        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+        Err(e) => code_of(&e),
     }
 }
 
