@@ -1,7 +1,7 @@
--- Request context (docs/reference.md, "Context"). The getters current_user_id()/current_org_id() and the org
+-- Request context (SPEC §2). The getters current_user_id()/current_org_id() and the org
 -- sets accessible_org_ids()/admin_org_ids()/invited_org_ids() are Rust (src/context.rs).
 -- Trust model: these are ordinary settings; the backend that owns the connection sets them
--- after authenticating the request (docs/reference.md, "Context").
+-- after authenticating the request (README, "Context").
 
 -- Sets the acting user and organisation; transaction-local by default (safe behind a
 -- transaction-pooling connection pooler). NULL clears a value.
@@ -14,11 +14,11 @@ RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
          pg_catalog.set_config('app.current_org_id', coalesce(org_id::pg_catalog.text, ''), is_local);
 $$;
 
--- Clears both settings (session and transaction values): set_context with NULLs for the
--- session, so that the two setting names are written in set_context only.
+-- Clears both settings (session and transaction values).
 CREATE FUNCTION truxe.clear_context()
 RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT truxe.set_context(NULL, NULL, false);
+  SELECT pg_catalog.set_config('app.current_user_id', '', false),
+         pg_catalog.set_config('app.current_org_id', '', false);
 $$;
 
 -- The request settings app.ip, app.user_agent and app.request_id as the audit trail records

@@ -556,7 +556,7 @@ GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet,
 CREATE OR REPLACE FUNCTION truxe.security_report()
 RETURNS TABLE(check_name text, ok boolean, detail text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  -- RLS enabled on every data table (docs/reference.md, "Tables and Row Level Security")
+  -- RLS enabled on every table of SPEC §4
   SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
          CASE WHEN c.oid IS NULL THEN 'table missing'
               WHEN c.relrowsecurity THEN 'row level security enabled'
@@ -690,12 +690,3 @@ GRANT EXECUTE ON FUNCTION truxe.metrics() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION truxe.metrics() TO service_account;
 -- pg_monitor reaches the schema for this function only: it holds no other truxe right
 GRANT USAGE ON SCHEMA truxe TO pg_monitor;
-
--- == Codebase (issue 16) ==
--- clear_context() delegates to set_context(NULL, NULL, false): the names of the two
--- context settings are written in set_context only (same behaviour: both cleared for the
--- session, which also ends a transaction-local value).
-CREATE OR REPLACE FUNCTION truxe.clear_context()
-RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT truxe.set_context(NULL, NULL, false);
-$$;

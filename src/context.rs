@@ -1,4 +1,4 @@
-//! Request context (docs/reference.md, "Context"): who is acting, in which organisation, and which organisations
+//! Request context (SPEC §2): who is acting, in which organisation, and which organisations
 //! that user may see. All of it is on every RLS policy's path: the getters read the settings
 //! directly and never raise; the org sets run one cached plan each. set_context and
 //! clear_context are SQL (sql/context.sql).
@@ -143,7 +143,7 @@ pub(crate) fn org_ids(sql: &'static str) -> Result<Vec<pgrx::Uuid>, TruxeError> 
     Ok(ids.into_iter().flatten().collect())
 }
 
-/// Orgs the acting user may see (docs/reference.md, "Context"): joined memberships, plus every descendant of an
+/// Orgs the acting user may see (SPEC §2): joined memberships, plus every descendant of an
 /// org where the user is owner or admin. Empty with no context. SECURITY DEFINER: RLS
 /// policies call it, so it reads memberships and organizations past them (no recursion).
 #[pg_extern(sql = r#"
