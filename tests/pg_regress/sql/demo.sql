@@ -30,7 +30,9 @@ SELECT email FROM truxe.users;
 WITH u AS (UPDATE truxe.organizations SET name = 'Pwned' WHERE slug = 'globex' RETURNING 1)
 SELECT count(*) AS rows_updated FROM u;
 COMMIT;
-SELECT check_name, ok FROM truxe.security_report();
+\echo '-- the security report: every check passes (a failing one would be listed)'
+SELECT bool_and(ok) AS all_checks_ok FROM truxe.security_report();
+SELECT check_name, detail FROM truxe.security_report() WHERE NOT ok;
 
 -- == organisations, hierarchy and audit ==
 \echo '== an org tree, a rejected cycle, and the audit trail'
