@@ -1,8 +1,8 @@
--- The reference: the same operations written the way the design document would, in plain
+-- The reference: the same operations written the straightforward way, in plain
 -- SQL / PL/pgSQL with pgcrypto (digest() for hashing, gen_random_bytes() for secrets), same
 -- signatures and semantics, in schema ref, on truxe's own tables (so both pay the same
 -- triggers and indexes). Parent changes run against ref.organizations, a copy of truxe's
--- organizations (same columns and indexes) with the design's triggers instead of truxe's.
+-- organizations (same columns and indexes) with plain PL/pgSQL triggers instead of truxe's.
 CREATE SCHEMA ref;
 CREATE EXTENSION pgcrypto SCHEMA ref;
 
@@ -181,7 +181,7 @@ BEGIN
   RETURN coalesce(result, '{}');
 END $$;
 
--- the design's organizations table (truxe's columns, constraints and indexes: LIKE …
+-- the reference's organizations table (truxe's columns, constraints and indexes: LIKE …
 -- INCLUDING ALL), its updated_at trigger and its hierarchy check, a PL/pgSQL loop walking
 -- parent_org_id; without truxe's audit row, closure upkeep or permission check
 CREATE TABLE ref.organizations (LIKE truxe.organizations INCLUDING ALL);

@@ -1,4 +1,4 @@
-"""Turns bench/run's pgbench logs into the Markdown table of README's Performance section.
+"""Turns bench/run's pgbench logs into the Markdown table of bench/README.md.
 
 Usage: report.py WORKDIR ROUNDS SECONDS CLIENTS DATASET MACHINE
 Per-transaction logs (pgbench -l): the third field is the latency in microseconds.

@@ -2,11 +2,11 @@
 
 -- Postgres creates the control file's schema (truxe) itself, before the extension exists,
 -- so the schema is not an extension member: DROP EXTENSION truxe removes every object of
--- truxe but leaves the then-empty schema (README, "Uninstall"). Tying it to the extension
+-- truxe but leaves the then-empty schema (README, "Create and drop"). Tying it to the extension
 -- by hand would need a pg_depend entry that pg_dump cannot order (a dependency loop).
 REVOKE ALL ON SCHEMA truxe FROM PUBLIC;
 
--- The two cluster-wide roles (SPEC §2): created when absent, reused when present, never
+-- The two cluster-wide roles (docs/reference.md, "Roles and privileges"): created when absent, reused when present, never
 -- dropped by DROP EXTENSION (other databases may use them).
 DO $$
 BEGIN

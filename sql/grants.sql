@@ -1,4 +1,4 @@
--- Privileges (SPEC §9), applied last (finalize) so that they cover every function and table
+-- Privileges (docs/reference.md, "Roles and privileges"), applied last (finalize) so that they cover every function and table
 -- the other SQL blocks and the Rust code created. PUBLIC gets nothing.
 REVOKE ALL ON ALL TABLES IN SCHEMA truxe FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA truxe FROM PUBLIC;

@@ -1,4 +1,4 @@
--- Organisation hierarchy (SPEC §5). The checks are Rust triggers (src/hierarchy.rs); they
+-- Organisation hierarchy (docs/reference.md, "Hierarchy"). The checks are Rust triggers (src/hierarchy.rs); they
 -- fire only when parent_org_id is set, changes or goes away. The permission check runs
 -- first, as the caller; the cycle/depth check and the closure upkeep run after the row is
 -- written, as the extension owner, so RLS hides no org from them. Every function here pins
@@ -53,7 +53,12 @@ CREATE TRIGGER organizations_2_hierarchy
   FOR EACH ROW EXECUTE FUNCTION truxe.maintain_org_hierarchy();
 
 -- Ancestors of an org, nearest first (depth 1 = parent). SECURITY INVOKER: an
--- authenticated caller gets the ancestors RLS lets it see.
+-- authenticated caller gets the ancestors RLS lets it see. That is why these two walk
+-- parent_org_id instead of reading truxe.org_closure (the extension owner's alone, and
+-- blind to what the caller may see). Their bound, 1000, is the hard maximum of
+-- truxe.max_org_depth (src/gucs.rs): a tree the trigger kept is never that deep, so the
+-- bound only stops a walk through a cycle made with the triggers disabled
+-- (tests/integration/hierarchy.rs proves the two numbers agree).
 -- No SET search_path here, unlike every other truxe function: a SQL function with a SET
 -- clause is never inlined and is planned anew on every call (4x slower in
 -- bench/search_path_cost), and these run inside every organisation function. Instead every

@@ -1,4 +1,4 @@
--- Organisations and memberships (SPEC §5). Called by authenticated and service_account;
+-- Organisations and memberships (docs/reference.md, "Organisations and memberships"). Called by authenticated and service_account;
 -- they write past RLS, so they are SECURITY DEFINER with a pinned search_path and act for
 -- truxe.current_user_id(). Errors: no context, a caller whose user is not active, or
 -- insufficient rights 42501; bad input 22023; an org's last owner 23514; a taken slug or a
@@ -18,7 +18,7 @@ RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp AS $$
   SELECT permission ~ '^(\*|[a-z_]+:(\*|[a-z_]+))$';
 $$;
-ALTER TABLE truxe.role_permissions DROP CONSTRAINT permission_format,
+ALTER TABLE truxe.role_permissions
   ADD CONSTRAINT permission_format CHECK (truxe.valid_permission(permission));
 
 -- The strongest role `who` holds on `org`: a joined membership of the org itself, or owner
@@ -73,7 +73,10 @@ $$;
 -- Creates an org; the caller (an active user) becomes its owner, joined now. With a parent,
 -- the caller must be owner or admin of the parent (or of one of its ancestors), checked
 -- before anything else is read: 42501 whether or not the parent exists. A taken slug is
--- 23505 (and so tells that the slug exists: slugs are unique names).
+-- 23505 (and so tells that the slug exists: slugs are unique names). The slug and name
+-- rules repeat the organizations CHECKs (sql/schema.sql, the source) so that bad input is
+-- 22023; tests/integration/constraints.rs
+-- (slug_and_email_rules_agree_between_the_checks_sql_and_rust) proves they agree.
 CREATE FUNCTION truxe.create_organization(slug citext, name text, parent_org_id uuid DEFAULT NULL,
                                           settings jsonb DEFAULT '{}')
 RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

@@ -1,4 +1,4 @@
--- Row Level Security (SPEC §4). Deny by default: every table below has RLS enabled, and a
+-- Row Level Security (docs/reference.md, "Tables and Row Level Security"). Deny by default: every table below has RLS enabled, and a
 -- role sees only what a policy grants it. service_account (the trusted backend) has full
 -- access through its own policies; authenticated (end-user requests) sees what the current
 -- context allows. Policies call the context helpers wrapped in (SELECT …), so each is an

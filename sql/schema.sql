@@ -1,5 +1,5 @@
--- truxe schema (SPEC §3): the eight tables of the design document, in schema truxe, with
--- its columns, defaults, CHECK constraints and indexes, and these deliberate changes:
+-- truxe schema (docs/reference.md, "Tables and Row Level Security"): the eight data tables,
+-- in schema truxe, with these deliberate choices:
 --  * NOT NULL on every column that has a default and no meaning when NULL;
 --  * no index that duplicates a unique constraint's or primary key's index
 --    (users.email, organizations.slug, sessions.refresh_jti_hash), nor one that is a
@@ -242,12 +242,13 @@ CREATE INDEX idx_rate_limits_cleanup ON truxe.rate_limits (window_end);
 -- counts the open ones index-only
 CREATE INDEX idx_rate_limits_exhausted ON truxe.rate_limits (window_end) WHERE exhausted_at IS NOT NULL;
 
--- Role permissions: what each membership role may do (SPEC §3) ---------------------------
+-- Role permissions: what each membership role may do (docs/reference.md, "Permissions") --
 CREATE TABLE truxe.role_permissions (
   role       truxe.membership_role NOT NULL,
   permission text NOT NULL,
-  PRIMARY KEY (role, permission),
-  CONSTRAINT permission_format CHECK (permission ~ '^(\*|[a-z_]+:(\*|[a-z_]+))$')
+  PRIMARY KEY (role, permission)
+  -- CHECK permission_format: added by sql/orgs.sql with truxe.valid_permission, the one
+  -- statement of the format
 );
 INSERT INTO truxe.role_permissions (role, permission) VALUES
   ('owner', '*'),
@@ -256,8 +257,11 @@ INSERT INTO truxe.role_permissions (role, permission) VALUES
   ('member', 'users:read'), ('member', 'settings:read'),
   ('viewer', 'users:read');
 
--- pg_dump keeps user data (SPEC §1). The seeded role_permissions rows are filtered out so
--- that a restore, whose CREATE EXTENSION seeds them again, does not insert them twice.
+-- pg_dump keeps user data (docs/operations.md, "Backup and restore"). The seeded
+-- role_permissions rows are filtered out so that a restore, whose CREATE EXTENSION seeds
+-- them again, does not insert them twice. The filter repeats the INSERT's list (a dump
+-- filter is a fixed text); dump::seeded_role_permissions_and_the_dump_filter_name_the_same_rows
+-- and the round-trip test prove the two name the same rows.
 SELECT pg_catalog.pg_extension_config_dump('truxe.users', '');
 SELECT pg_catalog.pg_extension_config_dump('truxe.organizations', '');
 SELECT pg_catalog.pg_extension_config_dump('truxe.memberships', '');

@@ -1,4 +1,4 @@
--- truxe.security_report() (SPEC §8): one row per check; all ok on a fresh install.
+-- truxe.security_report() (docs/reference.md, "Monitoring and checks"): one row per check; all ok on a fresh install.
 CREATE FUNCTION truxe.security_report()
 RETURNS TABLE(check_name text, ok boolean, detail text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$

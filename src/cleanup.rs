@@ -1,4 +1,4 @@
-//! Cleanup (SPEC §7): deletes expired sessions, magic-link challenges and rate-limit windows
+//! Cleanup (docs/reference.md, "Cleanup"): deletes expired sessions, magic-link challenges and rate-limit windows
 //! in batches — each batch its own short statement that skips rows other transactions hold.
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, INT4, INTERVAL};
@@ -6,11 +6,13 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 
 /// Deletes sessions whose expiry or revocation is older than `retention`; returns how many.
-/// 22023 for a NULL or negative retention. service_account only.
+/// 22023 for a NULL or negative retention. service_account only. The default is the
+/// sessions retention of `BATCHES` (a `default!` must be a literal).
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn cleanup_expired_sessions(retention: default!(Option<Interval>, "'7 days'")) -> i32 {
-    sessions(retention).unwrap_or_raise() as i32
+    // integer in SQL since 0.1.0 (its result type is kept); a count past i32::MAX saturates
+    i32::try_from(sessions(retention).unwrap_or_raise()).unwrap_or(i32::MAX)
 }
 
 fn check_retention(retention: Option<Interval>) -> Result<Interval, TruxeError> {
@@ -20,36 +22,46 @@ fn check_retention(retention: Option<Interval>) -> Result<Interval, TruxeError> 
     }
 }
 
-fn sessions(retention: Option<Interval>) -> Result<usize, TruxeError> {
+fn sessions(retention: Option<Interval>) -> Result<i64, TruxeError> {
     let retention = check_retention(retention)?;
     Ok(plans::run_once(
         "DELETE FROM truxe.sessions WHERE expires_at < now() - $1 OR revoked_at < now() - $1",
         &[INTERVAL],
         &[retention.into()],
-        |t| Ok(t.len()),
+        |t| Ok(t.len() as i64),
     )?)
 }
 
-/// What cleanup_expired_data deletes, table by table; each statement deletes one batch.
-const BATCHES: [(&str, &str); 3] = [
+/// What cleanup_expired_data deletes, table by table, and how long after a row became due
+/// (expired, revoked, used, or its window ended) it is kept, as (months, days, microseconds).
+/// The retentions are stated here once for Rust; `truxe.metrics()` adds the same intervals
+/// to compute `cleanup_overdue_seconds` (sql/metrics.sql), and
+/// tests/integration/metrics.rs (`metrics_count_every_event_of_a_scripted_hour`) checks
+/// that they agree: rows a day past their retention show as a day overdue, and once
+/// cleanup has run nothing is overdue. Each
+/// statement deletes one batch ($1 rows) of rows older than the retention ($2).
+const BATCHES: [(&str, (i32, i32, i64), &str); 3] = [
     (
         "sessions",
+        (0, 7, 0),
         "DELETE FROM truxe.sessions WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.sessions
-            WHERE expires_at < now() - interval '7 days' OR revoked_at < now() - interval '7 days'
+            WHERE expires_at < now() - $2 OR revoked_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
     ),
     (
         "magic_link_challenges",
+        (0, 1, 0),
         "DELETE FROM truxe.magic_link_challenges WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.magic_link_challenges
-            WHERE expires_at < now() - interval '1 day' OR used_at < now() - interval '1 day'
+            WHERE expires_at < now() - $2 OR used_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
     ),
     (
         "rate_limits",
+        (0, 0, 3_600_000_000),
         "DELETE FROM truxe.rate_limits WHERE ctid = ANY (ARRAY(
-           SELECT ctid FROM truxe.rate_limits WHERE window_end < now() - interval '1 hour'
+           SELECT ctid FROM truxe.rate_limits WHERE window_end < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
     ),
 ];
@@ -77,12 +89,16 @@ fn data(batch_size: Option<i32>) -> Result<Vec<(String, i64)>, TruxeError> {
         }
     };
     let mut out = Vec::with_capacity(BATCHES.len());
-    for (table, sql) in BATCHES {
+    for (table, (months, days, micros), sql) in BATCHES {
+        let kept = Interval::new(months, days, micros)
+            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
         let mut total = 0i64;
         loop {
-            let n = plans::run_once(sql, &[INT4], &[batch.into()], |t| Ok(t.len()))?;
-            total += n as i64;
-            if n < batch as usize {
+            let n = plans::run_once(sql, &[INT4, INTERVAL], &[batch.into(), kept.into()], |t| {
+                Ok(t.len() as i64)
+            })?;
+            total += n;
+            if n < i64::from(batch) {
                 break;
             }
         }

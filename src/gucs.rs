@@ -15,6 +15,8 @@ pub fn init() {
         c"A parent change or insert that would make a chain of parent_org_id longer than this is rejected with SQLSTATE 23514.",
         &MAX_ORG_DEPTH,
         1,
+        // the hard maximum: also the walk bound of org_ancestors/org_descendants
+        // (sql/hierarchy.sql); hierarchy::the_tree_walkers_stop_at_the_deepest_allowed_tree
         1000,
         GucContext::Suset,
         GucFlags::default(),

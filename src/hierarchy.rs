@@ -1,4 +1,4 @@
-//! Organisation hierarchy (SPEC §5): the cycle/depth check, the ancestor/descendant table
+//! Organisation hierarchy (docs/reference.md, "Hierarchy"): the cycle/depth check, the ancestor/descendant table
 //! truxe.org_closure that keeps RLS's org sets to one index scan, and the move permission
 //! check on truxe.organizations (Rust triggers); org_ancestors / org_descendants are SQL
 //! (sql/hierarchy.sql).

@@ -1,4 +1,4 @@
-//! Magic links (SPEC §7): issue_magic_link, verify_magic_link, inspect_magic_link.
+//! Magic links (docs/reference.md, "Magic links"): issue_magic_link, verify_magic_link, inspect_magic_link.
 //!
 //! A token is `<challenge id: 32 lowercase hex>.<secret: 32 CSPRNG bytes, unpadded
 //! base64url>` (76 characters). Only the SHA-256 of the secret's bytes is stored; the token
@@ -8,7 +8,7 @@
 //! increment commits with the caller's transaction because the function returns normally.
 use crate::audit;
 use crate::error::{fail, quote_input, Sqlstate, TruxeError, UnwrapOrRaise};
-use crate::plans::{self, INET, INTERVAL, TEXT, UUID};
+use crate::plans::{self, INET, INT4, INTERVAL, TEXT, UUID};
 use crate::security::{constant_time_eq, sha256_hex, to_hex};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -23,6 +23,11 @@ use std::collections::HashMap;
 
 const SECRET_LEN: usize = 32;
 const TOKEN_LEN: usize = 32 + 1 + 43;
+/// Wrong secrets after which a link is `locked`: the bound of magic_link_challenges'
+/// `max_attempts` CHECK (sql/schema.sql) and of metrics()' locked count (sql/metrics.sql);
+/// tests/integration/auth.rs
+/// (`five_failed_verifications_in_separate_transactions_lock_the_challenge`) proves the three
+/// agree.
 const MAX_ATTEMPTS: i32 = 5;
 /// More than this many links for one e-mail within 15 minutes: TX429.
 const LINKS_PER_WINDOW: i64 = 5;
@@ -51,8 +56,11 @@ pub fn parse_token(token: &str) -> Option<(Uuid, [u8; SECRET_LEN])> {
     }
 }
 
-/// The design document's e-mail pattern, `^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$`,
-/// at most 254 characters.
+/// The e-mail rule of the `valid_email` CHECK of truxe.users and truxe.magic_link_challenges
+/// (sql/schema.sql, the source), `^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$`, plus at
+/// most 254 characters (docs/reference.md, "Magic links"). Checked here first so that a bad
+/// e-mail is 22023, not the CHECK's 23514; tests/integration/constraints.rs proves the two
+/// agree.
 pub fn valid_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;
@@ -96,8 +104,10 @@ fn citext_sql(client: &mut SpiClient<'_>, sql: &'static str) -> Result<&'static 
     Ok(done)
 }
 
-/// An org slug as organizations.slug allows it (2-63 lowercase letters, digits and inner
-/// dashes), compared case-insensitively: `org_slug` is citext, like the column.
+/// An org slug as the organizations CHECKs allow it (sql/schema.sql, the source: 2-63
+/// lowercase letters, digits and inner dashes), compared case-insensitively: `org_slug` is
+/// citext, like the column. tests/integration/constraints.rs
+/// (`slug_and_email_rules_agree_between_the_checks_sql_and_rust`) proves they agree.
 pub fn valid_slug(slug: &str) -> bool {
     let b = slug.as_bytes();
     let inner = |c: &u8| c.is_ascii_alphanumeric() || *c == b'-';
@@ -308,9 +318,9 @@ fn check(
         if !constant_time_eq(sha256_hex(&secret).as_bytes(), token_hash.as_bytes()) {
             plans::run(
                 c,
-                "UPDATE truxe.magic_link_challenges SET attempts = attempts + 1 WHERE id = $1 AND attempts < 5",
-                &[UUID],
-                &[id.into()],
+                "UPDATE truxe.magic_link_challenges SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2",
+                &[UUID, INT4],
+                &[id.into(), MAX_ATTEMPTS.into()],
             )?;
             return failed("invalid");
         }

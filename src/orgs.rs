@@ -1,4 +1,4 @@
-//! Organisations and memberships (SPEC §5): create_organization, invite_member,
+//! Organisations and memberships (docs/reference.md, "Organisations and memberships"): create_organization, invite_member,
 //! accept_invitation, change_role, remove_member, has_permission. Not hot and rule-heavy,
 //! so they are PL/pgSQL and SQL in sql/orgs.sql, declared after the hierarchy they use.
 pgrx::extension_sql_file!(

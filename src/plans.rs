@@ -74,9 +74,9 @@ pub fn run_once<R>(
     sql: &'static str,
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
-    read: impl FnOnce(SpiTupleTable<'_>) -> spi::Result<R>,
+    consume: impl FnOnce(SpiTupleTable<'_>) -> spi::Result<R>,
 ) -> spi::Result<R> {
-    Spi::connect_mut(|client| read(run(client, sql, types, args)?))
+    Spi::connect_mut(|client| consume(run(client, sql, types, args)?))
 }
 
 /// Parameter type shorthands.

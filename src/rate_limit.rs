@@ -1,4 +1,4 @@
-//! Rate limiting (SPEC §7), the Redis alternative: fixed windows aligned to the Unix epoch,
+//! Rate limiting (docs/reference.md, "Rate limiting"), the Redis alternative: fixed windows aligned to the Unix epoch,
 //! one row per hashed key and window, one statement per call.
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, INT4, TEXT, TIMESTAMPTZ};

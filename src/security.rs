@@ -1,4 +1,4 @@
-//! Security primitives (SHA-256 hex, constant-time comparison) and security_report (SPEC §8).
+//! Security primitives (SHA-256 hex, constant-time comparison) and security_report (docs/reference.md, "Monitoring and checks").
 use sha2::{Digest, Sha256};
 
 pgrx::extension_sql_file!(

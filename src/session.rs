@@ -1,4 +1,4 @@
-//! Sessions (SPEC §7, §17): create_session, validate_session, refresh_session with rotation
+//! Sessions (docs/reference.md, "Sessions"; docs/security.md, "Sessions"): create_session, validate_session, refresh_session with rotation
 //! and reuse detection, revoke_session, revoke_user_sessions, revoke_session_by_id, and the
 //! triggers that end sessions when a membership or an active status ends.
 //!

@@ -1,4 +1,4 @@
-//! Usage metering (SPEC §7): one counter per org, metric and calendar month (UTC).
+//! Usage metering (docs/reference.md, "Usage metering"): one counter per org, metric and calendar month (UTC).
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, INT8, TEXT, TIMESTAMPTZ, UUID};
 use pgrx::datum::TimestampWithTimeZone;
@@ -18,10 +18,10 @@ fn record_usage(
     amount: default!(Option<i64>, 1),
     at: default!(Option<TimestampWithTimeZone>, "now()"),
 ) -> i64 {
-    record(org_id, metric_type, amount, at).unwrap_or_raise()
+    add(org_id, metric_type, amount, at).unwrap_or_raise()
 }
 
-fn record(
+fn add(
     org_id: Option<Uuid>,
     metric_type: Option<&str>,
     amount: Option<i64>,

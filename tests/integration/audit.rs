@@ -1,4 +1,4 @@
-//! Audit trail (SPEC §6): one row per event, with actor, target, details and request
+//! Audit trail (docs/reference.md, "Audit trail"): one row per event, with actor, target, details and request
 //! context; none for a no-op update; append-only.
 use crate::harness::{server, sqlstate};
 use postgres::Client;

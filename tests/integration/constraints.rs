@@ -1,5 +1,5 @@
-//! Every CHECK of the design document, and the keys, each with the SQLSTATE it raises.
-use crate::harness::{server, sqlstate};
+//! Every CHECK constraint of the tables (docs/reference.md, "Tables and Row Level Security"), and the keys, each with the SQLSTATE it raises.
+use crate::harness::{code_of, server, sqlstate};
 
 const U: &str = "00000000-0000-0000-0000-0000000000a1";
 const O: &str = "00000000-0000-0000-0000-0000000000b1";
@@ -58,4 +58,134 @@ fn each_constraint_rejects_bad_rows_with_its_sqlstate() {
     for (what, sql, expected) in cases {
         assert_eq!(sqlstate(c.execute(*sql, &[])), *expected, "{what}: {sql}");
     }
+}
+
+/// The outcome of `sql` with `arg` inside a transaction that is rolled back: "ok" or the
+/// SQLSTATE.
+fn outcome(c: &mut postgres::Client, sql: &str, arg: &str) -> String {
+    let mut t = c.transaction().unwrap();
+    match t.query(sql, &[&arg]) {
+        Ok(_) => "ok".into(),
+        Err(e) => code_of(&e),
+    }
+}
+
+/// The slug and e-mail rules are stated in the tables' CHECKs (sql/schema.sql, the source),
+/// again in create_organization (so that a bad slug is 22023, not 23514) and in Rust
+/// (`valid_slug`, `valid_email` in src/magic_link.rs, checked before any lookup). Each
+/// candidate gets the same verdict from all of them. The one deliberate difference: Rust
+/// also caps an e-mail at 254 characters.
+#[test]
+fn slug_and_email_rules_agree_between_the_checks_sql_and_rust() {
+    let db = server().fresh_db(true);
+    let mut su = db.superuser();
+    let me = crate::harness::active_user(&mut su, "slugs@example.com");
+    let mut user = db.acting_as(&me);
+    let mut svc = db.service();
+    let long_ok = "a".repeat(63);
+    let long_bad = "a".repeat(64);
+    for slug in [
+        "ab", "a", "", "a-b", "a--b", "-ab", "ab-", "a_b", "a b", "a.b", "0a", "00", "Ab", "AB-c",
+        "é1", "ab\n", &long_ok, &long_bad,
+    ] {
+        let check = outcome(
+            &mut su,
+            "INSERT INTO truxe.organizations (slug, name) VALUES ($1::text::public.citext, 'x')",
+            slug,
+        );
+        let sql = outcome(
+            &mut user,
+            "SELECT truxe.create_organization($1::text::public.citext, 'x')",
+            slug,
+        );
+        assert!(
+            ["ok", "23514"].contains(&check.as_str()),
+            "{slug:?}: {check}"
+        );
+        assert_eq!(
+            sql,
+            if check == "ok" { "ok" } else { "22023" },
+            "create_organization vs the CHECK for {slug:?}"
+        );
+        // org_slug is citext, compared case-insensitively: Rust judges the slug's lowercase
+        // form, which is what the CHECK judges for the stored slug it may match
+        let lower_check = outcome(
+            &mut su,
+            "INSERT INTO truxe.organizations (slug, name) VALUES (lower($1)::public.citext, 'x')",
+            slug,
+        );
+        let rust = outcome(
+            &mut svc,
+            "SELECT * FROM truxe.issue_magic_link('a@example.com', $1::text::public.citext)",
+            slug,
+        );
+        assert_eq!(
+            rust,
+            if lower_check == "ok" {
+                "P0002"
+            } else {
+                "22023"
+            },
+            "issue_magic_link's org_slug vs the CHECK for {slug:?}"
+        );
+    }
+    let long_local = format!("{}@example.com", "a".repeat(242)); // 254 characters
+    for email in [
+        "a@b.co",
+        "A@B.DE",
+        "a.b+c%d_e-f@x-y.example.org",
+        "a@b",
+        "a@b.c",
+        "a@b.c1",
+        "a@.de",
+        "a@b..de",
+        "a@-b.de",
+        "a@b.de.",
+        "@b.de",
+        "a@@b.de",
+        "a b@c.de",
+        "é@b.de",
+        "a@b.de\n",
+        "a@b_c.de",
+        "",
+        &long_local,
+    ] {
+        let check = outcome(
+            &mut su,
+            "INSERT INTO truxe.users (email) VALUES ($1::text::public.citext)",
+            email,
+        );
+        let rust = outcome(
+            &mut svc,
+            "SELECT * FROM truxe.issue_magic_link($1::text::public.citext)",
+            email,
+        );
+        assert!(
+            ["ok", "23514"].contains(&check.as_str()),
+            "{email:?}: {check}"
+        );
+        assert_eq!(
+            rust,
+            if check == "ok" { "ok" } else { "22023" },
+            "issue_magic_link vs the CHECK for {email:?}"
+        );
+    }
+    // 254 characters is Rust's cap (the CHECK has none)
+    let too_long = format!("{}@example.com", "a".repeat(243));
+    assert_eq!(
+        outcome(
+            &mut su,
+            "INSERT INTO truxe.users (email) VALUES ($1::text::public.citext)",
+            &too_long
+        ),
+        "ok"
+    );
+    assert_eq!(
+        outcome(
+            &mut svc,
+            "SELECT * FROM truxe.issue_magic_link($1::text::public.citext)",
+            &too_long
+        ),
+        "22023"
+    );
 }

@@ -411,3 +411,32 @@ impl Server {
         }
     }
 }
+
+/// Issues a magic link for `email` through `c` (a service_account connection) and returns
+/// its token.
+pub fn issue_link(c: &mut Client, email: &str) -> String {
+    c.query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
+        .expect("issue a magic link")
+        .get(0)
+}
+
+/// The status verify_magic_link gives `token`.
+pub fn verify_link(c: &mut Client, token: &str) -> String {
+    c.query_one("SELECT status FROM truxe.verify_magic_link($1)", &[&token])
+        .expect("verify a magic link")
+        .get(0)
+}
+
+/// `token` with the first character of its secret changed: the same challenge, a
+/// well-formed but wrong secret (the last character, which must keep its unused low bits
+/// zero, stays as it is).
+pub fn wrong_secret(token: &str) -> String {
+    let (id, secret) = token.split_once('.').expect("a token is id.secret");
+    let first = if secret.starts_with('A') { 'B' } else { 'A' };
+    format!("{id}.{first}{}", &secret[1..])
+}
+
+/// The SQLSTATE of `e` ("" for an error without one, such as a lost connection).
+pub fn code_of(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}

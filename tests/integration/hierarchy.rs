@@ -1,5 +1,5 @@
 //! The organisation hierarchy under concurrency, through two real connections.
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{code_of, server, sqlstate, TestDb};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -55,8 +55,8 @@ fn two_edge_race(isolation: &'static str, expected: &str) {
             Ok(n) => c
                 .batch_execute("COMMIT")
                 .map(|_| format!("committed {n}"))
-                .unwrap_or_else(|e| e.code().map(|c| c.code().to_string()).unwrap_or_default()),
-            Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+                .unwrap_or_else(|e| code_of(&e)),
+            Err(e) => code_of(&e),
         };
         done.send(outcome).unwrap();
     });
@@ -220,7 +220,7 @@ fn closure_stays_exact_under_concurrent_moves_and_deletes() {
                     ) {
                         Ok(_) => moved += 1,
                         Err(e) => {
-                            let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                            let code = code_of(&e);
                             assert!(
                                 ["23514", "40001"].contains(&code.as_str()),
                                 "unexpected failure: {e}"
@@ -233,8 +233,17 @@ fn closure_stays_exact_under_concurrent_moves_and_deletes() {
             })
         })
         .collect();
-    let moved: i32 = workers.into_iter().map(|w| w.join().unwrap().0).sum();
+    let (moved, refused) = workers
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .fold((0, 0), |(m, r), (wm, wr)| (m + wm, r + wr));
     assert!(moved > 0, "no move succeeded");
+    // the refusal path ran too (random moves under random orgs at depth 6 make cycles and
+    // chains too deep), so the closure below is checked after refused changes as well
+    assert!(
+        refused > 0,
+        "no move was refused: the cycle/depth check never ran"
+    );
     let (drift, pairs): (i64, i64) = {
         let r = s.query_one(CLOSURE_DRIFT, &[]).unwrap();
         (r.get(0), r.get(1))
@@ -255,4 +264,43 @@ fn closure_stays_exact_under_concurrent_moves_and_deletes() {
         "closure disagrees with parent_org_id after deletes"
     );
     assert!(pairs > 0, "the tree had no pairs to check");
+}
+
+/// org_ancestors and org_descendants walk parent_org_id as the caller (RLS decides what
+/// they see; truxe.org_closure is the extension owner's alone), bounded at the deepest tree
+/// truxe.max_org_depth can ever allow: its hard maximum (src/gucs.rs). The two numbers are
+/// written in two languages; this proves they agree.
+#[test]
+fn the_tree_walkers_stop_at_the_deepest_allowed_tree() {
+    let db = server().fresh_db(true);
+    let mut c = db.superuser();
+    c.batch_execute("SELECT truxe.version()").unwrap(); // loads the library: its settings exist
+    let max: String = c
+        .query_one(
+            "SELECT max_val FROM pg_settings WHERE name = 'truxe.max_org_depth'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for f in ["org_ancestors", "org_descendants"] {
+        let bound: String = c
+            .query_one(
+                "SELECT substring(prosrc FROM 'depth OPERATOR\\(pg_catalog\\.<\\) (\\d+)') FROM pg_proc
+                  WHERE oid = ('truxe.' || $1 || '(uuid)')::regprocedure",
+                &[&f],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            bound, max,
+            "{f}'s walk bound vs truxe.max_org_depth's maximum"
+        );
+    }
+    assert_eq!(
+        sqlstate(c.batch_execute(&format!(
+            "SET truxe.max_org_depth = {}",
+            max.parse::<i32>().unwrap() + 1
+        ))),
+        "22023"
+    );
 }

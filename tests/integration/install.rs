@@ -131,7 +131,7 @@ fn drop_extension_leaves_no_truxe_object_behind() {
     assert_ne!(catalog_snapshot(&mut c), before);
     c.batch_execute("DROP EXTENSION truxe").unwrap();
     // Postgres created schema truxe from the control file before the extension existed,
-    // so it is not an extension member and stays, empty (README, "Uninstall").
+    // so it is not an extension member and stays, empty (README, "Create and drop").
     let mut expected = before.clone();
     expected.push("schema -.truxe".to_string());
     expected.sort();
@@ -155,5 +155,8 @@ fn drop_extension_leaves_no_truxe_object_behind() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(roles, 2, "the two cluster-wide roles stay (SPEC §1)");
+    assert_eq!(
+        roles, 2,
+        "the two cluster-wide roles stay (docs/reference.md, Roles and privileges)"
+    );
 }

@@ -1,6 +1,8 @@
 //! truxe.metrics() (docs/operations.md): every metric, with its exact value after a
 //! scripted set of events, and who may call it.
-use crate::harness::{active_user, server, sqlstate, TestDb};
+use crate::harness::{
+    active_user, issue_link as issue, server, sqlstate, verify_link as verify, wrong_secret, TestDb,
+};
 use postgres::Client;
 use std::collections::BTreeMap;
 
@@ -28,11 +30,6 @@ fn monitor(db: &TestDb) -> Client {
         ))
         .unwrap();
     server().client(&db.name, MONITOR_LOGIN)
-}
-
-fn wrong_secret(token: &str) -> String {
-    let (id, _) = token.split_once('.').unwrap();
-    format!("{id}.{}", "A".repeat(43))
 }
 
 #[test]
@@ -112,16 +109,6 @@ fn metrics_count_every_event_of_a_scripted_hour() {
 
     // magic links: 4 sent; l1 verified; l2 locked by 5 wrong secrets, then refused as
     // locked; l3 one wrong secret; l4 expired 2 days ago (cleanup is a day late)
-    let issue = |c: &mut Client, email: &str| -> String {
-        c.query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
-            .unwrap()
-            .get(0)
-    };
-    let verify = |c: &mut Client, token: &str| -> String {
-        c.query_one("SELECT status FROM truxe.verify_magic_link($1)", &[&token])
-            .unwrap()
-            .get(0)
-    };
     let l1 = issue(&mut s, "l1@example.com");
     let l2 = issue(&mut s, "l2@example.com");
     let l3 = issue(&mut s, "l3@example.com");

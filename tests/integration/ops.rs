@@ -1,6 +1,6 @@
 //! Operations with real outside programs (docs/operations.md): Debian's
 //! prometheus-postgres-exporter serving truxe.metrics() through the shipped queries file,
-//! and pg_cron running the README's cleanup recipe. Where a program is not installed the
+//! and pg_cron running the cleanup recipe of docs/operations.md. Where a program is not installed the
 //! test says so on stderr (SKIPPED: …) and passes; scripts/setup installs both.
 use crate::harness::{
     create_extension, free_loopback_port, installed, server, skip, Killed, Server, SERVICE_LOGIN,
@@ -123,11 +123,11 @@ fn prometheus_exporter_serves_truxe_metrics() {
     }
 }
 
-/// The README's pg_cron recipe, scheduled every minute (pg_cron 1.4 has no seconds syntax),
+/// The pg_cron recipe of docs/operations.md ("Scheduled cleanup with pg_cron"), scheduled every minute (pg_cron 1.4 has no seconds syntax),
 /// in a server of its own that preloads pg_cron. PG 15 only: Debian packages pg_cron for
 /// its own PostgreSQL 15, and there is none for the PG 16/18 builds truxe also supports.
 #[test]
-fn pg_cron_runs_the_readme_cleanup_recipe() {
+fn pg_cron_runs_the_documented_cleanup_recipe() {
     let major = Server::major();
     let pkglibdir = Server::pg_config("pkglibdir");
     if major != 15 {
@@ -199,7 +199,7 @@ fn pg_cron_runs_the_readme_cleanup_recipe() {
     };
     assert_eq!(counts(&mut app), (2, 2, 2));
 
-    // the README's recipe (docs/operations.md), every minute instead of every five, run
+    // the documented recipe (docs/operations.md), every minute instead of every five, run
     // as the service_account login
     pg.execute(
         "SELECT cron.schedule_in_database('truxe-cleanup', '* * * * *',

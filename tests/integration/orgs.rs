@@ -1,6 +1,6 @@
 //! Organisation and membership functions through real connections: the last-owner race,
 //! grants within one's own rights, no existence oracle, inactive callers, duplicates.
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{code_of, server, sqlstate, TestDb};
 use postgres::Client;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -60,7 +60,7 @@ fn concurrent_removal_of_the_last_two_owners_leaves_one() {
                     &[&org, &who],
                 )
                 .map(|_| "removed".to_string())
-                .unwrap_or_else(|e| e.code().map(|c| c.code().to_string()).unwrap_or_default())
+                .unwrap_or_else(|e| code_of(&e))
             })
         })
         .collect();

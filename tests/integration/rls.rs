@@ -1,7 +1,7 @@
-//! Row Level Security (SPEC §4) as a real NOSUPERUSER login that is a member of
+//! Row Level Security (docs/reference.md, "Tables and Row Level Security") as a real NOSUPERUSER login that is a member of
 //! `authenticated`: two tenants (A with child A1, and B), an owner, a member, a pending
 //! invitee and a member of the child org.
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{code_of, server, sqlstate, TestDb};
 use postgres::Client;
 
 const ORG_A: &str = "a0000000-0000-0000-0000-00000000000a";
@@ -346,6 +346,18 @@ fn set_context_is_transaction_local_by_default() {
     );
     c.batch_execute("SELECT truxe.clear_context()").unwrap();
     assert_eq!(count(&mut c, "organizations"), 0);
+    // inside a transaction it also ends a transaction-local context, for good
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT truxe.set_context($1::text::uuid)", &[&ALICE])
+        .unwrap();
+    tx.batch_execute("SELECT truxe.clear_context()").unwrap();
+    let inside: i64 = tx
+        .query_one("SELECT count(*) FROM truxe.organizations", &[])
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    assert_eq!(inside, 0, "cleared inside the transaction");
+    assert_eq!(count(&mut c, "organizations"), 0, "and after it");
 }
 
 #[test]
@@ -411,7 +423,7 @@ fn try_audit(c: &mut Client, org: Option<&str>, action: &str) -> String {
         &[&org],
     ) {
         Ok(_) => "ok".into(),
-        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+        Err(e) => code_of(&e),
     }
 }
 

@@ -1,4 +1,4 @@
-//! truxe.security_report() (SPEC §8) and the privileges of SPEC §9.
+//! truxe.security_report() and the privileges (docs/reference.md, "Monitoring and checks", "Roles and privileges").
 use crate::harness::server;
 use postgres::Client;
 
