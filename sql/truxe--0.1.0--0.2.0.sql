@@ -556,7 +556,7 @@ GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet,
 CREATE OR REPLACE FUNCTION truxe.security_report()
 RETURNS TABLE(check_name text, ok boolean, detail text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  -- RLS enabled on every table of SPEC §4
+  -- RLS enabled on every data table (docs/reference.md, "Tables and Row Level Security")
   SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
          CASE WHEN c.oid IS NULL THEN 'table missing'
               WHEN c.relrowsecurity THEN 'row level security enabled'
@@ -771,7 +771,7 @@ ALTER POLICY membership_read ON truxe.memberships
 CREATE OR REPLACE FUNCTION truxe.security_report()
 RETURNS TABLE(check_name text, ok boolean, detail text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  -- RLS enabled on every table of SPEC §4
+  -- RLS enabled on every data table (docs/reference.md, "Tables and Row Level Security")
   SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
          CASE WHEN c.oid IS NULL THEN 'table missing'
               WHEN c.relrowsecurity THEN 'row level security enabled'

@@ -1,6 +1,6 @@
-//! Audit trail (SPEC §6): Rust triggers that write one truxe.audit_logs row per event of
-//! users, organizations, memberships and sessions; the append-only guard on audit_logs;
-//! purge_audit_logs, its one exit (SPEC §7).
+//! Audit trail (docs/reference.md, "Audit trail"): Rust triggers that write one
+//! truxe.audit_logs row per event of users, organizations, memberships and sessions; the
+//! append-only guard on audit_logs; purge_audit_logs, its one exit.
 use crate::context::{parse_uuid, setting_text};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, JSONB, TEXT, UUID};
@@ -81,13 +81,13 @@ const INSERT_SETTINGS_TYPES: [PgOid; 11] = [
 ];
 
 /// Writes `events` with the acting user and request context of this moment.
-fn write(events: Vec<Event>, client: Client) -> Result<(), AuditError> {
+fn write(events: Vec<Event>, request: Client) -> Result<(), AuditError> {
     if events.is_empty() {
         return Ok(());
     }
     let actor = crate::identity::acting_user();
-    let ip = client.ip.or_else(request_ip);
-    let user_agent = client
+    let ip = request.ip.or_else(request_ip);
+    let user_agent = request
         .user_agent
         .map(clip_user_agent)
         .or_else(request_user_agent);

@@ -229,9 +229,11 @@ pub(crate) fn establish(id: &Verified) {
     write(&id.encode());
 }
 
-/// Ends any verified identity now.
+/// Ends any verified identity now (a no-op, with no setting written, when there is none).
 pub(crate) fn clear() {
-    write("");
+    if VERIFIED_IDENTITY.get().is_some_and(|v| !v.is_empty()) {
+        write("");
+    }
 }
 
 fn write(value: &str) {
