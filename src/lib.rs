@@ -9,11 +9,13 @@ use pgrx::prelude::*;
 mod audit;
 mod cleanup;
 mod context;
+mod crypto;
 mod error;
 mod gucs;
 mod hierarchy;
 mod magic_link;
 mod metrics;
+mod mfa;
 mod orgs;
 mod plans;
 mod rate_limit;
@@ -22,6 +24,7 @@ mod session;
 mod trigger;
 mod types;
 mod usage;
+mod vault;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!(
