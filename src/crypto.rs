@@ -7,7 +7,7 @@
 //! log line (errors name the line number, never its text).
 //!
 //! **One place loads keys: [`key_ring`].** It caches the parsed file per backend, keyed by
-//! the file's path, modification time and size (one `stat` per call): editing or replacing
+//! the file's path, inode, modification time and size (one `stat` per call): editing or replacing
 //! the file (rotation) takes effect at the next call of every backend, without a reload.
 //!
 //! Every value is sealed with a fresh random 96-bit nonce and associated data that binds
@@ -20,6 +20,7 @@ use pgrx::{pg_sys, Uuid};
 use rand::TryRngCore;
 use std::cell::RefCell;
 use std::ffi::CStr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::SystemTime;
@@ -168,6 +169,7 @@ fn not_configured(what: String) -> TruxeError {
 
 struct Cached {
     path: String,
+    inode: u64,
     modified: Option<SystemTime>,
     len: u64,
     ring: Rc<KeyRing>,
@@ -197,7 +199,12 @@ pub fn key_ring() -> Result<Rc<KeyRing>, TruxeError> {
     let hit = CACHE.with(|c| {
         c.borrow()
             .as_ref()
-            .filter(|k| k.path == path && k.modified == modified && k.len == meta.len())
+            .filter(|k| {
+                k.path == path
+                    && k.inode == meta.ino()
+                    && k.modified == modified
+                    && k.len == meta.len()
+            })
             .map(|k| k.ring.clone())
     });
     if let Some(ring) = hit {
@@ -215,6 +222,7 @@ pub fn key_ring() -> Result<Rc<KeyRing>, TruxeError> {
     CACHE.with(|c| {
         *c.borrow_mut() = Some(Cached {
             path,
+            inode: meta.ino(),
             modified,
             len: meta.len(),
             ring: ring.clone(),

@@ -11,7 +11,8 @@ pub static REFRESH_REUSE_GRACE: GucSetting<i32> = GucSetting::<i32>::new(10);
 /// `truxe.encryption_key_file`: the file of encryption keys for secrets and TOTP seeds
 /// (src/crypto.rs reads it; unset = no key, and those functions raise 55000). A path, never
 /// a key; shown to superusers only.
-pub static ENCRYPTION_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ENCRYPTION_KEY_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     GucRegistry::define_int_guc(

@@ -15,11 +15,7 @@ use pgrx::spi::SpiClient;
 use pgrx::{AnyElement, PgOid, Uuid};
 use serde_json::json;
 
-pgrx::extension_sql_file!(
-    "../sql/vault.sql",
-    name = "vault",
-    requires = ["schema"]
-);
+pgrx::extension_sql_file!("../sql/vault.sql", name = "vault", requires = ["schema"]);
 
 const TABLE: &str = "secrets";
 /// The largest value the vault keeps (credentials, not documents).
@@ -84,9 +80,10 @@ fn put(
 ) -> Result<Uuid, TruxeError> {
     let org_id = check_org(org_id)?;
     let name = check_name(name.as_deref())?.to_string();
-    let value = zeroize::Zeroizing::new(value.ok_or_else(|| {
-        TruxeError::new(Sqlstate::InvalidParameter, "value must not be NULL")
-    })?);
+    let value =
+        zeroize::Zeroizing::new(value.ok_or_else(|| {
+            TruxeError::new(Sqlstate::InvalidParameter, "value must not be NULL")
+        })?);
     if value.len() > MAX_VALUE_BYTES {
         return fail(
             Sqlstate::InvalidParameter,
@@ -116,10 +113,7 @@ fn put(
         )?
         .is_empty()
         {
-            return fail(
-                Sqlstate::NotFound,
-                format!("unknown organization {org_id}"),
-            );
+            return fail(Sqlstate::NotFound, format!("unknown organization {org_id}"));
         }
         // the row id is part of the associated data, so it must be known before sealing:
         // replace under the existing row's lock, or insert a new id (a concurrent insert of
@@ -363,12 +357,7 @@ fn reseal(
     limit: i32,
 ) -> Result<i64, TruxeError> {
     let current = keys.current().0.to_string();
-    let rows = plans::run(
-        c,
-        t.select,
-        &[TEXT, INT4],
-        &[current.into(), limit.into()],
-    )?;
+    let rows = plans::run(c, t.select, &[TEXT, INT4], &[current.into(), limit.into()])?;
     let mut stale = Vec::with_capacity(rows.len());
     for row in rows {
         match (

@@ -10,6 +10,7 @@ mod hierarchy;
 mod hostile;
 mod install;
 mod metrics;
+mod mfa;
 mod ops;
 mod orgs;
 mod rls;
