@@ -19,6 +19,7 @@ mod mfa;
 mod orgs;
 mod plans;
 mod rate_limit;
+mod recovery_codes;
 mod security;
 mod session;
 mod trigger;

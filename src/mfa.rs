@@ -1,6 +1,6 @@
 //! Second factors: TOTP (RFC 6238: HMAC-SHA-1, 6 digits, 30-second steps — what every
-//! authenticator app supports), recovery codes, and a session's assurance level
-//! (`elevate_session`).
+//! authenticator app supports) and a session's assurance level (`elevate_session`).
+//! Recovery codes are in src/recovery_codes.rs; both tables are declared in sql/mfa.sql.
 //!
 //! A TOTP seed is 20 random bytes, shown once (base32 and an `otpauth://` URI) and stored
 //! sealed by src/crypto.rs, bound to (truxe.mfa_factors, factor id, user id). A code is
@@ -23,7 +23,6 @@ use pgrx::spi::SpiClient;
 use pgrx::{PgOid, Uuid};
 use serde_json::json;
 use sha1::Sha1;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pgrx::extension_sql_file!(
@@ -40,8 +39,6 @@ const STEP_SECONDS: u64 = 30;
 const SEED_LEN: usize = 20;
 /// Wrong codes in a row that lock a factor (for 15 minutes).
 const MAX_FAILURES: i32 = 5;
-/// Random bytes of a recovery code: 80 bits, 16 base32 characters.
-const RECOVERY_CODE_BYTES: usize = 10;
 
 type HmacSha1 = Hmac<Sha1>;
 
@@ -153,7 +150,10 @@ fn check_label<'a>(
 }
 
 /// The e-mail of an active user; P0002 when unknown, 42501 when not active.
-fn active_user_email(c: &mut SpiClient<'_>, user_id: Uuid) -> Result<String, TruxeError> {
+pub(crate) fn active_user_email(
+    c: &mut SpiClient<'_>,
+    user_id: Uuid,
+) -> Result<String, TruxeError> {
     let rows = plans::run(
         c,
         "SELECT email::text, status::text FROM truxe.users WHERE id = $1",
@@ -430,146 +430,6 @@ fn unenroll(factor_id: Option<Uuid>) -> Result<bool, TruxeError> {
     Ok(true)
 }
 
-/// The stored form of a recovery code: SHA-256 of the user's 16 id bytes and the
-/// normalised code (lowercase base32, no spaces or dashes).
-fn recovery_hash(user_id: Uuid, normalised: &str) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(user_id.as_bytes());
-    h.update(normalised.as_bytes());
-    h.finalize().to_vec()
-}
-
-/// A submitted recovery code normalised: case, spaces and dashes ignored; None unless it
-/// is 16 base32 characters.
-fn normalise_recovery_code(code: &str) -> Option<String> {
-    if code.len() > 256 {
-        return None;
-    }
-    let n: String = code
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '\t'))
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let ok = n.len() == 16
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
-    ok.then_some(n)
-}
-
-/// Replaces the user's recovery codes with `n` (1-20) new ones and returns them, once:
-/// 16 base32 characters (80 random bits) shown as `xxxx-xxxx-xxxx-xxxx`; only their SHA-256
-/// is stored. Every earlier code stops working. Writes `mfa.recovery_codes_generated`.
-/// 22023 for a NULL user or n out of range; P0002 unknown user; 42501 user not active.
-/// service_account only.
-#[pg_extern(sql = r#"
-CREATE FUNCTION truxe.generate_recovery_codes(user_id uuid, n integer DEFAULT 10)
-RETURNS SETOF text
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 10 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
-"#)]
-fn generate_recovery_codes(
-    user_id: Option<Uuid>,
-    n: Option<i32>,
-) -> SetOfIterator<'static, String> {
-    SetOfIterator::new(generate(user_id, n).unwrap_or_raise())
-}
-
-fn generate(user_id: Option<Uuid>, n: Option<i32>) -> Result<Vec<String>, TruxeError> {
-    let Some(user_id) = user_id else {
-        return fail(Sqlstate::InvalidParameter, "user_id must not be NULL");
-    };
-    let n = match n {
-        Some(n) if (1..=20).contains(&n) => n,
-        _ => return fail(Sqlstate::InvalidParameter, "n must be 1-20"),
-    };
-    let mut codes = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let raw = crypto::random_bytes::<RECOVERY_CODE_BYTES>()?;
-        codes.push(BASE32_NOPAD.encode(&raw).to_ascii_lowercase());
-    }
-    Spi::connect_mut(|c| -> Result<(), TruxeError> {
-        active_user_email(c, user_id)?;
-        plans::run(
-            c,
-            "DELETE FROM truxe.mfa_recovery_codes WHERE user_id = $1",
-            &[UUID],
-            &[user_id.into()],
-        )?;
-        for code in &codes {
-            plans::run(
-                c,
-                "INSERT INTO truxe.mfa_recovery_codes (user_id, code_hash) VALUES ($1, $2)",
-                &[UUID, BYTEA],
-                &[user_id.into(), recovery_hash(user_id, code).into()],
-            )?;
-        }
-        Ok(())
-    })?;
-    audit::record(
-        None,
-        "mfa.recovery_codes_generated",
-        "user",
-        &user_id.to_string(),
-        json!({ "count": n }),
-        &audit::Client::default(),
-    )?;
-    Ok(codes
-        .into_iter()
-        .map(|c| format!("{}-{}-{}-{}", &c[0..4], &c[4..8], &c[8..12], &c[12..16]))
-        .collect())
-}
-
-/// Uses up one of the user's recovery codes: true when `code` (case, spaces and dashes
-/// ignored) is one of the current set and was not used before — then never again; false
-/// otherwise (also for NULL or malformed input). Writes `mfa.recovery_code_used` with the
-/// number of codes left. service_account only.
-#[pg_extern(sql = r#"
-CREATE FUNCTION truxe.use_recovery_code(user_id uuid, code text)
-RETURNS boolean
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
-"#)]
-fn use_recovery_code(user_id: Option<Uuid>, code: Option<String>) -> bool {
-    use_code(user_id, code).unwrap_or_raise()
-}
-
-fn use_code(user_id: Option<Uuid>, code: Option<String>) -> Result<bool, TruxeError> {
-    let (Some(user_id), Some(code)) = (user_id, code.as_deref().and_then(normalise_recovery_code))
-    else {
-        return Ok(false);
-    };
-    let left = plans::run_once(
-        "WITH used AS (
-           UPDATE truxe.mfa_recovery_codes SET used_at = now()
-            WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL
-           RETURNING code_hash)
-         SELECT (SELECT count(*) FROM truxe.mfa_recovery_codes r
-                  WHERE r.user_id = $1 AND r.used_at IS NULL) - 1
-           FROM used",
-        &[UUID, BYTEA],
-        &[user_id.into(), recovery_hash(user_id, &code).into()],
-        |rows| {
-            if rows.is_empty() {
-                Ok(None)
-            } else {
-                rows.first().get_one::<i64>()
-            }
-        },
-    )?;
-    let Some(left) = left else {
-        return Ok(false);
-    };
-    audit::record(
-        None,
-        "mfa.recovery_code_used",
-        "user",
-        &user_id.to_string(),
-        json!({ "codes_left": left }),
-        &audit::Client::default(),
-    )?;
-    Ok(true)
-}
-
 /// Raises a session to assurance level 2 with a TOTP code: returns verify_totp's status
 /// for the factor; on `verified` the session's `aal` becomes 2 and `session.mfa_verified`
 /// is written (with the session's public id and the factor id, never the jti). The session
@@ -672,12 +532,6 @@ mod unit {
         for bad in ["", "12345", "1234567", "12345a", "١٢٣٤٥٦", &"1".repeat(100)] {
             assert_eq!(normalise_code(bad), None, "{bad}");
         }
-        assert_eq!(
-            normalise_recovery_code("ABCD-efgh 2345-6722").as_deref(),
-            Some("abcdefgh23456722")
-        );
-        assert_eq!(normalise_recovery_code("abcd-efgh-2345-672"), None);
-        assert_eq!(normalise_recovery_code("abcd-efgh-2345-6781"), None);
     }
 
     /// TOTP against an independent implementation (Python 3's standard hmac module) for
