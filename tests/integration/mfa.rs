@@ -402,7 +402,8 @@ fn without_a_usable_key_file_every_function_says_what_to_configure() {
             .service()
             .batch_execute("SELECT truxe.rotate_encryption_key()")
             .unwrap_err();
-        assert!(!e.to_string().contains(&key[..16]), "{e}");
+        let msg = e.as_db_error().unwrap().message().to_string();
+        assert!(!msg.contains(&key[..16]), "{msg}");
     }
 
     // a value a non-superuser put into the setting before the library loaded is discarded
@@ -1153,4 +1154,130 @@ fn authenticated_calls_none_of_it_and_reads_only_its_own_factors_metadata() {
         .get(0);
     assert!(gone);
     assert_eq!(verify(&mut s, &bob_factor, "123456"), "invalid");
+}
+
+#[test]
+fn hostile_input_with_a_key_configured_is_22023_or_a_status_never_xx000() {
+    let (db, _keys, _) = keyed();
+    let mut su = db.superuser();
+    su.batch_execute(
+        "INSERT INTO truxe.users (id, email, status)
+           VALUES ('00000000-0000-0000-0000-0000000000d3', 'gone@x.example', 'suspended')",
+    )
+    .unwrap();
+    let mut s = db.service();
+    let (factor, _, _) = enroll(&mut s, ALICE);
+    let huge = "x".repeat(10 << 20);
+    let control = "a\u{1}\u{7f}\nb";
+    for value in [huge.as_str(), control, "", "é:ü"] {
+        for (sql, ok_states) in [
+            (
+                "SELECT truxe.put_secret($1::text::uuid, $2, 'v')",
+                &["22023", ""][..],
+            ),
+            (
+                "SELECT truxe.put_secret($1::text::uuid, 'n', $2)",
+                &["22023", ""],
+            ),
+            (
+                "SELECT truxe.get_secret($1::text::uuid, $2)",
+                &["22023", ""],
+            ),
+            (
+                "SELECT truxe.delete_secret($1::text::uuid, $2)",
+                &["22023", ""],
+            ),
+            (
+                "SELECT truxe.enroll_totp($1::text::uuid, $2)",
+                &["22023", ""],
+            ),
+            (
+                "SELECT truxe.enroll_totp($1::text::uuid, 'Acme', $2)",
+                &["22023", ""],
+            ),
+            ("SELECT truxe.use_recovery_code($1::text::uuid, $2)", &[""]),
+        ] {
+            let target = if sql.contains("secret") { ORG_A } else { ALICE };
+            let r = s.query(sql, &[&target, &value]);
+            let state = match &r {
+                Ok(_) => String::new(),
+                Err(e) => {
+                    let msg = e.as_db_error().map(|d| d.message().len()).unwrap_or(0);
+                    assert!(msg < 1000, "{sql}: a message of {msg} bytes");
+                    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+                }
+            };
+            assert!(
+                ok_states.contains(&state.as_str()),
+                "{sql} with {:.20}: {state}",
+                value
+            );
+        }
+        let status: String = s
+            .query_one(
+                "SELECT truxe.verify_totp($1::text::uuid, $2)",
+                &[&factor, &value],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(status, "invalid");
+    }
+    // issuer with ':' (the otpauth label separator); an unknown or inactive user
+    for (sql, state) in [
+        (
+            format!("SELECT truxe.enroll_totp('{ALICE}', 'Ac:me')"),
+            "22023",
+        ),
+        (
+            format!("SELECT truxe.enroll_totp('{ALICE}', NULL)"),
+            "22023",
+        ),
+        (
+            "SELECT truxe.enroll_totp(NULL, 'Acme')".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT truxe.enroll_totp('00000000-0000-0000-0000-000000000000', 'Acme')".to_string(),
+            "P0002",
+        ),
+        (
+            "SELECT truxe.enroll_totp('00000000-0000-0000-0000-0000000000d3', 'Acme')".to_string(),
+            "42501",
+        ),
+        (
+            "SELECT truxe.rotate_encryption_key(-1)".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT truxe.rotate_encryption_key(NULL)".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT truxe.rotate_encryption_key(2147483647)".to_string(),
+            "22023",
+        ),
+        (
+            format!("SELECT truxe.generate_recovery_codes('{ALICE}', -2147483648)"),
+            "22023",
+        ),
+    ] {
+        assert_eq!(sqlstate(s.batch_execute(&sql)), state, "{sql}");
+    }
+    // a key file inside the data directory is refused
+    let data_dir: String = su.query_one("SHOW data_directory", &[]).unwrap().get(0);
+    let inside = format!("{data_dir}/truxe.keys");
+    std::fs::write(&inside, format!("k1:{}\n", random_key())).unwrap();
+    su.batch_execute(&format!(
+        "ALTER DATABASE {} SET truxe.encryption_key_file = '{inside}'",
+        db.name
+    ))
+    .unwrap();
+    let e = db
+        .service()
+        .batch_execute(&format!("SELECT truxe.get_secret('{ORG_A}', 'n')"))
+        .unwrap_err();
+    let _ = std::fs::remove_file(&inside);
+    assert_eq!(e.code().map(|c| c.code()), Some("55000"));
+    let msg = e.as_db_error().unwrap().message().to_string();
+    assert!(msg.contains("inside the data directory"), "{msg}");
 }
