@@ -82,3 +82,10 @@ GRANT USAGE ON SEQUENCE truxe.audit_logs_id_seq TO authenticated;
 -- trigger functions are called by their triggers only: no role gets EXECUTE on them
 REVOKE EXECUTE ON FUNCTION truxe.end_sessions_on_membership_delete(),
   truxe.end_sessions_on_status_change() FROM service_account;
+-- Secrets at rest (src/vault.rs, src/mfa.rs): nobody but the extension owner reads the
+-- vault, the encrypted TOTP seeds or the recovery-code hashes; the functions are the way
+-- in. A user reads their own factors' metadata (policy factor_self_read), service_account
+-- any factor's: never key_id, nonce or ciphertext.
+REVOKE ALL ON truxe.secrets, truxe.mfa_factors, truxe.mfa_recovery_codes FROM service_account;
+GRANT SELECT (id, user_id, kind, friendly_name, status, created_at, verified_at, last_used_step,
+  failed_attempts, locked_until) ON truxe.mfa_factors TO service_account, authenticated;

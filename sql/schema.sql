@@ -30,7 +30,11 @@ CREATE TYPE truxe.audit_action AS ENUM (
   'membership.invited', 'membership.joined', 'membership.role_changed', 'membership.removed',
   'session.created', 'session.refreshed', 'session.revoked', 'session.reuse_detected',
   'settings.updated', 'api_key.created', 'api_key.revoked',
-  'magic_link.sent', 'magic_link.verified', 'magic_link.failed'
+  'magic_link.sent', 'magic_link.verified', 'magic_link.failed',
+  -- 0.2: the vault, second factors and session assurance (src/vault.rs, src/mfa.rs)
+  'secret.written', 'secret.read', 'secret.deleted', 'session.mfa_verified',
+  'mfa.enrolled', 'mfa.unenrolled', 'mfa.locked', 'mfa.recovery_codes_generated',
+  'mfa.recovery_code_used'
 );
 
 -- updated_at maintenance, shared by every table that has the column

@@ -993,3 +993,157 @@ GRANT EXECUTE ON FUNCTION truxe.create_api_key(uuid, text, text[], interval, jso
   truxe.authenticate_api_key(text), truxe.revoke_api_key(uuid) TO authenticated, service_account;
 GRANT EXECUTE ON FUNCTION truxe.permission_matches(text, text),
   truxe.user_holds_permission(uuid, text, uuid) TO service_account;
+-- == Second factors and secrets at rest (issue 13) ==
+-- Why: TOTP second factors with recovery codes, a session assurance level raised by a
+-- second factor, and an encrypted vault for an org's credentials, with keys kept in a file
+-- outside the database (truxe.encryption_key_file) and rotation. The fresh-install side is
+-- in sql/schema.sql (enum labels), sql/vault.sql, sql/mfa.sql, sql/grants.sql,
+-- src/vault.rs and src/mfa.rs.
+
+-- New audit actions (appended: the same order as the fresh install's enum).
+ALTER TYPE truxe.audit_action ADD VALUE 'secret.written';
+ALTER TYPE truxe.audit_action ADD VALUE 'secret.read';
+ALTER TYPE truxe.audit_action ADD VALUE 'secret.deleted';
+ALTER TYPE truxe.audit_action ADD VALUE 'session.mfa_verified';
+ALTER TYPE truxe.audit_action ADD VALUE 'mfa.enrolled';
+ALTER TYPE truxe.audit_action ADD VALUE 'mfa.unenrolled';
+ALTER TYPE truxe.audit_action ADD VALUE 'mfa.locked';
+ALTER TYPE truxe.audit_action ADD VALUE 'mfa.recovery_codes_generated';
+ALTER TYPE truxe.audit_action ADD VALUE 'mfa.recovery_code_used';
+
+CREATE TABLE truxe.secrets (
+  id         uuid NOT NULL,
+  org_id     uuid NOT NULL REFERENCES truxe.organizations (id) ON DELETE CASCADE,
+  name       text NOT NULL,
+  key_id     text NOT NULL,
+  nonce      bytea NOT NULL,
+  ciphertext bytea NOT NULL,
+  metadata   jsonb NOT NULL DEFAULT '{}'::jsonb,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  CONSTRAINT secrets_pkey PRIMARY KEY (org_id, id),
+  CONSTRAINT secrets_org_id_name_key UNIQUE (org_id, name),
+  CONSTRAINT name_length CHECK (length(name) BETWEEN 1 AND 200),
+  CONSTRAINT nonce_is_96_bits CHECK (octet_length(nonce) = 12),
+  CONSTRAINT metadata_is_object CHECK (jsonb_typeof(metadata) = 'object')
+);
+ALTER TABLE truxe.secrets ENABLE ROW LEVEL SECURITY;
+-- a dump keeps the ciphertexts (never a key)
+SELECT pg_catalog.pg_extension_config_dump('truxe.secrets', '');
+
+CREATE TABLE truxe.mfa_factors (
+  id              uuid NOT NULL DEFAULT gen_random_uuid(),
+  user_id         uuid NOT NULL REFERENCES truxe.users (id) ON DELETE CASCADE,
+  kind            text NOT NULL DEFAULT 'totp',
+  friendly_name   text NOT NULL,
+  key_id          text NOT NULL,
+  nonce           bytea NOT NULL,
+  ciphertext      bytea NOT NULL,
+  status          text NOT NULL DEFAULT 'unverified',
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  verified_at     timestamptz,
+  last_used_step  bigint,
+  failed_attempts integer NOT NULL DEFAULT 0,
+  locked_until    timestamptz,
+  CONSTRAINT mfa_factors_pkey PRIMARY KEY (id),
+  CONSTRAINT valid_kind CHECK (kind IN ('totp')),
+  CONSTRAINT valid_status CHECK (status IN ('unverified', 'verified')),
+  CONSTRAINT verified_at_when_verified CHECK ((status = 'verified') = (verified_at IS NOT NULL)),
+  CONSTRAINT friendly_name_length CHECK (length(friendly_name) BETWEEN 1 AND 100),
+  CONSTRAINT nonce_is_96_bits CHECK (octet_length(nonce) = 12),
+  CONSTRAINT max_failed_attempts CHECK (failed_attempts BETWEEN 0 AND 5)
+);
+CREATE INDEX idx_mfa_factors_user ON truxe.mfa_factors (user_id);
+
+-- One row per recovery code: SHA-256 of the user's id and the normalised code (so equal
+-- codes of two users do not hash alike); used_at set by the code's one use.
+CREATE TABLE truxe.mfa_recovery_codes (
+  user_id    uuid NOT NULL REFERENCES truxe.users (id) ON DELETE CASCADE,
+  code_hash  bytea NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  used_at    timestamptz,
+  CONSTRAINT mfa_recovery_codes_pkey PRIMARY KEY (user_id, code_hash),
+  CONSTRAINT code_hash_is_sha256 CHECK (octet_length(code_hash) = 32)
+);
+
+ALTER TABLE truxe.mfa_factors ENABLE ROW LEVEL SECURITY;
+ALTER TABLE truxe.mfa_recovery_codes ENABLE ROW LEVEL SECURITY;
+-- service_account reads factor metadata (column grants); authenticated its own factors'
+CREATE POLICY service_all ON truxe.mfa_factors TO service_account USING (true) WITH CHECK (true);
+CREATE POLICY factor_self_read ON truxe.mfa_factors FOR SELECT TO authenticated
+  USING (user_id = (SELECT truxe.current_user_id()));
+-- mfa_recovery_codes: no policy, no grant (the functions only)
+
+SELECT pg_catalog.pg_extension_config_dump('truxe.mfa_factors', '');
+SELECT pg_catalog.pg_extension_config_dump('truxe.mfa_recovery_codes', '');
+
+-- Nobody but the extension owner reads the vault, the seeds or the code hashes; factor
+-- metadata is readable by service_account and (its own, policy factor_self_read) by
+-- authenticated. (GRANT then REVOKE gives the same ACL as a fresh install, where
+-- sql/grants.sql grants every table to service_account and then takes these back.)
+GRANT SELECT ON truxe.secrets, truxe.mfa_factors, truxe.mfa_recovery_codes TO service_account;
+REVOKE ALL ON truxe.secrets, truxe.mfa_factors, truxe.mfa_recovery_codes FROM service_account;
+GRANT SELECT (id, user_id, kind, friendly_name, status, created_at, verified_at, last_used_step,
+  failed_attempts, locked_until) ON truxe.mfa_factors TO service_account, authenticated;
+
+-- New functions (src/vault.rs, src/mfa.rs), service_account only.
+CREATE FUNCTION truxe.put_secret(org_id uuid, name text, value text, metadata jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'put_secret_wrapper';
+CREATE FUNCTION truxe.get_secret(org_id uuid, name text)
+RETURNS text
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'get_secret_wrapper';
+CREATE FUNCTION truxe.delete_secret(org_id uuid, name text)
+RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'delete_secret_wrapper';
+CREATE FUNCTION truxe.rotate_encryption_key(batch_size integer DEFAULT 1000)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'rotate_encryption_key_wrapper';
+CREATE FUNCTION truxe.enroll_totp(user_id uuid, issuer text, friendly_name text DEFAULT 'authenticator')
+RETURNS TABLE(factor_id uuid, secret text, otpauth_uri text)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'enroll_totp_wrapper';
+CREATE FUNCTION truxe.verify_totp(factor_id uuid, code text)
+RETURNS text
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'verify_totp_wrapper';
+CREATE FUNCTION truxe.unenroll_factor(factor_id uuid)
+RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'unenroll_factor_wrapper';
+CREATE FUNCTION truxe.generate_recovery_codes(user_id uuid, n integer DEFAULT 10)
+RETURNS SETOF text
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 10 AS 'MODULE_PATHNAME', 'generate_recovery_codes_wrapper';
+CREATE FUNCTION truxe.use_recovery_code(user_id uuid, code text)
+RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'use_recovery_code_wrapper';
+CREATE FUNCTION truxe.elevate_session(jti uuid, factor_id uuid, code text)
+RETURNS text
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'elevate_session_wrapper';
+REVOKE ALL ON FUNCTION truxe.put_secret(uuid, text, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.put_secret(uuid, text, text, jsonb) TO service_account;
+REVOKE ALL ON FUNCTION truxe.get_secret(uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.get_secret(uuid, text) TO service_account;
+REVOKE ALL ON FUNCTION truxe.delete_secret(uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.delete_secret(uuid, text) TO service_account;
+REVOKE ALL ON FUNCTION truxe.rotate_encryption_key(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.rotate_encryption_key(integer) TO service_account;
+REVOKE ALL ON FUNCTION truxe.enroll_totp(uuid, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.enroll_totp(uuid, text, text) TO service_account;
+REVOKE ALL ON FUNCTION truxe.verify_totp(uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.verify_totp(uuid, text) TO service_account;
+REVOKE ALL ON FUNCTION truxe.unenroll_factor(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.unenroll_factor(uuid) TO service_account;
+REVOKE ALL ON FUNCTION truxe.generate_recovery_codes(uuid, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.generate_recovery_codes(uuid, integer) TO service_account;
+REVOKE ALL ON FUNCTION truxe.use_recovery_code(uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.use_recovery_code(uuid, text) TO service_account;
+REVOKE ALL ON FUNCTION truxe.elevate_session(uuid, uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.elevate_session(uuid, uuid, text) TO service_account;

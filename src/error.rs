@@ -26,6 +26,9 @@ pub enum Sqlstate {
     FeatureNotSupported,
     /// 40001 serialization_failure: a concurrent change the caller should retry after.
     SerializationFailure,
+    /// XX001 data_corrupted: an encrypted value that does not decrypt (altered, or copied
+    /// from another row).
+    DataCorrupted,
     /// TX429 (truxe's own): too many requests, e.g. magic links for one e-mail.
     TooManyRequests,
     /// XX000 internal_error: a failure inside truxe (e.g. the OS random source).
@@ -44,6 +47,7 @@ impl Sqlstate {
             Sqlstate::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
             Sqlstate::SerializationFailure => ERRCODE_T_R_SERIALIZATION_FAILURE,
             Sqlstate::Internal => ERRCODE_INTERNAL_ERROR,
+            Sqlstate::DataCorrupted => ERRCODE_DATA_CORRUPTED,
             Sqlstate::TooManyRequests => return None,
         })
     }
@@ -58,6 +62,7 @@ impl Sqlstate {
             Sqlstate::NotInPrerequisiteState => "55000",
             Sqlstate::FeatureNotSupported => "0A000",
             Sqlstate::SerializationFailure => "40001",
+            Sqlstate::DataCorrupted => "XX001",
             Sqlstate::TooManyRequests => "TX429",
             Sqlstate::Internal => "XX000",
         }

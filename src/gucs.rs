@@ -1,5 +1,6 @@
 //! Settings registered by truxe (superuser-only: an application role cannot loosen them).
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
 
 /// `truxe.max_org_depth`: the deepest allowed organisation hierarchy (default 32).
 pub static MAX_ORG_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
@@ -7,6 +8,11 @@ pub static MAX_ORG_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
 /// refresh token gives a new session of the same family instead of revoking the family
 /// (default 10; 0 = no grace at all).
 pub static REFRESH_REUSE_GRACE: GucSetting<i32> = GucSetting::<i32>::new(10);
+/// `truxe.encryption_key_file`: the file of encryption keys for secrets and TOTP seeds
+/// (src/crypto.rs reads it; unset = no key, and those functions raise 55000). A path, never
+/// a key; shown to superusers only.
+pub static ENCRYPTION_KEY_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -30,5 +36,13 @@ pub fn init() {
         3600,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"truxe.encryption_key_file",
+        c"File of the keys that encrypt secrets and second-factor seeds.",
+        c"One key a line, <key id>:<64 hex digits>; the last line encrypts, every line decrypts. Keep it outside the data directory, readable by the server's OS user only.",
+        &ENCRYPTION_KEY_FILE,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
     );
 }

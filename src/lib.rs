@@ -10,20 +10,24 @@ mod api_key;
 mod audit;
 mod cleanup;
 mod context;
+mod crypto;
 mod error;
 mod gucs;
 mod hierarchy;
 mod identity;
 mod magic_link;
 mod metrics;
+mod mfa;
 mod orgs;
 mod plans;
 mod rate_limit;
+mod recovery_codes;
 mod security;
 mod session;
 mod trigger;
 mod types;
 mod usage;
+mod vault;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!(

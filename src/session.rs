@@ -312,9 +312,10 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     })
 }
 
-/// Rotates a refresh token: a new session in the same family (new tokens, returned once),
-/// the old one revoked with reason `rotated`. Presenting an already-rotated refresh_jti
-/// within `truxe.refresh_reuse_grace` of its rotation, while the session that rotation
+/// Rotates a refresh token: a new session in the same family (new tokens, returned once;
+/// the old session's assurance level `aal` carried over, so a second factor verified once
+/// holds for the family), the old one revoked with reason `rotated`. Presenting an
+/// already-rotated refresh_jti within `truxe.refresh_reuse_grace` of its rotation, while the session that rotation
 /// created is live, gives a new session of the same family (two tabs refreshing at once
 /// both stay signed in; truxe cannot hand out the first rotation's tokens again, it does
 /// not keep them); a grace of 0 means none, even within the rotating transaction. Later,
@@ -411,9 +412,9 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                     c,
                     "WITH child AS (
                        INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
-                                                   family_id, device_info, ip, user_agent, expires_at)
+                                                   family_id, device_info, ip, user_agent, expires_at, aal)
                        SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
-                              s.user_agent, now() + $4
+                              s.user_agent, now() + $4, s.aal
                          FROM truxe.sessions s WHERE s.id = $1
                        RETURNING id, expires_at
                      ), rotated AS (
@@ -430,9 +431,9 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                 inserted(plans::run(
                     c,
                     "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
-                                                 family_id, device_info, ip, user_agent, expires_at)
+                                                 family_id, device_info, ip, user_agent, expires_at, aal)
                      SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
-                            s.user_agent, now() + $4
+                            s.user_agent, now() + $4, s.aal
                        FROM truxe.sessions s WHERE s.id = $1
                      RETURNING id, expires_at",
                     &types,

@@ -12,6 +12,7 @@ mod hostile;
 mod identity;
 mod install;
 mod metrics;
+mod mfa;
 mod ops;
 mod orgs;
 mod rls;
