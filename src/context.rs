@@ -391,12 +391,29 @@ mod tests {
 
     #[pg_test]
     fn set_context_then_clear_context() {
+        Spi::run(
+            "INSERT INTO truxe.users (id, email, status)
+               VALUES ('11111111-1111-1111-1111-111111111111', 'a@example.com', 'active');
+             INSERT INTO truxe.organizations (id, slug, name)
+               VALUES ('22222222-2222-2222-2222-222222222222', 'acme', 'Acme');
+             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at)
+               VALUES ('22222222-2222-2222-2222-222222222222', '11111111-1111-1111-1111-111111111111', 'owner', now())",
+        )
+        .unwrap();
         Spi::run("SELECT truxe.set_context('11111111-1111-1111-1111-111111111111', '22222222-2222-2222-2222-222222222222')").unwrap();
         assert_eq!(
             Spi::get_one::<String>("SELECT truxe.current_org_id()::text")
                 .unwrap()
                 .as_deref(),
             Some("22222222-2222-2222-2222-222222222222")
+        );
+        // an org the user does not belong to (here: none at all) is refused
+        let refused = crate::error::error_of(
+            "SELECT truxe.set_context('11111111-1111-1111-1111-111111111111', '33333333-3333-3333-3333-333333333333')",
+        );
+        assert_eq!(
+            refused.map(|(code, _)| code),
+            Some(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE)
         );
         Spi::run("SELECT truxe.clear_context()").unwrap();
         assert_eq!(
