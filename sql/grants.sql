@@ -43,10 +43,12 @@ BEGIN
                          'create_organization', 'invite_member', 'accept_invitation',
                          'change_role', 'remove_member', 'has_permission',
                          'org_ancestors', 'org_descendants', 'validate_session',
-                         'revoke_session_by_id', 'version',
+                         'revoke_session_by_id', 'version', 'permitted_org_ids',
                          -- evaluated as the caller by audit_logs' INSERT policy and defaults
                          'is_builtin_audit_action', 'request_ip', 'request_user_agent',
-                         'request_id')
+                         'request_id',
+                         -- … and by its CHECK constraint action_format
+                         'valid_audit_action')
   LOOP
     EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', f);
   END LOOP;
@@ -75,3 +77,7 @@ GRANT USAGE ON SEQUENCE truxe.audit_logs_id_seq TO authenticated;
 -- trigger functions are called by their triggers only: no role gets EXECUTE on them
 REVOKE EXECUTE ON FUNCTION truxe.end_sessions_on_membership_delete(),
   truxe.end_sessions_on_status_change() FROM service_account;
+-- the seals are written by truxe.seal_audit_log only; the backend reads them (policy
+-- service_read) to keep the latest seal_hash outside the database
+REVOKE INSERT, UPDATE, DELETE ON truxe.audit_seals FROM service_account;
+REVOKE ALL ON SEQUENCE truxe.audit_seals_id_seq FROM service_account;

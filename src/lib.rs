@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod apptables;
 mod audit;
 mod cleanup;
 mod context;
@@ -17,6 +18,7 @@ mod metrics;
 mod orgs;
 mod plans;
 mod rate_limit;
+mod seal;
 mod security;
 mod session;
 mod trigger;
