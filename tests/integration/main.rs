@@ -1,5 +1,6 @@
 //! Integration tests: a real server, real connections, real roles.
 //! Run by scripts/test once per PostgreSQL major version (TRUXE_PG_CONFIG).
+mod apptables;
 mod audit;
 mod auth;
 mod constraints;
