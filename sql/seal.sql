@@ -64,18 +64,20 @@ CREATE TRIGGER audit_seals_append_only
 ALTER TABLE truxe.audit_seals ENABLE ALWAYS TRIGGER audit_seals_append_only;
 
 -- The audit rows with after_id < id <= to_id: how many, the SHA-256 over their digests in id
--- order, and their oldest and newest created_at. A row's digest is the SHA-256 of a canonical
--- text — a JSON array of all its columns, created_at in UTC — that no session setting
--- (DateStyle, TimeZone) changes.
+-- order, and their oldest and newest created_at. A row's digest is the SHA-256 of its
+-- columns as a row literal, the columns named one by one (a column a later version adds
+-- does not change the digest of rows sealed before it), with DateStyle and TimeZone pinned
+-- so that no session setting changes the text of created_at.
 CREATE FUNCTION truxe.audit_rows_digest(after_id bigint, to_id bigint,
                                         OUT row_count bigint, OUT rows_hash bytea,
                                         OUT min_created_at timestamptz, OUT max_created_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC' AS $$
   SELECT count(*),
-         sha256(coalesce(string_agg(sha256(convert_to(jsonb_build_array(
+         sha256(coalesce(string_agg(sha256(textsend(ROW(
                   a.id, a.org_id, a.actor_user_id, a.action, a.target_type, a.target_id, a.details,
-                  a.ip, a.user_agent, a.request_id, a.created_at AT TIME ZONE 'UTC')::text, 'UTF8')),
-                  ''::bytea ORDER BY a.id), ''::bytea)),
+                  a.ip, a.user_agent, a.request_id, a.created_at)::text)), ''::bytea ORDER BY a.id),
+                ''::bytea)),
          min(a.created_at), max(a.created_at)
     FROM truxe.audit_logs a
    WHERE a.id > audit_rows_digest.after_id AND a.id <= audit_rows_digest.to_id;
@@ -93,12 +95,14 @@ $$;
 
 -- Seals every audit row written since the last seal, in seals of at most max_rows rows, and
 -- returns how many rows it sealed. With nothing new it still appends an empty seal: its
--- floor_at moves the bound for backdated rows forward. One sealer at a time (a lock on
+-- floor_at moves the bound for backdated rows forward. After each seal but the last it
+-- sleeps `rest` times as long as that seal took (0: never; 4: the sealer uses about a fifth
+-- of a core), so that a large backlog does not take a core from the writers. One sealer at a time (a lock on
 -- audit_seals, which audit writers never take); it waits for the audit writers in flight
 -- (lock_timeout bounds the wait) but never blocks one. Runs at READ COMMITTED only (55000:
 -- after the wait it must see what those writers committed). Schedule it like
--- cleanup_expired_data. service_account only. max_rows < 1: 22023.
-CREATE FUNCTION truxe.seal_audit_log(max_rows integer DEFAULT 100000)
+-- cleanup_expired_data. service_account only. max_rows < 1, rest outside 0..100: 22023.
+CREATE FUNCTION truxe.seal_audit_log(max_rows integer DEFAULT 100000, rest double precision DEFAULT 0)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   last truxe.audit_seals;
@@ -109,9 +113,13 @@ DECLARE
   lo bigint;
   hi bigint;
   total bigint := 0;
+  started timestamptz;
 BEGIN
   IF max_rows IS NULL OR max_rows < 1 THEN
     RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = '22023';
+  END IF;
+  IF rest IS NULL OR NOT (rest >= 0 AND rest <= 100) THEN
+    RAISE EXCEPTION 'rest must be between 0 and 100' USING ERRCODE = '22023';
   END IF;
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     RAISE EXCEPTION 'seal_audit_log runs at READ COMMITTED only: it must see the rows committed while it waits'
@@ -135,6 +143,7 @@ BEGIN
   lo := coalesce(last.to_id, 0);
   horizon := greatest(horizon, lo);
   LOOP
+    started := clock_timestamp();
     hi := coalesce((SELECT a.id FROM truxe.audit_logs a WHERE a.id > lo AND a.id <= horizon
                      ORDER BY a.id OFFSET max_rows - 1 LIMIT 1), horizon);
     d := truxe.audit_rows_digest(lo, hi);
@@ -157,6 +166,9 @@ BEGIN
     total := total + d.row_count;
     lo := hi;
     EXIT WHEN hi >= horizon;
+    IF rest > 0 THEN
+      PERFORM pg_sleep(rest * extract(epoch FROM clock_timestamp() - started)::double precision);
+    END IF;
   END LOOP;
   RETURN total;
 END

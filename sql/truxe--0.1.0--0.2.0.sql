@@ -703,7 +703,7 @@ GRANT USAGE ON SCHEMA truxe TO pg_monitor;
 -- present now, including any added since 0.1.0 — and is_builtin_audit_action() keeps reading
 -- them from the enum. Every existing value is kept as its text. The INSERT policy names the
 -- column, so it is dropped and created again with the same expression; the column's index
--- is rebuilt by the type change (a rewrite of the table: see README, "Upgrading").
+-- is rebuilt by the type change (a rewrite of the table: README, "Upgrading").
 CREATE FUNCTION truxe.valid_audit_action(action text)
 RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp AS $$
@@ -1089,18 +1089,20 @@ CREATE TRIGGER audit_seals_append_only
 ALTER TABLE truxe.audit_seals ENABLE ALWAYS TRIGGER audit_seals_append_only;
 
 -- The audit rows with after_id < id <= to_id: how many, the SHA-256 over their digests in id
--- order, and their oldest and newest created_at. A row's digest is the SHA-256 of a canonical
--- text — a JSON array of all its columns, created_at in UTC — that no session setting
--- (DateStyle, TimeZone) changes.
+-- order, and their oldest and newest created_at. A row's digest is the SHA-256 of its
+-- columns as a row literal, the columns named one by one (a column a later version adds
+-- does not change the digest of rows sealed before it), with DateStyle and TimeZone pinned
+-- so that no session setting changes the text of created_at.
 CREATE FUNCTION truxe.audit_rows_digest(after_id bigint, to_id bigint,
                                         OUT row_count bigint, OUT rows_hash bytea,
                                         OUT min_created_at timestamptz, OUT max_created_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC' AS $$
   SELECT count(*),
-         sha256(coalesce(string_agg(sha256(convert_to(jsonb_build_array(
+         sha256(coalesce(string_agg(sha256(textsend(ROW(
                   a.id, a.org_id, a.actor_user_id, a.action, a.target_type, a.target_id, a.details,
-                  a.ip, a.user_agent, a.request_id, a.created_at AT TIME ZONE 'UTC')::text, 'UTF8')),
-                  ''::bytea ORDER BY a.id), ''::bytea)),
+                  a.ip, a.user_agent, a.request_id, a.created_at)::text)), ''::bytea ORDER BY a.id),
+                ''::bytea)),
          min(a.created_at), max(a.created_at)
     FROM truxe.audit_logs a
    WHERE a.id > audit_rows_digest.after_id AND a.id <= audit_rows_digest.to_id;
@@ -1118,12 +1120,14 @@ $$;
 
 -- Seals every audit row written since the last seal, in seals of at most max_rows rows, and
 -- returns how many rows it sealed. With nothing new it still appends an empty seal: its
--- floor_at moves the bound for backdated rows forward. One sealer at a time (a lock on
+-- floor_at moves the bound for backdated rows forward. After each seal but the last it
+-- sleeps `rest` times as long as that seal took (0: never; 4: the sealer uses about a fifth
+-- of a core), so that a large backlog does not take a core from the writers. One sealer at a time (a lock on
 -- audit_seals, which audit writers never take); it waits for the audit writers in flight
 -- (lock_timeout bounds the wait) but never blocks one. Runs at READ COMMITTED only (55000:
 -- after the wait it must see what those writers committed). Schedule it like
--- cleanup_expired_data. service_account only. max_rows < 1: 22023.
-CREATE FUNCTION truxe.seal_audit_log(max_rows integer DEFAULT 100000)
+-- cleanup_expired_data. service_account only. max_rows < 1, rest outside 0..100: 22023.
+CREATE FUNCTION truxe.seal_audit_log(max_rows integer DEFAULT 100000, rest double precision DEFAULT 0)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   last truxe.audit_seals;
@@ -1134,9 +1138,13 @@ DECLARE
   lo bigint;
   hi bigint;
   total bigint := 0;
+  started timestamptz;
 BEGIN
   IF max_rows IS NULL OR max_rows < 1 THEN
     RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = '22023';
+  END IF;
+  IF rest IS NULL OR NOT (rest >= 0 AND rest <= 100) THEN
+    RAISE EXCEPTION 'rest must be between 0 and 100' USING ERRCODE = '22023';
   END IF;
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     RAISE EXCEPTION 'seal_audit_log runs at READ COMMITTED only: it must see the rows committed while it waits'
@@ -1160,6 +1168,7 @@ BEGIN
   lo := coalesce(last.to_id, 0);
   horizon := greatest(horizon, lo);
   LOOP
+    started := clock_timestamp();
     hi := coalesce((SELECT a.id FROM truxe.audit_logs a WHERE a.id > lo AND a.id <= horizon
                      ORDER BY a.id OFFSET max_rows - 1 LIMIT 1), horizon);
     d := truxe.audit_rows_digest(lo, hi);
@@ -1182,6 +1191,9 @@ BEGIN
     total := total + d.row_count;
     lo := hi;
     EXIT WHEN hi >= horizon;
+    IF rest > 0 THEN
+      PERFORM pg_sleep(rest * extract(epoch FROM clock_timestamp() - started)::double precision);
+    END IF;
   END LOOP;
   RETURN total;
 END
@@ -1276,9 +1288,10 @@ END
 $$;
 REVOKE ALL ON FUNCTION truxe.wait_for_audit_writers(), truxe.audit_seals_append_only(),
   truxe.audit_rows_digest(bigint, bigint), truxe.audit_seal_hash(truxe.audit_seals),
-  truxe.seal_audit_log(integer), truxe.verify_audit_log(timestamptz, timestamptz) FROM PUBLIC;
+  truxe.seal_audit_log(integer, double precision),
+  truxe.verify_audit_log(timestamptz, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.wait_for_audit_writers(), truxe.audit_rows_digest(bigint, bigint),
-  truxe.audit_seal_hash(truxe.audit_seals), truxe.seal_audit_log(integer),
+  truxe.audit_seal_hash(truxe.audit_seals), truxe.seal_audit_log(integer, double precision),
   truxe.verify_audit_log(timestamptz, timestamptz) TO service_account;
 REVOKE ALL ON truxe.audit_seals, truxe.audit_seals_id_seq FROM PUBLIC;
 -- the backend reads the seals (to keep the latest seal_hash outside the database); only

@@ -672,6 +672,16 @@ fn an_untouched_log_verifies_and_seals_are_append_only() {
     assert!(ok, "{reason}");
     assert_eq!(seal, None);
     let mut s = db.service();
+    // another session's date and time settings change nothing
+    s.batch_execute(
+        "SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'SQL, DMY'; SET extra_float_digits = -10",
+    )
+    .unwrap();
+    let ok: bool = s
+        .query_one("SELECT ok FROM truxe.verify_audit_log()", &[])
+        .unwrap()
+        .get(0);
+    assert!(ok, "verified under other session settings");
     let n: i64 = s
         .query_one("SELECT count(*) FROM truxe.audit_seals", &[])
         .unwrap()
