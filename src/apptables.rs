@@ -185,7 +185,7 @@ fn audit_app_table<'a>(
     let table = format!("{}.{}", trigger.table_schema()?, trigger.table_name()?);
     let described = Spi::connect(|client| {
         let row = plans::read(
-            &client,
+            client,
             describe,
             &DESCRIBE_TYPES,
             &[

@@ -78,8 +78,15 @@ fn sorted(v: &[&str]) -> Vec<String> {
     v
 }
 
-/// The personas: name, user, orgs whose rows they read, orgs where they write.
-const MATRIX: [(&str, Option<&str>, &[&str], &[&str]); 7] = [
+/// A persona: name, user, orgs whose rows they read, orgs where they write.
+type Persona = (
+    &'static str,
+    Option<&'static str>,
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+const MATRIX: [Persona; 7] = [
     ("no context", None, &[], &[]),
     (
         "alice (owner of A)",
@@ -465,7 +472,8 @@ fn audit_table_writes_one_row_per_change() {
             &[],
         )
         .unwrap();
-    let got: Vec<(String, String, String, String, String, String, String)> = rows
+    type AuditRow = (String, String, String, String, String, String, String);
+    let got: Vec<AuditRow> = rows
         .iter()
         .map(|r| {
             (
