@@ -50,7 +50,7 @@ CREATE TABLE bench.projects (
   created_at timestamptz NOT NULL DEFAULT now());
 INSERT INTO bench.projects (org_id, name)
   SELECT bench.uid(2, 1 + g % :O), 'project ' || g FROM generate_series(1, :O * 50) g;
-SELECT truxe.protect_table('bench.projects');
+DO $$ BEGIN PERFORM truxe.protect_table('bench.projects'); END $$;
 GRANT SELECT ON bench.projects TO authenticated;
 
 -- a plain table for the upsert ceiling
