@@ -43,6 +43,16 @@ INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)
 INSERT INTO truxe.organizations (id, slug, name) VALUES (bench.uid(6, 1), 'usage-org', 'Usage');
 RESET session_replication_role;
 
+-- an application's own table, protected by truxe.protect_table (README, "Your own tables"):
+-- 50 projects per org, read by the bench_tenant login through its policies
+CREATE TABLE bench.projects (
+  id bigserial PRIMARY KEY, org_id uuid NOT NULL, name text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO bench.projects (org_id, name)
+  SELECT bench.uid(2, 1 + g % :O), 'project ' || g FROM generate_series(1, :O * 50) g;
+DO $$ BEGIN PERFORM truxe.protect_table('bench.projects'); END $$;
+GRANT SELECT ON bench.projects TO authenticated;
+
 -- a plain table for the upsert ceiling
 CREATE TABLE bench.counter (k text PRIMARY KEY, n bigint NOT NULL);
 -- pre-issued magic links for the inspect benchmark (truxe's and the reference's)

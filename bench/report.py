@@ -121,4 +121,46 @@ if q and cl:
         f"| OLTP (validate_session) p99 during cleanup_expired_data | {cl['tps']:.0f} | {cl['p50']:.3f} | {cl['p99']:.3f} | "
         f"| p99 {cl['p99'] / q['p99']:.2f}× the quiet run's ({q['p99']:.3f} ms) | ≤ 2× |"
     )
+a, u = stats("app_rls_authenticated"), stats("app_rls_superuser")
+if a and u:
+    out.append(
+        f"| application table (`protect_table`) list as `authenticated` (RLS) | {a['tps']:.0f} | {a['p50']:.3f} | {a['p99']:.3f} | "
+        f"| latency p50 {a['p50'] / u['p50']:.2f}× the superuser's same query ({u['p50']:.3f} ms) | ≤ 1.15× |"
+    )
+
+
+def window_tps(name, start, end):
+    """Transactions of run `name` (round 1) completed between start and end (epoch
+    seconds, clipped to the run), per second."""
+    done = []
+    for path in glob.glob(os.path.join(work, f"{name}.1.[0-9]*")):
+        with open(path) as f:
+            for line in f:
+                p = line.split()
+                if len(p) >= 6:
+                    done.append(int(p[4]) + int(p[5]) / 1e6)
+    if not done:
+        return None
+    lo, hi = max(start, min(done)), min(end, max(done))
+    n = sum(1 for t in done if lo <= t <= hi)
+    return n / (hi - lo) if hi > lo else None
+
+
+seal_out = os.path.join(work, "seal.out")
+q = stats("audit_write_quiet", 1)
+if q and os.path.exists(seal_out):
+    start, end, sealed = open(seal_out).read().split()
+    start, end = float(start), float(end)
+    during = window_tps("audit_write_sealing", start, end)
+    verify = None
+    if os.path.exists(os.path.join(work, "verify.out")):
+        v0, v1 = map(float, open(os.path.join(work, "verify.out")).read().split())
+        verify = v1 - v0
+    out.append(
+        f"| `seal_audit_log` of {int(sealed)} rows (max_rows 10000, rest 4) | | | | "
+        f"| {end - start:.1f} s; audit writes meanwhile {during or 0:.0f}/s = "
+        f"{(during or 0) / q['tps']:.2f}× the quiet {q['tps']:.0f}/s"
+        + (f"; `verify_audit_log` of the same rows (no pauses): {verify:.1f} s" if verify else "")
+        + " | ≥ 0.9× |"
+    )
 print("\n".join(out))

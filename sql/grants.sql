@@ -46,10 +46,12 @@ BEGIN
                          'create_organization', 'invite_member', 'accept_invitation',
                          'change_role', 'remove_member', 'has_permission',
                          'org_ancestors', 'org_descendants', 'validate_session',
-                         'revoke_session_by_id', 'version',
+                         'revoke_session_by_id', 'version', 'permitted_org_ids',
                          -- evaluated as the caller by audit_logs' INSERT policy and defaults
                          'is_builtin_audit_action', 'request_ip', 'request_user_agent',
-                         'request_id')
+                         'request_id',
+                         -- … and by its CHECK constraint action_format
+                         'valid_audit_action')
   LOOP
     EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO authenticated', f);
   END LOOP;
@@ -89,3 +91,7 @@ REVOKE EXECUTE ON FUNCTION truxe.end_sessions_on_membership_delete(),
 REVOKE ALL ON truxe.secrets, truxe.mfa_factors, truxe.mfa_recovery_codes FROM service_account;
 GRANT SELECT (id, user_id, kind, friendly_name, status, created_at, verified_at, last_used_step,
   failed_attempts, locked_until) ON truxe.mfa_factors TO service_account, authenticated;
+-- the seals are written by truxe.seal_audit_log only; the backend reads them (policy
+-- service_read) to keep the latest seal_hash outside the database
+REVOKE INSERT, UPDATE, DELETE ON truxe.audit_seals FROM service_account;
+REVOKE ALL ON SEQUENCE truxe.audit_seals_id_seq FROM service_account;

@@ -14,6 +14,9 @@
 --  * rate_limits.exhausted_at (0.2): set by a window's first refused call, for metrics();
 --  * audit_logs (action, created_at) (0.2, replacing (action)): metrics() counts an hour;
 --  * indexes on sessions.revoked_at and magic_link_challenges.used_at for the cleanup batches;
+--  * audit_logs.action is text (0.2): truxe's own actions are the labels of the enum
+--    truxe.audit_action, an application's own are any other 'resource.verb'
+--    (constraint action_format, sql/apptables.sql);
 --  * audit_logs has no foreign keys (it keeps ids of deleted users and orgs) and is
 --    append-only through a raising trigger (src/audit.rs), not silent rules;
 --  * slug and email checks compare as text: on citext `~` is case-insensitive, which would
@@ -164,7 +167,7 @@ CREATE TABLE truxe.audit_logs (
   id            bigserial PRIMARY KEY,
   org_id        uuid,
   actor_user_id uuid,
-  action        truxe.audit_action NOT NULL,
+  action        text NOT NULL,
   target_type   text,
   target_id     text,
   details       jsonb NOT NULL DEFAULT '{}'::jsonb,

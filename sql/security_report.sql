@@ -73,5 +73,21 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM pg_trigger tg
    WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
      AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
-     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0;
+     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0
+  UNION ALL
+  -- application tables (outside truxe and the system schemas) with an org_id column and row
+  -- level security off: every role with a privilege on them sees every tenant's rows
+  -- (truxe.protect_table turns it on with truxe's tenant policies)
+  SELECT 'app_tables_rls', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every application table with an org_id column has row level security enabled'
+              ELSE 'org_id column but row level security disabled: '
+                   || string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid::regclass::text) END
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
+     AND n.nspname NOT IN ('truxe', 'pg_catalog', 'information_schema')
+     AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+     AND EXISTS (SELECT 1 FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attname = 'org_id' AND a.attnum > 0
+                    AND NOT a.attisdropped);
 $$;

@@ -767,83 +767,6 @@ ALTER POLICY membership_read ON truxe.memberships
          OR (user_id = (SELECT truxe.current_user_id())
              AND (joined_at IS NULL OR (SELECT truxe.current_org_id()) IS NULL)));
 
--- security_report() gains the identity_mode row (the same text as sql/security_report.sql)
-CREATE OR REPLACE FUNCTION truxe.security_report()
-RETURNS TABLE(check_name text, ok boolean, detail text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  -- RLS enabled on every data table (docs/reference.md, "Tables and Row Level Security")
-  SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
-         CASE WHEN c.oid IS NULL THEN 'table missing'
-              WHEN c.relrowsecurity THEN 'row level security enabled'
-              ELSE 'row level security is DISABLED' END
-    FROM unnest(ARRAY['users', 'organizations', 'memberships', 'sessions', 'audit_logs',
-                      'usage_metrics', 'magic_link_challenges', 'rate_limits']) AS t(name)
-    LEFT JOIN pg_class c ON c.relname = t.name AND c.relnamespace = 'truxe'::regnamespace
-  UNION ALL
-  -- nothing of the extension granted to PUBLIC (grantee 0); a NULL acl means the default
-  -- one, which for functions includes EXECUTE to PUBLIC
-  SELECT 'no_public_grants', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'PUBLIC holds no privilege on truxe tables or functions'
-              ELSE 'granted to PUBLIC: ' || string_agg(obj, ', ' ORDER BY obj) END
-    FROM (
-      SELECT c.oid::regclass::text AS obj FROM pg_class c
-       WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
-         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault(
-                       (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
-                      WHERE a.grantee = 0)
-      UNION ALL
-      SELECT p.oid::regprocedure::text FROM pg_proc p
-       WHERE p.pronamespace = 'truxe'::regnamespace
-         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
-                      WHERE a.grantee = 0)
-    ) public_objects
-  UNION ALL
-  -- every SECURITY DEFINER function pins search_path
-  SELECT 'security_definer_search_path', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every SECURITY DEFINER function sets search_path'
-              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ') END
-    FROM pg_proc p
-   WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
-     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
-  UNION ALL
-  -- every function pins search_path (none resolves names through the caller's path), except
-  -- the two getters that resolve no name at all (src/context.rs) and the two SQL tree
-  -- walkers whose bodies qualify every name (sql/hierarchy.sql: a SET would stop inlining)
-  SELECT 'search_path_pinned', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name; org_ancestors and org_descendants qualify every name)'
-              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
-    FROM pg_proc p
-   WHERE p.pronamespace = 'truxe'::regnamespace
-     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
-                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)')
-     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
-  UNION ALL
-  -- the identity mode: under `trusted`, any login that can become `authenticated` can claim
-  -- any identity through app.current_user_id; flagged when such a login exists (a superuser
-  -- or service_account member is trusted either way). The CASE loads truxe's library first,
-  -- so the setting is truxe's own and not a placeholder a session made up.
-  SELECT 'identity_mode', mode = 'verified' OR count(r.oid) = 0,
-         CASE WHEN mode = 'verified' THEN 'identity_mode = verified: only truxe.authenticate and truxe.authenticate_api_key establish an end user''s identity'
-              WHEN count(r.oid) = 0 THEN 'identity_mode = trusted, and no login but trusted ones can become authenticated'
-              ELSE 'identity_mode = trusted: these logins can claim any identity through app.current_user_id: '
-                   || string_agg(r.rolname::text, ', ' ORDER BY r.rolname) END
-    FROM (SELECT CASE WHEN truxe.version() IS NOT NULL
-                      THEN coalesce(current_setting('truxe.identity_mode', true), 'trusted') END) m(mode)
-    LEFT JOIN pg_roles r
-      ON mode <> 'verified' AND r.rolcanlogin AND NOT r.rolsuper
-     AND pg_has_role(r.oid, 'authenticated', 'MEMBER')
-     AND NOT pg_has_role(r.oid, 'service_account', 'MEMBER')
-   GROUP BY mode
-  UNION ALL
-  -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
-  SELECT 'audit_logs_append_only', count(*) > 0,
-         CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'
-              ELSE 'no enabled append-only trigger on truxe.audit_logs' END
-    FROM pg_trigger tg
-   WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
-     AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
-     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0;
-$$;
 
 -- == API keys (issue 11) ==
 -- the table, its policies and the creator-removal trigger: the same text as sql/api_keys.sql
@@ -1147,3 +1070,632 @@ REVOKE ALL ON FUNCTION truxe.use_recovery_code(uuid, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.use_recovery_code(uuid, text) TO service_account;
 REVOKE ALL ON FUNCTION truxe.elevate_session(uuid, uuid, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.elevate_session(uuid, uuid, text) TO service_account;
+
+-- == Your own tables (issue 14) ==
+-- Why: an application's own tables (projects, invoices…) need the same tenant policies and
+-- audit trail as truxe's, audit_logs must take the application's own actions, and the audit
+-- log must show any later change, deletion or insertion, even by a superuser. The
+-- fresh-install side is sql/apptables.sql, sql/seal.sql, sql/schema.sql (the action
+-- column), sql/security_report.sql, sql/grants.sql, src/apptables.rs and src/seal.rs.
+
+-- audit_logs.action becomes text, so that an application may record its own actions
+-- ('resource.verb'); truxe's own stay the labels of the enum truxe.audit_action — every label
+-- present now, including any added since 0.1.0 — and is_builtin_audit_action() keeps reading
+-- them from the enum. Every existing value is kept as its text. The INSERT policy names the
+-- column, so it is dropped and created again with the same expression; the column's index
+-- is rebuilt by the type change (a rewrite of the table: README, "Upgrading").
+CREATE FUNCTION truxe.valid_audit_action(action text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+  SELECT length(action) <= 128 AND action ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$';
+$$;
+REVOKE ALL ON FUNCTION truxe.valid_audit_action(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.valid_audit_action(text) TO service_account, authenticated;
+DROP POLICY audit_self_insert ON truxe.audit_logs;
+ALTER TABLE truxe.audit_logs ALTER COLUMN action TYPE text USING action::text;
+ALTER TABLE truxe.audit_logs ADD CONSTRAINT action_format CHECK (truxe.valid_audit_action(action));
+CREATE POLICY audit_self_insert ON truxe.audit_logs FOR INSERT TO authenticated
+  WITH CHECK (actor_user_id = (SELECT truxe.current_user_id())
+              AND (org_id IS NULL OR org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[]))
+              AND NOT truxe.is_builtin_audit_action(action::text));
+
+-- New: the audit trigger of application tables (src/apptables.rs); nobody holds EXECUTE.
+CREATE FUNCTION truxe.audit_app_table() RETURNS trigger LANGUAGE c
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'audit_app_table_wrapper';
+REVOKE ALL ON FUNCTION truxe.audit_app_table() FROM PUBLIC;
+
+-- New: permitted_org_ids, protect_table, unprotect_table, audit_table and their helpers
+-- (the text of sql/apptables.sql).
+
+-- The orgs where the acting identity holds `permission` ('resource:action'): the rules of
+-- truxe.has_permission (role defaults of truxe.role_permissions, the membership's own
+-- permissions array, 'resource:*' and '*' wildcards, owners/admins of an ancestor holding
+-- their role's permissions on descendants), within truxe.accessible_org_ids() — so every
+-- rule that narrows what a user may see (an inactive user, a pending invitation) narrows
+-- this too. Under an API key: the key's org when the key holds the permission there.
+-- Empty with no context. For policies, evaluated once per statement:
+--   org_id = ANY ((SELECT truxe.permitted_org_ids('projects:write'))::uuid[])
+-- Callable by authenticated and service_account. A malformed permission is 22023.
+CREATE FUNCTION truxe.permitted_org_ids(permission text)
+RETURNS uuid[] LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE me uuid := truxe.current_user_id();
+BEGIN
+  IF permission IS NULL OR permission !~ '^[a-z_]+:[a-z_]+$' THEN
+    RAISE EXCEPTION 'invalid permission %: expected resource:action in lowercase letters and _',
+      coalesce(to_json(left(permission, 64))::text, 'NULL') USING ERRCODE = '22023';
+  END IF;
+  IF me IS NULL THEN
+    -- an API key: its own org, when it holds the permission there (has_permission's rule
+    -- for keys: a matching scope, still held by the key's creator)
+    IF truxe.current_api_key_id() IS NOT NULL
+       AND truxe.has_permission(truxe.current_org_id(), permission) THEN
+      RETURN ARRAY[truxe.current_org_id()];
+    END IF;
+    RETURN '{}';
+  END IF;
+  RETURN (
+    WITH visible AS (SELECT truxe.accessible_org_ids() AS ids),
+    held AS (
+      SELECT m.org_id, m.role, m.permissions
+        FROM truxe.memberships m, visible v
+       WHERE m.user_id = me AND m.joined_at IS NOT NULL AND m.org_id = ANY (v.ids)
+      UNION ALL
+      SELECT c.descendant_id, m.role, '[]'::jsonb
+        FROM truxe.memberships m JOIN truxe.org_closure c ON c.ancestor_id = m.org_id, visible v
+       WHERE m.user_id = me AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
+         AND c.descendant_id = ANY (v.ids)
+    )
+    SELECT coalesce(array_agg(DISTINCT h.org_id), '{}') FROM held h
+     WHERE EXISTS (
+       SELECT 1 FROM (SELECT rp.permission FROM truxe.role_permissions rp WHERE rp.role = h.role
+                      UNION ALL
+                      SELECT e FROM jsonb_array_elements_text(h.permissions) e) g(p)
+        WHERE truxe.permission_matches(g.p, permitted_org_ids.permission)));
+END
+$$;
+
+-- The role that runs the statement, from inside a SECURITY DEFINER function (where
+-- current_user is the function's owner): the role a SET ROLE chose, else the login.
+CREATE FUNCTION truxe.calling_role()
+RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT CASE WHEN current_setting('role') = 'none' THEN session_user
+              ELSE current_setting('role')::name END;
+$$;
+
+-- Checks that `who` owns the application table `tbl` (42501, before anything else of it is
+-- read: the same message whether or not it is a table), then that it is an ordinary or
+-- partitioned table outside truxe and the system schemas (22023).
+CREATE FUNCTION truxe.require_table_owner(tbl regclass, who name)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c record;
+BEGIN
+  SELECT r.relowner, r.relkind, r.relnamespace INTO c FROM pg_class r WHERE r.oid = tbl;
+  IF tbl IS NULL OR NOT FOUND OR NOT pg_has_role(who, c.relowner, 'USAGE') THEN
+    RAISE EXCEPTION 'permission denied: only the owner of a table may protect or audit it'
+      USING ERRCODE = '42501';
+  END IF;
+  IF c.relkind NOT IN ('r', 'p') THEN
+    RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '22023';
+  END IF;
+  IF c.relnamespace IN ('truxe'::regnamespace, 'pg_catalog'::regnamespace,
+                        'information_schema'::regnamespace, 'pg_toast'::regnamespace) THEN
+    RAISE EXCEPTION '% is not an application table', tbl USING ERRCODE = '22023';
+  END IF;
+END
+$$;
+
+-- The number of column `org_column` of `tbl`, which must be a uuid column (22023).
+CREATE FUNCTION truxe.org_column_of(tbl regclass, org_column name)
+RETURNS smallint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE a record;
+BEGIN
+  SELECT t.attnum, t.atttypid INTO a FROM pg_attribute t
+   WHERE t.attrelid = tbl AND t.attname = org_column AND t.attnum > 0 AND NOT t.attisdropped;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'table % has no column %', tbl, coalesce(quote_ident(org_column), 'NULL')
+      USING ERRCODE = '22023';
+  END IF;
+  IF a.atttypid <> 'uuid'::regtype THEN
+    RAISE EXCEPTION 'column % of table % must be of type uuid, not %', quote_ident(org_column), tbl,
+      a.atttypid::regtype USING ERRCODE = '22023';
+  END IF;
+  RETURN a.attnum;
+END
+$$;
+
+-- Gives application table `tbl` truxe's tenant policies: enables and forces row level
+-- security (the owner is subject to it too) and creates, replacing its own earlier ones:
+--   truxe_read    SELECT for authenticated: rows whose org_column is in accessible_org_ids()
+--   truxe_insert, truxe_update, truxe_delete for authenticated: the row's org (old and new
+--                 for an update) in permitted_org_ids('<resource>:write')
+--   truxe_service everything for service_account (the trusted backend), as on truxe's tables
+-- each helper wrapped in (SELECT …), so it is evaluated once per statement (an InitPlan),
+-- and an index on org_column when no valid, non-partial index leads with it. `resource`
+-- defaults to the table's name and must be lowercase letters and _ (22023), as permissions
+-- are. Idempotent. Caller: the table's owner (42501). No such uuid column: 22023. Runs as
+-- the caller (SECURITY INVOKER): Postgres' own ownership checks apply as well.
+CREATE FUNCTION truxe.protect_table(tbl regclass, org_column name DEFAULT 'org_id',
+                                    resource text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  col smallint;
+  res text;
+  readable text;
+  writable text;
+  p name;
+  idx regclass;
+BEGIN
+  PERFORM truxe.require_table_owner(tbl, current_user);
+  col := truxe.org_column_of(tbl, org_column);
+  res := coalesce(resource, (SELECT c.relname::text FROM pg_class c WHERE c.oid = tbl));
+  IF res !~ '^[a-z_]+$' THEN
+    RAISE EXCEPTION 'invalid resource %: lowercase letters and _ (pass resource => ''...'' for this table)',
+      to_json(left(res, 64))::text USING ERRCODE = '22023';
+  END IF;
+  EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', tbl);
+  FOR p IN SELECT pol.polname FROM pg_policy pol
+            WHERE pol.polrelid = tbl
+              AND pol.polname IN ('truxe_read', 'truxe_insert', 'truxe_update', 'truxe_delete', 'truxe_service')
+  LOOP
+    EXECUTE format('DROP POLICY %I ON %s', p, tbl);
+  END LOOP;
+  readable := format('%I = ANY ((SELECT truxe.accessible_org_ids())::uuid[])', org_column);
+  writable := format('%I = ANY ((SELECT truxe.permitted_org_ids(%L))::uuid[])', org_column, res || ':write');
+  EXECUTE format('CREATE POLICY truxe_read ON %s FOR SELECT TO authenticated USING (%s)', tbl, readable);
+  EXECUTE format('CREATE POLICY truxe_insert ON %s FOR INSERT TO authenticated WITH CHECK (%s)', tbl, writable);
+  EXECUTE format('CREATE POLICY truxe_update ON %s FOR UPDATE TO authenticated USING (%s) WITH CHECK (%s)',
+                 tbl, writable, writable);
+  EXECUTE format('CREATE POLICY truxe_delete ON %s FOR DELETE TO authenticated USING (%s)', tbl, writable);
+  EXECUTE format('CREATE POLICY truxe_service ON %s TO service_account USING (true) WITH CHECK (true)', tbl);
+  IF NOT EXISTS (SELECT 1 FROM pg_index i
+                  WHERE i.indrelid = tbl AND i.indkey[0] = col AND i.indpred IS NULL AND i.indisvalid) THEN
+    EXECUTE format('CREATE INDEX ON %s (%I)', tbl, org_column);
+    SELECT i.indexrelid::regclass INTO idx FROM pg_index i
+     WHERE i.indrelid = tbl AND i.indkey[0] = col AND i.indpred IS NULL
+     ORDER BY i.indexrelid::oid::bigint DESC LIMIT 1;
+    EXECUTE format('COMMENT ON INDEX %s IS %L', idx, 'created by truxe.protect_table');
+  END IF;
+END
+$$;
+
+-- Removes what protect_table created on `tbl`: its truxe_* policies and the index it made;
+-- then, when no other policy is left on the table, turns row level security off (forced
+-- and enabled). Idempotent. Caller: the table's owner (42501). SECURITY INVOKER.
+CREATE FUNCTION truxe.unprotect_table(tbl regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  p name;
+  idx regclass;
+BEGIN
+  PERFORM truxe.require_table_owner(tbl, current_user);
+  FOR p IN SELECT pol.polname FROM pg_policy pol
+            WHERE pol.polrelid = tbl
+              AND pol.polname IN ('truxe_read', 'truxe_insert', 'truxe_update', 'truxe_delete', 'truxe_service')
+  LOOP
+    EXECUTE format('DROP POLICY %I ON %s', p, tbl);
+  END LOOP;
+  FOR idx IN SELECT i.indexrelid::regclass FROM pg_index i
+              WHERE i.indrelid = tbl
+                AND obj_description(i.indexrelid, 'pg_class') = 'created by truxe.protect_table'
+  LOOP
+    EXECUTE format('DROP INDEX %s', idx);
+  END LOOP;
+  IF NOT EXISTS (SELECT 1 FROM pg_policy pol WHERE pol.polrelid = tbl) THEN
+    EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY', tbl);
+  END IF;
+END
+$$;
+
+-- Attaches truxe's audit trigger (truxe_audit, src/apptables.rs) to application table
+-- `tbl`: one audit_logs row per inserted, updated or deleted row, action
+-- '<table>.created|updated|deleted', with the acting user, the row's org (`org_column`, a
+-- uuid column; NULL: rows without an org), the request context, target_type the table and
+-- target_id its primary key, and details {table, new} / {table, old} / {table, old, new}
+-- (an update records only the columns whose value changed, and nothing when none did).
+-- Idempotent (run it again after changing the primary key). The table's name must make
+-- valid actions that are not truxe's own (22023). Caller: the role running the statement
+-- must own the table (42501). SECURITY DEFINER: creating a trigger needs EXECUTE on the
+-- trigger function, which no role holds.
+CREATE FUNCTION truxe.audit_table(tbl regclass, org_column name DEFAULT 'org_id')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  res text;
+  verb text;
+  args text[];
+BEGIN
+  PERFORM truxe.require_table_owner(tbl, truxe.calling_role());
+  IF org_column IS NOT NULL THEN
+    PERFORM truxe.org_column_of(tbl, org_column);
+  END IF;
+  res := (SELECT c.relname::text FROM pg_class c WHERE c.oid = tbl);
+  FOREACH verb IN ARRAY ARRAY['created', 'updated', 'deleted'] LOOP
+    IF NOT truxe.valid_audit_action(res || '.' || verb) THEN
+      RAISE EXCEPTION 'table name % cannot name audit actions (resource.verb: lowercase letters, digits and _)',
+        to_json(left(res, 64))::text USING ERRCODE = '22023';
+    END IF;
+    IF truxe.is_builtin_audit_action(res || '.' || verb) THEN
+      RAISE EXCEPTION 'the audit actions of table % would be truxe''s own (%)', tbl, res || '.' || verb
+        USING ERRCODE = '22023';
+    END IF;
+  END LOOP;
+  args := ARRAY[res, coalesce(org_column::text, '')]
+          || ARRAY(SELECT a.attname::text
+                     FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord), pg_attribute a
+                    WHERE i.indrelid = tbl AND i.indisprimary
+                      AND a.attrelid = tbl AND a.attnum = k.attnum
+                    ORDER BY k.ord);
+  IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'truxe_audit') THEN
+    EXECUTE format('DROP TRIGGER truxe_audit ON %s', tbl);
+  END IF;
+  EXECUTE format('CREATE TRIGGER truxe_audit AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
+                 'EXECUTE FUNCTION truxe.audit_app_table(%s)',
+                 tbl, (SELECT string_agg(quote_literal(x), ', ' ORDER BY n)
+                         FROM unnest(args) WITH ORDINALITY u(x, n)));
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.permitted_org_ids(text), truxe.calling_role(),
+  truxe.require_table_owner(regclass, name), truxe.org_column_of(regclass, name),
+  truxe.protect_table(regclass, name, text), truxe.unprotect_table(regclass),
+  truxe.audit_table(regclass, name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.permitted_org_ids(text), truxe.calling_role(),
+  truxe.require_table_owner(regclass, name), truxe.org_column_of(regclass, name),
+  truxe.protect_table(regclass, name, text), truxe.unprotect_table(regclass),
+  truxe.audit_table(regclass, name) TO service_account;
+-- policies call permitted_org_ids as the querying user
+GRANT EXECUTE ON FUNCTION truxe.permitted_org_ids(text) TO authenticated;
+
+-- security_report() also flags application tables with an org_id column and no row level
+-- security, and reports the identity mode (issue 11) (the text of sql/security_report.sql).
+CREATE OR REPLACE FUNCTION truxe.security_report()
+RETURNS TABLE(check_name text, ok boolean, detail text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  -- RLS enabled on every data table (docs/reference.md, "Tables and Row Level Security")
+  SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
+         CASE WHEN c.oid IS NULL THEN 'table missing'
+              WHEN c.relrowsecurity THEN 'row level security enabled'
+              ELSE 'row level security is DISABLED' END
+    FROM unnest(ARRAY['users', 'organizations', 'memberships', 'sessions', 'audit_logs',
+                      'usage_metrics', 'magic_link_challenges', 'rate_limits']) AS t(name)
+    LEFT JOIN pg_class c ON c.relname = t.name AND c.relnamespace = 'truxe'::regnamespace
+  UNION ALL
+  -- nothing of the extension granted to PUBLIC (grantee 0); a NULL acl means the default
+  -- one, which for functions includes EXECUTE to PUBLIC
+  SELECT 'no_public_grants', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'PUBLIC holds no privilege on truxe tables or functions'
+              ELSE 'granted to PUBLIC: ' || string_agg(obj, ', ' ORDER BY obj) END
+    FROM (
+      SELECT c.oid::regclass::text AS obj FROM pg_class c
+       WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault(
+                       (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
+                      WHERE a.grantee = 0)
+      UNION ALL
+      SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'truxe'::regnamespace
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
+                      WHERE a.grantee = 0)
+    ) public_objects
+  UNION ALL
+  -- every SECURITY DEFINER function pins search_path
+  SELECT 'security_definer_search_path', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every SECURITY DEFINER function sets search_path'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ') END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- every function pins search_path (none resolves names through the caller's path), except
+  -- the two getters that resolve no name at all (src/context.rs) and the two SQL tree
+  -- walkers whose bodies qualify every name (sql/hierarchy.sql: a SET would stop inlining)
+  SELECT 'search_path_pinned', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name; org_ancestors and org_descendants qualify every name)'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace
+     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
+                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)')
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- the identity mode: under `trusted`, any login that can become `authenticated` can claim
+  -- any identity through app.current_user_id; flagged when such a login exists (a superuser
+  -- or service_account member is trusted either way). The CASE loads truxe's library first,
+  -- so the setting is truxe's own and not a placeholder a session made up.
+  SELECT 'identity_mode', mode = 'verified' OR count(r.oid) = 0,
+         CASE WHEN mode = 'verified' THEN 'identity_mode = verified: only truxe.authenticate and truxe.authenticate_api_key establish an end user''s identity'
+              WHEN count(r.oid) = 0 THEN 'identity_mode = trusted, and no login but trusted ones can become authenticated'
+              ELSE 'identity_mode = trusted: these logins can claim any identity through app.current_user_id: '
+                   || string_agg(r.rolname::text, ', ' ORDER BY r.rolname) END
+    FROM (SELECT CASE WHEN truxe.version() IS NOT NULL
+                      THEN coalesce(current_setting('truxe.identity_mode', true), 'trusted') END) m(mode)
+    LEFT JOIN pg_roles r
+      ON mode <> 'verified' AND r.rolcanlogin AND NOT r.rolsuper
+     AND pg_has_role(r.oid, 'authenticated', 'MEMBER')
+     AND NOT pg_has_role(r.oid, 'service_account', 'MEMBER')
+   GROUP BY mode
+  UNION ALL
+  -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
+  SELECT 'audit_logs_append_only', count(*) > 0,
+         CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'
+              ELSE 'no enabled append-only trigger on truxe.audit_logs' END
+    FROM pg_trigger tg
+   WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
+     AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
+     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0
+  UNION ALL
+  -- application tables (outside truxe and the system schemas) with an org_id column and row
+  -- level security off: every role with a privilege on them sees every tenant's rows
+  -- (truxe.protect_table turns it on with truxe's tenant policies)
+  SELECT 'app_tables_rls', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every application table with an org_id column has row level security enabled'
+              ELSE 'org_id column but row level security disabled: '
+                   || string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid::regclass::text) END
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
+     AND n.nspname NOT IN ('truxe', 'pg_catalog', 'information_schema')
+     AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+     AND EXISTS (SELECT 1 FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attname = 'org_id' AND a.attnum > 0
+                    AND NOT a.attisdropped);
+$$;
+
+-- New: the sealed audit log (the text of sql/seal.sql) and the writers' wait it uses
+-- (src/seal.rs).
+CREATE  FUNCTION truxe."wait_for_audit_writers"() RETURNS void
+STRICT VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'wait_for_audit_writers_wrapper';
+CREATE TABLE truxe.audit_seals (
+  id             bigserial PRIMARY KEY,
+  after_id       bigint NOT NULL,
+  to_id          bigint NOT NULL,
+  row_count      bigint NOT NULL,
+  rows_hash      bytea NOT NULL,
+  min_created_at timestamptz,
+  max_created_at timestamptz,
+  floor_at       timestamptz NOT NULL,
+  prev_hash      bytea NOT NULL,
+  seal_hash      bytea NOT NULL,
+  -- NULL: seal_hash is a plain SHA-256 chain. Reserved for an HMAC keyed from truxe's key
+  -- file: the id of the key that computed seal_hash.
+  key_id         text,
+  sealed_at      timestamptz NOT NULL DEFAULT now(),
+  CONSTRAINT seal_range CHECK (after_id >= 0 AND to_id >= after_id),
+  CONSTRAINT seal_row_count CHECK (row_count >= 0),
+  CONSTRAINT seal_hash_lengths CHECK (length(rows_hash) = 32 AND length(prev_hash) = 32
+                                      AND length(seal_hash) = 32)
+);
+COMMENT ON TABLE truxe.audit_seals IS
+  'SHA-256 chain over truxe.audit_logs: written by truxe.seal_audit_log(), checked by truxe.verify_audit_log()';
+SELECT pg_catalog.pg_extension_config_dump('truxe.audit_seals', '');
+SELECT pg_catalog.pg_extension_config_dump('truxe.audit_seals_id_seq', '');
+-- deny by default; the trusted backend reads the seals (to copy the latest seal_hash out of
+-- the database, where a superuser cannot rewrite it); only seal_audit_log writes them
+ALTER TABLE truxe.audit_seals ENABLE ROW LEVEL SECURITY;
+CREATE POLICY service_read ON truxe.audit_seals FOR SELECT TO service_account USING (true);
+
+-- Append-only, as audit_logs: UPDATE, DELETE and TRUNCATE raise 55000, for every role, also
+-- under session_replication_role = replica (ENABLE ALWAYS).
+CREATE FUNCTION truxe.audit_seals_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RAISE EXCEPTION 'truxe.audit_seals is append-only: % is not allowed', lower(TG_OP)
+    USING ERRCODE = '55000';
+END
+$$;
+CREATE TRIGGER audit_seals_append_only
+  BEFORE UPDATE OR DELETE OR TRUNCATE ON truxe.audit_seals
+  FOR EACH STATEMENT EXECUTE FUNCTION truxe.audit_seals_append_only();
+ALTER TABLE truxe.audit_seals ENABLE ALWAYS TRIGGER audit_seals_append_only;
+
+-- The audit rows with after_id < id <= to_id: how many, the SHA-256 over their digests in id
+-- order, and their oldest and newest created_at. A row's digest is the SHA-256 of its
+-- columns as a row literal, the columns named one by one (a column a later version adds
+-- does not change the digest of rows sealed before it), with DateStyle and TimeZone pinned
+-- so that no session setting changes the text of created_at.
+CREATE FUNCTION truxe.audit_rows_digest(after_id bigint, to_id bigint,
+                                        OUT row_count bigint, OUT rows_hash bytea,
+                                        OUT min_created_at timestamptz, OUT max_created_at timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC' AS $$
+  SELECT count(*),
+         sha256(coalesce(string_agg(sha256(textsend(ROW(
+                  a.id, a.org_id, a.actor_user_id, a.action, a.target_type, a.target_id, a.details,
+                  a.ip, a.user_agent, a.request_id, a.created_at)::text)), ''::bytea ORDER BY a.id),
+                ''::bytea)),
+         min(a.created_at), max(a.created_at)
+    FROM truxe.audit_logs a
+   WHERE a.id > audit_rows_digest.after_id AND a.id <= audit_rows_digest.to_id;
+$$;
+
+-- A seal's hash: SHA-256 of the previous seal's hash and this seal's fields (all but id,
+-- seal_hash and sealed_at).
+CREATE FUNCTION truxe.audit_seal_hash(s truxe.audit_seals)
+RETURNS bytea LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT sha256(s.prev_hash || convert_to(jsonb_build_array(
+           s.after_id, s.to_id, s.row_count, encode(s.rows_hash, 'hex'),
+           s.min_created_at AT TIME ZONE 'UTC', s.max_created_at AT TIME ZONE 'UTC',
+           s.floor_at AT TIME ZONE 'UTC', s.key_id)::text, 'UTF8'));
+$$;
+
+-- Seals every audit row written since the last seal, in seals of at most max_rows rows, and
+-- returns how many rows it sealed. With nothing new it still appends an empty seal: its
+-- floor_at moves the bound for backdated rows forward. After each seal but the last it
+-- sleeps `rest` times as long as that seal took (0: never; 4: the sealer uses about a fifth
+-- of a core), so that a large backlog does not take a core from the writers. One sealer at a time (a lock on
+-- audit_seals, which audit writers never take); it waits for the audit writers in flight
+-- (lock_timeout bounds the wait) but never blocks one. Runs at READ COMMITTED only (55000:
+-- after the wait it must see what those writers committed). Schedule it like
+-- cleanup_expired_data. service_account only. max_rows < 1, rest outside 0..100: 22023.
+CREATE FUNCTION truxe.seal_audit_log(max_rows integer DEFAULT 100000, rest double precision DEFAULT 0)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  last truxe.audit_seals;
+  s truxe.audit_seals;
+  d record;
+  horizon bigint;
+  new_floor timestamptz;
+  lo bigint;
+  hi bigint;
+  total bigint := 0;
+  started timestamptz;
+BEGIN
+  IF max_rows IS NULL OR max_rows < 1 THEN
+    RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = '22023';
+  END IF;
+  IF rest IS NULL OR NOT (rest >= 0 AND rest <= 100) THEN
+    RAISE EXCEPTION 'rest must be between 0 and 100' USING ERRCODE = '22023';
+  END IF;
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'seal_audit_log runs at READ COMMITTED only: it must see the rows committed while it waits'
+      USING ERRCODE = '55000';
+  END IF;
+  IF (SELECT q.seqcache FROM pg_sequence q WHERE q.seqrelid = 'truxe.audit_logs_id_seq'::regclass) <> 1 THEN
+    RAISE EXCEPTION 'truxe.audit_logs_id_seq must have CACHE 1: cached ids would be drawn after the horizon'
+      USING ERRCODE = '55000';
+  END IF;
+  LOCK TABLE truxe.audit_seals IN SHARE ROW EXCLUSIVE MODE;
+  SELECT * INTO last FROM truxe.audit_seals x ORDER BY x.id DESC LIMIT 1;
+  -- 1. the floor: no transaction that draws an id after step 2 started before it
+  PERFORM pg_stat_clear_snapshot();
+  SELECT least(now(), min(a.xact_start)) - interval '1 second' INTO new_floor
+    FROM pg_stat_activity a WHERE a.datname = current_database();
+  -- 2. the horizon: every id up to it has been handed out
+  SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END INTO horizon
+    FROM truxe.audit_logs_id_seq q;
+  -- 3. the writers that may still hold such an id end
+  PERFORM truxe.wait_for_audit_writers();
+  lo := coalesce(last.to_id, 0);
+  horizon := greatest(horizon, lo);
+  LOOP
+    started := clock_timestamp();
+    hi := coalesce((SELECT a.id FROM truxe.audit_logs a WHERE a.id > lo AND a.id <= horizon
+                     ORDER BY a.id OFFSET max_rows - 1 LIMIT 1), horizon);
+    d := truxe.audit_rows_digest(lo, hi);
+    s.after_id := lo;
+    s.to_id := hi;
+    s.row_count := d.row_count;
+    s.rows_hash := d.rows_hash;
+    s.min_created_at := d.min_created_at;
+    s.max_created_at := d.max_created_at;
+    s.floor_at := CASE WHEN hi = horizon THEN greatest(new_floor, last.floor_at)
+                       ELSE coalesce(last.floor_at, '-infinity') END;
+    s.prev_hash := coalesce(last.seal_hash, decode(repeat('00', 32), 'hex'));
+    s.key_id := NULL;
+    s.seal_hash := truxe.audit_seal_hash(s);
+    INSERT INTO truxe.audit_seals (after_id, to_id, row_count, rows_hash, min_created_at,
+                                   max_created_at, floor_at, prev_hash, seal_hash, key_id)
+      VALUES (s.after_id, s.to_id, s.row_count, s.rows_hash, s.min_created_at,
+              s.max_created_at, s.floor_at, s.prev_hash, s.seal_hash, s.key_id)
+      RETURNING * INTO last;
+    total := total + d.row_count;
+    lo := hi;
+    EXIT WHEN hi >= horizon;
+    IF rest > 0 THEN
+      PERFORM pg_sleep(rest * extract(epoch FROM clock_timestamp() - started)::double precision);
+    END IF;
+  END LOOP;
+  RETURN total;
+END
+$$;
+
+-- Checks the seals covering audit rows created between "from" and "to" (and the rows
+-- written since the latest seal): the chain links, each seal's own hash, each seal's rows
+-- (count and hash), and that no row is older than the floor that applies to it. One row:
+-- ok, how many seals were checked, and for the first failure the seal and why (deleted,
+-- inserted or changed rows, a backdated row, an altered seal, a broken chain). What a
+-- recomputed chain cannot show, and how to anchor it: docs/security.md. service_account only.
+-- "from" > "to" or a NULL bound: 22023.
+CREATE FUNCTION truxe.verify_audit_log("from" timestamptz DEFAULT '-infinity',
+                                       "to" timestamptz DEFAULT 'infinity')
+RETURNS TABLE(ok boolean, seals_checked bigint, seal_id bigint, reason text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  s truxe.audit_seals;
+  prev truxe.audit_seals;
+  latest truxe.audit_seals;
+  d record;
+  bad record;
+  first_seal bigint;
+  last_seal bigint;
+  n bigint := 0;
+BEGIN
+  IF verify_audit_log."from" IS NULL OR verify_audit_log."to" IS NULL
+     OR verify_audit_log."from" > verify_audit_log."to" THEN
+    RAISE EXCEPTION 'verify_audit_log needs "from" <= "to"' USING ERRCODE = '22023';
+  END IF;
+  SELECT min(x.id) INTO first_seal FROM truxe.audit_seals x
+   WHERE coalesce(x.max_created_at, x.sealed_at) >= verify_audit_log."from";
+  SELECT max(x.id) INTO last_seal FROM truxe.audit_seals x
+   WHERE coalesce(x.min_created_at, x.sealed_at) <= verify_audit_log."to";
+  SELECT * INTO prev FROM truxe.audit_seals x WHERE x.id < first_seal ORDER BY x.id DESC LIMIT 1;
+  FOR s IN SELECT * FROM truxe.audit_seals x WHERE x.id BETWEEN first_seal AND last_seal ORDER BY x.id LOOP
+    n := n + 1;
+    IF s.prev_hash IS DISTINCT FROM coalesce(prev.seal_hash, decode(repeat('00', 32), 'hex'))
+       OR s.after_id IS DISTINCT FROM coalesce(prev.to_id, 0) THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'the chain is broken: seal %s does not follow %s (a seal was removed or rewritten)',
+        s.id, coalesce('seal ' || prev.id, 'the start of the chain'));
+      RETURN;
+    END IF;
+    IF truxe.audit_seal_hash(s) IS DISTINCT FROM s.seal_hash THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'seal %s was altered: its hash does not match its fields', s.id);
+      RETURN;
+    END IF;
+    d := truxe.audit_rows_digest(s.after_id, s.to_id);
+    IF d.row_count <> s.row_count THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'rows were %s: seal %s (audit ids %s to %s) sealed %s rows, %s are there now',
+        CASE WHEN d.row_count < s.row_count THEN 'deleted' ELSE 'inserted' END,
+        s.id, s.after_id + 1, s.to_id, s.row_count, d.row_count);
+      RETURN;
+    END IF;
+    IF d.rows_hash IS DISTINCT FROM s.rows_hash THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'rows were changed: the rows of seal %s (audit ids %s to %s) no longer hash to the sealed value',
+        s.id, s.after_id + 1, s.to_id);
+      RETURN;
+    END IF;
+    IF d.min_created_at < prev.floor_at THEN
+      SELECT a.id, a.created_at INTO bad FROM truxe.audit_logs a
+       WHERE a.id > s.after_id AND a.id <= s.to_id AND a.created_at < prev.floor_at
+       ORDER BY a.id LIMIT 1;
+      RETURN QUERY SELECT false, n, s.id, format(
+        'a backdated row was sealed: audit row %s of seal %s has created_at %s, before the floor %s of seal %s',
+        bad.id, s.id, bad.created_at, prev.floor_at, prev.id);
+      RETURN;
+    END IF;
+    prev := s;
+  END LOOP;
+  SELECT * INTO latest FROM truxe.audit_seals x ORDER BY x.id DESC LIMIT 1;
+  IF latest.id IS NULL THEN
+    RETURN QUERY SELECT true, n, NULL::bigint, 'no seal yet: run truxe.seal_audit_log()'::text;
+    RETURN;
+  END IF;
+  SELECT a.id, a.created_at INTO bad FROM truxe.audit_logs a
+   WHERE a.id > latest.to_id AND a.created_at < latest.floor_at
+     AND a.created_at >= verify_audit_log."from" AND a.created_at <= verify_audit_log."to"
+   ORDER BY a.id LIMIT 1;
+  IF FOUND THEN
+    RETURN QUERY SELECT false, n, latest.id, format(
+      'a backdated row was written after seal %s: audit row %s has created_at %s, before that seal''s floor %s',
+      latest.id, bad.id, bad.created_at, latest.floor_at);
+    RETURN;
+  END IF;
+  RETURN QUERY SELECT true, n, NULL::bigint, format('%s seals verified', n);
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.wait_for_audit_writers(), truxe.audit_seals_append_only(),
+  truxe.audit_rows_digest(bigint, bigint), truxe.audit_seal_hash(truxe.audit_seals),
+  truxe.seal_audit_log(integer, double precision),
+  truxe.verify_audit_log(timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.wait_for_audit_writers(), truxe.audit_rows_digest(bigint, bigint),
+  truxe.audit_seal_hash(truxe.audit_seals), truxe.seal_audit_log(integer, double precision),
+  truxe.verify_audit_log(timestamptz, timestamptz) TO service_account;
+REVOKE ALL ON truxe.audit_seals, truxe.audit_seals_id_seq FROM PUBLIC;
+-- the backend reads the seals (to keep the latest seal_hash outside the database); only
+-- seal_audit_log writes them
+GRANT SELECT ON truxe.audit_seals TO service_account;

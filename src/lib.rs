@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api_key;
+mod apptables;
 mod audit;
 mod cleanup;
 mod context;
@@ -22,6 +23,7 @@ mod orgs;
 mod plans;
 mod rate_limit;
 mod recovery_codes;
+mod seal;
 mod security;
 mod session;
 mod trigger;

@@ -28,7 +28,7 @@ fn last_id(c: &mut Client) -> i64 {
 
 fn details(c: &mut Client, action: &str) -> String {
     c.query_one(
-        "SELECT details::text FROM truxe.audit_logs WHERE action = $1::text::truxe.audit_action ORDER BY id DESC LIMIT 1",
+        "SELECT details::text FROM truxe.audit_logs WHERE action = $1 ORDER BY id DESC LIMIT 1",
         &[&action],
     )
     .unwrap()

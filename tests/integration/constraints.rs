@@ -41,7 +41,8 @@ fn each_constraint_rejects_bad_rows_with_its_sqlstate() {
         ("session without family", &format!("INSERT INTO truxe.sessions (user_id, expires_at) VALUES ('{U}', now() + interval '1 h')"), "23502"),
         ("audit details not object", "INSERT INTO truxe.audit_logs (action, details) VALUES ('user.login', '[]')", "23514"),
         ("audit target half set", "INSERT INTO truxe.audit_logs (action, target_type) VALUES ('user.login', 'user')", "23514"),
-        ("audit unknown action", "INSERT INTO truxe.audit_logs (action) VALUES ('user.hacked')", "22P02"),
+        // 0.2: any 'resource.verb' is an application's action; anything else is refused
+        ("audit malformed action", "INSERT INTO truxe.audit_logs (action) VALUES ('User hacked')", "23514"),
         ("short token hash", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at) VALUES ('a@example.com', 'abc', now() + interval '1 h')", "23514"),
         ("attempts over 5", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at, attempts) VALUES ('a@example.com', repeat('0', 64), now() + interval '1 h', 6)", "23514"),
         ("negative attempts", "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at, attempts) VALUES ('a@example.com', repeat('0', 64), now() + interval '1 h', -1)", "23514"),

@@ -1,6 +1,7 @@
 //! Integration tests: a real server, real connections, real roles.
 //! Run by scripts/test once per PostgreSQL major version (TRUXE_PG_CONFIG).
 mod api_keys;
+mod apptables;
 mod audit;
 mod auth;
 mod constraints;

@@ -486,33 +486,12 @@ fn matrix_write_audit_rows_builtin_actions() {
     assert_eq!(try_audit(&mut s, Some(ORG_B), "settings.updated"), "ok");
 }
 
-/// Turns audit_logs.action into text, as the later application-defined-actions change will,
-/// keeping the installed INSERT policy's expression verbatim: the rule must keep working
-/// once an app can name its own actions.
-fn with_app_defined_actions(db: &TestDb) {
-    db.superuser()
-        .batch_execute(
-            "DO $$
-             DECLARE w text;
-             BEGIN
-               SELECT pg_get_expr(p.polwithcheck, p.polrelid) INTO STRICT w FROM pg_policy p
-                WHERE p.polrelid = 'truxe.audit_logs'::regclass AND p.polname = 'audit_self_insert';
-               DROP POLICY audit_self_insert ON truxe.audit_logs;
-               ALTER TABLE truxe.audit_logs ALTER COLUMN action TYPE text;
-               EXECUTE format('CREATE POLICY audit_self_insert ON truxe.audit_logs FOR INSERT
-                               TO authenticated WITH CHECK (%s)', w);
-             END $$;",
-        )
-        .unwrap();
-}
-
 /// "Write audit rows" column with an application-defined action: in the acting user's own
 /// name, for an org the user may act in (accessible_org_ids(): joined member, or owner/admin
 /// of an ancestor) or for no org; never truxe's own actions, never someone else's name.
 #[test]
 fn matrix_write_audit_rows_app_actions() {
     let db = populated();
-    with_app_defined_actions(&db);
     let expected: [(&str, &[&str]); 6] = [
         ("no context", &[]),
         ("alice (owner of A)", &[ORG_A, ORG_A1, "-"]),
@@ -562,7 +541,6 @@ type AuditContext = (String, Option<String>, Option<String>, Option<String>);
 #[test]
 fn app_audit_rows_take_the_request_context_from_the_settings() {
     let db = populated();
-    with_app_defined_actions(&db);
     let mut c = as_user(&db, Some(BOB));
     c.batch_execute(
         "SET app.ip = '203.0.113.9'; SET app.user_agent = 'app/2';

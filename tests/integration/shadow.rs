@@ -471,6 +471,43 @@ fn no_truxe_function_resolves_names_through_the_callers_path() {
         &[],
     );
     run(&mut service, "SELECT * FROM truxe.security_report()", &[]);
+    // an application's own table (README, "Your own tables"): protected, audited, written
+    // as a tenant, and the sealed log, on the same hostile path
+    su.batch_execute(&format!(
+        "CREATE SCHEMA shadow_app AUTHORIZATION {}",
+        crate::harness::SERVICE_LOGIN
+    ))
+    .unwrap();
+    for sql in [
+        "CREATE TABLE shadow_app.projects (id int PRIMARY KEY, org_id uuid NOT NULL, name text)",
+        "GRANT USAGE ON SCHEMA shadow_app TO authenticated",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON shadow_app.projects TO authenticated",
+        "SELECT truxe.protect_table('shadow_app.projects')",
+        "SELECT truxe.protect_table('shadow_app.projects')",
+        "SELECT truxe.audit_table('shadow_app.projects')",
+    ] {
+        run(&mut service, sql, &[]);
+    }
+    run(
+        &mut as_u,
+        "SELECT truxe.permitted_org_ids('projects:write')",
+        &[],
+    );
+    run(
+        &mut as_u,
+        "INSERT INTO shadow_app.projects VALUES (1, $1::text::uuid, 'p')",
+        &[&org],
+    );
+    run(&mut as_u, "UPDATE shadow_app.projects SET name = 'q'", &[]);
+    run(&mut as_u, "SELECT * FROM shadow_app.projects", &[]);
+    run(&mut as_u, "DELETE FROM shadow_app.projects", &[]);
+    run(&mut service, "SELECT truxe.seal_audit_log()", &[]);
+    run(&mut service, "SELECT * FROM truxe.verify_audit_log()", &[]);
+    run(
+        &mut service,
+        "SELECT truxe.unprotect_table('shadow_app.projects')",
+        &[],
+    );
     run(
         &mut as_u,
         "SELECT truxe.remove_member($1::text::uuid, $2::text::uuid)",

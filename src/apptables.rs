@@ -1,0 +1,251 @@
+//! The application's own tables (README, "Your own tables"): `permitted_org_ids`,
+//! `protect_table`, `unprotect_table` and `audit_table` are SQL (sql/apptables.sql); the
+//! row-level audit trigger that `audit_table` attaches is here.
+//!
+//! The trigger turns the row into jsonb **as the role that changed the row** (the row's
+//! types are the application's: a cast to json on one of them is the application's code and
+//! must not run with the extension owner's rights), and only then writes the audit row as
+//! the extension owner, through a plain INSERT of jsonb values (the audit log is not the
+//! caller's to write directly).
+use crate::plans::{self, JSONB, TEXT, UUID};
+use crate::trigger::trigger_entry;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgOid};
+use std::cell::Cell;
+
+pgrx::extension_sql_file!(
+    "../sql/apptables.sql",
+    name = "apptables",
+    requires = ["schema", "context", "orgs", "rls", "audit_app_table"]
+);
+
+/// Why an application table's audit row could not be written (raised as 22023).
+#[derive(Debug, thiserror::Error)]
+pub enum AppAuditError {
+    #[error("truxe.audit_app_table(): {0}")]
+    Trigger(#[from] PgTriggerError),
+    #[error("truxe.audit_app_table(): {0}")]
+    Spi(#[from] pgrx::spi::Error),
+    #[error("truxe.audit_app_table(): {0} (run truxe.audit_table() again to re-attach it)")]
+    Setup(&'static str),
+}
+
+const RECORD: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::RECORDOID);
+const TEXT_ARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTARRAYOID);
+
+/// The target id of a row `r.j`: its primary key column's value ($4 names the key's
+/// columns), a JSON array of the values for a composite key, NULL without a key.
+macro_rules! target_id {
+    ($j:literal) => {
+        concat!(
+            "CASE WHEN cardinality($4) = 1 THEN ",
+            $j,
+            " ->> $4[1]
+                  WHEN cardinality($4) > 1 THEN (SELECT jsonb_agg(",
+            $j,
+            " -> u.k ORDER BY u.i) FROM unnest($4) WITH ORDINALITY u(k, i))::text END"
+        )
+    };
+}
+
+// Step 1, as the role that changed the row: $1 OLD and $2 NEW as records (NULL when the
+// operation has none), $3 the org column, $4 the primary key's columns. Returns the row's
+// org, its target id, and the old and new values to record — for an UPDATE only the
+// columns whose value changed, and NULL for both when none did (a no-op update).
+const DESCRIBE_INSERT: &str = concat!(
+    "SELECT (r.n ->> $3)::uuid, ",
+    target_id!("r.n"),
+    ", NULL::jsonb, r.n FROM (SELECT to_jsonb($1) AS o, to_jsonb($2) AS n) r"
+);
+const DESCRIBE_DELETE: &str = concat!(
+    "SELECT (r.o ->> $3)::uuid, ",
+    target_id!("r.o"),
+    ", r.o, NULL::jsonb FROM (SELECT to_jsonb($1) AS o, to_jsonb($2) AS n) r"
+);
+const DESCRIBE_UPDATE: &str = concat!(
+    "SELECT (r.n ->> $3)::uuid, ",
+    target_id!("r.n"),
+    ", d.old, d.new
+       FROM (SELECT to_jsonb($1) AS o, to_jsonb($2) AS n) r,
+            LATERAL (SELECT jsonb_object_agg(k, r.o -> k) AS old, jsonb_object_agg(k, r.n -> k) AS new
+                       FROM jsonb_object_keys(r.n) k
+                      WHERE (r.o -> k) IS DISTINCT FROM (r.n -> k)) d"
+);
+const DESCRIBE_TYPES: [PgOid; 4] = [RECORD, RECORD, TEXT, TEXT_ARRAY];
+
+// Step 2, as the extension owner: the audit row. ip, user_agent and request_id take their
+// defaults (the request settings, parsed as for every audit row); the actor is
+// truxe.current_user_id(), as for the rows truxe's own triggers write.
+const WRITE: &str = "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
+                   target_id, details)
+                 VALUES ($1, truxe.current_user_id(), $2, CASE WHEN $4 IS NOT NULL THEN $3 END, $4,
+                         jsonb_build_object('table', $3)
+                         || CASE WHEN $5 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('old', $5) END
+                         || CASE WHEN $6 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('new', $6) END)";
+const WRITE_TYPES: [PgOid; 6] = [UUID, TEXT, TEXT, TEXT, JSONB, JSONB];
+
+thread_local! {
+    /// The owner of truxe.audit_app_table() (the extension owner), looked up once.
+    static OWNER: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+}
+
+/// The owner of the trigger function `fn_oid`: the role audit rows are written as.
+fn owner_of(fn_oid: pg_sys::Oid) -> Result<pg_sys::Oid, AppAuditError> {
+    if let Some(o) = OWNER.with(|c| c.get()) {
+        return Ok(o);
+    }
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = $1",
+        &[fn_oid.into()],
+    )?
+    .ok_or(AppAuditError::Setup("the trigger function has no owner"))?;
+    OWNER.with(|c| c.set(Some(owner)));
+    Ok(owner)
+}
+
+/// Runs as `role` until dropped (also when an error unwinds through it; an ERROR that
+/// aborts the (sub)transaction restores the user as well).
+struct ActingAs {
+    user: pg_sys::Oid,
+    context: i32,
+}
+
+impl ActingAs {
+    fn switch_to(role: pg_sys::Oid) -> ActingAs {
+        let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+        // SAFETY: plain reads and writes of the backend's current user, as fmgr does for a
+        // SECURITY DEFINER function; the previous values are restored on drop.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+            pg_sys::SetUserIdAndSecContext(
+                role,
+                context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+        }
+        ActingAs { user, context }
+    }
+}
+
+impl Drop for ActingAs {
+    fn drop(&mut self) {
+        // SAFETY: restores what switch_to saved.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
+    }
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW on an application table (attached by
+/// truxe.audit_table, arguments: the action's resource, the org column, the primary key's
+/// columns): one audit row `<resource>.created|updated|deleted` with the acting user, the
+/// row's org, the request context, and the values (the new row, the old row, or an
+/// update's changed columns, old and new). An update that changes no value writes none.
+fn audit_app_table<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, AppAuditError> {
+    let args = trigger.extra_args()?;
+    let (Some(resource), Some(org_column)) = (args.first(), args.get(1)) else {
+        return Err(AppAuditError::Setup("trigger arguments are missing"));
+    };
+    let pk: Vec<String> = args[2..].to_vec();
+    let data = trigger.trigger_data();
+    let (describe, verb) = match trigger.op()? {
+        PgTriggerOperation::Insert => (DESCRIBE_INSERT, "created"),
+        PgTriggerOperation::Update => (DESCRIBE_UPDATE, "updated"),
+        PgTriggerOperation::Delete => (DESCRIBE_DELETE, "deleted"),
+        PgTriggerOperation::Truncate => {
+            return Err(AppAuditError::Setup("TRUNCATE is not a row event"))
+        }
+    };
+    if !matches!(trigger.level(), PgTriggerLevel::Row)
+        || !matches!(trigger.when()?, PgTriggerWhen::After)
+    {
+        return Err(AppAuditError::Setup("it must fire AFTER, FOR EACH ROW"));
+    }
+    // SAFETY: a row trigger's relation and tuples are valid while it runs; the copies are
+    // palloc'd composite datums of the relation's row type, which to_jsonb reads from
+    // their header.
+    let (old, new) = unsafe {
+        let tupdesc = (*data.tg_relation).rd_att;
+        let copy = |t: *mut pg_sys::HeapTupleData| -> Option<pg_sys::Datum> {
+            (!t.is_null()).then(|| pg_sys::heap_copy_tuple_as_datum(t, tupdesc))
+        };
+        match verb {
+            "created" => (None, copy(data.tg_trigtuple)),
+            "updated" => (copy(data.tg_trigtuple), copy(data.tg_newtuple)),
+            _ => (copy(data.tg_trigtuple), None),
+        }
+    };
+    let record = |d: Option<pg_sys::Datum>| -> DatumWithOid<'static> {
+        match d {
+            // SAFETY: a composite datum alive until the trigger returns.
+            Some(d) => unsafe { DatumWithOid::new(d, pg_sys::RECORDOID) },
+            None => DatumWithOid::null_oid(pg_sys::RECORDOID),
+        }
+    };
+    let table = format!("{}.{}", trigger.table_schema()?, trigger.table_name()?);
+    let described = Spi::connect(|client| {
+        let row = plans::read(
+            client,
+            describe,
+            &DESCRIBE_TYPES,
+            &[
+                record(old),
+                record(new),
+                org_column.as_str().into(),
+                pk.clone().into(),
+            ],
+        )?
+        .first();
+        Ok::<_, pgrx::spi::Error>((
+            row.get::<pgrx::Uuid>(1)?,
+            row.get::<String>(2)?,
+            row.get::<JsonB>(3)?,
+            row.get::<JsonB>(4)?,
+        ))
+    })?;
+    let (org_id, target_id, old_values, new_values) = described;
+    if old_values.is_none() && new_values.is_none() {
+        return Ok(None);
+    }
+    // SAFETY: tg_trigger is valid while the trigger runs.
+    let owner = owner_of(unsafe { (*data.tg_trigger).tgfoid })?;
+    let action = format!("{resource}.{verb}");
+    let _as_owner = ActingAs::switch_to(owner);
+    Spi::connect_mut(|client| {
+        plans::run(
+            client,
+            WRITE,
+            &WRITE_TYPES,
+            &[
+                org_id.into(),
+                action.into(),
+                table.into(),
+                target_id.into(),
+                old_values.into(),
+                new_values.into(),
+            ],
+        )
+        .map(|_| ())
+    })?;
+    Ok(None)
+}
+
+trigger_entry!(
+    audit_app_table,
+    "audit_app_table",
+    audit_app_table_wrapper,
+    pg_finfo_audit_app_table_wrapper
+);
+
+pgrx::extension_sql!(
+    r#"
+-- The audit trigger of application tables (truxe.audit_table attaches it). Not SECURITY
+-- DEFINER: it reads the row as the role that changed it and switches to the extension owner
+-- only for its INSERT into truxe.audit_logs (src/apptables.rs). Nobody holds EXECUTE on it
+-- (sql/grants.sql).
+CREATE FUNCTION truxe.audit_app_table() RETURNS trigger LANGUAGE c
+  SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'audit_app_table_wrapper';
+"#,
+    name = "audit_app_table",
+    requires = ["schema"]
+);
