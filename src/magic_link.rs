@@ -614,9 +614,11 @@ mod tests {
         .unwrap()
     }
 
+    /// `token` with one character of its secret changed (to another base64url character,
+    /// so that it stays a well-formed token whose secret is wrong).
     fn wrong_secret(token: &str) -> String {
         let mut t = token.to_string();
-        let flip = if t.ends_with('A') { "Q" } else { "A" };
+        let flip = if &t[40..41] == "A" { "Q" } else { "A" };
         t.replace_range(40..41, flip);
         t
     }
