@@ -298,11 +298,24 @@ pub fn installed(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// An outside program started by a test (an exporter, a pooler), killed when the test
-/// ends, pass or fail.
+/// An outside program started by a test (an exporter, a pooler), stopped when the test
+/// ends, pass or fail: SIGTERM first, which `runuser` (see [`as_owner`]) passes on to the
+/// program it runs — SIGKILL would stop runuser alone and leave the program running —
+/// then SIGKILL after 5 s.
 pub struct Killed(pub std::process::Child);
 impl Drop for Killed {
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: a plain signal to our own child process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
