@@ -112,7 +112,7 @@ v = statement_ms("rls_verified", "FROM truxe.memberships")
 st = statement_ms("rls_setting", "FROM truxe.memberships")
 if v and st:
     out.append(
-        f"| tenant membership list under a verified identity (`authenticate`) | | {v:.3f} (mean) | | "
+        f"| tenant membership list under a verified identity (`authenticate`), 1 client | | {v:.3f} (mean) | | "
         f"| latency {v / st:.2f}× the same list under `app.current_user_id` ({st:.3f} ms) | ≤ 1.05× |"
     )
 q, cl = stats("oltp_quiet", 1), stats("oltp_cleanup", 1)

@@ -218,10 +218,20 @@ pub(crate) struct Acting {
     pub source: Source,
 }
 
+/// The raw value of `truxe.verified_identity`, borrowed from the GUC machinery (no copy:
+/// the getters run in every RLS policy); None when unset.
+fn stored() -> Option<&'static CStr> {
+    // SAFETY: the variable holds NULL or a NUL-terminated string that the GUC machinery
+    // keeps until the setting changes, which nothing can do while the caller reads it.
+    unsafe {
+        let raw = *VERIFIED_IDENTITY.as_ptr();
+        (!raw.is_null()).then(|| CStr::from_ptr(raw))
+    }
+}
+
 /// The verified identity of this transaction, if any. No table read.
 pub(crate) fn verified() -> Option<Verified> {
-    let raw = VERIFIED_IDENTITY.get()?;
-    Verified::decode(raw.to_str().ok()?)
+    Verified::decode(stored()?.to_str().ok()?)
 }
 
 /// Makes `id` the verified identity until the current transaction (or savepoint) ends.
@@ -231,7 +241,7 @@ pub(crate) fn establish(id: &Verified) {
 
 /// Ends any verified identity now (a no-op, with no setting written, when there is none).
 pub(crate) fn clear() {
-    if VERIFIED_IDENTITY.get().is_some_and(|v| !v.is_empty()) {
+    if stored().is_some_and(|v| !v.is_empty()) {
         write("");
     }
 }
