@@ -4,12 +4,13 @@
 --  * events of the last hour: idx_audit_logs_action_created (action, created_at);
 --  * audit rows of the last 24 hours: idx_audit_logs_created_at;
 --  * exhausted rate-limit windows: idx_rate_limits_exhausted (partial);
+--  * live API keys: idx_api_keys_created_by (partial on revoked_at IS NULL); verified
+--    second factors: a small table, one row per enrolled factor;
 --  * cleanup lag: the smallest expiry/revocation/use/window end, each the first entry of
 --    its own index.
 -- SECURITY DEFINER: monitoring logins (pg_monitor) hold no right on the tables and RLS
 -- would hide the rows from anyone else; only aggregates come out, never a row.
--- Metrics of features that do not exist yet (invitations, API keys, MFA factors) arrive
--- with those features.
+-- The invitations metric arrives with invitations by e-mail.
 CREATE FUNCTION truxe.metrics()
 RETURNS TABLE(metric text, labels jsonb, value double precision)
 LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -58,6 +59,13 @@ AS $$
               WHERE c.id = CASE WHEN f.target_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
                                 THEN f.target_id::uuid END
                 AND c.attempts >= 5))::double precision
+  UNION ALL
+  SELECT 'api_keys_live', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.api_keys k
+           WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))::double precision
+  UNION ALL
+  SELECT 'mfa_factors_verified', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.mfa_factors f WHERE f.status = 'verified')::double precision
   UNION ALL
   SELECT 'rate_limit_windows_exhausted', '{}'::jsonb,
          (SELECT count(*) FROM truxe.rate_limits r

@@ -76,11 +76,14 @@ const DESCRIBE_TYPES: [PgOid; 4] = [RECORD, RECORD, TEXT, TEXT_ARRAY];
 
 // Step 2, as the extension owner: the audit row. ip, user_agent and request_id take their
 // defaults (the request settings, parsed as for every audit row); the actor is
-// truxe.current_user_id(), as for the rows truxe's own triggers write.
+// truxe.current_user_id(), as for the rows truxe's own triggers write (and, under an API
+// key, which has no user, the key's id in the details).
 const WRITE: &str = "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
                    target_id, details)
                  VALUES ($1, truxe.current_user_id(), $2, CASE WHEN $4 IS NOT NULL THEN $3 END, $4,
                          jsonb_build_object('table', $3)
+                         || CASE WHEN truxe.current_api_key_id() IS NULL THEN '{}'::jsonb
+                                 ELSE jsonb_build_object('api_key_id', truxe.current_api_key_id()) END
                          || CASE WHEN $5 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('old', $5) END
                          || CASE WHEN $6 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('new', $6) END)";
 const WRITE_TYPES: [PgOid; 6] = [UUID, TEXT, TEXT, TEXT, JSONB, JSONB];

@@ -86,6 +86,8 @@ fn write(events: Vec<Event>, request: Client) -> Result<(), AuditError> {
         return Ok(());
     }
     let actor = crate::identity::acting_user();
+    // an API key has no user: its id goes into the details, so that the row names who acted
+    let api_key = crate::identity::verified().and_then(|v| v.api_key);
     let ip = request.ip.or_else(request_ip);
     let user_agent = request
         .user_agent
@@ -93,7 +95,10 @@ fn write(events: Vec<Event>, request: Client) -> Result<(), AuditError> {
         .or_else(request_user_agent);
     let request_id = setting_text(c"app.request_id").and_then(|r| parse_uuid(&r));
     Spi::connect_mut(|client| {
-        for e in events {
+        for mut e in events {
+            if let (Some(key), Value::Object(details)) = (api_key, &mut e.details) {
+                details.insert("api_key_id".into(), json!(key.to_string()));
+            }
             let mut args = vec![
                 e.org_id.into(),
                 actor.into(),

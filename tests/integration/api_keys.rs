@@ -446,3 +446,68 @@ fn a_mistyped_key_is_refused_without_a_table_read() {
         "the statistics saw no lookup at all"
     );
 }
+
+/// A key writes an application table that protect_table guards, within its scopes and its
+/// org only (permitted_org_ids knows keys), and audit_table's rows name the key.
+#[test]
+fn a_key_writes_a_protected_table_within_its_scope_and_is_named_in_the_audit_row() {
+    let db = populated();
+    db.superuser()
+        .batch_execute(
+            "CREATE TABLE public.projects (id bigserial PRIMARY KEY, org_id uuid NOT NULL, name text NOT NULL);
+             GRANT SELECT, INSERT, UPDATE, DELETE ON public.projects TO authenticated;
+             GRANT USAGE ON SEQUENCE public.projects_id_seq TO authenticated;
+             SELECT truxe.protect_table('public.projects');
+             SELECT truxe.audit_table('public.projects');",
+        )
+        .unwrap();
+    let (writer_id, writer) = create(&db, ADA, ACME, &["projects:write"]);
+    let (_, reader) = create(&db, ADA, ACME, &["users:read"]);
+    let mut c = db.authenticated();
+
+    let mut t = c.transaction().unwrap();
+    assert!(authenticate(&mut t, &writer).is_some());
+    t.execute(
+        "INSERT INTO public.projects (org_id, name) VALUES ($1::text::uuid, 'apollo')",
+        &[&ACME],
+    )
+    .unwrap();
+    t.execute("SAVEPOINT s", &[]).unwrap();
+    assert_eq!(
+        sqlstate(t.execute(
+            "INSERT INTO public.projects (org_id, name) VALUES ($1::text::uuid, 'mole')",
+            &[&BETA]
+        )),
+        "42501",
+        "another org"
+    );
+    t.execute("ROLLBACK TO SAVEPOINT s", &[]).unwrap();
+    t.commit().unwrap();
+
+    let mut t = c.transaction().unwrap();
+    assert!(authenticate(&mut t, &reader).is_some());
+    let seen: i64 = t
+        .query_one("SELECT count(*) FROM public.projects", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 1, "a key reads its org's rows");
+    let updated = t
+        .execute("UPDATE public.projects SET name = 'renamed'", &[])
+        .unwrap();
+    assert_eq!(updated, 0, "no projects:write scope");
+    t.commit().unwrap();
+
+    let r = db
+        .superuser()
+        .query_one(
+            "SELECT actor_user_id::text, details ->> 'api_key_id' FROM truxe.audit_logs
+              WHERE action = 'projects.created'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.get::<_, Option<String>>(0), None);
+    assert_eq!(
+        r.get::<_, Option<String>>(1).as_deref(),
+        Some(writer_id.as_str())
+    );
+}

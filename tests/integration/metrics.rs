@@ -40,6 +40,7 @@ fn metrics_count_every_event_of_a_scripted_hour() {
     // a fresh database: every metric is there, at zero
     let empty = metrics(&mut s);
     let names = [
+        "api_keys_live",
         "audit_rows_last_day",
         "cleanup_overdue_seconds{\"table\": \"magic_link_challenges\"}",
         "cleanup_overdue_seconds{\"table\": \"rate_limits\"}",
@@ -48,6 +49,7 @@ fn metrics_count_every_event_of_a_scripted_hour() {
         "magic_links_locked_last_hour",
         "magic_links_sent_last_hour",
         "magic_links_verified_last_hour",
+        "mfa_factors_verified",
         "rate_limit_windows_exhausted",
         "sessions_created_last_hour",
         "sessions_live",
@@ -146,6 +148,20 @@ fn metrics_count_every_event_of_a_scripted_hour() {
     )
     .unwrap();
 
+    // API keys and second factors: one live key and one revoked, one verified factor and
+    // one not yet verified
+    su.batch_execute(&format!(
+        "INSERT INTO truxe.organizations (id, slug, name)
+           VALUES ('0e000000-0000-0000-0000-00000000000e', 'metrics-org', 'Metrics');
+         INSERT INTO truxe.api_keys (org_id, name, key_hash, revoked_at) VALUES
+           ('0e000000-0000-0000-0000-00000000000e', 'live', repeat('a', 64), NULL),
+           ('0e000000-0000-0000-0000-00000000000e', 'gone', repeat('b', 64), now());
+         INSERT INTO truxe.mfa_factors (user_id, friendly_name, key_id, nonce, ciphertext, status, verified_at)
+           VALUES ('{u1}', 'phone', 'k1', '\\x000000000000000000000000', '\\x00', 'verified', now()),
+                  ('{u1}', 'tablet', 'k1', '\\x000000000000000000000000', '\\x00', 'unverified', NULL);"
+    ))
+    .unwrap();
+
     // audit rows older than the windows do not count
     su.execute(
         "INSERT INTO truxe.audit_logs (action, created_at) VALUES
@@ -186,11 +202,13 @@ fn metrics_count_every_event_of_a_scripted_hour() {
     let rl_lag = lag(&mut m, "rate_limits");
     assert!((3595.0..3660.0).contains(&rl_lag), "{rl_lag}");
     let expected: BTreeMap<String, f64> = [
+        ("api_keys_live", 1.0),
         ("audit_rows_last_day", last_day as f64),
         ("magic_links_failed_last_hour", 7.0),
         ("magic_links_locked_last_hour", 1.0),
         ("magic_links_sent_last_hour", 4.0),
         ("magic_links_verified_last_hour", 1.0),
+        ("mfa_factors_verified", 1.0),
         ("rate_limit_windows_exhausted", 1.0),
         // A, B, C, B' and u2's
         ("sessions_created_last_hour", 5.0),
@@ -217,8 +235,8 @@ fn metrics_count_every_event_of_a_scripted_hour() {
 #[test]
 fn metrics_are_for_service_account_and_pg_monitor_only() {
     let db = server().fresh_db(true);
-    assert_eq!(metrics(&mut db.service()).len(), 13);
-    assert_eq!(metrics(&mut monitor(&db)).len(), 13);
+    assert_eq!(metrics(&mut db.service()).len(), 15);
+    assert_eq!(metrics(&mut monitor(&db)).len(), 15);
     for mut c in [db.authenticated(), db.nobody()] {
         assert_eq!(
             sqlstate(c.query("SELECT * FROM truxe.metrics()", &[])),
