@@ -1,7 +1,7 @@
 //! Audit trail (docs/reference.md, "Audit trail"): Rust triggers that write one
 //! truxe.audit_logs row per event of users, organizations, memberships and sessions; the
 //! append-only guard on audit_logs; purge_audit_logs, its one exit.
-use crate::context::{parse_uuid, setting_text};
+use crate::context::{parse_uuid, setting_text, REQUEST_ID, REQUEST_IP, REQUEST_USER_AGENT};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, JSONB, TEXT, UUID};
 use crate::trigger::trigger_entry;
@@ -48,7 +48,7 @@ pub(crate) struct Client {
 
 /// `app.ip` when it is an IP address, else None (garbage is ignored, never an error).
 fn request_ip() -> Option<String> {
-    let ip = setting_text(c"app.ip")?;
+    let ip = setting_text(REQUEST_IP)?;
     ip.trim()
         .parse::<std::net::IpAddr>()
         .ok()
@@ -62,7 +62,7 @@ fn clip_user_agent(ua: String) -> String {
 
 /// `app.user_agent`, clipped; None when unset or empty.
 fn request_user_agent() -> Option<String> {
-    let ua = setting_text(c"app.user_agent")?;
+    let ua = setting_text(REQUEST_USER_AGENT)?;
     (!ua.is_empty()).then(|| clip_user_agent(ua))
 }
 
@@ -93,7 +93,7 @@ fn write(events: Vec<Event>, request: Client) -> Result<(), AuditError> {
         .user_agent
         .map(clip_user_agent)
         .or_else(request_user_agent);
-    let request_id = setting_text(c"app.request_id").and_then(|r| parse_uuid(&r));
+    let request_id = setting_text(REQUEST_ID).and_then(|r| parse_uuid(&r));
     Spi::connect_mut(|client| {
         for mut e in events {
             if let (Some(key), Value::Object(details)) = (api_key, &mut e.details) {

@@ -36,6 +36,20 @@ pub(crate) fn is_trusted_role(role: pg_sys::Oid) -> bool {
     }
 }
 
+/// The request settings (docs/reference.md, "Settings"), named here once for the Rust code.
+/// sql/context.sql names them too (clear_context, the request_* getters); tests hold both
+/// to the documented names: `set_context_then_clear_context` below (set here, cleared
+/// there), `audit::every_event_writes_exactly_one_row` (truxe's rows, parsed here) and
+/// `rls::app_audit_rows_take_the_request_context_from_the_settings` (an app's rows, parsed
+/// by SQL).
+pub(crate) const CURRENT_USER_ID: &CStr = c"app.current_user_id";
+pub(crate) const CURRENT_ORG_ID: &CStr = c"app.current_org_id";
+pub(crate) const REQUEST_IP: &CStr = c"app.ip";
+pub(crate) const REQUEST_USER_AGENT: &CStr = c"app.user_agent";
+pub(crate) const REQUEST_ID: &CStr = c"app.request_id";
+/// What PostgREST sets: the verified JWT's claims, as JSON.
+pub(crate) const JWT_CLAIMS: &CStr = c"request.jwt.claims";
+
 /// True when the role the statement runs as — the login or its SET ROLE, which a SECURITY
 /// DEFINER function does not change — is a superuser or has service_account's privileges.
 pub(crate) fn service_caller() -> bool {
@@ -320,8 +334,8 @@ fn set_context(
 ) {
     check_set_context(user_id, org_id, is_local).unwrap_or_raise();
     let local = is_local.unwrap_or(true);
-    set_setting(c"app.current_user_id", user_id, local);
-    set_setting(c"app.current_org_id", org_id, local);
+    set_setting(CURRENT_USER_ID, user_id, local);
+    set_setting(CURRENT_ORG_ID, org_id, local);
 }
 
 fn check_set_context(

@@ -298,7 +298,7 @@ fn jwt_claims() -> Option<(Option<Uuid>, Option<Uuid>)> {
         sub: Option<serde_json::Value>,
         org_id: Option<serde_json::Value>,
     }
-    let text = setting_text(c"request.jwt.claims")?;
+    let text = setting_text(crate::context::JWT_CLAIMS)?;
     let claims: Claims = serde_json::from_str(&text).ok()?;
     let uuid = |v: Option<serde_json::Value>| v.as_ref()?.as_str().and_then(parse_uuid);
     Some((uuid(claims.sub), uuid(claims.org_id)))
@@ -327,8 +327,8 @@ pub(crate) fn acting() -> Option<Acting> {
         })
     };
     from(
-        crate::context::setting_uuid(c"app.current_user_id"),
-        crate::context::setting_uuid(c"app.current_org_id"),
+        crate::context::setting_uuid(crate::context::CURRENT_USER_ID),
+        crate::context::setting_uuid(crate::context::CURRENT_ORG_ID),
         Source::Setting,
     )
     .or_else(|| {
