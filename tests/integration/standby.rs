@@ -7,7 +7,11 @@ use postgres::Client;
 
 const MONITOR_LOGIN: &str = "truxe_test_monitor";
 
-fn ids(c: &mut Client, sql: &str, args: &[&(dyn postgres::types::ToSql + Sync)]) -> Vec<String> {
+fn ids(
+    c: &mut impl postgres::GenericClient,
+    sql: &str,
+    args: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Vec<String> {
     let mut v: Vec<String> = c
         .query(sql, args)
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -140,6 +144,21 @@ fn reads_answer_on_a_hot_standby_and_writes_fail_with_25006() {
     )
     .unwrap();
     let primary_seen = reads(&mut primary.client("app", AUTH_LOGIN), &alice, &root, &de);
+    // an API key of acme, created by alice (never used: authenticate_api_key would touch it)
+    let key: String = {
+        let mut t = svc.transaction().unwrap();
+        t.execute("SELECT truxe.set_context($1::text::uuid)", &[&alice])
+            .unwrap();
+        let key = t
+            .query_one(
+                "SELECT key FROM truxe.create_api_key($1::text::uuid, 'ci')",
+                &[&root],
+            )
+            .unwrap()
+            .get(0);
+        t.commit().unwrap();
+        key
+    };
 
     let standby = primary.standby("standby");
     primary.wait_for_replay(&standby);
@@ -173,6 +192,28 @@ fn reads_answer_on_a_hot_standby_and_writes_fail_with_25006() {
         );
         assert!(unknown.is_empty());
     }
+    // the verified identity: authenticate and authenticate_api_key answer on the standby
+    // (the identity is a setting, not a write), and touch nothing
+    let mut t = sauth.transaction().unwrap();
+    let who = ids(&mut t, "SELECT user_id::text FROM truxe.authenticate($1)", &[&bob_jti]);
+    assert_eq!(who, [bob.to_string()], "authenticate on the standby");
+    let acting = ids(&mut t, "SELECT truxe.current_user_id()::text", &[]);
+    assert_eq!(acting, [bob.to_string()]);
+    let key_org = ids(
+        &mut t,
+        "SELECT org_id::text FROM truxe.authenticate_api_key($1)",
+        &[&key],
+    );
+    assert_eq!(key_org, [root.clone()], "authenticate_api_key on the standby");
+    t.commit().unwrap();
+    let untouched: bool = ssu
+        .query_one(
+            "SELECT last_used_at IS NULL FROM truxe.api_keys WHERE org_id = $1::text::uuid",
+            &[&root],
+        )
+        .unwrap()
+        .get(0);
+    assert!(untouched, "authenticate_api_key wrote on the standby");
     // nothing was written: bob's last_used_at is as stale as before
     let stale: bool = ssu
         .query_one(
