@@ -29,6 +29,13 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA truxe TO service_ac
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA truxe TO service_account;
 -- … except the hierarchy's own bookkeeping, which only its trigger writes
 REVOKE ALL ON truxe.org_closure, truxe.org_tree FROM service_account;
+-- … and except the organisation functions' internal helpers (docs/reference.md, "Internal
+-- functions"): only the SECURITY DEFINER functions that use them call them, as the owner
+REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(),
+  truxe.require_org_admin(uuid, uuid), truxe.lock_org_for_change(uuid, uuid),
+  truxe.member_role(uuid, uuid), truxe.other_owners(uuid, uuid), truxe.caller_is_service(),
+  truxe.permission_matches(text, text), truxe.user_holds_permission(uuid, text, uuid)
+  FROM service_account;
 
 -- authenticated (end-user requests) may call the context, organisation/membership,
 -- permission, hierarchy and session-validation functions, by name, whatever overloads exist

@@ -914,8 +914,6 @@ REVOKE ALL ON FUNCTION truxe.create_api_key(uuid, text, text[], interval, jsonb)
   truxe.revoke_api_keys_on_membership_delete() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.create_api_key(uuid, text, text[], interval, jsonb),
   truxe.authenticate_api_key(text), truxe.revoke_api_key(uuid) TO authenticated, service_account;
-GRANT EXECUTE ON FUNCTION truxe.permission_matches(text, text),
-  truxe.user_holds_permission(uuid, text, uuid) TO service_account;
 -- == Second factors and secrets at rest (issue 13) ==
 -- Why: TOTP second factors with recovery codes, a session assurance level raised by a
 -- second factor, and an encrypted vault for an org's credentials, with keys kept in a file
@@ -1772,3 +1770,10 @@ AS $$
     FROM overdue o
 $$;
 
+-- == Codebase: internal helpers are not API (issue 16) ==
+-- the organisation functions' helpers are called only by the SECURITY DEFINER functions
+-- that use them (as the owner): service_account no longer executes them (sql/grants.sql)
+REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(),
+  truxe.require_org_admin(uuid, uuid), truxe.lock_org_for_change(uuid, uuid),
+  truxe.member_role(uuid, uuid), truxe.other_owners(uuid, uuid), truxe.caller_is_service()
+  FROM service_account;

@@ -79,3 +79,51 @@ fn report_flags_disabled_rls_public_grants_and_missing_guard() {
     assert!(!public.1 && public.2.contains("truxe.users"), "{public:?}");
     assert!(!get("audit_logs_append_only").1);
 }
+
+/// The organisation functions' internal helpers are not API: not even service_account
+/// executes them (the SECURITY DEFINER functions that use them run as the owner), while the
+/// API built on them keeps working for it.
+#[test]
+fn internal_helpers_are_executable_by_nobody_but_the_owner() {
+    let db = server().fresh_db(true);
+    let mut s = db.service();
+    for call in [
+        "truxe.effective_role(gen_random_uuid(), gen_random_uuid())",
+        "truxe.require_user()",
+        "truxe.require_org_admin(gen_random_uuid(), gen_random_uuid())",
+        "truxe.lock_org_for_change(gen_random_uuid(), gen_random_uuid())",
+        "truxe.member_role(gen_random_uuid(), gen_random_uuid())",
+        "truxe.other_owners(gen_random_uuid(), gen_random_uuid())",
+        "truxe.caller_is_service()",
+        "truxe.permission_matches('*', 'users:read')",
+        "truxe.user_holds_permission(gen_random_uuid(), 'users:read', gen_random_uuid())",
+    ] {
+        assert_eq!(
+            crate::harness::sqlstate(s.query(&format!("SELECT {call}"), &[])),
+            "42501",
+            "service_account executed {call}"
+        );
+    }
+    let u = crate::harness::active_user(&mut s, "owner@example.com");
+    let mut t = s.transaction().unwrap();
+    t.execute("SELECT truxe.set_context($1::text::uuid)", &[&u])
+        .unwrap();
+    let org: String = t
+        .query_one(
+            "SELECT truxe.create_organization('acme', 'Acme')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let held: bool = t
+        .query_one(
+            "SELECT truxe.has_permission($1::text::uuid, 'users:write')",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        held,
+        "the API built on the helpers works for service_account"
+    );
+}

@@ -195,7 +195,11 @@ fn reads_answer_on_a_hot_standby_and_writes_fail_with_25006() {
     // the verified identity: authenticate and authenticate_api_key answer on the standby
     // (the identity is a setting, not a write), and touch nothing
     let mut t = sauth.transaction().unwrap();
-    let who = ids(&mut t, "SELECT user_id::text FROM truxe.authenticate($1)", &[&bob_jti]);
+    let who = ids(
+        &mut t,
+        "SELECT user_id::text FROM truxe.authenticate($1)",
+        &[&bob_jti],
+    );
     assert_eq!(who, [bob.to_string()], "authenticate on the standby");
     let acting = ids(&mut t, "SELECT truxe.current_user_id()::text", &[]);
     assert_eq!(acting, [bob.to_string()]);
@@ -204,7 +208,11 @@ fn reads_answer_on_a_hot_standby_and_writes_fail_with_25006() {
         "SELECT org_id::text FROM truxe.authenticate_api_key($1)",
         &[&key],
     );
-    assert_eq!(key_org, [root.clone()], "authenticate_api_key on the standby");
+    assert_eq!(
+        key_org,
+        [root.clone()],
+        "authenticate_api_key on the standby"
+    );
     t.commit().unwrap();
     let untouched: bool = ssu
         .query_one(
