@@ -286,7 +286,9 @@ fn make_room(
     )?;
     plans::run(
         c,
-        "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'session_limit'
+        // greatest(): a session a concurrent transaction created after ours began (and
+        // committed before this statement) must not look revoked before it was created
+        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'session_limit'
           WHERE id IN (SELECT s.id FROM truxe.sessions s
                         WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
                           AND s.family_created_at > now() - $3
@@ -745,7 +747,8 @@ fn revoke_others(jti: Option<Uuid>) -> Result<i32, TruxeError> {
         };
     };
     let revoked = plans::run_once(
-        "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'logout_others'
+        // greatest(): as in make_room (a session created by a later, committed transaction)
+        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout_others'
           WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > now()",
         &[UUID, UUID],
         &[live.user.into(), live.id.into()],
