@@ -97,6 +97,29 @@ fn live_sessions(su: &mut Client, user: &str) -> i64 {
     .get(0)
 }
 
+/// Waits (up to 20 s) until `n` backends of this database wait for a lock.
+fn wait_for_lock_waiters(su: &mut Client, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} waiting for a lock, not {n}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A family refreshed again and again still ends at its first login plus
 /// truxe.session_max_lifetime (default 90 days): the instant rides on every row of the
 /// family, each rotation's expiry is cut to it, and past it refresh, validate and
@@ -368,25 +391,7 @@ fn concurrent_creates_at_the_limit_leave_exactly_the_limit() {
         })
         .collect();
     // all four are waiting for the first transaction's lock
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if waiting == 4 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{waiting} creates waiting, not 4"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_lock_waiters(&mut su, 4);
     first.batch_execute("COMMIT").unwrap();
     for w in waiters {
         w.join().unwrap();
@@ -490,4 +495,39 @@ fn revoke_other_sessions_signs_out_every_other_device() {
     assert_eq!(sqlstate(revoke(&mut acting, Some(&d))), "42501");
     assert_eq!(sqlstate(revoke(&mut db.nobody(), Some(&d))), "42501");
     assert!(validate(&mut svc, &d).is_some());
+}
+
+/// Under SERIALIZABLE, two creates that each count the user's sessions in a snapshot
+/// taken before the other's commit conflict: the second fails with 40001 instead of leaving
+/// the user above the limit. (REPEATABLE READ has no such check: docs/reference.md,
+/// "Session policies".)
+#[test]
+fn serializable_creates_at_the_limit_conflict_instead_of_exceeding_it() {
+    let (db, ada, _) = two_users();
+    set_for_db(&db, "truxe.max_sessions_per_user", "3");
+    let mut su = db.superuser();
+    let mut svc = db.service();
+    for _ in 0..2 {
+        create(&mut svc, &ada, "1 day");
+    }
+    // both snapshots are taken before either creates
+    let mut first = db.service();
+    let mut second = db.service();
+    for c in [&mut first, &mut second] {
+        c.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT 1")
+            .unwrap();
+    }
+    create(&mut first, &ada, "1 day");
+    let user = ada.clone();
+    let waiter = thread::spawn(move || {
+        let created = second.query(
+            "SELECT 1 FROM truxe.create_session($1::text::uuid, NULL, '1 day')",
+            &[&user],
+        );
+        sqlstate(created.and_then(|_| second.batch_execute("COMMIT")))
+    });
+    wait_for_lock_waiters(&mut su, 1);
+    first.batch_execute("COMMIT").unwrap();
+    assert_eq!(waiter.join().unwrap(), "40001");
+    assert_eq!(live_sessions(&mut su, &ada), 3);
 }
