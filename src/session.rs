@@ -711,7 +711,7 @@ fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
 /// authenticated may call it only for the session it is acting through: `jti` must be the
 /// token of the session that `truxe.authenticate` verified in this transaction
 /// (`truxe.current_session_id()`); anything else — no verified session, another session,
-/// an unknown, expired or revoked jti — is 42501, alike, before any write. NULL: 0.
+/// an unknown, expired or revoked jti — is 42501, alike, and changes nothing. NULL: 0.
 #[pg_extern(sql = r#"
 CREATE FUNCTION truxe.revoke_other_sessions(jti uuid) RETURNS integer
 LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
