@@ -54,6 +54,8 @@ BEGIN
                          'change_role', 'remove_member', 'has_permission',
                          'org_ancestors', 'org_descendants', 'validate_session',
                          'revoke_session_by_id', 'version', 'permitted_org_ids',
+                         -- for the session authenticate() verified only (src/session.rs)
+                         'revoke_other_sessions',
                          -- evaluated as the caller by audit_logs' INSERT policy and defaults
                          'is_builtin_audit_action', 'request_ip', 'request_user_agent',
                          'request_id',
@@ -71,7 +73,8 @@ GRANT SELECT ON truxe.users, truxe.organizations, truxe.memberships,
 -- a user lists their own sessions (policy session_read): every column but the two token
 -- hashes, which no end user needs
 GRANT SELECT (id, user_id, org_id, family_id, device_info, ip, user_agent, created_at,
-  expires_at, last_used_at, revoked_at, revoked_reason, replaced_by, aal) ON truxe.sessions TO authenticated;
+  expires_at, last_used_at, revoked_at, revoked_reason, replaced_by, aal, family_created_at)
+  ON truxe.sessions TO authenticated;
 -- owners/admins list their orgs' API keys (policy api_key_admin_read): every column but
 -- the hash of the secret
 GRANT SELECT (id, org_id, name, scopes, created_by, created_at, expires_at, last_used_at,

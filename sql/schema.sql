@@ -141,6 +141,9 @@ CREATE TABLE truxe.sessions (
   replaced_by      uuid,
   id               uuid NOT NULL DEFAULT gen_random_uuid(),
   aal              smallint NOT NULL DEFAULT 1,
+  -- the family's first login, copied to every row of the family (cleanup deletes old
+  -- rows): no session of the family outlives it by more than truxe.session_max_lifetime
+  family_created_at timestamptz NOT NULL DEFAULT now(),
   CONSTRAINT sessions_pkey PRIMARY KEY (id),
   CONSTRAINT sessions_jti_hash_key UNIQUE (jti_hash),
   CONSTRAINT sessions_refresh_jti_hash_key UNIQUE (refresh_jti_hash),

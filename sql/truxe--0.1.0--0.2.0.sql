@@ -1777,3 +1777,30 @@ REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(
   truxe.require_org_admin(uuid, uuid), truxe.lock_org_for_change(uuid, uuid),
   truxe.member_role(uuid, uuid), truxe.other_owners(uuid, uuid), truxe.caller_is_service()
   FROM service_account;
+
+
+-- == Session policies (issue 12) ==
+-- A family of sessions gets a hard end (truxe.session_max_lifetime from its first login),
+-- an optional idle timeout and a per-user cap, all read from settings by the session
+-- functions (src/session.rs); the catalog gains one column and one function.
+
+-- the family's first login, on every row of the family (cleanup deletes old rows, so the
+-- first row cannot be asked later); last column, as in sql/schema.sql
+ALTER TABLE truxe.sessions ADD COLUMN family_created_at timestamptz NOT NULL DEFAULT now();
+-- existing families: the oldest row each still has. A family whose first rows cleanup has
+-- already deleted starts at its oldest remaining row (later than its real first login).
+UPDATE truxe.sessions s
+   SET family_created_at = f.first_login
+  FROM (SELECT family_id, min(created_at) AS first_login
+          FROM truxe.sessions GROUP BY family_id) f
+ WHERE s.family_id = f.family_id;
+-- a user sees when each of their sessions' families began
+GRANT SELECT (family_created_at) ON truxe.sessions TO authenticated;
+
+-- "sign out every other device": service_account for any live session, authenticated for
+-- the session authenticate() verified (src/session.rs)
+CREATE FUNCTION truxe.revoke_other_sessions(jti uuid) RETURNS integer
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'revoke_other_sessions_wrapper';
+REVOKE ALL ON FUNCTION truxe.revoke_other_sessions(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.revoke_other_sessions(uuid) TO service_account, authenticated;

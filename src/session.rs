@@ -13,7 +13,9 @@
 //! truxe's objects with the schema, and nothing resolves through the caller's path.
 use crate::context::org_access;
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
-use crate::gucs::REFRESH_REUSE_GRACE;
+use crate::gucs::{
+    MAX_SESSIONS_PER_USER, REFRESH_REUSE_GRACE, SESSION_IDLE_TIMEOUT, SESSION_MAX_LIFETIME,
+};
 use crate::plans::{self, INET, INTERVAL, JSONB, TEXT, UUID};
 use crate::trigger::trigger_entry;
 use pgrx::datum::DatumWithOid;
@@ -70,6 +72,38 @@ macro_rules! still_allowed {
     };
 }
 
+/// The session policies in force (src/gucs.rs), as the intervals the statements bind.
+/// Each is computed here from whole seconds: no function call a caller's schema could
+/// shadow, and no extra statement on validate_session's path.
+struct Policy {
+    /// `truxe.session_max_lifetime`: a family ends at `family_created_at` plus this.
+    lifetime: Interval,
+    /// `truxe.session_idle_timeout`: None when 0 (off).
+    idle: Option<Interval>,
+    /// How stale `last_used_at` may get before a use rewrites it: a minute, or a quarter
+    /// of the idle timeout when that is shorter (the idle check's precision).
+    touch: Interval,
+}
+
+fn seconds(micros: i64) -> Result<Interval, TruxeError> {
+    Interval::new(0, 0, micros).map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))
+}
+
+fn policy() -> Result<Policy, TruxeError> {
+    const MINUTE: i64 = 60 * 1_000_000;
+    let lifetime = i64::from(SESSION_MAX_LIFETIME.get().max(1)) * 1_000_000;
+    let idle = i64::from(SESSION_IDLE_TIMEOUT.get().max(0)) * 1_000_000;
+    Ok(Policy {
+        lifetime: seconds(lifetime)?,
+        idle: if idle > 0 { Some(seconds(idle)?) } else { None },
+        touch: seconds(if idle > 0 {
+            MINUTE.min(idle / 4)
+        } else {
+            MINUTE
+        })?,
+    })
+}
+
 /// A session lifetime: more than zero, at most 366 days (22023).
 fn check_ttl(ttl: Option<Interval>) -> Result<Interval, TruxeError> {
     match ttl {
@@ -98,7 +132,11 @@ fn inserted(
 /// `org_id`, the user must be a joined member of it or a joined owner/admin of one of its
 /// ancestors (42501). Returns the access token (`jti`), the refresh token (`refresh_jti`)
 /// and the expiry — the only time the tokens are shown: the row keeps their SHA-256. A new
-/// family starts, with a random `family_id` of its own. ttl outside (0, 366 days] or a
+/// family starts, with a random `family_id` of its own and `family_created_at` = now; the
+/// expiry is now + ttl, or now + `truxe.session_max_lifetime` when that is sooner. With
+/// `truxe.max_sessions_per_user` = n > 0, the user's live sessions beyond the n - 1 most
+/// recently used are revoked first (reason `session_limit`), under a lock on the user's
+/// row, so concurrent creates for one user queue there. ttl outside (0, 366 days] or a
 /// device_info that is not an object: 22023. service_account only (SECURITY DEFINER: it
 /// reads truxe.org_closure, which no role may read).
 #[pg_extern(sql = r#"
@@ -193,14 +231,22 @@ fn create(
                 );
             }
         }
+        let policy = policy()?;
+        let limit = MAX_SESSIONS_PER_USER.get();
+        if limit > 0 {
+            make_room(c, user_id, limit, &policy)?;
+        }
         let (jti, refresh_jti) = new_pair()?;
         let row = inserted(plans::run(
             c,
             "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash, family_id,
-                                         device_info, ip, user_agent, expires_at)
-             VALUES ($1, $2, $3, $4, gen_random_uuid(), coalesce($5, '{}'), $6, $7, now() + $8)
+                                         device_info, ip, user_agent, expires_at, family_created_at)
+             VALUES ($1, $2, $3, $4, gen_random_uuid(), coalesce($5, '{}'), $6, $7,
+                     least(now() + $8, now() + $9), now())
              RETURNING id, expires_at",
-            &[BYTEA, UUID, UUID, BYTEA, JSONB, INET, TEXT, INTERVAL],
+            &[
+                BYTEA, UUID, UUID, BYTEA, JSONB, INET, TEXT, INTERVAL, INTERVAL,
+            ],
             &[
                 bearer_hash(&jti).into(),
                 user_id.into(),
@@ -210,6 +256,7 @@ fn create(
                 ip.into(),
                 user_agent.into(),
                 ttl.into(),
+                policy.lifetime.into(),
             ],
         )?)?;
         Ok(row
@@ -219,10 +266,55 @@ fn create(
     })
 }
 
+/// `truxe.max_sessions_per_user` = `limit`: before a new session of `user`, revokes its live
+/// sessions (as validate_session sees them, org access aside) beyond the `limit - 1` most
+/// recently used (reason `session_limit`; the audit trigger writes `session.revoked`). The
+/// user's row is locked first (FOR NO KEY UPDATE: a session's foreign-key check, FOR KEY
+/// SHARE, does not wait for it), so a second create for the same user waits until this
+/// transaction ends and then, in READ COMMITTED, counts the session it added.
+fn make_room(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    user: Uuid,
+    limit: i32,
+    policy: &Policy,
+) -> Result<(), TruxeError> {
+    plans::run(
+        c,
+        "SELECT 1 FROM truxe.users u WHERE u.id = $1 FOR NO KEY UPDATE OF u",
+        &[UUID],
+        &[user.into()],
+    )?;
+    plans::run(
+        c,
+        // greatest(): a session a concurrent transaction created after ours began (and
+        // committed before this statement) must not look revoked before it was created
+        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'session_limit'
+          WHERE id IN (SELECT s.id FROM truxe.sessions s
+                        WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
+                          AND s.family_created_at > now() - $3
+                          AND ($4 IS NULL OR s.last_used_at >= now() - $4)
+                        ORDER BY s.last_used_at DESC, s.created_at DESC, s.id DESC
+                        OFFSET $2)
+            AND revoked_at IS NULL",
+        &[UUID, plans::INT8, INTERVAL, INTERVAL],
+        &[
+            user.into(),
+            i64::from(limit - 1).into(),
+            policy.lifetime.into(),
+            policy.idle.into(),
+        ],
+    )?;
+    Ok(())
+}
+
 /// The user, org and expiry of a live session; no row when the jti is unknown, expired or
 /// revoked, when its user is no longer active, or when an org-scoped session's user may no
-/// longer use that org (not a joined member, nor a joined owner/admin of an ancestor).
-/// Writes `last_used_at` at most once a minute (most calls write nothing), and never in a
+/// longer use that org (not a joined member, nor a joined owner/admin of an ancestor), when
+/// its family began longer ago than `truxe.session_max_lifetime` (the expiry returned is
+/// never later than that end), or when it went unused for longer than
+/// `truxe.session_idle_timeout` (if set). All in the one read of the session row.
+/// Writes `last_used_at` at most once a minute, or every quarter of the idle timeout when
+/// that is shorter (most calls write nothing), and never in a
 /// read-only transaction, so it also answers on a hot standby. Callable by
 /// authenticated and service_account (SECURITY DEFINER: RLS would hide the row). Never
 /// raises for an unknown jti.
@@ -263,17 +355,25 @@ pub(crate) struct Live {
 pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     Spi::connect_mut(|c| {
         // read-only in the caller's snapshot: most calls end here, without a write
+        let policy = policy()?;
         let rows = plans::read(
             c,
             concat!(
-                "SELECT s.id, s.user_id, s.org_id, s.expires_at,
-                        s.last_used_at < now() - interval '1 minute', s.aal
+                "SELECT s.id, s.user_id, s.org_id, least(s.expires_at, s.family_created_at + $2),
+                        s.last_used_at < now() - $4, s.aal
                    FROM truxe.sessions s
-                  WHERE s.jti_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND ",
+                  WHERE s.jti_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
+                    AND s.family_created_at > now() - $2
+                    AND ($3 IS NULL OR s.last_used_at >= now() - $3) AND ",
                 still_allowed!()
             ),
-            &[BYTEA],
-            &[bearer_hash(&jti).into()],
+            &[BYTEA, INTERVAL, INTERVAL, INTERVAL],
+            &[
+                bearer_hash(&jti).into(),
+                policy.lifetime.into(),
+                policy.idle.into(),
+                policy.touch.into(),
+            ],
         )?;
         if rows.is_empty() {
             return Ok(None);
@@ -297,9 +397,9 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
             plans::run(
                 c,
                 "UPDATE truxe.sessions SET last_used_at = now()
-                  WHERE id = $1 AND last_used_at < now() - interval '1 minute'",
-                &[UUID],
-                &[id.into()],
+                  WHERE id = $1 AND last_used_at < now() - $2",
+                &[UUID, INTERVAL],
+                &[id.into(), policy.touch.into()],
             )?;
         }
         Ok(Some(Live {
@@ -321,7 +421,11 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
 /// not keep them); a grace of 0 means none, even within the rotating transaction. Later,
 /// it revokes every live session of the family (reason `refresh_token_reuse`, audit
 /// `session.reuse_detected`) and returns no row. Unknown, expired or otherwise revoked, a
-/// user no longer active, or an org the user may no longer use: no row. ttl outside
+/// user no longer active, or an org the user may no longer use: no row. The session
+/// policies hold as in validate_session: a family older than `truxe.session_max_lifetime`
+/// or a session unused for longer than `truxe.session_idle_timeout` is not refreshed (no
+/// row), and the new session inherits `family_created_at` and expires at now + ttl or at
+/// the family's end, whichever is sooner. ttl outside
 /// (0, 366 days]: 22023. service_account only (SECURITY DEFINER, as create_session).
 #[pg_extern(sql = r#"
 CREATE FUNCTION truxe.refresh_session(refresh_jti uuid, ttl interval DEFAULT '7 days')
@@ -352,17 +456,26 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
     // an interval computed here: no function call that a caller's schema could shadow
     let grace = Interval::new(0, 0, grace_secs * 1_000_000)
         .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
+    let policy = policy()?;
     Spi::connect_mut(|c| {
         let rows = plans::run(
             c,
             concat!(
-                "SELECT s.id, s.family_id, s.org_id, s.revoked_at IS NULL AND s.expires_at > now(),
+                "SELECT s.id, s.family_id, s.org_id,
+                        s.revoked_at IS NULL AND s.expires_at > now()
+                          AND s.family_created_at > now() - $3
+                          AND ($4 IS NULL OR s.last_used_at >= now() - $4),
                         s.revoked_reason, s.revoked_at >= now() - $2, s.replaced_by, ",
                 still_allowed!(),
                 " FROM truxe.sessions s WHERE s.refresh_jti_hash = $1 FOR UPDATE OF s"
             ),
-            &[BYTEA, INTERVAL],
-            &[bearer_hash(&refresh_jti).into(), grace.into()],
+            &[BYTEA, INTERVAL, INTERVAL, INTERVAL],
+            &[
+                bearer_hash(&refresh_jti).into(),
+                grace.into(),
+                policy.lifetime.into(),
+                policy.idle.into(),
+            ],
         )?;
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -391,9 +504,15 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                 && plans::run(
                     c,
                     "SELECT 1 FROM truxe.sessions
-                      WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()",
-                    &[UUID],
-                    &[replaced_by.into()],
+                      WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()
+                        AND family_created_at > now() - $2
+                        AND ($3 IS NULL OR last_used_at >= now() - $3)",
+                    &[UUID, INTERVAL, INTERVAL],
+                    &[
+                        replaced_by.into(),
+                        policy.lifetime.into(),
+                        policy.idle.into(),
+                    ],
                 )?
                 .is_empty()
             {
@@ -405,17 +524,20 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                 bearer_hash(&jti).into(),
                 bearer_hash(&new_refresh).into(),
                 ttl.into(),
+                policy.lifetime.into(),
             ];
-            let types = [UUID, BYTEA, BYTEA, INTERVAL];
+            let types = [UUID, BYTEA, BYTEA, INTERVAL, INTERVAL];
             let child = if live {
                 inserted(plans::run(
                     c,
                     "WITH child AS (
                        INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
-                                                   family_id, device_info, ip, user_agent, expires_at, aal)
+                                                   family_id, device_info, ip, user_agent, expires_at, aal,
+                                                   family_created_at)
                        SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
-                              s.user_agent, now() + $4, s.aal
-                         FROM truxe.sessions s WHERE s.id = $1
+                              s.user_agent, least(now() + $4, s.family_created_at + $5), s.aal,
+                              s.family_created_at
+                         FROM truxe.sessions s WHERE s.id = $1 AND s.family_created_at > now() - $5
                        RETURNING id, expires_at
                      ), rotated AS (
                        UPDATE truxe.sessions s SET revoked_at = now(), revoked_reason = 'rotated',
@@ -431,10 +553,12 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                 inserted(plans::run(
                     c,
                     "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
-                                                 family_id, device_info, ip, user_agent, expires_at, aal)
+                                                 family_id, device_info, ip, user_agent, expires_at, aal,
+                                                 family_created_at)
                      SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
-                            s.user_agent, now() + $4, s.aal
-                       FROM truxe.sessions s WHERE s.id = $1
+                            s.user_agent, least(now() + $4, s.family_created_at + $5), s.aal,
+                            s.family_created_at
+                       FROM truxe.sessions s WHERE s.id = $1 AND s.family_created_at > now() - $5
                      RETURNING id, expires_at",
                     &types,
                     &args,
@@ -577,6 +701,60 @@ fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
         )?
     };
     Ok(revoked > 0)
+}
+
+/// "Sign out every other device" (after a password-equivalent change): revokes every
+/// unrevoked, unexpired session of the user of the live session `jti` except that one
+/// (reason `logout_others`; the audit trigger writes `session.revoked` for each) and
+/// returns how many. `jti` must name a live session as validate_session sees it (and,
+/// like it, counts as a use); otherwise 0 for service_account (or a superuser).
+/// authenticated may call it only for the session it is acting through: `jti` must be the
+/// token of the session that `truxe.authenticate` verified in this transaction
+/// (`truxe.current_session_id()`); anything else — no verified session, another session,
+/// an unknown, expired or revoked jti — is 42501, alike, and changes nothing. NULL: 0.
+#[pg_extern(sql = r#"
+CREATE FUNCTION truxe.revoke_other_sessions(jti uuid) RETURNS integer
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#)]
+fn revoke_other_sessions(jti: Option<Uuid>) -> i32 {
+    revoke_others(jti).unwrap_or_raise()
+}
+
+fn revoke_others(jti: Option<Uuid>) -> Result<i32, TruxeError> {
+    let Some(jti) = jti else {
+        return Ok(0);
+    };
+    let acting_session = if crate::context::service_caller() {
+        None
+    } else {
+        let Some(session) = crate::identity::verified().and_then(|v| v.session) else {
+            return fail(
+                Sqlstate::InsufficientPrivilege,
+                "revoke_other_sessions needs the token of the session truxe.authenticate verified",
+            );
+        };
+        Some(session)
+    };
+    let live = validate(jti)?;
+    let Some(live) = live.filter(|l| acting_session.is_none_or(|s| s == l.id)) else {
+        return match acting_session {
+            None => Ok(0),
+            Some(_) => fail(
+                Sqlstate::InsufficientPrivilege,
+                "revoke_other_sessions needs the token of the session truxe.authenticate verified",
+            ),
+        };
+    };
+    let revoked = plans::run_once(
+        // greatest(): as in make_room (a session created by a later, committed transaction)
+        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout_others'
+          WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > now()",
+        &[UUID, UUID],
+        &[live.user.into(), live.id.into()],
+        |t| Ok(t.len()),
+    )?;
+    Ok(i32::try_from(revoked).unwrap_or(i32::MAX))
 }
 
 /// AFTER DELETE on truxe.memberships: the removed member's live sessions scoped to that org

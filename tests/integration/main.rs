@@ -18,6 +18,7 @@ mod ops;
 mod orgs;
 mod rls;
 mod security;
+mod session_policies;
 mod sessions;
 mod shadow;
 mod standby;

@@ -552,6 +552,20 @@ fn a_populated_first_release_database_survives_the_update() {
         "bob's refresh token from before the update rotates"
     );
 
+    // every family counts its lifetime from its first login: the update filled
+    // family_created_at with the family's oldest created_at, and rotations since copied it
+    assert_eq!(
+        one_text(
+            &mut su,
+            "SELECT count(*)::text FROM (
+               SELECT family_id FROM truxe.sessions GROUP BY family_id
+               HAVING count(DISTINCT family_created_at) <> 1
+                   OR min(family_created_at) <> min(created_at)) bad"
+        ),
+        "0",
+        "family_created_at is each family's first login"
+    );
+
     // --- and the updated database round-trips through pg_dump ------------------------------
     let before = fingerprint(&mut su);
     let restored = restore_copy(&s, "survive");
