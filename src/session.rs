@@ -9,6 +9,10 @@
 //! and audit rows hold ids, never a token. The tokens leave truxe exactly once, in the row
 //! `create_session` / `refresh_session` return.
 //!
+//! Every revocation writes `revoked_at = greatest(now(), created_at)`: under READ COMMITTED
+//! a statement also sees sessions committed after its transaction began, whose
+//! `created_at` is later than its `now()` (and `revoked_after_created` would refuse them).
+//!
 //! Every function here pins `search_path = pg_catalog, pg_temp`: their statements name
 //! truxe's objects with the schema, and nothing resolves through the caller's path.
 use crate::context::org_access;
@@ -540,7 +544,7 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                          FROM truxe.sessions s WHERE s.id = $1 AND s.family_created_at > now() - $5
                        RETURNING id, expires_at
                      ), rotated AS (
-                       UPDATE truxe.sessions s SET revoked_at = now(), revoked_reason = 'rotated',
+                       UPDATE truxe.sessions s SET revoked_at = greatest(now(), s.created_at), revoked_reason = 'rotated',
                               replaced_by = (SELECT child.id FROM child)
                         WHERE s.id = $1
                      )
@@ -586,7 +590,7 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
         }
         let revoked = plans::run(
             c,
-            "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'refresh_token_reuse'
+            "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'refresh_token_reuse'
               WHERE family_id = $1 AND revoked_at IS NULL",
             &[UUID],
             &[family.into()],
@@ -610,7 +614,7 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_session(jti: Option<Uuid>, reason: default!(Option<String>, "'logout'")) -> bool {
     revoke(
-        "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = $2
+        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = $2
           WHERE jti_hash = $1 AND revoked_at IS NULL",
         BYTEA,
         jti.map(|j| bearer_hash(&j)).into(),
@@ -629,7 +633,7 @@ fn revoke_user_sessions(
     reason: default!(Option<String>, "'logout'"),
 ) -> i32 {
     revoke(
-        "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = $2
+        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = $2
           WHERE user_id = $1 AND revoked_at IS NULL",
         UUID,
         user_id.into(),
@@ -682,7 +686,7 @@ fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
     };
     let revoked = if crate::context::service_caller() {
         plans::run_once(
-            "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'logout'
+            "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout'
               WHERE id = $1 AND revoked_at IS NULL",
             &[UUID],
             &[session_id.into()],
@@ -693,7 +697,7 @@ fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
             return Ok(false);
         };
         plans::run_once(
-            "UPDATE truxe.sessions SET revoked_at = now(), revoked_reason = 'logout'
+            "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout'
               WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
             &[UUID, UUID],
             &[session_id.into(), me.into()],
@@ -777,7 +781,7 @@ fn end_sessions_on_membership_delete<'a>(
             .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
         plans::run_once(
             concat!(
-                "UPDATE truxe.sessions s SET revoked_at = now(), revoked_reason = 'membership_removed'
+                "UPDATE truxe.sessions s SET revoked_at = greatest(now(), s.created_at), revoked_reason = 'membership_removed'
                   WHERE s.user_id = $2 AND s.revoked_at IS NULL
                     AND (s.org_id = $1
                          OR (s.org_id IN (SELECT c.descendant_id FROM truxe.org_closure c
@@ -812,7 +816,7 @@ fn end_sessions_on_status_change<'a>(
             .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
         // the status is read back as text: no enum type to resolve by name
         plans::run_once(
-            "UPDATE truxe.sessions s SET revoked_at = now(), revoked_reason = 'user_' || u.status::text
+            "UPDATE truxe.sessions s SET revoked_at = greatest(now(), s.created_at), revoked_reason = 'user_' || u.status::text
                FROM truxe.users u
               WHERE u.id = $1 AND u.status <> 'active' AND s.user_id = u.id AND s.revoked_at IS NULL",
             &[UUID],

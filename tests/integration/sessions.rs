@@ -732,3 +732,26 @@ fn deleting_an_org_or_a_user_with_members_and_sessions() {
     assert_eq!(validate(&mut s, &global), None);
     assert_eq!(validate(&mut s, &scoped), None);
 }
+
+/// A revocation also ends sessions created after its transaction began (READ COMMITTED
+/// sees them): their revoked_at is not before their created_at, and nothing fails.
+#[test]
+fn a_revocation_ends_sessions_newer_than_its_transaction() {
+    let db = populated();
+    let mut revoker = db.service();
+    let mut t = revoker.transaction().unwrap();
+    // the transaction's now() is fixed here
+    t.query_one("SELECT now()", &[]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (jti, _) = create(&mut db.service(), MEMBER, None);
+    let revoked: i32 = t
+        .query_one(
+            "SELECT truxe.revoke_user_sessions($1::text::uuid, 'security')",
+            &[&MEMBER],
+        )
+        .expect("a session newer than the revoking transaction")
+        .get(0);
+    assert_eq!(revoked, 1);
+    t.commit().unwrap();
+    assert_eq!(validate(&mut db.service(), &jti), None);
+}
