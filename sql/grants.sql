@@ -47,6 +47,7 @@ BEGIN
                          'change_role', 'remove_member', 'has_permission',
                          'org_ancestors', 'org_descendants', 'validate_session',
                          'revoke_session_by_id', 'version', 'permitted_org_ids',
+                         'invite_by_email', 'revoke_invitation',
                          -- evaluated as the caller by audit_logs' INSERT policy and defaults
                          'is_builtin_audit_action', 'request_ip', 'request_user_agent',
                          'request_id',
@@ -69,6 +70,10 @@ GRANT SELECT (id, user_id, org_id, family_id, device_info, ip, user_agent, creat
 -- the hash of the secret
 GRANT SELECT (id, org_id, name, scopes, created_by, created_at, expires_at, last_used_at,
   revoked_at, metadata) ON truxe.api_keys TO authenticated;
+-- owners/admins list their orgs' invitations (policy invitation_admin_read): every column
+-- but the hash of the token's secret
+GRANT SELECT (id, org_id, email, role, permissions, invited_by, created_at, expires_at,
+  accepted_at, accepted_by, revoked_at, attempts) ON truxe.invitations TO authenticated;
 -- the role defaults behind has_permission are not secret
 GRANT SELECT ON truxe.role_permissions TO authenticated;
 -- a user edits only their own metadata (policy user_self_update picks the row)
