@@ -99,21 +99,17 @@ fn invite(
     let token_hash = sha256_hex(&secret);
     let (id, org, expires_at) = Spi::connect_mut(|c| -> Result<_, TruxeError> {
         // the acting user, active (42501), and their rights on the org, checked before
-        // anything of the org is read or locked (sql/orgs.sql)
-        let me = plans::run(c, "SELECT truxe.require_user()", &[], &[])?
-            .first()
-            .get_one::<Uuid>()?;
-        plans::run(
+        // anything of the org is read or locked (sql/orgs.sql); one statement, in which
+        // require_user() (the FROM item) runs before require_grant_rights
+        let me = plans::run(
             c,
-            "SELECT truxe.require_grant_rights($1, $2, $3::truxe.membership_role, $4)",
-            &[UUID, UUID, TEXT, JSONB],
-            &[
-                org_id.into(),
-                me.into(),
-                role.map(|r| r.label()).into(),
-                permissions(),
-            ],
-        )?;
+            "SELECT me, truxe.require_grant_rights($1, me, $2::truxe.membership_role, $3)::text
+               FROM truxe.require_user() me",
+            &[UUID, TEXT, JSONB],
+            &[org_id.into(), role.map(|r| r.label()).into(), permissions()],
+        )?
+        .first()
+        .get_one::<Uuid>()?;
         let Some(org) = org_id else {
             return fail(Sqlstate::InvalidParameter, "org_id must not be NULL");
         };
