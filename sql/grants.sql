@@ -100,3 +100,8 @@ GRANT SELECT (id, user_id, kind, friendly_name, status, created_at, verified_at,
 -- service_read) to keep the latest seal_hash outside the database
 REVOKE INSERT, UPDATE, DELETE ON truxe.audit_seals FROM service_account;
 REVOKE ALL ON SEQUENCE truxe.audit_seals_id_seq FROM service_account;
+-- invite_member's and invite_by_email's granting rules (sql/orgs.sql) are an internal
+-- helper: only those SECURITY DEFINER functions call it, as the owner; it takes the acting
+-- user as an argument, so no role may call it directly
+REVOKE EXECUTE ON FUNCTION truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb)
+  FROM service_account;

@@ -117,7 +117,8 @@ $$;
 -- an owner may grant the owner role; each extra permission must have the format of
 -- truxe.valid_permission (22023) and be held by `me` in that org (42501; an owner may grant
 -- anything). A NULL role or permissions that are not a JSON array of strings: 22023.
--- Returns `me`'s effective role. Not granted to authenticated (it takes `me` as an argument).
+-- Returns `me`'s effective role. Executable by nobody but the owner (it takes `me` as an
+-- argument): the SECURITY DEFINER functions that use it run as the owner.
 CREATE FUNCTION truxe.require_grant_rights(org uuid, me uuid, role truxe.membership_role,
                                            permissions jsonb)
 RETURNS truxe.membership_role LANGUAGE plpgsql SECURITY DEFINER

@@ -1786,7 +1786,8 @@ ALTER TYPE truxe.audit_action ADD VALUE 'invitation.accepted';
 -- an owner may grant the owner role; each extra permission must have the format of
 -- truxe.valid_permission (22023) and be held by `me` in that org (42501; an owner may grant
 -- anything). A NULL role or permissions that are not a JSON array of strings: 22023.
--- Returns `me`'s effective role. Not granted to authenticated (it takes `me` as an argument).
+-- Returns `me`'s effective role. Executable by nobody but the owner (it takes `me` as an
+-- argument): the SECURITY DEFINER functions that use it run as the owner.
 CREATE FUNCTION truxe.require_grant_rights(org uuid, me uuid, role truxe.membership_role,
                                            permissions jsonb)
 RETURNS truxe.membership_role LANGUAGE plpgsql SECURITY DEFINER
@@ -1842,8 +1843,8 @@ BEGIN
   END IF;
 END
 $$;
+-- an internal helper: only invite_member and invite_by_email (SECURITY DEFINER) call it
 REVOKE ALL ON FUNCTION truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb) TO service_account;
 
 -- the table, its policies and revoke_invitation: the same text as sql/invitations.sql
 -- Invitations by e-mail (docs/reference.md, "Invitations"): an org invites someone who may
