@@ -41,6 +41,15 @@ INSERT INTO truxe.sessions (jti_hash, user_id, refresh_jti_hash, family_id, expi
 INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)
   SELECT bench.uid(2, 1 + g % :O), 'org.updated', 'organization', g::text FROM generate_series(1, :A) g;
 INSERT INTO truxe.organizations (id, slug, name) VALUES (bench.uid(6, 1), 'usage-org', 'Usage');
+-- invitations by e-mail: 10,000 orgs (kind 9), each owned by a user of its own (kind 10),
+-- so that the invite + accept benchmark stays far below 100 invitations per org per hour
+-- and no other benchmark's users or orgs change
+INSERT INTO truxe.users (id, email, status, email_verified)
+  SELECT bench.uid(10, g), 'inviter' || g || '@bench.example', 'active', true FROM generate_series(1, 10000) g;
+INSERT INTO truxe.organizations (id, slug, name)
+  SELECT bench.uid(9, g), 'inviter-' || g, 'Inviter ' || g FROM generate_series(1, 10000) g;
+INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
+  SELECT bench.uid(9, g), bench.uid(10, g), 'owner', now(), now() FROM generate_series(1, 10000) g;
 RESET session_replication_role;
 
 -- an application's own table, protected by truxe.protect_table (README, "Your own tables"):

@@ -209,3 +209,108 @@ END $$;
 CREATE TRIGGER check_org_hierarchy BEFORE INSERT OR UPDATE ON ref.organizations
   FOR EACH ROW EXECUTE FUNCTION ref.check_org_hierarchy();
 ANALYZE ref.organizations;
+
+-- Invitations by e-mail: invite (the rules of invite_member, the per-org hourly limit, the
+-- earlier pending invitation revoked) and accept (attempts, statuses, the user created,
+-- the membership joined), the magic-link token format, on truxe.invitations.
+CREATE FUNCTION ref.invite_by_email(p_org uuid, p_email citext, p_role truxe.membership_role DEFAULT 'member',
+                                    p_permissions jsonb DEFAULT '[]', p_ttl interval DEFAULT '7 days')
+RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz) LANGUAGE plpgsql AS $$
+DECLARE me uuid := truxe.current_user_id(); my_role truxe.membership_role; p text;
+        secret bytea := ref.gen_random_bytes(32); iid uuid; exp timestamptz;
+BEGIN
+  IF p_email !~ '^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$' THEN
+    RAISE EXCEPTION 'invalid email' USING ERRCODE = '22023';
+  END IF;
+  IF p_ttl < interval '1 hour' OR p_ttl > interval '30 days' THEN
+    RAISE EXCEPTION 'invalid ttl' USING ERRCODE = '22023';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = me AND u.status = 'active') THEN
+    RAISE EXCEPTION 'no active user' USING ERRCODE = '42501';
+  END IF;
+  IF p_role IS NULL OR jsonb_typeof(p_permissions) IS DISTINCT FROM 'array' THEN
+    RAISE EXCEPTION 'bad role or permissions' USING ERRCODE = '22023';
+  END IF;
+  SELECT min(m.role) INTO my_role FROM truxe.memberships m
+   WHERE m.user_id = me AND m.joined_at IS NOT NULL
+     AND (m.org_id = p_org OR (m.role IN ('owner', 'admin') AND m.org_id IN (
+           SELECT c.ancestor_id FROM truxe.org_closure c WHERE c.descendant_id = p_org)));
+  IF my_role IS NULL OR my_role NOT IN ('owner', 'admin') OR (p_role = 'owner' AND my_role <> 'owner') THEN
+    RAISE EXCEPTION 'permission denied' USING ERRCODE = '42501';
+  END IF;
+  FOR p IN SELECT jsonb_array_elements_text(p_permissions) LOOP
+    IF p !~ '^(\*|[a-z_]+:(\*|[a-z_]+))$' THEN
+      RAISE EXCEPTION 'invalid permission' USING ERRCODE = '22023';
+    END IF;
+    IF my_role <> 'owner' AND NOT ref.has_permission(p_org, p, me) THEN
+      RAISE EXCEPTION 'permission denied' USING ERRCODE = '42501';
+    END IF;
+  END LOOP;
+  PERFORM pg_advisory_xact_lock(hashtextextended(p_org::text, 7331));
+  IF (SELECT count(*) FROM truxe.invitations i
+       WHERE i.org_id = p_org AND i.created_at > now() - interval '1 hour') >= 100 THEN
+    RAISE EXCEPTION 'too many invitations' USING ERRCODE = 'TX429';
+  END IF;
+  UPDATE truxe.invitations i SET revoked_at = now()
+   WHERE i.org_id = p_org AND i.email = p_email AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
+  INSERT INTO truxe.invitations AS i (org_id, email, role, permissions, token_hash, invited_by, expires_at)
+    VALUES (p_org, p_email, p_role, p_permissions, encode(ref.digest(secret, 'sha256'), 'hex'), me, now() + p_ttl)
+    RETURNING i.id, i.expires_at INTO iid, exp;
+  INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type, target_id, details)
+    VALUES (p_org, me, 'invitation.sent', 'invitation', iid::text,
+            jsonb_build_object('email', p_email, 'role', p_role));
+  RETURN QUERY SELECT iid, replace(iid::text, '-', '') || '.' ||
+                      rtrim(translate(encode(secret, 'base64'), '+/', '-_'), '='), exp;
+END $$;
+
+CREATE FUNCTION ref.accept_invitation_token(p_token text, p_user uuid DEFAULT NULL)
+RETURNS TABLE(status text, org_id uuid, user_id uuid) LANGUAGE plpgsql AS $$
+DECLARE iid uuid; secret bytea; inv truxe.invitations; uid uuid; ust truxe.user_status;
+        joined boolean; result text := 'accepted';
+BEGIN
+  BEGIN
+    IF length(p_token) <> 76 OR substr(p_token, 33, 1) <> '.' THEN RAISE EXCEPTION 'bad'; END IF;
+    iid := substr(p_token, 1, 32)::uuid;
+    secret := decode(translate(substr(p_token, 34), '-_', '+/') || '=', 'base64');
+  EXCEPTION WHEN others THEN
+    RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid; RETURN;
+  END;
+  SELECT * INTO inv FROM truxe.invitations i WHERE i.id = iid FOR UPDATE;
+  IF NOT FOUND THEN RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid; RETURN; END IF;
+  IF inv.attempts >= 5 THEN RETURN QUERY SELECT 'locked'::text, NULL::uuid, NULL::uuid; RETURN; END IF;
+  IF inv.token_hash <> encode(ref.digest(secret, 'sha256'), 'hex') THEN
+    UPDATE truxe.invitations i SET attempts = i.attempts + 1 WHERE i.org_id = inv.org_id AND i.id = iid;
+    RETURN QUERY SELECT 'invalid'::text, NULL::uuid, NULL::uuid; RETURN;
+  END IF;
+  IF inv.accepted_at IS NOT NULL THEN RETURN QUERY SELECT 'used'::text, inv.org_id, NULL::uuid; RETURN; END IF;
+  IF inv.revoked_at IS NOT NULL THEN RETURN QUERY SELECT 'revoked'::text, inv.org_id, NULL::uuid; RETURN; END IF;
+  IF inv.expires_at <= now() THEN RETURN QUERY SELECT 'expired'::text, inv.org_id, NULL::uuid; RETURN; END IF;
+  IF p_user IS NOT NULL AND NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = p_user AND u.email = inv.email) THEN
+    RETURN QUERY SELECT 'email_mismatch'::text, inv.org_id, p_user; RETURN;
+  END IF;
+  SELECT u.id, u.status INTO uid, ust FROM truxe.users u WHERE u.email = inv.email FOR UPDATE;
+  IF NOT FOUND THEN
+    INSERT INTO truxe.users AS u (email, status, email_verified) VALUES (inv.email, 'active', true)
+      RETURNING u.id INTO uid;
+  ELSIF ust IN ('suspended', 'deleted') THEN
+    RETURN QUERY SELECT 'rejected'::text, inv.org_id, uid; RETURN;
+  ELSIF ust = 'pending' THEN
+    UPDATE truxe.users u SET status = 'active', email_verified = true WHERE u.id = uid;
+  END IF;
+  SELECT m.joined_at IS NOT NULL INTO joined FROM truxe.memberships m
+   WHERE m.org_id = inv.org_id AND m.user_id = uid FOR UPDATE;
+  IF joined THEN
+    result := 'already_member';
+  ELSIF joined IS NOT NULL THEN
+    UPDATE truxe.memberships m SET joined_at = now(), role = inv.role, permissions = inv.permissions
+     WHERE m.org_id = inv.org_id AND m.user_id = uid;
+  ELSE
+    INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by, invited_at, joined_at)
+      VALUES (inv.org_id, uid, inv.role, inv.permissions, NULLIF(inv.invited_by, uid), inv.created_at, now());
+  END IF;
+  UPDATE truxe.invitations i SET accepted_at = now(), accepted_by = uid WHERE i.org_id = inv.org_id AND i.id = iid;
+  INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id, details)
+    VALUES (inv.org_id, 'invitation.accepted', 'invitation', iid::text,
+            jsonb_build_object('user_id', uid, 'status', result));
+  RETURN QUERY SELECT result, inv.org_id, uid;
+END $$;

@@ -44,6 +44,7 @@ rows = [
     ("verify_totp, 10k factors (vs validate_session)", "truxe_verify_totp", "truxe_validate", "pk_select", "≥ 0.8× validate_session"),
     ("get_secret with its audit row, 10k orgs (vs validate_session)", "truxe_get_secret", "truxe_validate", "pk_select", "≥ 0.8× validate_session"),
     ("create_session + refresh_session", "truxe_create_refresh", "ref_create_refresh", "upsert_many", ""),
+    ("invitation: invite_by_email + accept_invitation_token (new user)", "truxe_invite_accept", "ref_invite_accept", "upsert_many", "≥ 1.2× ref"),
     ("rate_limit_hit, one hot key", "truxe_rate_hot", "ref_rate_hot", "upsert_hot", "≥ 0.9× upsert"),
     ("rate_limit_hit, 100k keys", "truxe_rate_many", "ref_rate_many", "upsert_many", "≥ 0.9× upsert"),
     ("record_usage", "truxe_usage", "ref_usage", "upsert_many", "≥ 0.9× upsert"),

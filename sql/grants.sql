@@ -34,7 +34,8 @@ REVOKE ALL ON truxe.org_closure, truxe.org_tree FROM service_account;
 REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(),
   truxe.require_org_admin(uuid, uuid), truxe.lock_org_for_change(uuid, uuid),
   truxe.member_role(uuid, uuid), truxe.other_owners(uuid, uuid), truxe.caller_is_service(),
-  truxe.permission_matches(text, text), truxe.user_holds_permission(uuid, text, uuid)
+  truxe.permission_matches(text, text), truxe.user_holds_permission(uuid, text, uuid),
+  truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb)
   FROM service_account;
 
 -- authenticated (end-user requests) may call the context, organisation/membership,
@@ -56,6 +57,7 @@ BEGIN
                          'revoke_session_by_id', 'version', 'permitted_org_ids',
                          -- for the session authenticate() verified only (src/session.rs)
                          'revoke_other_sessions',
+                         'invite_by_email', 'revoke_invitation',
                          -- evaluated as the caller by audit_logs' INSERT policy and defaults
                          'is_builtin_audit_action', 'request_ip', 'request_user_agent',
                          'request_id',
@@ -79,6 +81,10 @@ GRANT SELECT (id, user_id, org_id, family_id, device_info, ip, user_agent, creat
 -- the hash of the secret
 GRANT SELECT (id, org_id, name, scopes, created_by, created_at, expires_at, last_used_at,
   revoked_at, metadata) ON truxe.api_keys TO authenticated;
+-- owners/admins list their orgs' invitations (policy invitation_admin_read): every column
+-- but the hash of the token's secret
+GRANT SELECT (id, org_id, email, role, permissions, invited_by, created_at, expires_at,
+  accepted_at, accepted_by, revoked_at, attempts) ON truxe.invitations TO authenticated;
 -- the role defaults behind has_permission are not secret
 GRANT SELECT ON truxe.role_permissions TO authenticated;
 -- a user edits only their own metadata (policy user_self_update picks the row)

@@ -6,11 +6,11 @@
 --  * exhausted rate-limit windows: idx_rate_limits_exhausted (partial);
 --  * live API keys: idx_api_keys_created_by (partial on revoked_at IS NULL); verified
 --    second factors: a small table, one row per enrolled factor;
+--  * pending invitations: invitations_one_pending (partial on neither accepted nor revoked);
 --  * cleanup lag: the smallest expiry/revocation/use/window end, each the first entry of
 --    its own index.
 -- SECURITY DEFINER: monitoring logins (pg_monitor) hold no right on the tables and RLS
 -- would hide the rows from anyone else; only aggregates come out, never a row.
--- The invitations metric arrives with invitations by e-mail.
 CREATE FUNCTION truxe.metrics()
 RETURNS TABLE(metric text, labels jsonb, value double precision)
 LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -39,6 +39,11 @@ AS $$
                  (SELECT min(c.used_at) FROM truxe.magic_link_challenges c)) + interval '1 day'
     UNION ALL
     SELECT 'rate_limits', (SELECT min(r.window_end) FROM truxe.rate_limits r) + interval '1 hour'
+    UNION ALL
+    SELECT 'invitations',
+           LEAST((SELECT min(i.expires_at) FROM truxe.invitations i),
+                 (SELECT min(i.accepted_at) FROM truxe.invitations i),
+                 (SELECT min(i.revoked_at) FROM truxe.invitations i)) + interval '30 days'
   )
   SELECT 'sessions_live', '{}'::jsonb,
          (SELECT count(*) FROM truxe.sessions s
@@ -63,6 +68,10 @@ AS $$
   SELECT 'api_keys_live', '{}'::jsonb,
          (SELECT count(*) FROM truxe.api_keys k
            WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))::double precision
+  UNION ALL
+  SELECT 'invitations_pending', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.invitations i
+           WHERE i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now())::double precision
   UNION ALL
   SELECT 'mfa_factors_verified', '{}'::jsonb,
          (SELECT count(*) FROM truxe.mfa_factors f WHERE f.status = 'verified')::double precision

@@ -112,15 +112,18 @@ BEGIN
 END
 $$;
 
--- Invites a user (a pending membership). Caller: owner or admin (42501 before any lookup);
--- only an owner may invite an owner. Each extra permission must have the format of
--- truxe.valid_permission (22023) and be held by the caller in that org (42501; an owner may
--- grant anything). Unknown user P0002; a second membership of the same user 23505.
-CREATE FUNCTION truxe.invite_member(org_id uuid, user_id uuid, role truxe.membership_role DEFAULT 'member',
-                                    permissions jsonb DEFAULT '[]')
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- The rules every function that grants a membership follows (invite_member,
+-- invite_by_email): `me` must be owner or admin of the org (42501 before any lookup); only
+-- an owner may grant the owner role; each extra permission must have the format of
+-- truxe.valid_permission (22023) and be held by `me` in that org (42501; an owner may grant
+-- anything). A NULL role or permissions that are not a JSON array of strings: 22023.
+-- Returns `me`'s effective role. Executable by nobody but the owner (it takes `me` as an
+-- argument): the SECURITY DEFINER functions that use it run as the owner.
+CREATE FUNCTION truxe.require_grant_rights(org uuid, me uuid, role truxe.membership_role,
+                                           permissions jsonb)
+RETURNS truxe.membership_role LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-  me uuid := truxe.require_user();
   my_role truxe.membership_role;
   p text;
 BEGIN
@@ -129,20 +132,35 @@ BEGIN
     RAISE EXCEPTION 'role must be given and permissions must be a JSON array of strings'
       USING ERRCODE = '22023';
   END IF;
-  my_role := truxe.require_org_admin(invite_member.org_id, me);
-  IF invite_member.role = 'owner' AND my_role <> 'owner' THEN
+  my_role := truxe.require_org_admin(org, me);
+  IF require_grant_rights.role = 'owner' AND my_role <> 'owner' THEN
     RAISE EXCEPTION 'only an owner may invite an owner' USING ERRCODE = '42501';
   END IF;
-  FOR p IN SELECT jsonb_array_elements_text(invite_member.permissions) LOOP
+  FOR p IN SELECT jsonb_array_elements_text(require_grant_rights.permissions) LOOP
     IF NOT truxe.valid_permission(p) THEN
       RAISE EXCEPTION 'invalid permission %: expected resource:action, resource:* or *',
         to_json(left(p, 64))::text USING ERRCODE = '22023';
     END IF;
-    IF my_role <> 'owner' AND NOT truxe.has_permission(invite_member.org_id, p, me) THEN
+    IF my_role <> 'owner' AND NOT truxe.has_permission(org, p, me) THEN
       RAISE EXCEPTION 'granting permission % requires holding it in organization %',
-        to_json(left(p, 64))::text, invite_member.org_id USING ERRCODE = '42501';
+        to_json(left(p, 64))::text, org USING ERRCODE = '42501';
     END IF;
   END LOOP;
+  RETURN my_role;
+END
+$$;
+
+-- Invites a user (a pending membership), with the rules of truxe.require_grant_rights
+-- (owner/admin, 42501 before any lookup; only an owner invites an owner; permissions within
+-- the caller's, 22023/42501). Unknown user P0002; a second membership of the same user 23505.
+CREATE FUNCTION truxe.invite_member(org_id uuid, user_id uuid, role truxe.membership_role DEFAULT 'member',
+                                    permissions jsonb DEFAULT '[]')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me uuid := truxe.require_user();
+BEGIN
+  PERFORM truxe.require_grant_rights(invite_member.org_id, me, invite_member.role,
+                                     invite_member.permissions);
   IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = invite_member.user_id) THEN
     RAISE EXCEPTION 'unknown user %', invite_member.user_id USING ERRCODE = 'P0002';
   END IF;

@@ -37,7 +37,9 @@ CREATE TYPE truxe.audit_action AS ENUM (
   -- 0.2: the vault, second factors and session assurance (src/vault.rs, src/mfa.rs)
   'secret.written', 'secret.read', 'secret.deleted', 'session.mfa_verified',
   'mfa.enrolled', 'mfa.unenrolled', 'mfa.locked', 'mfa.recovery_codes_generated',
-  'mfa.recovery_code_used'
+  'mfa.recovery_code_used',
+  -- 0.2: invitations by e-mail (src/invitation.rs)
+  'invitation.sent', 'invitation.accepted'
 );
 
 -- updated_at maintenance, shared by every table that has the column

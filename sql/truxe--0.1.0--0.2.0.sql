@@ -1804,3 +1804,258 @@ LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalo
 AS 'MODULE_PATHNAME', 'revoke_other_sessions_wrapper';
 REVOKE ALL ON FUNCTION truxe.revoke_other_sessions(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.revoke_other_sessions(uuid) TO service_account, authenticated;
+
+
+-- == Invitations by e-mail (issue 12) ==
+-- truxe's own audit actions of the invitations (the enum's labels, as in sql/schema.sql;
+-- not used in this script, so ADD VALUE inside the update's transaction is fine)
+ALTER TYPE truxe.audit_action ADD VALUE 'invitation.sent';
+ALTER TYPE truxe.audit_action ADD VALUE 'invitation.accepted';
+
+-- invite_member's granting rules move to require_grant_rights, which invite_by_email
+-- shares (the same text as sql/orgs.sql)
+-- The rules every function that grants a membership follows (invite_member,
+-- invite_by_email): `me` must be owner or admin of the org (42501 before any lookup); only
+-- an owner may grant the owner role; each extra permission must have the format of
+-- truxe.valid_permission (22023) and be held by `me` in that org (42501; an owner may grant
+-- anything). A NULL role or permissions that are not a JSON array of strings: 22023.
+-- Returns `me`'s effective role. Executable by nobody but the owner (it takes `me` as an
+-- argument): the SECURITY DEFINER functions that use it run as the owner.
+CREATE FUNCTION truxe.require_grant_rights(org uuid, me uuid, role truxe.membership_role,
+                                           permissions jsonb)
+RETURNS truxe.membership_role LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  my_role truxe.membership_role;
+  p text;
+BEGIN
+  IF role IS NULL OR permissions IS NULL OR jsonb_typeof(permissions) <> 'array'
+     OR EXISTS (SELECT 1 FROM jsonb_array_elements(permissions) e WHERE jsonb_typeof(e) <> 'string') THEN
+    RAISE EXCEPTION 'role must be given and permissions must be a JSON array of strings'
+      USING ERRCODE = '22023';
+  END IF;
+  my_role := truxe.require_org_admin(org, me);
+  IF require_grant_rights.role = 'owner' AND my_role <> 'owner' THEN
+    RAISE EXCEPTION 'only an owner may invite an owner' USING ERRCODE = '42501';
+  END IF;
+  FOR p IN SELECT jsonb_array_elements_text(require_grant_rights.permissions) LOOP
+    IF NOT truxe.valid_permission(p) THEN
+      RAISE EXCEPTION 'invalid permission %: expected resource:action, resource:* or *',
+        to_json(left(p, 64))::text USING ERRCODE = '22023';
+    END IF;
+    IF my_role <> 'owner' AND NOT truxe.has_permission(org, p, me) THEN
+      RAISE EXCEPTION 'granting permission % requires holding it in organization %',
+        to_json(left(p, 64))::text, org USING ERRCODE = '42501';
+    END IF;
+  END LOOP;
+  RETURN my_role;
+END
+$$;
+
+-- Invites a user (a pending membership), with the rules of truxe.require_grant_rights
+-- (owner/admin, 42501 before any lookup; only an owner invites an owner; permissions within
+-- the caller's, 22023/42501). Unknown user P0002; a second membership of the same user 23505.
+CREATE OR REPLACE FUNCTION truxe.invite_member(org_id uuid, user_id uuid, role truxe.membership_role DEFAULT 'member',
+                                    permissions jsonb DEFAULT '[]')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me uuid := truxe.require_user();
+BEGIN
+  PERFORM truxe.require_grant_rights(invite_member.org_id, me, invite_member.role,
+                                     invite_member.permissions);
+  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = invite_member.user_id) THEN
+    RAISE EXCEPTION 'unknown user %', invite_member.user_id USING ERRCODE = 'P0002';
+  END IF;
+  INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by)
+    VALUES (invite_member.org_id, invite_member.user_id, invite_member.role, invite_member.permissions,
+            CASE WHEN me = invite_member.user_id THEN NULL ELSE me END)
+    ON CONFLICT ON CONSTRAINT memberships_pkey DO NOTHING;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'user % is already a member of organization % or has a pending invitation to it',
+      invite_member.user_id, invite_member.org_id USING ERRCODE = '23505';
+  END IF;
+END
+$$;
+-- an internal helper: only invite_member and invite_by_email (SECURITY DEFINER) call it
+REVOKE ALL ON FUNCTION truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb) FROM PUBLIC;
+
+-- the table, its policies and revoke_invitation: the same text as sql/invitations.sql
+-- Invitations by e-mail (docs/reference.md, "Invitations"): an org invites someone who may
+-- have no account yet. The token is a magic link's (`<invitation id: 32 hex>.<secret>`);
+-- only the SHA-256 of the secret is kept (token_hash), and no end user may read that
+-- column. The functions that handle tokens are Rust (src/invitation.rs); revoke_invitation
+-- is here. The primary key leads with org_id, so the table can be distributed by org; an
+-- invitation is found by id alone through idx_invitations_id (random uuids). At most one
+-- pending (neither accepted nor revoked) invitation per (org, e-mail):
+-- invitations_one_pending; invite_by_email revokes the earlier one first.
+CREATE TABLE truxe.invitations (
+  id          uuid NOT NULL DEFAULT gen_random_uuid(),
+  org_id      uuid NOT NULL REFERENCES truxe.organizations (id) ON DELETE CASCADE,
+  email       citext NOT NULL,
+  role        truxe.membership_role NOT NULL DEFAULT 'member',
+  permissions jsonb NOT NULL DEFAULT '[]'::jsonb,
+  token_hash  text NOT NULL,
+  invited_by  uuid REFERENCES truxe.users (id) ON DELETE SET NULL,
+  created_at  timestamptz NOT NULL DEFAULT now(),
+  expires_at  timestamptz NOT NULL,
+  accepted_at timestamptz,
+  accepted_by uuid REFERENCES truxe.users (id) ON DELETE SET NULL,
+  revoked_at  timestamptz,
+  attempts    integer NOT NULL DEFAULT 0,
+  CONSTRAINT invitations_pkey PRIMARY KEY (org_id, id),
+  CONSTRAINT invitation_token_hash_is_sha256_hex CHECK (token_hash ~ '^[0-9a-f]{64}$'),
+  CONSTRAINT invitation_permissions_is_array CHECK (jsonb_typeof(permissions) = 'array'),
+  CONSTRAINT invitation_max_attempts CHECK (attempts >= 0 AND attempts <= 5),
+  CONSTRAINT invitation_expires_after_created CHECK (expires_at > created_at),
+  CONSTRAINT invitation_valid_email
+    CHECK (email::text ~ '^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$')
+);
+CREATE INDEX idx_invitations_id ON truxe.invitations (id);
+CREATE UNIQUE INDEX invitations_one_pending ON truxe.invitations (org_id, email)
+  WHERE accepted_at IS NULL AND revoked_at IS NULL;
+-- the per-org hourly limit counts an org's recent invitations
+CREATE INDEX idx_invitations_org_created ON truxe.invitations (org_id, created_at);
+-- cleanup_expired_data's batches and metrics()' cleanup lag
+CREATE INDEX idx_invitations_expires_at ON truxe.invitations (expires_at);
+CREATE INDEX idx_invitations_accepted_at ON truxe.invitations (accepted_at) WHERE accepted_at IS NOT NULL;
+CREATE INDEX idx_invitations_revoked_at ON truxe.invitations (revoked_at) WHERE revoked_at IS NOT NULL;
+SELECT pg_catalog.pg_extension_config_dump('truxe.invitations', '');
+
+-- owners/admins of the org (or of an ancestor) read its invitations (never token_hash:
+-- sql/grants.sql grants the other columns only); nobody writes them directly
+ALTER TABLE truxe.invitations ENABLE ROW LEVEL SECURITY;
+CREATE POLICY service_all ON truxe.invitations TO service_account USING (true) WITH CHECK (true);
+CREATE POLICY invitation_admin_read ON truxe.invitations FOR SELECT TO authenticated
+  USING (org_id = ANY ((SELECT truxe.admin_org_ids())::uuid[]));
+
+-- Revokes a pending invitation; true when this call revoked it. Caller: the acting user
+-- (authenticated, or service_account acting for a user), active (42501 otherwise), owner or
+-- admin of the invitation's org (or of an ancestor). False when the invitation is unknown,
+-- no longer pending, or in an org where the caller has no such rights: the same answer, so
+-- that it tells nothing of other orgs' invitations.
+CREATE FUNCTION truxe.revoke_invitation(invitation_id uuid)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me uuid := truxe.require_user();
+BEGIN
+  UPDATE truxe.invitations i SET revoked_at = now()
+   WHERE i.id = revoke_invitation.invitation_id
+     AND i.accepted_at IS NULL AND i.revoked_at IS NULL
+     AND truxe.effective_role(i.org_id, me) IN ('owner', 'admin');
+  RETURN FOUND;
+END
+$$;
+
+-- the token functions (src/invitation.rs), as pgrx declares them
+CREATE FUNCTION truxe.accept_invitation_token(token text, user_id uuid DEFAULT NULL)
+RETURNS TABLE(status text, org_id uuid, user_id uuid)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, truxe, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'accept_invitation_token_wrapper';
+CREATE FUNCTION truxe.inspect_invitation(token text)
+RETURNS TABLE(status text, org_id uuid, org_name text, email citext,
+              role truxe.membership_role, expires_at timestamptz)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, truxe, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'inspect_invitation_wrapper';
+CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
+                                      role truxe.membership_role DEFAULT 'member',
+                                      permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
+RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'invite_by_email_wrapper';
+
+-- privileges as sql/grants.sql gives them: service_account everything; an org's
+-- owners/admins read every column but the hash (policy invitation_admin_read) and invite or
+-- revoke as the acting user; the token functions are service_account's
+REVOKE ALL ON truxe.invitations FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON truxe.invitations TO service_account;
+GRANT SELECT (id, org_id, email, role, permissions, invited_by, created_at, expires_at,
+  accepted_at, accepted_by, revoked_at, attempts) ON truxe.invitations TO authenticated;
+REVOKE ALL ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_role, jsonb, interval),
+  truxe.revoke_invitation(uuid), truxe.inspect_invitation(text),
+  truxe.accept_invitation_token(text, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_role, jsonb, interval),
+  truxe.revoke_invitation(uuid), truxe.inspect_invitation(text),
+  truxe.accept_invitation_token(text, uuid) TO service_account;
+GRANT EXECUTE ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_role, jsonb, interval),
+  truxe.revoke_invitation(uuid) TO authenticated;
+
+-- metrics() counts pending invitations and the invitations' cleanup lag (the same text as
+-- sql/metrics.sql); cleanup_expired_data's new row is Rust (src/cleanup.rs), its
+-- declaration unchanged
+CREATE OR REPLACE FUNCTION truxe.metrics()
+RETURNS TABLE(metric text, labels jsonb, value double precision)
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH events AS MATERIALIZED (  -- one pass over the hour's audit rows, not one per metric
+    SELECT a.action::text AS action, count(*) AS n
+      FROM truxe.audit_logs a
+     WHERE a.action IN ('session.created', 'session.revoked', 'session.reuse_detected',
+                        'magic_link.sent', 'magic_link.verified', 'magic_link.failed')
+       AND a.created_at > now() - interval '1 hour'
+     GROUP BY a.action
+  ), event(metric, action) AS (
+    VALUES ('sessions_created_last_hour', 'session.created'),
+           ('sessions_revoked_last_hour', 'session.revoked'),
+           ('sessions_reuse_detected_last_hour', 'session.reuse_detected'),
+           ('magic_links_sent_last_hour', 'magic_link.sent'),
+           ('magic_links_verified_last_hour', 'magic_link.verified'),
+           ('magic_links_failed_last_hour', 'magic_link.failed')
+  ), overdue(tbl, due) AS (
+    -- when the oldest row cleanup_expired_data should already have deleted became due
+    SELECT 'sessions', LEAST((SELECT min(s.expires_at) FROM truxe.sessions s),
+                             (SELECT min(s.revoked_at) FROM truxe.sessions s)) + interval '7 days'
+    UNION ALL
+    SELECT 'magic_link_challenges',
+           LEAST((SELECT min(c.expires_at) FROM truxe.magic_link_challenges c),
+                 (SELECT min(c.used_at) FROM truxe.magic_link_challenges c)) + interval '1 day'
+    UNION ALL
+    SELECT 'rate_limits', (SELECT min(r.window_end) FROM truxe.rate_limits r) + interval '1 hour'
+    UNION ALL
+    SELECT 'invitations',
+           LEAST((SELECT min(i.expires_at) FROM truxe.invitations i),
+                 (SELECT min(i.accepted_at) FROM truxe.invitations i),
+                 (SELECT min(i.revoked_at) FROM truxe.invitations i)) + interval '30 days'
+  )
+  SELECT 'sessions_live', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.sessions s
+           WHERE s.revoked_at IS NULL AND s.expires_at > now())::double precision
+  UNION ALL
+  SELECT e.metric, '{}'::jsonb, COALESCE(v.n, 0)::double precision
+    FROM event e LEFT JOIN events v ON v.action = e.action
+  UNION ALL
+  -- links that reached the attempt limit in the last hour: their fifth wrong secret (the
+  -- last one a link can count) is a failure of reason `invalid` within the hour
+  SELECT 'magic_links_locked_last_hour', '{}'::jsonb,
+         (SELECT count(*) FROM (
+            SELECT DISTINCT a.target_id FROM truxe.audit_logs a
+             WHERE a.action = 'magic_link.failed' AND a.created_at > now() - interval '1 hour'
+               AND a.details ->> 'reason' = 'invalid') f
+           WHERE EXISTS (
+             SELECT FROM truxe.magic_link_challenges c
+              WHERE c.id = CASE WHEN f.target_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                                THEN f.target_id::uuid END
+                AND c.attempts >= 5))::double precision
+  UNION ALL
+  SELECT 'api_keys_live', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.api_keys k
+           WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))::double precision
+  UNION ALL
+  SELECT 'invitations_pending', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.invitations i
+           WHERE i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now())::double precision
+  UNION ALL
+  SELECT 'mfa_factors_verified', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.mfa_factors f WHERE f.status = 'verified')::double precision
+  UNION ALL
+  SELECT 'rate_limit_windows_exhausted', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.rate_limits r
+           WHERE r.exhausted_at IS NOT NULL AND r.window_end > now())::double precision
+  UNION ALL
+  SELECT 'audit_rows_last_day', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.audit_logs a
+           WHERE a.created_at > now() - interval '24 hours')::double precision
+  UNION ALL
+  SELECT 'cleanup_overdue_seconds', jsonb_build_object('table', o.tbl),
+         COALESCE(GREATEST(extract(epoch FROM now() - o.due), 0), 0)::double precision
+    FROM overdue o
+$$;

@@ -1,4 +1,5 @@
-//! Cleanup (docs/reference.md, "Cleanup"): deletes expired sessions, magic-link challenges and rate-limit windows
+//! Cleanup (docs/reference.md, "Cleanup"): deletes expired sessions, magic-link challenges, rate-limit windows
+//! and invitations
 //! in batches — each batch its own short statement that skips rows other transactions hold.
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, INT4, INTERVAL};
@@ -40,7 +41,7 @@ fn sessions(retention: Option<Interval>) -> Result<i64, TruxeError> {
 /// that they agree: rows a day past their retention show as a day overdue, and once
 /// cleanup has run nothing is overdue. Each
 /// statement deletes one batch ($1 rows) of rows older than the retention ($2).
-const BATCHES: [(&str, (i32, i32, i64), &str); 3] = [
+const BATCHES: [(&str, (i32, i32, i64), &str); 4] = [
     (
         "sessions",
         (0, 7, 0),
@@ -64,10 +65,19 @@ const BATCHES: [(&str, (i32, i32, i64), &str); 3] = [
            SELECT ctid FROM truxe.rate_limits WHERE window_end < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
     ),
+    (
+        "invitations",
+        (0, 30, 0),
+        "DELETE FROM truxe.invitations WHERE ctid = ANY (ARRAY(
+           SELECT ctid FROM truxe.invitations
+            WHERE expires_at < now() - $2 OR accepted_at < now() - $2 OR revoked_at < now() - $2
+            LIMIT $1 FOR UPDATE SKIP LOCKED))",
+    ),
 ];
 
 /// Deletes sessions expired or revoked more than 7 days ago, magic-link challenges expired
-/// or used more than 1 day ago, and rate-limit windows that ended more than 1 hour ago, in
+/// or used more than 1 day ago, rate-limit windows that ended more than 1 hour ago, and
+/// invitations expired, accepted or revoked more than 30 days ago, in
 /// batches of `batch_size` rows (1 to 1,000,000; else 22023). Returns one row per table.
 /// service_account only.
 #[pg_extern(volatile, parallel_unsafe)]

@@ -16,6 +16,7 @@ mod error;
 mod gucs;
 mod hierarchy;
 mod identity;
+mod invitation;
 mod magic_link;
 mod metrics;
 mod mfa;

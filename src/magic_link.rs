@@ -28,7 +28,7 @@ const TOKEN_LEN: usize = 32 + 1 + 43;
 /// tests/integration/auth.rs
 /// (`five_failed_verifications_in_separate_transactions_lock_the_challenge`) proves the three
 /// agree.
-const MAX_ATTEMPTS: i32 = 5;
+pub(crate) const MAX_ATTEMPTS: i32 = 5;
 /// More than this many links for one e-mail within 15 minutes: TX429.
 const LINKS_PER_WINDOW: i64 = 5;
 const MIN_TTL_MICROS: i128 = 60 * 1_000_000;
@@ -54,6 +54,30 @@ pub fn parse_token(token: &str) -> Option<(Uuid, [u8; SECRET_LEN])> {
         Ok(SECRET_LEN) => Some((Uuid::from_bytes(id), secret)),
         _ => None,
     }
+}
+
+/// A fresh secret of 32 CSPRNG bytes (for magic links and e-mail invitations).
+pub(crate) fn new_secret() -> Result<[u8; SECRET_LEN], TruxeError> {
+    let mut secret = [0u8; SECRET_LEN];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut secret)
+        .map_err(|_| TruxeError::new(Sqlstate::Internal, "the OS random source failed"))?;
+    Ok(secret)
+}
+
+/// The token for the row `id` and its `secret`: what `parse_token` reads back. Magic links
+/// and e-mail invitations (src/invitation.rs) share this format.
+pub(crate) fn format_token(id: &Uuid, secret: &[u8; SECRET_LEN]) -> String {
+    format!(
+        "{}.{}",
+        to_hex(id.as_bytes()),
+        URL_SAFE_NO_PAD.encode(secret)
+    )
+}
+
+/// Whether `secret` is the one whose SHA-256 hex is `stored_hash`, in constant time.
+pub(crate) fn secret_matches(secret: &[u8; SECRET_LEN], stored_hash: &str) -> bool {
+    constant_time_eq(sha256_hex(secret).as_bytes(), stored_hash.as_bytes())
 }
 
 /// The e-mail rule of the `valid_email` CHECK of truxe.users and truxe.magic_link_challenges
@@ -84,7 +108,10 @@ thread_local! {
 /// `sql` with `{citext}` replaced by citext's schema, looked up once per backend: e-mails
 /// and slugs are compared with citext's own `=` (`OPERATOR({citext}.=)`), so they stay
 /// case-insensitive — and use their citext indexes — whatever the caller's search_path.
-fn citext_sql(client: &mut SpiClient<'_>, sql: &'static str) -> Result<&'static str, TruxeError> {
+pub(crate) fn citext_sql(
+    client: &mut SpiClient<'_>,
+    sql: &'static str,
+) -> Result<&'static str, TruxeError> {
     if let Some(done) = CITEXT_SQL.with(|m| m.borrow().get(sql).copied()) {
         return Ok(done);
     }
@@ -176,10 +203,7 @@ fn issue(
             )
         }
     };
-    let mut secret = [0u8; SECRET_LEN];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut secret)
-        .map_err(|_| TruxeError::new(Sqlstate::Internal, "the OS random source failed"))?;
+    let mut secret = new_secret()?;
     let token_hash = sha256_hex(&secret);
     let client = audit::Client {
         ip: ip.as_ref().map(|i| i.0.clone()),
@@ -242,11 +266,7 @@ fn issue(
         json!({ "email": email, "org_slug": org_slug }),
         &client,
     )?;
-    let token = format!(
-        "{}.{}",
-        to_hex(id.as_bytes()),
-        URL_SAFE_NO_PAD.encode(secret)
-    );
+    let token = format_token(&id, &secret);
     secret.fill(0);
     Ok((id, token, expires_at))
 }
@@ -315,7 +335,7 @@ fn check(
         if attempts >= MAX_ATTEMPTS {
             return failed("locked");
         }
-        if !constant_time_eq(sha256_hex(&secret).as_bytes(), token_hash.as_bytes()) {
+        if !secret_matches(&secret, &token_hash) {
             plans::run(
                 c,
                 "UPDATE truxe.magic_link_challenges SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2",
@@ -399,7 +419,7 @@ fn check(
 
 /// The user with `email`, created (active, verified) when new, or activated and verified
 /// when pending; with its status after that.
-fn login_user(c: &mut SpiClient<'_>, email: &str) -> Result<(Uuid, String), TruxeError> {
+pub(crate) fn login_user(c: &mut SpiClient<'_>, email: &str) -> Result<(Uuid, String), TruxeError> {
     let find = citext_sql(
         c,
         "SELECT id, status::text FROM truxe.users WHERE email OPERATOR({citext}.=) $1::{citext}.citext FOR UPDATE",

@@ -3,5 +3,5 @@
 pgrx::extension_sql_file!(
     "../sql/metrics.sql",
     name = "metrics",
-    requires = ["schema", "api_keys", "mfa"]
+    requires = ["schema", "api_keys", "mfa", "invitations"]
 );

@@ -522,7 +522,15 @@ fn cleanup_removes_only_what_is_expired() {
          INSERT INTO truxe.rate_limits (key_hash, window_start, window_end) VALUES
            ('a', now() - interval '3 hours', now() - interval '2 hours'),
            ('b', now() - interval '90 minutes', now() - interval '30 minutes'),
-           ('c', now() - interval '2 days', now() + interval '1 day');",
+           ('c', now() - interval '2 days', now() + interval '1 day');
+         INSERT INTO truxe.organizations (id, slug, name)
+           VALUES ('00000000-0000-0000-0000-0000000000c2', 'cleanup', 'Cleanup');
+         INSERT INTO truxe.invitations (org_id, email, token_hash, created_at, expires_at, accepted_at, revoked_at) VALUES
+           ('00000000-0000-0000-0000-0000000000c2', 'i1@example.com', repeat('0', 64), now() - interval '40 days', now() - interval '31 days', NULL, NULL),
+           ('00000000-0000-0000-0000-0000000000c2', 'i2@example.com', repeat('1', 64), now() - interval '40 days', now() + interval '1 day', now() - interval '31 days', NULL),
+           ('00000000-0000-0000-0000-0000000000c2', 'i3@example.com', repeat('2', 64), now() - interval '40 days', now() + interval '1 day', NULL, now() - interval '31 days'),
+           ('00000000-0000-0000-0000-0000000000c2', 'i4@example.com', repeat('3', 64), now() - interval '40 days', now() + interval '1 day', NULL, now() - interval '29 days'),
+           ('00000000-0000-0000-0000-0000000000c2', 'i5@example.com', repeat('4', 64), now(), now() + interval '1 day', NULL, NULL);",
     )
     .unwrap();
     let mut c = db.service();
@@ -540,18 +548,19 @@ fn cleanup_removes_only_what_is_expired() {
         vec![
             ("sessions".into(), 2),
             ("magic_link_challenges".into(), 2),
-            ("rate_limits".into(), 1)
+            ("rate_limits".into(), 1),
+            ("invitations".into(), 3)
         ]
     );
-    let left: (i64, i64, i64) = c
+    let left: (i64, i64, i64, i64) = c
         .query_one(
             "SELECT (SELECT count(*) FROM truxe.sessions), (SELECT count(*) FROM truxe.magic_link_challenges),
-                    (SELECT count(*) FROM truxe.rate_limits)",
+                    (SELECT count(*) FROM truxe.rate_limits), (SELECT count(*) FROM truxe.invitations)",
             &[],
         )
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .unwrap();
-    assert_eq!(left, (2, 2, 2));
+    assert_eq!(left, (2, 2, 2, 2));
     let n: i32 = c
         .query_one("SELECT truxe.cleanup_expired_sessions('5 days')", &[])
         .unwrap()

@@ -74,8 +74,9 @@ fn outcome(c: &mut postgres::Client, sql: &str, arg: &str) -> String {
 /// The slug and e-mail rules are stated in the tables' CHECKs (sql/schema.sql, the source),
 /// again in create_organization (so that a bad slug is 22023, not 23514) and in Rust
 /// (`valid_slug`, `valid_email` in src/magic_link.rs, checked before any lookup). Each
-/// candidate gets the same verdict from all of them. The one deliberate difference: Rust
-/// also caps an e-mail at 254 characters.
+/// candidate gets the same verdict from all of them (the e-mail also from invitations'
+/// CHECK, sql/invitations.sql). The one deliberate difference: Rust also caps an e-mail at
+/// 254 characters.
 #[test]
 fn slug_and_email_rules_agree_between_the_checks_sql_and_rust() {
     let db = server().fresh_db(true);
@@ -130,6 +131,8 @@ fn slug_and_email_rules_agree_between_the_checks_sql_and_rust() {
             "issue_magic_link's org_slug vs the CHECK for {slug:?}"
         );
     }
+    su.batch_execute("INSERT INTO truxe.organizations (slug, name) VALUES ('email-rules', 'x')")
+        .unwrap();
     let long_local = format!("{}@example.com", "a".repeat(242)); // 254 characters
     for email in [
         "a@b.co",
@@ -169,6 +172,18 @@ fn slug_and_email_rules_agree_between_the_checks_sql_and_rust() {
             rust,
             if check == "ok" { "ok" } else { "22023" },
             "issue_magic_link vs the CHECK for {email:?}"
+        );
+        // invitations repeat the users' e-mail CHECK (invitation_valid_email)
+        let invitation_check = outcome(
+            &mut su,
+            "INSERT INTO truxe.invitations (org_id, email, token_hash, expires_at)
+             SELECT o.id, $1::text::public.citext, repeat('a', 64), now() + interval '1 day'
+               FROM truxe.organizations o WHERE o.slug = 'email-rules'",
+            email,
+        );
+        assert_eq!(
+            invitation_check, check,
+            "invitations vs users for {email:?}"
         );
     }
     // 254 characters is Rust's cap (the CHECK has none)

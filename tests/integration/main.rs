@@ -12,6 +12,7 @@ mod hierarchy;
 mod hostile;
 mod identity;
 mod install;
+mod invitations;
 mod metrics;
 mod mfa;
 mod ops;

@@ -42,9 +42,11 @@ fn metrics_count_every_event_of_a_scripted_hour() {
     let names = [
         "api_keys_live",
         "audit_rows_last_day",
+        "cleanup_overdue_seconds{\"table\": \"invitations\"}",
         "cleanup_overdue_seconds{\"table\": \"magic_link_challenges\"}",
         "cleanup_overdue_seconds{\"table\": \"rate_limits\"}",
         "cleanup_overdue_seconds{\"table\": \"sessions\"}",
+        "invitations_pending",
         "magic_links_failed_last_hour",
         "magic_links_locked_last_hour",
         "magic_links_sent_last_hour",
@@ -162,6 +164,18 @@ fn metrics_count_every_event_of_a_scripted_hour() {
     ))
     .unwrap();
 
+    // invitations: one pending; one expired 31 days ago and revoked today (cleanup, 30
+    // days after the earliest of expiry, use and revocation, is a day late); neither the
+    // expired nor the revoked one is pending
+    su.batch_execute(
+        "INSERT INTO truxe.invitations (org_id, email, token_hash, created_at, expires_at, revoked_at) VALUES
+           ('0e000000-0000-0000-0000-00000000000e', 'p1@example.com', repeat('c', 64), now(),
+            now() + interval '7 days', NULL),
+           ('0e000000-0000-0000-0000-00000000000e', 'p2@example.com', repeat('d', 64),
+            now() - interval '32 days', now() - interval '31 days', now());",
+    )
+    .unwrap();
+
     // audit rows older than the windows do not count
     su.execute(
         "INSERT INTO truxe.audit_logs (action, created_at) VALUES
@@ -199,11 +213,17 @@ fn metrics_count_every_event_of_a_scripted_hour() {
     );
     let links_lag = lag(&mut m, "magic_link_challenges");
     assert!((day - 5.0..day + 60.0).contains(&links_lag), "{links_lag}");
+    let invitations_lag = lag(&mut m, "invitations");
+    assert!(
+        (day - 5.0..day + 60.0).contains(&invitations_lag),
+        "{invitations_lag}"
+    );
     let rl_lag = lag(&mut m, "rate_limits");
     assert!((3595.0..3660.0).contains(&rl_lag), "{rl_lag}");
     let expected: BTreeMap<String, f64> = [
         ("api_keys_live", 1.0),
         ("audit_rows_last_day", last_day as f64),
+        ("invitations_pending", 1.0),
         ("magic_links_failed_last_hour", 7.0),
         ("magic_links_locked_last_hour", 1.0),
         ("magic_links_sent_last_hour", 4.0),
@@ -226,7 +246,12 @@ fn metrics_count_every_event_of_a_scripted_hour() {
     s.query("SELECT * FROM truxe.cleanup_expired_data()", &[])
         .unwrap();
     let after = metrics(&mut s);
-    for table in ["sessions", "magic_link_challenges", "rate_limits"] {
+    for table in [
+        "sessions",
+        "magic_link_challenges",
+        "rate_limits",
+        "invitations",
+    ] {
         let k = format!("cleanup_overdue_seconds{{\"table\": \"{table}\"}}");
         assert_eq!(after[&k], 0.0, "{k}");
     }
@@ -235,8 +260,8 @@ fn metrics_count_every_event_of_a_scripted_hour() {
 #[test]
 fn metrics_are_for_service_account_and_pg_monitor_only() {
     let db = server().fresh_db(true);
-    assert_eq!(metrics(&mut db.service()).len(), 15);
-    assert_eq!(metrics(&mut monitor(&db)).len(), 15);
+    assert_eq!(metrics(&mut db.service()).len(), 17);
+    assert_eq!(metrics(&mut monitor(&db)).len(), 17);
     for mut c in [db.authenticated(), db.nobody()] {
         assert_eq!(
             sqlstate(c.query("SELECT * FROM truxe.metrics()", &[])),

@@ -97,6 +97,7 @@ fn internal_helpers_are_executable_by_nobody_but_the_owner() {
         "truxe.caller_is_service()",
         "truxe.permission_matches('*', 'users:read')",
         "truxe.user_holds_permission(gen_random_uuid(), 'users:read', gen_random_uuid())",
+        "truxe.require_grant_rights(gen_random_uuid(), gen_random_uuid(), 'member', '[]')",
     ] {
         assert_eq!(
             crate::harness::sqlstate(s.query(&format!("SELECT {call}"), &[])),

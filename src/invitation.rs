@@ -1,0 +1,483 @@
+//! Invitations by e-mail (docs/reference.md, "Invitations"): invite_by_email,
+//! inspect_invitation, accept_invitation_token; the table, its policies and
+//! revoke_invitation are in sql/invitations.sql.
+//!
+//! A token has a magic link's format, storage and checks (src/magic_link.rs: the id is the
+//! invitation's, only the SHA-256 of the secret is stored, a wrong secret counts an attempt
+//! that commits with the caller's transaction, 5 lock the invitation, the comparison is
+//! constant-time). Parsing never raises: anything malformed is `invalid`.
+//! inspect_invitation and accept_invitation_token have truxe after pg_catalog in their
+//! search_path because pgrx finds the enum membership_role by name when it reads or returns
+//! one (as the audit triggers do, src/audit.rs); nobody can create objects in either schema.
+use crate::audit;
+use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::magic_link::{
+    citext_sql, format_token, login_user, new_secret, parse_token, secret_matches, valid_email,
+    MAX_ATTEMPTS,
+};
+use crate::plans::{self, INT4, INTERVAL, JSONB, TEXT, UUID};
+use crate::security::sha256_hex;
+use crate::types::membership_role;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{AnyElement, Uuid};
+use serde_json::json;
+
+pgrx::extension_sql_file!(
+    "../sql/invitations.sql",
+    name = "invitations",
+    requires = ["schema", "context", "hierarchy", "orgs"]
+);
+
+/// More than this many invitations of one org within an hour: TX429.
+const INVITATIONS_PER_HOUR: i64 = 100;
+const MIN_TTL_MICROS: i128 = 3600 * 1_000_000;
+const MAX_TTL_MICROS: i128 = 30 * 24 * 3600 * 1_000_000;
+
+/// Invites `email` to `org_id` with `role` and extra `permissions`, for `ttl` (1 hour to 30
+/// days). Returns the invitation id, the token to e-mail (never stored) and its expiry. The
+/// acting user invites, with the rules of invite_member: owner or admin of the org (42501
+/// before any lookup), only an owner invites an owner, permissions of the valid format
+/// (22023) held by the inviter (42501). An earlier pending invitation of that e-mail to
+/// the org is revoked. 22023 for an invalid e-mail or ttl; TX429 when the org sent more
+/// than 100 invitations within the hour. Writes `invitation.sent`. authenticated and
+/// service_account (acting for a user).
+#[pg_extern(
+    sql = r#"
+CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
+                                      role truxe.membership_role DEFAULT 'member',
+                                      permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
+RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#,
+    requires = ["invitations"]
+)]
+fn invite_by_email(
+    org_id: Option<Uuid>,
+    email: Option<String>,
+    role: Option<membership_role>,
+    permissions: Option<AnyElement>,
+    ttl: Option<Interval>,
+) -> TableIterator<
+    'static,
+    (
+        name!(invitation_id, Uuid),
+        name!(token, String),
+        name!(expires_at, TimestampWithTimeZone),
+    ),
+> {
+    TableIterator::once(invite(org_id, email, role, permissions, ttl).unwrap_or_raise())
+}
+
+fn invite(
+    org_id: Option<Uuid>,
+    email: Option<String>,
+    role: Option<membership_role>,
+    permissions: Option<AnyElement>,
+    ttl: Option<Interval>,
+) -> Result<(Uuid, String, TimestampWithTimeZone), TruxeError> {
+    let Some(email) = email.filter(|e| valid_email(e)) else {
+        return fail(Sqlstate::InvalidParameter, "invalid e-mail address");
+    };
+    let ttl = match ttl {
+        Some(t) if (MIN_TTL_MICROS..=MAX_TTL_MICROS).contains(&t.as_micros()) => t,
+        _ => {
+            return fail(
+                Sqlstate::InvalidParameter,
+                "ttl must be between 1 hour and 30 days",
+            )
+        }
+    };
+    // jsonb kept as a datum (AnyElement), never through serde (a deeply nested document
+    // must be refused as 22023 by SQL, not make serde fail)
+    let permissions = permissions.map(|p| p.datum());
+    // SAFETY: the argument's jsonb datum, alive for the whole call
+    let permissions = || unsafe { pgrx::datum::DatumWithOid::new(permissions, pg_sys::JSONBOID) };
+    let mut secret = new_secret()?;
+    let token_hash = sha256_hex(&secret);
+    let (id, org, expires_at) = Spi::connect_mut(|c| -> Result<_, TruxeError> {
+        // the acting user, active (42501), and their rights on the org, checked before
+        // anything of the org is read or locked (sql/orgs.sql); one statement, in which
+        // require_user() (the FROM item) runs before require_grant_rights
+        let me = plans::run(
+            c,
+            "SELECT me, truxe.require_grant_rights($1, me, $2::truxe.membership_role, $3)::text
+               FROM truxe.require_user() me",
+            &[UUID, TEXT, JSONB],
+            &[org_id.into(), role.map(|r| r.label()).into(), permissions()],
+        )?
+        .first()
+        .get_one::<Uuid>()?;
+        let Some(org) = org_id else {
+            return fail(Sqlstate::InvalidParameter, "org_id must not be NULL");
+        };
+        // one inviter per org at a time, so that the hourly limit is exact under concurrency
+        plans::run(
+            c,
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1::text, 7331))",
+            &[UUID],
+            &[org.into()],
+        )?;
+        let recent = plans::run(
+            c,
+            "SELECT count(*) FROM truxe.invitations
+              WHERE org_id = $1 AND created_at > now() - interval '1 hour'",
+            &[UUID],
+            &[org.into()],
+        )?
+        .first()
+        .get_one::<i64>()?;
+        if recent.unwrap_or(0) >= INVITATIONS_PER_HOUR {
+            return fail(
+                Sqlstate::TooManyRequests,
+                "too many invitations for this organization; try again within the hour",
+            );
+        }
+        let revoke = citext_sql(
+            c,
+            "UPDATE truxe.invitations SET revoked_at = now()
+              WHERE org_id = $1 AND email OPERATOR({citext}.=) $2::{citext}.citext
+                AND accepted_at IS NULL AND revoked_at IS NULL",
+        )?;
+        plans::run(
+            c,
+            revoke,
+            &[UUID, TEXT],
+            &[org.into(), email.clone().into()],
+        )?;
+        let row = plans::run(
+            c,
+            "INSERT INTO truxe.invitations (org_id, email, role, permissions, token_hash,
+                                            invited_by, expires_at)
+             SELECT $1, $2, $3::truxe.membership_role, $4, $5, $6, now() + $7
+             RETURNING id, expires_at",
+            &[UUID, TEXT, TEXT, JSONB, TEXT, UUID, INTERVAL],
+            &[
+                org.into(),
+                email.clone().into(),
+                role.map(|r| r.label()).into(),
+                permissions(),
+                token_hash.into(),
+                me.into(),
+                ttl.into(),
+            ],
+        )?
+        .first()
+        .get_two::<Uuid, TimestampWithTimeZone>()?;
+        match row {
+            (Some(id), Some(expires_at)) => Ok((id, org, expires_at)),
+            _ => fail(Sqlstate::Internal, "invitation insert returned no row"),
+        }
+    })?;
+    audit::record(
+        Some(org),
+        "invitation.sent",
+        "invitation",
+        &id.to_string(),
+        json!({ "email": email, "role": role.map(|r| r.label()) }),
+        &audit::Client::default(),
+    )?;
+    let token = format_token(&id, &secret);
+    secret.fill(0);
+    Ok((id, token, expires_at))
+}
+
+/// What checking an invitation token found.
+#[derive(Default)]
+struct Outcome {
+    status: &'static str,
+    org_id: Option<Uuid>,
+    org_name: Option<String>,
+    email: Option<String>,
+    role: Option<membership_role>,
+    expires_at: Option<TimestampWithTimeZone>,
+    user_id: Option<Uuid>,
+}
+
+fn status(status: &'static str) -> Outcome {
+    Outcome {
+        status,
+        ..Default::default()
+    }
+}
+
+/// A pending invitation whose secret matched, locked for the rest of the transaction.
+struct Pending {
+    id: Uuid,
+    org_id: Uuid,
+    email: String,
+    role: Option<membership_role>,
+    expires_at: Option<TimestampWithTimeZone>,
+}
+
+/// The invitation of `token`, locked, once its secret matched and it is still pending; or
+/// the status that ends the call (`invalid`, `locked`, `used`, `revoked`, `expired`). A
+/// wrong secret counts an attempt.
+fn find(
+    c: &mut SpiClient<'_>,
+    token: Option<&str>,
+) -> Result<Result<Pending, Outcome>, TruxeError> {
+    let Some((id, secret)) = token.and_then(parse_token) else {
+        return Ok(Err(status("invalid")));
+    };
+    let rows = plans::run(
+        c,
+        "SELECT org_id, email::text, role, token_hash, expires_at, expires_at <= now(),
+                accepted_at IS NOT NULL, revoked_at IS NOT NULL, attempts
+           FROM truxe.invitations WHERE id = $1 FOR UPDATE",
+        &[UUID],
+        &[id.into()],
+    )?;
+    if rows.is_empty() {
+        return Ok(Err(status("invalid")));
+    }
+    let row = rows.first();
+    let org_id = row.get::<Uuid>(1)?;
+    let email = row.get::<String>(2)?.unwrap_or_default();
+    let role = row.get::<membership_role>(3)?;
+    let token_hash = row.get::<String>(4)?.unwrap_or_default();
+    let expires_at = row.get::<TimestampWithTimeZone>(5)?;
+    let expired = row.get::<bool>(6)? == Some(true);
+    let used = row.get::<bool>(7)? == Some(true);
+    let revoked = row.get::<bool>(8)? == Some(true);
+    let attempts = row.get::<i32>(9)?.unwrap_or(MAX_ATTEMPTS);
+    if attempts >= MAX_ATTEMPTS {
+        return Ok(Err(status("locked")));
+    }
+    if !secret_matches(&secret, &token_hash) {
+        plans::run(
+            c,
+            "UPDATE truxe.invitations SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2",
+            &[UUID, INT4],
+            &[id.into(), MAX_ATTEMPTS.into()],
+        )?;
+        return Ok(Err(status("invalid")));
+    }
+    let Some(org_id) = org_id else {
+        return Ok(Err(status("invalid")));
+    };
+    for (gone, why) in [(used, "used"), (revoked, "revoked"), (expired, "expired")] {
+        if gone {
+            return Ok(Err(Outcome {
+                org_id: Some(org_id),
+                ..status(why)
+            }));
+        }
+    }
+    Ok(Ok(Pending {
+        id,
+        org_id,
+        email,
+        role,
+        expires_at,
+    }))
+}
+
+/// The invitation of `token` without using it: status `valid` (with the org, its name, the
+/// e-mail, the role and the expiry), `invalid`, `expired`, `used`, `revoked` or `locked`;
+/// a wrong secret counts as an attempt (5 lock it). For a confirm page on GET, so that mail
+/// scanners that open every link do not accept it. service_account only.
+#[pg_extern(
+    sql = r#"
+CREATE FUNCTION truxe.inspect_invitation(token text)
+RETURNS TABLE(status text, org_id uuid, org_name text, email citext,
+              role truxe.membership_role, expires_at timestamptz)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, truxe, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#,
+    requires = ["invitations"]
+)]
+#[allow(clippy::type_complexity)]
+fn inspect_invitation(
+    token: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(org_id, Option<Uuid>),
+        name!(org_name, Option<String>),
+        name!(email, Option<String>),
+        name!(role, Option<membership_role>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let o = Spi::connect_mut(|c| -> Result<Outcome, TruxeError> {
+        let p = match find(c, token)? {
+            Ok(p) => p,
+            Err(o) => return Ok(o),
+        };
+        let name = plans::run(
+            c,
+            "SELECT name FROM truxe.organizations WHERE id = $1",
+            &[UUID],
+            &[p.org_id.into()],
+        )?
+        .first()
+        .get_one::<String>()?;
+        Ok(Outcome {
+            status: "valid",
+            org_id: Some(p.org_id),
+            org_name: name,
+            email: Some(p.email),
+            role: p.role,
+            expires_at: p.expires_at,
+            user_id: None,
+        })
+    })
+    .unwrap_or_raise();
+    TableIterator::once((
+        o.status.to_string(),
+        o.org_id,
+        o.org_name,
+        o.email,
+        o.role,
+        o.expires_at,
+    ))
+}
+
+/// Accepts an invitation, once the person proved the e-mail (the link reached them). The
+/// user is `user_id` when given (its e-mail must be the invitation's: otherwise
+/// `email_mismatch`, and nothing is used up), else the user with the invitation's e-mail,
+/// created active and verified when absent (a pending one is activated and verified). The
+/// membership becomes joined with the invitation's role and permissions (a pending
+/// membership from invite_member is joined and takes them). Exactly one row; status
+/// `accepted`, `already_member` (a joined member: the invitation is used up, the
+/// membership unchanged), `invalid`, `expired`, `used`, `revoked`, `locked`,
+/// `email_mismatch`, or `rejected` (a suspended or deleted user: nothing is used up). Writes
+/// `invitation.accepted` and (through the memberships trigger) `membership.joined`.
+/// service_account only.
+#[pg_extern(
+    sql = r#"
+CREATE FUNCTION truxe.accept_invitation_token(token text, user_id uuid DEFAULT NULL)
+RETURNS TABLE(status text, org_id uuid, user_id uuid)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, truxe, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#,
+    requires = ["invitations"]
+)]
+fn accept_invitation_token(
+    token: Option<&str>,
+    user_id: Option<Uuid>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(org_id, Option<Uuid>),
+        name!(user_id, Option<Uuid>),
+    ),
+> {
+    let o = accept(token, user_id).unwrap_or_raise();
+    TableIterator::once((o.status.to_string(), o.org_id, o.user_id))
+}
+
+fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeError> {
+    Spi::connect_mut(|c| {
+        let p = match find(c, token)? {
+            Ok(p) => p,
+            Err(o) => return Ok(o),
+        };
+        let org_id = Some(p.org_id);
+        if let Some(given) = user_id {
+            let same = citext_sql(
+                c,
+                "SELECT 1 FROM truxe.users u
+                  WHERE u.id = $1 AND u.email OPERATOR({citext}.=) $2::{citext}.citext",
+            )?;
+            if plans::run(
+                c,
+                same,
+                &[UUID, TEXT],
+                &[given.into(), p.email.clone().into()],
+            )?
+            .is_empty()
+            {
+                return Ok(Outcome {
+                    org_id,
+                    user_id: Some(given),
+                    ..status("email_mismatch")
+                });
+            }
+        }
+        // the user of the e-mail (the one given, when it matched), created or activated
+        let (user, user_status) = login_user(c, &p.email)?;
+        if user_status != "active" {
+            return Ok(Outcome {
+                org_id,
+                user_id: Some(user),
+                ..status("rejected")
+            });
+        }
+        let member = plans::run(
+            c,
+            "SELECT joined_at IS NOT NULL FROM truxe.memberships
+              WHERE org_id = $1 AND user_id = $2 FOR UPDATE",
+            &[UUID, UUID],
+            &[p.org_id.into(), user.into()],
+        )?;
+        let joined = if member.is_empty() {
+            None
+        } else {
+            member.first().get_one::<bool>()?
+        };
+        let outcome = match joined {
+            Some(true) => "already_member",
+            Some(false) => {
+                plans::run(
+                    c,
+                    "UPDATE truxe.memberships m
+                        SET joined_at = now(), role = i.role, permissions = i.permissions
+                       FROM truxe.invitations i
+                      WHERE m.org_id = $1 AND m.user_id = $2 AND i.org_id = $1 AND i.id = $3",
+                    &[UUID, UUID, UUID],
+                    &[p.org_id.into(), user.into(), p.id.into()],
+                )?;
+                "accepted"
+            }
+            None => {
+                plans::run(
+                    c,
+                    "INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by,
+                                                    invited_at, joined_at)
+                     SELECT i.org_id, $2, i.role, i.permissions,
+                            CASE WHEN i.invited_by = $2 THEN NULL ELSE i.invited_by END,
+                            i.created_at, now()
+                       FROM truxe.invitations i WHERE i.org_id = $1 AND i.id = $3",
+                    &[UUID, UUID, UUID],
+                    &[p.org_id.into(), user.into(), p.id.into()],
+                )?;
+                "accepted"
+            }
+        };
+        plans::run(
+            c,
+            "UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $3
+              WHERE org_id = $1 AND id = $2",
+            &[UUID, UUID, UUID],
+            &[p.org_id.into(), p.id.into(), user.into()],
+        )?;
+        audit::record(
+            org_id,
+            "invitation.accepted",
+            "invitation",
+            &p.id.to_string(),
+            json!({ "user_id": user.to_string(), "status": outcome }),
+            &audit::Client::default(),
+        )?;
+        Ok(Outcome {
+            org_id,
+            user_id: Some(user),
+            ..status(outcome)
+        })
+    })
+}
+
+#[cfg(test)]
+mod unit {
+    #[test]
+    fn ttl_bounds_are_one_hour_and_thirty_days() {
+        assert_eq!(super::MIN_TTL_MICROS, 3_600_000_000);
+        assert_eq!(super::MAX_TTL_MICROS, 2_592_000_000_000);
+    }
+}

@@ -1,0 +1,679 @@
+//! Invitations by e-mail through real logins: invite_by_email as an org's owner or admin,
+//! inspect_invitation and accept_invitation_token as service_account, every status, the
+//! attempt lock across transactions, the accept race, the hourly limit, and who reads the
+//! table.
+use crate::harness::{code_of, server, sqlstate, wrong_secret, TestDb, SERVICE_LOGIN};
+use postgres::Client;
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+/// An org `acme` owned by `owner@acme.example`, with `admin@acme.example` (admin, joined)
+/// and `member@acme.example` (member, joined), and an outsider with no membership.
+struct Org {
+    db: TestDb,
+    id: String,
+    owner: String,
+    admin: String,
+    member: String,
+    outsider: String,
+}
+
+fn user(su: &mut Client, email: &str) -> String {
+    su.query_one(
+        "INSERT INTO truxe.users (email, status, email_verified) VALUES ($1, 'active', true)
+         RETURNING id::text",
+        &[&email],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn org() -> Org {
+    let db = server().fresh_db(true);
+    let mut su = db.superuser();
+    let owner = user(&mut su, "owner@acme.example");
+    let admin = user(&mut su, "admin@acme.example");
+    let member = user(&mut su, "member@acme.example");
+    let outsider = user(&mut su, "outsider@other.example");
+    let mut o = db.acting_as(&owner);
+    let id: String = o
+        .query_one(
+            "SELECT truxe.create_organization('acme', 'Acme Inc')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for (who, role) in [(&admin, "admin"), (&member, "member")] {
+        o.execute(
+            "SELECT truxe.invite_member($1::text::uuid, $2::text::uuid, $3::text::truxe.membership_role)",
+            &[&id, who, &role],
+        )
+        .unwrap();
+        db.acting_as(who)
+            .execute("SELECT truxe.accept_invitation($1::text::uuid)", &[&id])
+            .unwrap();
+    }
+    Org {
+        db,
+        id,
+        owner,
+        admin,
+        member,
+        outsider,
+    }
+}
+
+/// invite_by_email through `c`: (invitation id, token).
+fn invite(c: &mut Client, org: &str, email: &str, role: &str, perms: &str) -> (String, String) {
+    let r = c
+        .query_one(
+            "SELECT invitation_id::text, token
+               FROM truxe.invite_by_email($1::text::uuid, $2, $3::text::truxe.membership_role, $4::text::jsonb)",
+            &[&org, &email, &role, &perms],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+fn inspect(s: &mut Client, token: &str) -> String {
+    s.query_one("SELECT status FROM truxe.inspect_invitation($1)", &[&token])
+        .unwrap()
+        .get(0)
+}
+
+/// accept_invitation_token: (status, org_id, user_id).
+fn accept(
+    s: &mut Client,
+    token: &str,
+    user: Option<&str>,
+) -> (String, Option<String>, Option<String>) {
+    let r = s
+        .query_one(
+            "SELECT status, org_id::text, user_id::text
+               FROM truxe.accept_invitation_token($1, $2::text::uuid)",
+            &[&token, &user],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// (role, permissions, joined) of `user`'s membership of `org`, if any.
+fn membership(su: &mut Client, org: &str, user: &str) -> Option<(String, String, bool)> {
+    su.query_opt(
+        "SELECT role::text, permissions::text, joined_at IS NOT NULL FROM truxe.memberships
+          WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+        &[&org, &user],
+    )
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+}
+
+#[test]
+fn a_new_email_is_invited_and_accepted_the_user_is_created_and_joined() {
+    let o = org();
+    let (mut su, mut s) = (o.db.superuser(), o.db.service());
+    let mut owner = o.db.acting_as(&o.owner);
+    let (id, token) = invite(
+        &mut owner,
+        &o.id,
+        "New.Person@Example.com",
+        "admin",
+        r#"["reports:export"]"#,
+    );
+    assert_eq!(token.len(), 76);
+    assert!(token.starts_with(&id.replace('-', "")));
+    // only the SHA-256 of the secret is stored; the token is in no row and no audit row
+    let (hash_ok, leaked): (bool, i64) = su
+        .query_one(
+            "SELECT (SELECT token_hash = encode(sha256(decode(translate($2, '-_', '+/') || '=', 'base64')), 'hex')
+                       FROM truxe.invitations WHERE id = $1::text::uuid),
+                    (SELECT count(*) FROM truxe.invitations i WHERE i::text LIKE '%' || $2 || '%')
+                  + (SELECT count(*) FROM truxe.audit_logs a WHERE a::text LIKE '%' || $2 || '%')",
+            &[&id, &token[33..].to_string()],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(hash_ok, "token_hash is the SHA-256 of the secret's bytes");
+    assert_eq!(leaked, 0);
+
+    // the confirm page: valid, with the org's name, the e-mail and the role; nothing used up
+    for _ in 0..2 {
+        let r = s
+            .query_one(
+                "SELECT status, org_id::text, org_name, email::text, role::text, expires_at > now() + interval '6 days'
+                   FROM truxe.inspect_invitation($1)",
+                &[&token],
+            )
+            .unwrap();
+        let row: (String, String, String, String, String, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        assert_eq!(
+            row,
+            (
+                "valid".into(),
+                o.id.clone(),
+                "Acme Inc".into(),
+                "New.Person@Example.com".into(),
+                "admin".into(),
+                true
+            )
+        );
+    }
+    let (status, org, user) = accept(&mut s, &token, None);
+    assert_eq!(
+        (status.as_str(), org.as_deref()),
+        ("accepted", Some(o.id.as_str()))
+    );
+    let user = user.unwrap();
+    let (st, verified): (String, bool) = su
+        .query_one(
+            "SELECT status::text, email_verified FROM truxe.users
+              WHERE id = $1::text::uuid AND email = 'new.person@example.com'",
+            &[&user],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((st.as_str(), verified), ("active", true));
+    assert_eq!(
+        membership(&mut su, &o.id, &user),
+        Some(("admin".into(), r#"["reports:export"]"#.into(), true))
+    );
+    // used up: a second accept and the confirm page both say so
+    assert_eq!(accept(&mut s, &token, None).0, "used");
+    assert_eq!(inspect(&mut s, &token), "used");
+    let actions: Vec<String> = su
+        .query(
+            "SELECT action FROM truxe.audit_logs
+              WHERE action IN ('invitation.sent', 'invitation.accepted', 'membership.joined')
+                AND org_id = $1::text::uuid AND created_at >= (SELECT created_at FROM truxe.invitations)
+              ORDER BY id",
+            &[&o.id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "invitation.sent",
+            "membership.joined",
+            "invitation.accepted"
+        ]
+    );
+    let sent_by: Option<String> = su
+        .query_one(
+            "SELECT actor_user_id::text FROM truxe.audit_logs WHERE action = 'invitation.sent'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(sent_by.as_deref(), Some(o.owner.as_str()));
+}
+
+#[test]
+fn an_existing_user_a_pending_membership_and_a_joined_member() {
+    let o = org();
+    let (mut su, mut s) = (o.db.superuser(), o.db.service());
+    let mut admin = o.db.acting_as(&o.admin);
+    // an existing user, accepting as themself
+    let bob = user(&mut su, "bob@else.example");
+    let (_, token) = invite(&mut admin, &o.id, "BOB@else.example", "viewer", "[]");
+    let (status, _, who) = accept(&mut s, &token, Some(&bob));
+    assert_eq!(
+        (status.as_str(), who.as_deref()),
+        ("accepted", Some(bob.as_str()))
+    );
+    assert_eq!(
+        membership(&mut su, &o.id, &bob),
+        Some(("viewer".into(), "[]".into(), true))
+    );
+    // a pending invite_member membership is joined and takes the invitation's role
+    let carol = user(&mut su, "carol@else.example");
+    admin
+        .execute(
+            "SELECT truxe.invite_member($1::text::uuid, $2::text::uuid, 'viewer')",
+            &[&o.id, &carol],
+        )
+        .unwrap();
+    assert_eq!(membership(&mut su, &o.id, &carol).unwrap().2, false);
+    let (_, token) = invite(&mut admin, &o.id, "carol@else.example", "member", "[]");
+    assert_eq!(accept(&mut s, &token, None).0, "accepted");
+    assert_eq!(
+        membership(&mut su, &o.id, &carol),
+        Some(("member".into(), "[]".into(), true))
+    );
+    // an already joined member: already_member, the membership unchanged, the link used up
+    let (_, token) = invite(&mut admin, &o.id, "member@acme.example", "viewer", "[]");
+    let (status, _, who) = accept(&mut s, &token, None);
+    assert_eq!(
+        (status.as_str(), who.as_deref()),
+        ("already_member", Some(o.member.as_str()))
+    );
+    assert_eq!(membership(&mut su, &o.id, &o.member).unwrap().0, "member");
+    assert_eq!(inspect(&mut s, &token), "used");
+}
+
+#[test]
+fn a_mismatched_user_gets_email_mismatch_and_the_right_person_still_can_accept() {
+    let o = org();
+    let (mut su, mut s) = (o.db.superuser(), o.db.service());
+    let dave = user(&mut su, "dave@else.example");
+    let (_, token) = invite(
+        &mut o.db.acting_as(&o.owner),
+        &o.id,
+        "erin@else.example",
+        "member",
+        "[]",
+    );
+    let (status, _, _) = accept(&mut s, &token, Some(&dave));
+    assert_eq!(status, "email_mismatch");
+    assert_eq!(
+        accept(&mut s, &token, Some(&o.outsider)).0,
+        "email_mismatch"
+    );
+    // an unknown user id is no match either
+    assert_eq!(
+        accept(&mut s, &token, Some("00000000-0000-0000-0000-00000000dead")).0,
+        "email_mismatch"
+    );
+    assert_eq!(membership(&mut su, &o.id, &dave), None);
+    assert_eq!(inspect(&mut s, &token), "valid", "nothing was used up");
+    let (status, _, erin) = accept(&mut s, &token, None);
+    assert_eq!(status, "accepted");
+    assert!(membership(&mut su, &o.id, &erin.unwrap()).unwrap().2);
+}
+
+#[test]
+fn a_suspended_or_deleted_user_is_rejected() {
+    let o = org();
+    let (mut su, mut s) = (o.db.superuser(), o.db.service());
+    let mut owner = o.db.acting_as(&o.owner);
+    for status in ["suspended", "deleted"] {
+        let email = format!("{status}@else.example");
+        let id: String = su
+            .query_one(
+                "INSERT INTO truxe.users (email, status) VALUES ($1, $2::text::truxe.user_status)
+                 RETURNING id::text",
+                &[&email, &status],
+            )
+            .unwrap()
+            .get(0);
+        let (_, token) = invite(&mut owner, &o.id, &email, "member", "[]");
+        assert_eq!(accept(&mut s, &token, None).0, "rejected");
+        assert_eq!(accept(&mut s, &token, Some(&id)).0, "rejected");
+        assert_eq!(membership(&mut su, &o.id, &id), None);
+    }
+}
+
+#[test]
+fn a_new_invitation_revokes_the_earlier_one_and_revoke_invitation_needs_rights() {
+    let o = org();
+    let mut s = o.db.service();
+    let mut owner = o.db.acting_as(&o.owner);
+    let (first_id, first) = invite(&mut owner, &o.id, "frank@else.example", "member", "[]");
+    let (second_id, second) = invite(&mut owner, &o.id, "FRANK@else.example", "member", "[]");
+    assert_eq!(inspect(&mut s, &first), "revoked");
+    assert_eq!(accept(&mut s, &first, None).0, "revoked");
+    assert_eq!(inspect(&mut s, &second), "valid");
+    // a member, an outsider, and an unknown id: false, the same answer
+    for who in [&o.member, &o.outsider] {
+        let revoked: bool =
+            o.db.acting_as(who)
+                .query_one(
+                    "SELECT truxe.revoke_invitation($1::text::uuid)",
+                    &[&second_id],
+                )
+                .unwrap()
+                .get(0);
+        assert!(!revoked);
+    }
+    assert_eq!(inspect(&mut s, &second), "valid");
+    let mut admin = o.db.acting_as(&o.admin);
+    let revoke = |c: &mut Client, id: &str| -> bool {
+        c.query_one("SELECT truxe.revoke_invitation($1::text::uuid)", &[&id])
+            .unwrap()
+            .get(0)
+    };
+    assert!(!revoke(&mut admin, "00000000-0000-0000-0000-00000000dead"));
+    assert!(!revoke(&mut admin, &first_id), "already revoked");
+    assert!(revoke(&mut admin, &second_id));
+    assert_eq!(accept(&mut s, &second, None).0, "revoked");
+    // no acting user: 42501
+    assert_eq!(
+        sqlstate(o.db.authenticated().query(
+            "SELECT truxe.revoke_invitation($1::text::uuid)",
+            &[&second_id]
+        )),
+        "42501"
+    );
+}
+
+#[test]
+fn five_wrong_secrets_in_separate_transactions_lock_the_invitation() {
+    let o = org();
+    let (mut su, mut s) = (o.db.superuser(), o.db.service());
+    let (id, token) = invite(
+        &mut o.db.acting_as(&o.owner),
+        &o.id,
+        "gina@else.example",
+        "member",
+        "[]",
+    );
+    for n in 1..=5 {
+        // each call its own transaction (autocommit): the count survives because the
+        // function returns normally
+        let status = if n % 2 == 0 {
+            inspect(&mut s, &wrong_secret(&token))
+        } else {
+            accept(&mut s, &wrong_secret(&token), None).0
+        };
+        assert_eq!(status, "invalid");
+        let attempts: i32 = su
+            .query_one(
+                "SELECT attempts FROM truxe.invitations WHERE id = $1::text::uuid",
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(attempts, n);
+    }
+    assert_eq!(inspect(&mut s, &token), "locked");
+    assert_eq!(accept(&mut s, &token, None).0, "locked");
+    // garbage is invalid, never an error
+    for garbage in ["", "x", "not.a.token", &"a".repeat(76), &"é".repeat(5000)] {
+        assert_eq!(inspect(&mut s, garbage), "invalid");
+        assert_eq!(accept(&mut s, garbage, None).0, "invalid");
+    }
+    let null: String = s
+        .query_one(
+            "SELECT status FROM truxe.accept_invitation_token(NULL)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(null, "invalid");
+}
+
+#[test]
+fn eight_connections_accepting_one_token_at_once_accept_it_once() {
+    let o = org();
+    let (_, token) = invite(
+        &mut o.db.acting_as(&o.owner),
+        &o.id,
+        "hank@else.example",
+        "member",
+        "[]",
+    );
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (barrier, name, token) = (barrier.clone(), o.db.name.clone(), token.clone());
+            thread::spawn(move || {
+                let mut c = server().client(&name, SERVICE_LOGIN);
+                barrier.wait();
+                accept(&mut c, &token, None).0
+            })
+        })
+        .collect();
+    let mut statuses: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    statuses.sort();
+    let mut expected = vec!["accepted".to_string()];
+    expected.extend(std::iter::repeat_n("used".to_string(), 7));
+    assert_eq!(statuses, expected);
+    let (users, members): (i64, i64) =
+        o.db.superuser()
+            .query_one(
+                "SELECT (SELECT count(*) FROM truxe.users WHERE email = 'hank@else.example'),
+                    (SELECT count(*) FROM truxe.memberships m JOIN truxe.users u ON u.id = m.user_id
+                      WHERE u.email = 'hank@else.example')",
+                &[],
+            )
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
+    assert_eq!((users, members), (1, 1));
+}
+
+#[test]
+fn the_rules_of_invite_member_and_the_101st_invitation_of_an_hour() {
+    let o = org();
+    let mut admin = o.db.acting_as(&o.admin);
+    // "" when the call succeeds, else its SQLSTATE
+    let call = |c: &mut Client, org: &str, email: &str, role: &str, perms: &str, ttl: &str| {
+        c.query(
+            "SELECT * FROM truxe.invite_by_email($1::text::uuid, $2, $3::text::truxe.membership_role,
+                                                 $4::text::jsonb, $5::text::interval)",
+            &[&org, &email, &role, &perms, &ttl],
+        )
+        .map_or_else(|e| code_of(&e), |_| String::new())
+    };
+    let ok = |c: &mut Client, email: &str| call(c, &o.id, email, "member", "[]", "7 days");
+    // a member or an outsider: 42501, whether or not the org exists
+    for who in [&o.member, &o.outsider] {
+        let mut c = o.db.acting_as(who);
+        assert_eq!(ok(&mut c, "x@else.example"), "42501");
+        assert_eq!(
+            call(
+                &mut c,
+                "00000000-0000-0000-0000-00000000dead",
+                "x@else.example",
+                "member",
+                "[]",
+                "7 days"
+            ),
+            "42501"
+        );
+    }
+    // only an owner invites an owner; an admin grants only what it holds
+    assert_eq!(
+        call(&mut admin, &o.id, "x@else.example", "owner", "[]", "7 days"),
+        "42501"
+    );
+    assert_eq!(
+        call(
+            &mut admin,
+            &o.id,
+            "x@else.example",
+            "member",
+            r#"["billing:refund"]"#,
+            "7 days"
+        ),
+        "42501"
+    );
+    assert_eq!(
+        call(
+            &mut admin,
+            &o.id,
+            "x@else.example",
+            "member",
+            r#"["Not A Permission"]"#,
+            "7 days"
+        ),
+        "22023"
+    );
+    assert_eq!(
+        call(
+            &mut admin,
+            &o.id,
+            "x@else.example",
+            "member",
+            r#"{"a": 1}"#,
+            "7 days"
+        ),
+        "22023"
+    );
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    assert_eq!(
+        call(
+            &mut admin,
+            &o.id,
+            "x@else.example",
+            "member",
+            &deep,
+            "7 days"
+        ),
+        "22023"
+    );
+    let mut owner = o.db.acting_as(&o.owner);
+    assert_eq!(
+        call(
+            &mut owner,
+            &o.id,
+            "boss@else.example",
+            "owner",
+            r#"["billing:refund"]"#,
+            "7 days"
+        ),
+        ""
+    );
+    // e-mail and ttl (1 hour to 30 days)
+    assert_eq!(ok(&mut admin, "not-an-email"), "22023");
+    assert_eq!(
+        call(
+            &mut admin,
+            &o.id,
+            "x@else.example",
+            "member",
+            "[]",
+            "59 minutes"
+        ),
+        "22023"
+    );
+    assert_eq!(
+        call(
+            &mut admin,
+            &o.id,
+            "x@else.example",
+            "member",
+            "[]",
+            "31 days"
+        ),
+        "22023"
+    );
+    assert_eq!(
+        call(
+            &mut admin,
+            &o.id,
+            "x@else.example",
+            "member",
+            "[]",
+            "1 hour"
+        ),
+        ""
+    );
+    assert_eq!(
+        call(
+            &mut admin,
+            &o.id,
+            "y@else.example",
+            "member",
+            "[]",
+            "30 days"
+        ),
+        ""
+    );
+    // no acting user: 42501; service_account acting for the owner may invite
+    assert_eq!(ok(&mut o.db.authenticated(), "x@else.example"), "42501");
+    assert_eq!(ok(&mut o.db.service(), "x@else.example"), "42501");
+    let mut s = o.db.service();
+    let mut t = s.transaction().unwrap();
+    t.execute("SELECT truxe.set_context($1::text::uuid)", &[&o.owner])
+        .unwrap();
+    t.query(
+        "SELECT * FROM truxe.invite_by_email($1::text::uuid, 'svc@else.example')",
+        &[&o.id],
+    )
+    .unwrap();
+    t.commit().unwrap();
+    // 4 sent so far within the hour; up to 100 pass, the 101st is TX429 (for anyone in the org)
+    for n in 4..100 {
+        assert_eq!(ok(&mut admin, &format!("bulk{n}@else.example")), "", "{n}");
+    }
+    assert_eq!(ok(&mut owner, "one-too-many@else.example"), "TX429");
+    // an hour later the org may invite again
+    o.db.superuser()
+        .execute(
+            "UPDATE truxe.invitations SET created_at = created_at - interval '61 minutes',
+                    expires_at = expires_at - interval '61 minutes'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(ok(&mut owner, "one-too-many@else.example"), "");
+}
+
+#[test]
+fn members_and_outsiders_cannot_read_invitations_an_admin_can() {
+    let o = org();
+    invite(
+        &mut o.db.acting_as(&o.owner),
+        &o.id,
+        "ivy@else.example",
+        "member",
+        "[]",
+    );
+    let count = |c: &mut Client| -> i64 {
+        c.query_one("SELECT count(*) FROM truxe.invitations", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count(&mut o.db.acting_as(&o.member)), 0);
+    assert_eq!(count(&mut o.db.acting_as(&o.outsider)), 0);
+    assert_eq!(count(&mut o.db.authenticated()), 0);
+    let mut admin = o.db.acting_as(&o.admin);
+    assert_eq!(count(&mut admin), 1);
+    let email: String = admin
+        .query_one("SELECT email::text FROM truxe.invitations", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(email, "ivy@else.example");
+    // never the hash of the secret, and no writes
+    assert_eq!(
+        sqlstate(admin.query("SELECT token_hash FROM truxe.invitations", &[])),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(admin.query("UPDATE truxe.invitations SET attempts = 0", &[])),
+        "42501"
+    );
+    // the token functions are service_account's; PUBLIC has nothing
+    for sql in [
+        "SELECT * FROM truxe.inspect_invitation('x')",
+        "SELECT * FROM truxe.accept_invitation_token('x')",
+    ] {
+        assert_eq!(sqlstate(admin.query(sql, &[])), "42501", "{sql}");
+    }
+    // the granting rules' helper takes the acting user as an argument: nobody calls it
+    // directly, not even service_account (invite_member and invite_by_email run as the owner)
+    assert_eq!(
+        sqlstate(o.db.service().query(
+            "SELECT truxe.require_grant_rights($1::text::uuid, $2::text::uuid, 'owner', '[\"*\"]')",
+            &[&o.id, &o.member],
+        )),
+        "42501"
+    );
+    let mut nobody = o.db.nobody();
+    for sql in [
+        "SELECT count(*) FROM truxe.invitations",
+        "SELECT * FROM truxe.inspect_invitation('x')",
+        "SELECT truxe.revoke_invitation(gen_random_uuid())",
+    ] {
+        assert_eq!(sqlstate(nobody.query(sql, &[])), "42501", "{sql}");
+    }
+    // the owner of an ancestor reads a child org's invitations
+    let child: String =
+        o.db.acting_as(&o.owner)
+            .query_one(
+                "SELECT truxe.create_organization('acme-child', 'Child', $1::text::uuid)::text",
+                &[&o.id],
+            )
+            .unwrap()
+            .get(0);
+    invite(
+        &mut o.db.acting_as(&o.owner),
+        &child,
+        "jo@else.example",
+        "member",
+        "[]",
+    );
+    assert_eq!(count(&mut admin), 2);
+}
