@@ -236,7 +236,7 @@ fn an_existing_user_a_pending_membership_and_a_joined_member() {
             &[&o.id, &carol],
         )
         .unwrap();
-    assert_eq!(membership(&mut su, &o.id, &carol).unwrap().2, false);
+    assert!(!membership(&mut su, &o.id, &carol).unwrap().2);
     let (_, token) = invite(&mut admin, &o.id, "carol@else.example", "member", "[]");
     assert_eq!(accept(&mut s, &token, None).0, "accepted");
     assert_eq!(

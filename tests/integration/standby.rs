@@ -210,7 +210,7 @@ fn reads_answer_on_a_hot_standby_and_writes_fail_with_25006() {
     );
     assert_eq!(
         key_org,
-        [root.clone()],
+        std::slice::from_ref(&root),
         "authenticate_api_key on the standby"
     );
     t.commit().unwrap();
