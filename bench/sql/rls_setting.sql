@@ -1,4 +1,4 @@
-\set s random(1, 10000)
+\set s random(1, 1000)
 \set u 1 + :s % :U
 \set o 1 + ((:u * 10 + random(0, 9)) % :O)
 BEGIN;
