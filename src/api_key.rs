@@ -8,14 +8,12 @@
 //! identity (src/identity.rs): no user, the key's org, the key's id.
 use crate::context::{org_access, service_caller, OrgSet};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
-use crate::plans::{self, INTERVAL, JSONB, TEXT, UUID};
+use crate::plans::{self, BOOL, INTERVAL, JSONB, TEXT, TEXT_ARRAY, UUID, UUID_ARRAY};
+use crate::security::{constant_time_eq, sha256_hex, to_hex};
 use crate::trigger::trigger_entry;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{AnyElement, Uuid};
-use rand::TryRngCore;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 pgrx::extension_sql_file!(
     "../sql/api_keys.sql",
@@ -31,8 +29,8 @@ const KEY_LEN: usize = 4 + 32 + 64 + 8;
 fn encode(id: &Uuid, secret: &[u8; 32]) -> String {
     let mut key = String::with_capacity(KEY_LEN);
     key.push_str(PREFIX);
-    key.push_str(&hex(id.as_bytes()));
-    key.push_str(&hex(secret));
+    key.push_str(&to_hex(id.as_bytes()));
+    key.push_str(&to_hex(secret));
     let crc = crc32fast::hash(key.as_bytes());
     key.push_str(&format!("{crc:08x}"));
     key
@@ -61,20 +59,11 @@ fn decode(key: &str) -> Option<(Uuid, [u8; 32])> {
     Some((Uuid::from_bytes(id), secret))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(text: &str) -> Option<Vec<u8>> {
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-/// What the table keeps of a secret: its SHA-256, as 64 hex digits.
-fn secret_hash(secret: &[u8; 32]) -> String {
-    hex(&Sha256::digest(secret))
 }
 
 /// Creates a key for org `org_id` as the acting user, who must be able to act in the org
@@ -183,10 +172,7 @@ fn create(
                 );
             }
         }
-        let mut secret = [0u8; 32];
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut secret)
-            .map_err(|_| TruxeError::new(Sqlstate::Internal, "the OS random source failed"))?;
+        let secret: [u8; 32] = crate::crypto::random_bytes()?;
         let shape = plans::read(
             c,
             "SELECT $1 IS NULL OR jsonb_typeof($1) = 'object'",
@@ -205,7 +191,7 @@ fn create(
             &[
                 org.into(),
                 name.clone().into(),
-                secret_hash(&secret).into(),
+                sha256_hex(&secret).into(),
                 scopes.clone().into(),
                 me.into(),
                 ttl.into(),
@@ -228,8 +214,6 @@ fn create(
         Ok((id, encode(&id, &secret), expires_at))
     })
 }
-
-const TEXT_ARRAY: pgrx::PgOid = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTARRAYOID);
 
 /// Checks an API key and, when it is live, makes it the verified identity of the current
 /// transaction (no user; its org; its id): returns its id, org and scopes. No row — never an
@@ -289,7 +273,7 @@ fn authenticate(
         ) else {
             return fail(Sqlstate::Internal, "api key row without org or hash");
         };
-        if !bool::from(secret_hash(secret).as_bytes().ct_eq(stored.as_bytes())) {
+        if !constant_time_eq(sha256_hex(secret).as_bytes(), stored.as_bytes()) {
             return Ok(None);
         }
         // SAFETY: both read backend-local state and have no preconditions.
@@ -360,9 +344,6 @@ fn revoke(key_id: Option<Uuid>) -> Result<bool, TruxeError> {
     )?;
     Ok(true)
 }
-
-const BOOL: pgrx::PgOid = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::BOOLOID);
-const UUID_ARRAY: pgrx::PgOid = pgrx::PgOid::BuiltIn(pg_sys::BuiltinOid::UUIDARRAYOID);
 
 /// AFTER DELETE on truxe.memberships: a key never outlives its creator's access. The keys
 /// the removed member created in that org, or in a descendant they may no longer act in,

@@ -7,7 +7,7 @@
 //! must not run with the extension owner's rights), and only then writes the audit row as
 //! the extension owner, through a plain INSERT of jsonb values (the audit log is not the
 //! caller's to write directly).
-use crate::plans::{self, JSONB, TEXT, UUID};
+use crate::plans::{self, JSONB, TEXT, TEXT_ARRAY, UUID};
 use crate::trigger::trigger_entry;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -32,7 +32,6 @@ pub enum AppAuditError {
 }
 
 const RECORD: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::RECORDOID);
-const TEXT_ARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTARRAYOID);
 
 /// The target id of a row `r.j`: its primary key column's value ($4 names the key's
 /// columns), a JSON array of the values for a composite key, NULL without a key.

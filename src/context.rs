@@ -295,27 +295,48 @@ pub(crate) fn may_act_in(user: pgrx::Uuid, org: pgrx::Uuid) -> Result<bool, Trux
     })
 }
 
-/// Sets one request setting (`app.*`), for the transaction (`local`) or the session.
-fn set_setting(name: &CStr, value: Option<pgrx::Uuid>, local: bool) {
-    let value = CString::new(value.map(|v| v.to_string()).unwrap_or_default()).unwrap_or_default();
-    let action = if local {
-        pg_sys::GucAction::GUC_ACTION_LOCAL
-    } else {
-        pg_sys::GucAction::GUC_ACTION_SET
-    };
-    // SAFETY: both strings are NUL-terminated and outlive the call; what set_config() does.
+/// Sets setting `name` to `value` (empty: cleared) with the privileges of `context`, from
+/// `source`, for the session (`GUC_ACTION_SET`) or until the transaction or savepoint ends
+/// (`GUC_ACTION_LOCAL`): what `set_config()` and `SET LOCAL` do. Raises what PostgreSQL
+/// raises (an ERROR unwinds through the caller's frames).
+pub(crate) fn set_option(
+    name: &CStr,
+    value: &str,
+    context: pg_sys::GucContext::Type,
+    source: pg_sys::GucSource::Type,
+    action: pg_sys::GucAction::Type,
+) {
+    // the values truxe writes are ids, digits and words: never a NUL
+    let value = CString::new(value).unwrap_or_default();
+    // SAFETY: both strings are NUL-terminated and outlive the call.
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
             value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
+            context,
+            source,
             action,
             true,
             0,
             false,
         );
     }
+}
+
+/// Sets one request setting (`app.*`), for the transaction (`local`) or the session.
+fn set_setting(name: &CStr, value: Option<pgrx::Uuid>, local: bool) {
+    let action = if local {
+        pg_sys::GucAction::GUC_ACTION_LOCAL
+    } else {
+        pg_sys::GucAction::GUC_ACTION_SET
+    };
+    set_option(
+        name,
+        &value.map(|v| v.to_string()).unwrap_or_default(),
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GucSource::PGC_S_SESSION,
+        action,
+    );
 }
 
 /// Sets the acting user and organisation (`app.current_user_id`, `app.current_org_id`);

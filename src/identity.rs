@@ -68,19 +68,13 @@ pub fn init() {
         GucFlags::default(),
     );
     if placeholder && nothing_applied(IDENTITY_MODE_NAME) {
-        // SAFETY: name and value are static NUL-terminated strings.
-        unsafe {
-            pg_sys::set_config_option(
-                IDENTITY_MODE_NAME.as_ptr(),
-                c"verified".as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_OVERRIDE,
-                pg_sys::GucAction::GUC_ACTION_SET,
-                true,
-                0,
-                false,
-            );
-        }
+        crate::context::set_option(
+            IDENTITY_MODE_NAME,
+            "verified",
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+            pg_sys::GucAction::GUC_ACTION_SET,
+        );
     }
     // SAFETY: the variable is a static that lives as long as the library; the strings are
     // static; the check hook only reads its arguments and backend-local flags.
@@ -253,24 +247,16 @@ fn write(value: &str) {
             WRITING.store(false, Ordering::Relaxed);
         }
     }
-    // an encoded identity holds ids and digits only: no NUL
-    let value = CString::new(value).unwrap_or_default();
     WRITING.store(true, Ordering::Relaxed);
+    // an ERROR unwinds through `_permit`, which withdraws the permit
     let _permit = Permit;
-    // SAFETY: name and value are NUL-terminated and outlive the call; an ERROR unwinds
-    // through `_permit`, which withdraws the permit.
-    unsafe {
-        pg_sys::set_config_option(
-            VERIFIED_IDENTITY_NAME.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    crate::context::set_option(
+        VERIFIED_IDENTITY_NAME,
+        value,
+        pg_sys::GucContext::PGC_SUSET,
+        pg_sys::GucSource::PGC_S_SESSION,
+        pg_sys::GucAction::GUC_ACTION_LOCAL,
+    );
 }
 
 /// Whether the settings and JWT claims may supply the identity: always in `trusted` mode;

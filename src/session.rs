@@ -26,7 +26,6 @@ use pgrx::datum::DatumWithOid;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{AnyElement, Inet, PgOid, Uuid};
-use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
 type Issued = (
@@ -45,21 +44,9 @@ pub(crate) fn bearer_hash(value: &Uuid) -> Vec<u8> {
     Sha256::digest(value.as_bytes()).to_vec()
 }
 
-/// A new bearer value: a version-4 uuid of 122 bits from the OS random source (the same
-/// shape as gen_random_uuid()).
-fn new_bearer() -> Result<Uuid, TruxeError> {
-    let mut b = [0u8; 16];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut b)
-        .map_err(|_| TruxeError::new(Sqlstate::Internal, "the OS random source failed"))?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    Ok(Uuid::from_bytes(b))
-}
-
-/// A new (jti, refresh_jti) pair.
+/// A new (jti, refresh_jti) pair: random version-4 uuids from the OS source (crypto.rs).
 fn new_pair() -> Result<(Uuid, Uuid), TruxeError> {
-    Ok((new_bearer()?, new_bearer()?))
+    Ok((crate::crypto::new_uuid()?, crate::crypto::new_uuid()?))
 }
 
 /// SQL condition on a session row `s`: its user is active and, for an org-scoped session,
@@ -869,7 +856,7 @@ mod tests {
 
     #[pg_test]
     fn bearer_hash_is_sql_sha256_of_uuid_send() {
-        let token = super::new_bearer().unwrap();
+        let token = crate::crypto::new_uuid().unwrap();
         let same = Spi::get_one_with_args::<bool>(
             "SELECT pg_catalog.sha256(pg_catalog.uuid_send($1)) = $2",
             &[token.into(), super::bearer_hash(&token).into()],
