@@ -551,67 +551,8 @@ ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_wrapper';
 REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) TO service_account;
 
--- security_report() also checks that every function pins search_path (the same text as
--- sql/security_report.sql).
-CREATE OR REPLACE FUNCTION truxe.security_report()
-RETURNS TABLE(check_name text, ok boolean, detail text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  -- RLS enabled on every data table (docs/reference.md, "Tables and Row Level Security")
-  SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
-         CASE WHEN c.oid IS NULL THEN 'table missing'
-              WHEN c.relrowsecurity THEN 'row level security enabled'
-              ELSE 'row level security is DISABLED' END
-    FROM unnest(ARRAY['users', 'organizations', 'memberships', 'sessions', 'audit_logs',
-                      'usage_metrics', 'magic_link_challenges', 'rate_limits']) AS t(name)
-    LEFT JOIN pg_class c ON c.relname = t.name AND c.relnamespace = 'truxe'::regnamespace
-  UNION ALL
-  -- nothing of the extension granted to PUBLIC (grantee 0); a NULL acl means the default
-  -- one, which for functions includes EXECUTE to PUBLIC
-  SELECT 'no_public_grants', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'PUBLIC holds no privilege on truxe tables or functions'
-              ELSE 'granted to PUBLIC: ' || string_agg(obj, ', ' ORDER BY obj) END
-    FROM (
-      SELECT c.oid::regclass::text AS obj FROM pg_class c
-       WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
-         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault(
-                       (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
-                      WHERE a.grantee = 0)
-      UNION ALL
-      SELECT p.oid::regprocedure::text FROM pg_proc p
-       WHERE p.pronamespace = 'truxe'::regnamespace
-         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
-                      WHERE a.grantee = 0)
-    ) public_objects
-  UNION ALL
-  -- every SECURITY DEFINER function pins search_path
-  SELECT 'security_definer_search_path', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every SECURITY DEFINER function sets search_path'
-              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ') END
-    FROM pg_proc p
-   WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
-     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
-  UNION ALL
-  -- every function pins search_path (none resolves names through the caller's path), except
-  -- the two getters that resolve no name at all (src/context.rs) and the two SQL tree
-  -- walkers whose bodies qualify every name (sql/hierarchy.sql: a SET would stop inlining)
-  SELECT 'search_path_pinned', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name; org_ancestors and org_descendants qualify every name)'
-              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
-    FROM pg_proc p
-   WHERE p.pronamespace = 'truxe'::regnamespace
-     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
-                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)')
-     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
-  UNION ALL
-  -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
-  SELECT 'audit_logs_append_only', count(*) > 0,
-         CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'
-              ELSE 'no enabled append-only trigger on truxe.audit_logs' END
-    FROM pg_trigger tg
-   WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
-     AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
-     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0;
-$$;
+-- security_report() also checks that every function pins search_path: see the final
+-- replacement (section "Your own tables"), which carries every 0.2 check.
 
 -- == Operations: metrics (issue 15) ==
 -- rate_limits.exhausted_at: set by the first refused call of a window (rate_limit_hit), so
@@ -1698,78 +1639,6 @@ REVOKE ALL ON truxe.audit_seals, truxe.audit_seals_id_seq FROM PUBLIC;
 -- seal_audit_log writes them
 GRANT SELECT ON truxe.audit_seals TO service_account;
 
--- == Operations: metrics of API keys and second factors (issue 15) ==
--- metrics() counts live API keys and verified second factors (the same text as
--- sql/metrics.sql)
-CREATE OR REPLACE FUNCTION truxe.metrics()
-RETURNS TABLE(metric text, labels jsonb, value double precision)
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-  WITH events AS MATERIALIZED (  -- one pass over the hour's audit rows, not one per metric
-    SELECT a.action::text AS action, count(*) AS n
-      FROM truxe.audit_logs a
-     WHERE a.action IN ('session.created', 'session.revoked', 'session.reuse_detected',
-                        'magic_link.sent', 'magic_link.verified', 'magic_link.failed')
-       AND a.created_at > now() - interval '1 hour'
-     GROUP BY a.action
-  ), event(metric, action) AS (
-    VALUES ('sessions_created_last_hour', 'session.created'),
-           ('sessions_revoked_last_hour', 'session.revoked'),
-           ('sessions_reuse_detected_last_hour', 'session.reuse_detected'),
-           ('magic_links_sent_last_hour', 'magic_link.sent'),
-           ('magic_links_verified_last_hour', 'magic_link.verified'),
-           ('magic_links_failed_last_hour', 'magic_link.failed')
-  ), overdue(tbl, due) AS (
-    -- when the oldest row cleanup_expired_data should already have deleted became due
-    SELECT 'sessions', LEAST((SELECT min(s.expires_at) FROM truxe.sessions s),
-                             (SELECT min(s.revoked_at) FROM truxe.sessions s)) + interval '7 days'
-    UNION ALL
-    SELECT 'magic_link_challenges',
-           LEAST((SELECT min(c.expires_at) FROM truxe.magic_link_challenges c),
-                 (SELECT min(c.used_at) FROM truxe.magic_link_challenges c)) + interval '1 day'
-    UNION ALL
-    SELECT 'rate_limits', (SELECT min(r.window_end) FROM truxe.rate_limits r) + interval '1 hour'
-  )
-  SELECT 'sessions_live', '{}'::jsonb,
-         (SELECT count(*) FROM truxe.sessions s
-           WHERE s.revoked_at IS NULL AND s.expires_at > now())::double precision
-  UNION ALL
-  SELECT e.metric, '{}'::jsonb, COALESCE(v.n, 0)::double precision
-    FROM event e LEFT JOIN events v ON v.action = e.action
-  UNION ALL
-  -- links that reached the attempt limit in the last hour: their fifth wrong secret (the
-  -- last one a link can count) is a failure of reason `invalid` within the hour
-  SELECT 'magic_links_locked_last_hour', '{}'::jsonb,
-         (SELECT count(*) FROM (
-            SELECT DISTINCT a.target_id FROM truxe.audit_logs a
-             WHERE a.action = 'magic_link.failed' AND a.created_at > now() - interval '1 hour'
-               AND a.details ->> 'reason' = 'invalid') f
-           WHERE EXISTS (
-             SELECT FROM truxe.magic_link_challenges c
-              WHERE c.id = CASE WHEN f.target_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                                THEN f.target_id::uuid END
-                AND c.attempts >= 5))::double precision
-  UNION ALL
-  SELECT 'api_keys_live', '{}'::jsonb,
-         (SELECT count(*) FROM truxe.api_keys k
-           WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))::double precision
-  UNION ALL
-  SELECT 'mfa_factors_verified', '{}'::jsonb,
-         (SELECT count(*) FROM truxe.mfa_factors f WHERE f.status = 'verified')::double precision
-  UNION ALL
-  SELECT 'rate_limit_windows_exhausted', '{}'::jsonb,
-         (SELECT count(*) FROM truxe.rate_limits r
-           WHERE r.exhausted_at IS NOT NULL AND r.window_end > now())::double precision
-  UNION ALL
-  SELECT 'audit_rows_last_day', '{}'::jsonb,
-         (SELECT count(*) FROM truxe.audit_logs a
-           WHERE a.created_at > now() - interval '24 hours')::double precision
-  UNION ALL
-  SELECT 'cleanup_overdue_seconds', jsonb_build_object('table', o.tbl),
-         COALESCE(GREATEST(extract(epoch FROM now() - o.due), 0), 0)::double precision
-    FROM overdue o
-$$;
-
 -- == Codebase: internal helpers are not API (issue 16) ==
 -- the organisation functions' helpers are called only by the SECURITY DEFINER functions
 -- that use them (as the owner): service_account no longer executes them (sql/grants.sql)
@@ -1979,8 +1848,9 @@ GRANT EXECUTE ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_r
 GRANT EXECUTE ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_role, jsonb, interval),
   truxe.revoke_invitation(uuid) TO authenticated;
 
--- metrics() counts pending invitations and the invitations' cleanup lag (the same text as
--- sql/metrics.sql); cleanup_expired_data's new row is Rust (src/cleanup.rs), its
+-- metrics() counts pending invitations and the invitations' cleanup lag, and (issue 15)
+-- live API keys and verified second factors: the same text as sql/metrics.sql, created
+-- here, after the last of the tables it reads; cleanup_expired_data's new row is Rust (src/cleanup.rs), its
 -- declaration unchanged
 CREATE OR REPLACE FUNCTION truxe.metrics()
 RETURNS TABLE(metric text, labels jsonb, value double precision)
