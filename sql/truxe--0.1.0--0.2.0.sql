@@ -564,71 +564,8 @@ CREATE INDEX idx_rate_limits_exhausted ON truxe.rate_limits (window_end) WHERE e
 -- idx_audit_logs_action, its prefix
 CREATE INDEX idx_audit_logs_action_created ON truxe.audit_logs (action, created_at);
 DROP INDEX truxe.idx_audit_logs_action;
--- New: truxe.metrics() (the definition of sql/metrics.sql), for service_account and pg_monitor.
-CREATE FUNCTION truxe.metrics()
-RETURNS TABLE(metric text, labels jsonb, value double precision)
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-  WITH events AS MATERIALIZED (  -- one pass over the hour's audit rows, not one per metric
-    SELECT a.action::text AS action, count(*) AS n
-      FROM truxe.audit_logs a
-     WHERE a.action IN ('session.created', 'session.revoked', 'session.reuse_detected',
-                        'magic_link.sent', 'magic_link.verified', 'magic_link.failed')
-       AND a.created_at > now() - interval '1 hour'
-     GROUP BY a.action
-  ), event(metric, action) AS (
-    VALUES ('sessions_created_last_hour', 'session.created'),
-           ('sessions_revoked_last_hour', 'session.revoked'),
-           ('sessions_reuse_detected_last_hour', 'session.reuse_detected'),
-           ('magic_links_sent_last_hour', 'magic_link.sent'),
-           ('magic_links_verified_last_hour', 'magic_link.verified'),
-           ('magic_links_failed_last_hour', 'magic_link.failed')
-  ), overdue(tbl, due) AS (
-    -- when the oldest row cleanup_expired_data should already have deleted became due
-    SELECT 'sessions', LEAST((SELECT min(s.expires_at) FROM truxe.sessions s),
-                             (SELECT min(s.revoked_at) FROM truxe.sessions s)) + interval '7 days'
-    UNION ALL
-    SELECT 'magic_link_challenges',
-           LEAST((SELECT min(c.expires_at) FROM truxe.magic_link_challenges c),
-                 (SELECT min(c.used_at) FROM truxe.magic_link_challenges c)) + interval '1 day'
-    UNION ALL
-    SELECT 'rate_limits', (SELECT min(r.window_end) FROM truxe.rate_limits r) + interval '1 hour'
-  )
-  SELECT 'sessions_live', '{}'::jsonb,
-         (SELECT count(*) FROM truxe.sessions s
-           WHERE s.revoked_at IS NULL AND s.expires_at > now())::double precision
-  UNION ALL
-  SELECT e.metric, '{}'::jsonb, COALESCE(v.n, 0)::double precision
-    FROM event e LEFT JOIN events v ON v.action = e.action
-  UNION ALL
-  -- links that reached the attempt limit in the last hour: their fifth wrong secret (the
-  -- last one a link can count) is a failure of reason `invalid` within the hour
-  SELECT 'magic_links_locked_last_hour', '{}'::jsonb,
-         (SELECT count(*) FROM (
-            SELECT DISTINCT a.target_id FROM truxe.audit_logs a
-             WHERE a.action = 'magic_link.failed' AND a.created_at > now() - interval '1 hour'
-               AND a.details ->> 'reason' = 'invalid') f
-           WHERE EXISTS (
-             SELECT FROM truxe.magic_link_challenges c
-              WHERE c.id = CASE WHEN f.target_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                                THEN f.target_id::uuid END
-                AND c.attempts >= 5))::double precision
-  UNION ALL
-  SELECT 'rate_limit_windows_exhausted', '{}'::jsonb,
-         (SELECT count(*) FROM truxe.rate_limits r
-           WHERE r.exhausted_at IS NOT NULL AND r.window_end > now())::double precision
-  UNION ALL
-  SELECT 'audit_rows_last_day', '{}'::jsonb,
-         (SELECT count(*) FROM truxe.audit_logs a
-           WHERE a.created_at > now() - interval '24 hours')::double precision
-  UNION ALL
-  SELECT 'cleanup_overdue_seconds', jsonb_build_object('table', o.tbl),
-         COALESCE(GREATEST(extract(epoch FROM now() - o.due), 0), 0)::double precision
-    FROM overdue o
-$$;
-REVOKE ALL ON FUNCTION truxe.metrics() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION truxe.metrics() TO pg_monitor;
-GRANT EXECUTE ON FUNCTION truxe.metrics() TO service_account;
+-- New: truxe.metrics(), for service_account and pg_monitor: created once, at the end of this
+-- script (section "Invitations by e-mail"), after the last of the tables it reads.
 -- pg_monitor reaches the schema for this function only: it holds no other truxe right
 GRANT USAGE ON SCHEMA truxe TO pg_monitor;
 
@@ -1848,11 +1785,11 @@ GRANT EXECUTE ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_r
 GRANT EXECUTE ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_role, jsonb, interval),
   truxe.revoke_invitation(uuid) TO authenticated;
 
--- metrics() counts pending invitations and the invitations' cleanup lag, and (issue 15)
--- live API keys and verified second factors: the same text as sql/metrics.sql, created
--- here, after the last of the tables it reads; cleanup_expired_data's new row is Rust (src/cleanup.rs), its
+-- New (issue 15): truxe.metrics(), the same text as sql/metrics.sql, created here, after the
+-- last of the tables it reads (it counts pending invitations, live API keys and verified
+-- second factors too); cleanup_expired_data's new row is Rust (src/cleanup.rs), its
 -- declaration unchanged
-CREATE OR REPLACE FUNCTION truxe.metrics()
+CREATE FUNCTION truxe.metrics()
 RETURNS TABLE(metric text, labels jsonb, value double precision)
 LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1929,3 +1866,6 @@ AS $$
          COALESCE(GREATEST(extract(epoch FROM now() - o.due), 0), 0)::double precision
     FROM overdue o
 $$;
+REVOKE ALL ON FUNCTION truxe.metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.metrics() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION truxe.metrics() TO service_account;
