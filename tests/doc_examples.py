@@ -20,6 +20,9 @@ The rules, for whoever writes an example:
   value (`<token>`, `<jti>`, `<user_id>` …, NULL if it was NULL); the others are in
   PLACEHOLDERS below (an unknown one fails the block and says so).
 
+It also checks that the audit-event table of docs/reference.md ("Audit trail") names every
+label of truxe.audit_action.
+
 Environment: TRUXE_TEST_SOCKET_DIR and TRUXE_TEST_PORT (the superuser `postgres`
 connects over that socket), as scripts/examples sets them.
 """
@@ -243,6 +246,27 @@ def run_file(path):
     return ran, skipped, failed
 
 
+def audit_table_is_complete():
+    """Every action truxe writes (the labels of truxe.audit_action) is in the table of
+    docs/reference.md, "Audit trail"."""
+    text = open(os.path.join(ROOT, "docs", "reference.md"), encoding="utf-8").read()
+    section = text[text.index("## Audit trail"):text.index("\n## ", text.index("## Audit trail") + 1)]
+    with superuser("postgres") as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {DB}")
+        admin.execute(f"CREATE DATABASE {DB}")
+        try:
+            with superuser(DB) as conn:
+                conn.execute("CREATE EXTENSION truxe CASCADE")
+                labels = [r[0] for r in conn.execute("SELECT unnest(enum_range(NULL::truxe.audit_action))::text")]
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    missing = [label for label in labels if f"`{label}`" not in section]
+    print(("ok    " if not missing else "FAIL  ")
+          + f"docs/reference.md, Audit trail, names all {len(labels)} actions truxe writes"
+          + (f"; missing: {', '.join(missing)}" if missing else ""), flush=True)
+    return not missing
+
+
 def main():
     files = [os.path.join(ROOT, "README.md")] + sorted(
         os.path.join(ROOT, "docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))
@@ -252,7 +276,8 @@ def main():
             totals[k] += v
     ran, skipped, failed = totals
     print(f"SQL examples: {ran} blocks ran, {skipped} not run (listed above), {failed} failed")
-    sys.exit(1 if failed or not ran else 0)
+    complete = audit_table_is_complete()
+    sys.exit(1 if failed or not ran or not complete else 0)
 
 
 if __name__ == "__main__":
