@@ -133,7 +133,9 @@ fn report_warns_while_public_may_connect_to_the_database() {
         .dbname(&db.name)
         .connect(postgres::NoTls);
     assert_eq!(
-        refused.err().and_then(|e| e.code().map(|c| c.code().to_string())),
+        refused
+            .err()
+            .and_then(|e| e.code().map(|c| c.code().to_string())),
         Some("42501".to_string())
     );
     // a grant to PUBLIC again (directly, not by default) is flagged again
