@@ -82,9 +82,9 @@ def page(title, body):
             f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
 
 
-def form(action, fields, button):
+def form(action, fields, button, visible=""):
     inputs = "".join(f'<input type=hidden name="{k}" value="{html.escape(v)}">' for k, v in fields)
-    return f'<form method=post action="{action}">{inputs}<button>{html.escape(button)}</button></form>'
+    return f'<form method=post action="{action}">{inputs}{visible}<button>{html.escape(button)}</button></form>'
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -220,8 +220,8 @@ class Handler(BaseHTTPRequestHandler):
     def home(self):
         if not (self.cookies.get(SESSION_COOKIE) or self.cookies.get(REFRESH_COOKIE)):
             outbox = "<p>(development: links appear in the <a href=/outbox>outbox</a>)</p>" if DEV_OUTBOX else ""
-            return self.send(200, page("Sign in", form("/login", [], "Send me a link").replace(
-                "<button>", "<input name=email type=email placeholder=you@example.com> <button>") + outbox))
+            email = "<input name=email type=email placeholder=you@example.com> "
+            return self.send(200, page("Sign in", form("/login", [], "Send me a link", email) + outbox))
         with USER.connection() as conn, conn.transaction(), conn.cursor() as cur:
             user, email, orgs, org = self.authenticate(cur)
         options = "".join(f'<option value="{o}"{" selected" if o == org else ""}>{html.escape(n)}</option>'
@@ -235,15 +235,18 @@ class Handler(BaseHTTPRequestHandler):
         """POST /login {email}: a rate limit per IP, then a link (truxe allows 5 per
         e-mail in 15 minutes: TX429 -> 429). The answer is the same for any address."""
         email = self.form.get("email", "")
-        with SERVICE.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            request_context(cur, self)
-            cur.execute("SELECT allowed FROM truxe.rate_limit_hit(%s, %s, '15 minutes')",
-                        ("login:" + self.ip, LOGINS_PER_IP))
-            if not cur.fetchone()[0]:
+        with SERVICE.connection() as conn, conn.cursor() as cur:
+            with conn.transaction():  # committed on its own: the hit counts whatever follows
+                cur.execute("SELECT allowed FROM truxe.rate_limit_hit(%s, %s, '15 minutes')",
+                            ("login:" + self.ip, LOGINS_PER_IP))
+                allowed = cur.fetchone()[0]
+            if not allowed:
                 raise HttpError(429, "too many sign-in attempts from here; try later")
-            cur.execute("SELECT token FROM truxe.issue_magic_link(%s, ttl => '15 minutes',"
-                        " ip => %s::inet, user_agent => %s)", (email, self.ip, self.user_agent))
-            token = cur.fetchone()[0]
+            with conn.transaction():
+                request_context(cur, self)
+                cur.execute("SELECT token FROM truxe.issue_magic_link(%s, ttl => '15 minutes',"
+                            " ip => %s::inet, user_agent => %s)", (email, self.ip, self.user_agent))
+                token = cur.fetchone()[0]
         host = self.headers.get("Host", "localhost")
         self.send_mail(email, f"http://{host}/auth?token={quote(token)}")
         self.send(200, page("Check your e-mail", "<p>We sent you a sign-in link.</p>"))
@@ -323,16 +326,16 @@ class Handler(BaseHTTPRequestHandler):
             _, email, orgs, org = self.authenticate(cur)
             if org is None:
                 return self.send(200, page("Members", "<p>You belong to no organisation yet.</p>"))
-            # no WHERE on the user: RLS shows this org's rows only (the acting org)
+            # no tenant filter of our own: RLS shows the acting org's rows (and, to its
+            # owners and admins, the orgs below it); the WHERE keeps the org itself
             cur.execute("SELECT coalesce(u.email::text, '(invited)'), m.role::text"
                         "  FROM truxe.memberships m LEFT JOIN truxe.users u ON u.id = m.user_id"
                         " WHERE m.org_id = truxe.current_org_id() ORDER BY 1")
             rows = cur.fetchall()
         name = dict(orgs).get(org, org)
         items = "".join(f"<li>{html.escape(e)} ({html.escape(r)})</li>" for e, r in rows)
-        self.send(200, page(f"Members of {name}", f"<ul>{items}</ul>" + form("/members/invite", [], "Invite")
-                            .replace("<button>", "<input name=email type=email> <button>")
-                            + "<p><a href=/>home</a></p>"))
+        invite = form("/members/invite", [], "Invite", "<input name=email type=email> ")
+        self.send(200, page(f"Members of {name}", f"<ul>{items}</ul>{invite}<p><a href=/>home</a></p>"))
 
     def invite(self):
         """POST /members/invite {email}: owners and admins only (42501 -> 403); truxe
