@@ -89,5 +89,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
      AND EXISTS (SELECT 1 FROM pg_attribute a
                   WHERE a.attrelid = c.oid AND a.attname = 'org_id' AND a.attnum > 0
-                    AND NOT a.attisdropped);
+                    AND NOT a.attisdropped)
+  UNION ALL
+  -- who may connect to this database: roles are cluster-wide, so a login granted
+  -- service_account or authenticated for one database holds that role in every database
+  -- of the cluster it may connect to, and PUBLIC's default CONNECT lets every login in
+  -- (docs/integration.md, "Isolating databases")
+  SELECT 'database_connect', count(*) = 0,
+         CASE WHEN count(*) = 0
+              THEN 'PUBLIC may not connect to database ' || quote_ident(current_database())
+              ELSE 'PUBLIC may connect to database ' || quote_ident(current_database())
+                   || ', so every login of the cluster can: REVOKE CONNECT ON DATABASE '
+                   || quote_ident(current_database())
+                   || ' FROM PUBLIC, and GRANT CONNECT to this database''s own logins' END
+    FROM pg_database d
+   CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d'::"char", d.datdba))) a
+   WHERE d.datname = current_database() AND a.grantee = 0 AND a.privilege_type = 'CONNECT';
 $$;

@@ -1222,7 +1222,8 @@ GRANT EXECUTE ON FUNCTION truxe.permitted_org_ids(text), truxe.calling_role(),
 GRANT EXECUTE ON FUNCTION truxe.permitted_org_ids(text) TO authenticated;
 
 -- security_report() also flags application tables with an org_id column and no row level
--- security, and reports the identity mode (issue 11) (the text of sql/security_report.sql).
+-- security, reports the identity mode (issue 11), and warns when PUBLIC may connect to the
+-- database (issue 17: roles are cluster-wide) (the text of sql/security_report.sql).
 CREATE OR REPLACE FUNCTION truxe.security_report()
 RETURNS TABLE(check_name text, ok boolean, detail text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -1313,7 +1314,22 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
      AND EXISTS (SELECT 1 FROM pg_attribute a
                   WHERE a.attrelid = c.oid AND a.attname = 'org_id' AND a.attnum > 0
-                    AND NOT a.attisdropped);
+                    AND NOT a.attisdropped)
+  UNION ALL
+  -- who may connect to this database: roles are cluster-wide, so a login granted
+  -- service_account or authenticated for one database holds that role in every database
+  -- of the cluster it may connect to, and PUBLIC's default CONNECT lets every login in
+  -- (docs/integration.md, "Isolating databases")
+  SELECT 'database_connect', count(*) = 0,
+         CASE WHEN count(*) = 0
+              THEN 'PUBLIC may not connect to database ' || quote_ident(current_database())
+              ELSE 'PUBLIC may connect to database ' || quote_ident(current_database())
+                   || ', so every login of the cluster can: REVOKE CONNECT ON DATABASE '
+                   || quote_ident(current_database())
+                   || ' FROM PUBLIC, and GRANT CONNECT to this database''s own logins' END
+    FROM pg_database d
+   CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d'::"char", d.datdba))) a
+   WHERE d.datname = current_database() AND a.grantee = 0 AND a.privilege_type = 'CONNECT';
 $$;
 
 -- New: the sealed audit log (the text of sql/seal.sql) and the writers' wait it uses

@@ -30,6 +30,8 @@ SELECT email FROM truxe.users;
 WITH u AS (UPDATE truxe.organizations SET name = 'Pwned' WHERE slug = 'globex' RETURNING 1)
 SELECT count(*) AS rows_updated FROM u;
 COMMIT;
+\echo '-- roles are cluster-wide: only this database''s own logins may connect (docs/integration.md)'
+DO $$ BEGIN EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database()); END $$;
 \echo '-- the security report: every check passes (a failing one would be listed)'
 SELECT bool_and(ok) AS all_checks_ok FROM truxe.security_report();
 SELECT check_name, detail FROM truxe.security_report() WHERE NOT ok;
