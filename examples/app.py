@@ -151,12 +151,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send(status, page(f"{status}", f"<p>{html.escape(text or '')}</p>"))
 
     def do_GET(self):
-        self.dispatch({"/": Handler.home, "/auth": Handler.auth_confirm,
+        self.dispatch({"/": Handler.home, "/auth": Handler.auth_confirm, "/join": Handler.join_confirm,
                        "/members": Handler.members, "/outbox": Handler.outbox})
 
     def do_POST(self):
         self.dispatch({"/login": Handler.login, "/auth": Handler.auth_verify,
-                       "/auth/refresh": Handler.refresh, "/logout": Handler.logout,
+                       "/auth/refresh": Handler.refresh, "/join": Handler.join_accept,
+                       "/logout": Handler.logout,
                        "/org": Handler.switch_org, "/members/invite": Handler.invite})
 
     def log_message(self, fmt, *args):  # no query strings (tokens) in the log
@@ -286,15 +287,45 @@ class Handler(BaseHTTPRequestHandler):
                         (token, self.ip, self.user_agent))
             status, user, org = cur.fetchone()
             if status == "verified":
-                cur.execute("SELECT jti, refresh_jti FROM truxe.create_session(%s, %s, %s, %s, %s::inet, %s)",
-                            (user, org, SESSION_TTL, Jsonb({"platform": "web"}), self.ip, self.user_agent))
-                jti, refresh = cur.fetchone()
+                self.start_session(cur, user, org)
         # outside the transaction: a wrong secret's attempt must be committed, and was
         if status != "verified":
             raise HttpError({"locked": 423, "rejected": 403}.get(status, 401), f"this link is {status}")
+        self.send(303, location="/")
+
+    def start_session(self, cur, user, org):
+        """A new session for `user` acting in `org`, its tokens in HttpOnly cookies."""
+        cur.execute("SELECT jti, refresh_jti FROM truxe.create_session(%s, %s, %s, %s, %s::inet, %s)",
+                    (user, org, SESSION_TTL, Jsonb({"platform": "web"}), self.ip, self.user_agent))
+        jti, refresh = cur.fetchone()
         self.cookie(SESSION_COOKIE, jti, COOKIE_MAX_AGE)
         self.cookie(REFRESH_COOKIE, refresh, COOKIE_MAX_AGE)
-        self.send(303, location="/")
+
+    def join_confirm(self):
+        """GET /join?token=…: the invitation's confirm page (inspect_invitation does not
+        use it up; a wrong secret counts an attempt, as for links)."""
+        token = self.query.get("token", [""])[0]
+        with SERVICE.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT status, org_name, email FROM truxe.inspect_invitation(%s)", (token,))
+            status, org_name, email = cur.fetchone()
+        if status != "valid":
+            raise HttpError(401, f"this invitation is {status}")
+        self.send(200, page(f"Join {org_name} as {email}?", form("/join", [("token", token)], "Join")))
+
+    def join_accept(self):
+        """POST /join {token}: the link reached the invited address, which proves it:
+        accept (the user is created when new), then sign them in acting in that org."""
+        token = self.form.get("token", "")
+        with SERVICE.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            request_context(cur, self)
+            cur.execute("SELECT status, org_id, user_id FROM truxe.accept_invitation_token(%s)", (token,))
+            status, org, user = cur.fetchone()
+            if status in ("accepted", "already_member"):
+                self.start_session(cur, user, org)
+        if status not in ("accepted", "already_member"):
+            raise HttpError({"locked": 423, "rejected": 403}.get(status, 401), f"this invitation is {status}")
+        self.cookie(ORG_COOKIE, str(org))
+        self.send(303, location="/members")
 
     def refresh(self):
         """POST /auth/refresh: rotate explicitly (a script or SPA would do this before
@@ -339,8 +370,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def invite(self):
         """POST /members/invite {email}: owners and admins only (42501 -> 403); truxe
-        sends at most 100 invitations an hour per org (TX429 -> 429). Accepting is the
-        README's invitation flow (inspect_invitation, accept_invitation_token)."""
+        sends at most 100 invitations an hour per org (TX429 -> 429). The link leads to
+        /join (inspect_invitation, then accept_invitation_token and a session)."""
         with USER.connection() as conn, conn.transaction(), conn.cursor() as cur:
             _, _, _, org = self.authenticate(cur)
             cur.execute("SELECT token FROM truxe.invite_by_email(%s, %s)", (org, self.form.get("email", "")))

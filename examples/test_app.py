@@ -3,7 +3,8 @@
 PostgreSQL): a database set up as docs/integration.md says, the app started as a separate
 process with its two password logins over TCP, and a real HTTP client on loopback —
 cookies, redirects, status codes — through login, session, org switcher, members under
-RLS, refresh, refresh-token reuse, logout, garbage cookies and rate limits.
+RLS, an invitation accepted by a new user, refresh, refresh-token reuse, logout, garbage
+cookies and rate limits.
 
 Environment (scripts/examples sets it): TRUXE_TEST_SOCKET_DIR and TRUXE_TEST_PORT, a
 server with truxe installed whose superuser `postgres` connects over that Unix socket and
@@ -223,7 +224,24 @@ def run(base, orgs):
     alice.post("/org", {"org_id": orgs["acme"]})
     status, body, _, redirects = alice.post("/members/invite", {"email": "erin@acme.example"})
     check(status == 200 and redirects == [303], f"invite as the owner of Acme: 303, 200 ({redirects}, {status})")
-    check(link_for(alice, "erin@acme.example", "/join") is not None, "the invitation went to the outbox")
+    invitation = link_for(alice, "erin@acme.example", "/join")
+    check(invitation is not None, "the invitation went to the outbox")
+
+    # the invitee (no account yet) follows the link: a confirm page, then joined and
+    # signed in, acting in Acme; the link is used up
+    erin = Client(base)
+    status, body, _, _ = erin.get(invitation or "/join")
+    check(status == 200 and "Join Acme as erin@acme.example?" in body, f"GET /join: the confirm page ({status})")
+    token = urllib.parse.parse_qs(urllib.parse.urlsplit(invitation or "").query).get("token", [""])[0]
+    status, body, _, redirects = erin.post("/join", {"token": token})
+    check(redirects == [303] and status == 200 and "Members of Acme" in body and "erin@acme.example (member)" in body,
+          f"POST /join: 303, then Acme's members with erin as a member ({redirects}, {status})")
+    status, body, _, _ = erin.get("/")
+    check(status == 200 and "Signed in as erin@acme.example" in body, f"GET / as erin: signed in ({status})")
+    status, _, _, _ = Client(base).post("/join", {"token": token})
+    check(status == 401, f"POST /join with a used invitation: 401 ({status})")
+    status, _, _, _ = Client(base).get("/join?token=garbage")
+    check(status == 401, f"GET /join with a garbage token: 401 ({status})")
 
     # refresh, then the old refresh token presented again (a thief's copy): reuse
     thief = alice.copy()
