@@ -86,16 +86,28 @@ fn request_user_agent() -> Option<String> {
     (!ua.is_empty()).then(|| clip_user_agent(ua))
 }
 
-/// The one INSERT of audit rows (truxe's triggers, its functions, application tables).
-const INSERT: &str = "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
+/// The INSERT of audit rows (truxe's triggers, its functions, application tables), with
+/// `$action` the expression of the action: truxe's own go through the enum, which checks
+/// the label (and is what a 0.1.0 table's column still is, before ALTER EXTENSION UPDATE).
+macro_rules! insert {
+    ($action:literal) => {
+        concat!(
+            "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
                    target_id, details, ip, user_agent, request_id)
-  SELECT $1, $2, coalesce($3::truxe.audit_action::text, $4), $5, $6,
-         $7 || CASE WHEN $13 IS NULL THEN v.j ELSE jsonb_build_object($13, v.j) END,
-         $8::inet, $9, $10
-    FROM (SELECT CASE WHEN $11 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('old', $11) END
-              || CASE WHEN $12 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('new', $12) END) v(j)";
-const INSERT_TYPES: [PgOid; 13] = [
-    UUID, UUID, TEXT, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID, JSONB, JSONB, TEXT,
+  SELECT $1, $2, ",
+            $action,
+            ", $4, $5,
+         $6 || CASE WHEN $12 IS NULL THEN v.j ELSE jsonb_build_object($12, v.j) END,
+         $7::inet, $8, $9
+    FROM (SELECT CASE WHEN $10 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('old', $10) END
+              || CASE WHEN $11 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('new', $11) END) v(j)"
+        )
+    };
+}
+const INSERT_TRUXE: &str = insert!("$3::truxe.audit_action");
+const INSERT_APP: &str = insert!("$3");
+const INSERT_TYPES: [PgOid; 12] = [
+    UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID, JSONB, JSONB, TEXT,
 ];
 
 /// Writes `events` with the acting user and request context of this moment, as the
@@ -124,15 +136,14 @@ pub(crate) fn write(events: Vec<Event>, request: Client) -> Result<(), TruxeErro
             if let (Some(key), Value::Object(details)) = (api_key, &mut e.details) {
                 details.insert("api_key_id".into(), json!(key.to_string()));
             }
-            let (truxe_action, app_action) = match e.action {
-                Action::Truxe(a) => (Some(a), None),
-                Action::App(a) => (None, Some(a)),
+            let (insert, action) = match e.action {
+                Action::Truxe(a) => (INSERT_TRUXE, a.to_string()),
+                Action::App(a) => (INSERT_APP, a),
             };
             let args = [
                 e.org_id.into(),
                 actor.into(),
-                truxe_action.into(),
-                app_action.into(),
+                action.into(),
                 e.target_type.map(Cow::into_owned).into(),
                 e.target_id.into(),
                 JsonB(e.details).into(),
@@ -143,7 +154,7 @@ pub(crate) fn write(events: Vec<Event>, request: Client) -> Result<(), TruxeErro
                 jsonb(e.new),
                 e.values_under.into(),
             ];
-            plans::run(client, INSERT, &INSERT_TYPES, &args)?;
+            plans::run(client, insert, &INSERT_TYPES, &args)?;
         }
         Ok(())
     })
