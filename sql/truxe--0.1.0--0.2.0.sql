@@ -1626,6 +1626,46 @@ REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(
   FROM service_account;
 
 
+-- == One error path (issue 16) ==
+-- truxe's own SQLSTATE TX429 cannot be raised from Rust (pgrx reports a code Postgres does
+-- not define as XX000, src/error.rs): the functions that raise it become a SQL wrapper
+-- over an internal Rust function that answers a refusal as data, and one helper raises it.
+-- The wrappers are SECURITY DEFINER so that they may call their internal half and the
+-- helper, which only the owner executes (like the other internal helpers).
+CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF refused IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = refused;
+  END IF;
+  RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.raise_too_many_requests(text) FROM PUBLIC;
+-- issue_magic_link: the 0.1.0 function is dropped (a different org_slug type and
+-- language), created again, granted again. (invite_by_email is new in 0.2: its section
+-- creates the pair.)
+DROP FUNCTION truxe.issue_magic_link(citext, text, interval, inet, text);
+CREATE FUNCTION truxe.issue_magic_link_internal(email citext, org_slug citext, ttl interval,
+                                                ip inet, user_agent text)
+RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz, refused text)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_internal_wrapper';
+CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
+                                       ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
+                                       user_agent text DEFAULT NULL)
+RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+  SELECT i.challenge_id, i.token, i.expires_at
+    FROM truxe.issue_magic_link_internal(email, org_slug, ttl, ip, user_agent) i
+   WHERE truxe.raise_too_many_requests(i.refused);
+$$;
+REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text),
+  truxe.issue_magic_link_internal(citext, citext, interval, inet, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text)
+  TO service_account;
+
+
 -- == Session policies (issue 12) ==
 -- A family of sessions gets a hard end (truxe.session_max_lifetime from its first login),
 -- an optional idle timeout and a per-user cap, all read from settings by the session
@@ -1803,8 +1843,8 @@ RETURNS TABLE(status text, org_id uuid, org_name text, email citext,
               role truxe.membership_role, expires_at timestamptz)
 LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, truxe, pg_temp
 ROWS 1 AS 'MODULE_PATHNAME', 'inspect_invitation_wrapper';
--- invite_by_email: a PL/pgSQL wrapper that raises TX429 over an internal Rust function
--- (see section "One error path (issue 16)")
+-- invite_by_email: a SQL wrapper that raises TX429 over an internal Rust function (see
+-- section "One error path (issue 16)")
 CREATE FUNCTION truxe.invite_by_email_internal(org_id uuid, email citext,
                                                role truxe.membership_role, permissions jsonb,
                                                ttl interval)
@@ -1815,15 +1855,10 @@ CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
-DECLARE r record;
-BEGIN
-  SELECT * INTO STRICT r FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl);
-  IF r.refused IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = r.refused;
-  END IF;
-  RETURN QUERY SELECT r.invitation_id, r.token, r.expires_at;
-END
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+  SELECT i.invitation_id, i.token, i.expires_at
+    FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl) i
+   WHERE truxe.raise_too_many_requests(i.refused);
 $$;
 
 -- privileges as sql/grants.sql gives them: service_account everything; an org's
@@ -1924,39 +1959,6 @@ AS $$
          COALESCE(GREATEST(extract(epoch FROM now() - o.due), 0), 0)::double precision
     FROM overdue o
 $$;
-
--- == One error path (issue 16) ==
--- truxe's own SQLSTATE TX429 cannot be raised from Rust (pgrx reports a code Postgres does
--- not define as XX000, src/error.rs): issue_magic_link becomes a PL/pgSQL wrapper that
--- raises it over an internal Rust function that answers a refusal as data, as
--- invite_by_email does (its section). The wrapper is SECURITY DEFINER so that it may call
--- its internal half, which only the owner executes (like the other internal helpers). The
--- 0.1.0 function is dropped (a different org_slug type and language): created again,
--- granted again.
-DROP FUNCTION truxe.issue_magic_link(citext, text, interval, inet, text);
-CREATE FUNCTION truxe.issue_magic_link_internal(email citext, org_slug citext, ttl interval,
-                                                ip inet, user_agent text)
-RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz, refused text)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_internal_wrapper';
-CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
-                                       ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
-                                       user_agent text DEFAULT NULL)
-RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
-DECLARE r record;
-BEGIN
-  SELECT * INTO STRICT r FROM truxe.issue_magic_link_internal(email, org_slug, ttl, ip, user_agent);
-  IF r.refused IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = r.refused;
-  END IF;
-  RETURN QUERY SELECT r.challenge_id, r.token, r.expires_at;
-END
-$$;
-REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text),
-  truxe.issue_magic_link_internal(citext, citext, interval, inet, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text)
-  TO service_account;
 
 -- == Error messages a client can act on (issue 17) ==
 -- require_user: the 42501 "no current user" names both ways to set the context and gets a

@@ -8,8 +8,8 @@
 //! of Postgres' codes, and pgrx reports any other code as `XX000` (also when it re-raises an
 //! error that SQL inside a Rust function raised). A rate-limited function is therefore two
 //! halves, as pg_graphql does it: an internal Rust function that returns a [`Limited`]
-//! refusal as data, and a thin PL/pgSQL wrapper with the public name that raises it with
-//! `ERRCODE = 'TX429'` (README, "Developer notes").
+//! refusal as data, and a thin SQL wrapper with the public name that raises it with
+//! `ERRCODE = 'TX429'` through `truxe.raise_too_many_requests` (README, "Developer notes").
 use pgrx::heap_tuple::PgHeapTupleError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -129,11 +129,32 @@ internal_from!(
 );
 
 /// The outcome of a rate-limited call: what it made, or its refusal's message. The
-/// function's PL/pgSQL wrapper raises a refusal as `TX429` (see the module doc).
+/// function's SQL wrapper raises a refusal as `TX429` through
+/// `truxe.raise_too_many_requests` (see the module doc).
 pub enum Limited<T> {
     Done(T),
     TooManyRequests(&'static str),
 }
+
+pgrx::extension_sql!(
+    r#"
+-- Raises truxe's own SQLSTATE TX429 with `refused` as the message when it is not NULL;
+-- true otherwise. The one place TX429 is raised: the SQL wrappers of the functions whose
+-- Rust half answers a refusal as data (issue_magic_link, invite_by_email) filter on it.
+-- Internal: only those wrappers (SECURITY DEFINER) call it (src/error.rs).
+CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF refused IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = refused;
+  END IF;
+  RETURN true;
+END
+$$;
+"#,
+    name = "raise_too_many_requests",
+    requires = ["schema"]
+);
 
 /// How many characters of an input value an error message quotes.
 pub const QUOTED_CHARS: usize = 64;

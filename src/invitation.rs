@@ -45,8 +45,8 @@ const MAX_TTL_MICROS: i128 = 30 * 24 * 3600 * 1_000_000;
 /// service_account (acting for a user).
 ///
 /// Two halves, as issue_magic_link (src/magic_link.rs): this internal function, executable
-/// by the owner only, answers a refusal as data; the PL/pgSQL wrapper
-/// `truxe.invite_by_email` raises it as TX429. (New in 0.2: no 0.1.0 entry point to keep.)
+/// by the owner only, answers a refusal as data; the SQL wrapper `truxe.invite_by_email`
+/// raises it as TX429. (New in 0.2: no 0.1.0 entry point to keep.)
 #[pg_extern(
     sql = r#"
 CREATE FUNCTION truxe.invite_by_email_internal(org_id uuid, email citext,
@@ -59,18 +59,13 @@ CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
-DECLARE r record;
-BEGIN
-  SELECT * INTO STRICT r FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl);
-  IF r.refused IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = r.refused;
-  END IF;
-  RETURN QUERY SELECT r.invitation_id, r.token, r.expires_at;
-END
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+  SELECT i.invitation_id, i.token, i.expires_at
+    FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl) i
+   WHERE truxe.raise_too_many_requests(i.refused);
 $$;
 "#,
-    requires = ["invitations"]
+    requires = ["invitations", "raise_too_many_requests"]
 )]
 #[allow(clippy::type_complexity)]
 fn invite_by_email_internal(

@@ -145,7 +145,7 @@ pub fn valid_slug(slug: &str) -> bool {
 pub(crate) type Issued = (Uuid, String, TimestampWithTimeZone);
 
 /// The row of a rate-limited issuer's internal half (issue_magic_link_internal,
-/// invite_by_email_internal): the issued token, or NULLs and the refusal that its PL/pgSQL
+/// invite_by_email_internal): the issued token, or NULLs and the refusal that its SQL
 /// wrapper raises as TX429 (src/error.rs, `Limited`).
 #[allow(clippy::type_complexity)]
 pub(crate) fn limited_row(
@@ -169,11 +169,12 @@ pub(crate) fn limited_row(
 /// minutes. Writes `magic_link.sent`. service_account only.
 ///
 /// Two halves, because pgrx cannot raise truxe's own TX429 (src/error.rs): this internal
-/// function, executable by the owner only, answers a refusal as data, and the PL/pgSQL
-/// wrapper `truxe.issue_magic_link` (SECURITY DEFINER, so that it may call it) raises it.
+/// function, executable by the owner only, answers a refusal as data, and the SQL wrapper
+/// `truxe.issue_magic_link` (SECURITY DEFINER, so that it may call it) raises it.
 /// Hand-written SQL: pgrx has no citext type; citext's own `=` is reached through
 /// `citext_sql`, so the pinned search_path needs no citext schema.
-#[pg_extern(sql = r#"
+#[pg_extern(
+    sql = r#"
 CREATE FUNCTION truxe.issue_magic_link_internal(email citext, org_slug citext, ttl interval,
                                                 ip inet, user_agent text)
 RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz, refused text)
@@ -183,17 +184,14 @@ CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NUL
                                        ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
                                        user_agent text DEFAULT NULL)
 RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
-DECLARE r record;
-BEGIN
-  SELECT * INTO STRICT r FROM truxe.issue_magic_link_internal(email, org_slug, ttl, ip, user_agent);
-  IF r.refused IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = r.refused;
-  END IF;
-  RETURN QUERY SELECT r.challenge_id, r.token, r.expires_at;
-END
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+  SELECT i.challenge_id, i.token, i.expires_at
+    FROM truxe.issue_magic_link_internal(email, org_slug, ttl, ip, user_agent) i
+   WHERE truxe.raise_too_many_requests(i.refused);
 $$;
-"#)]
+"#,
+    requires = ["raise_too_many_requests"]
+)]
 #[allow(clippy::type_complexity)]
 fn issue_magic_link_internal(
     email: Option<String>,

@@ -576,7 +576,7 @@ fn a_populated_first_release_database_survives_the_update() {
 /// the new library and `ALTER EXTENSION truxe UPDATE`): 0.1.0's issue_magic_link still runs
 /// through its C entry point, whose signature the frozen 0.1.0 script declares. Past the
 /// limit it raises 53400 (the library cannot raise TX429 from Rust; the 0.2 function is a
-/// PL/pgSQL wrapper that does), with the same message; after the update it is TX429.
+/// SQL wrapper that does), with the same message; after the update it is TX429.
 #[test]
 fn first_release_issue_magic_link_runs_on_the_new_library() {
     let s = server();
