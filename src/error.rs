@@ -31,6 +31,8 @@ pub enum Sqlstate {
     FeatureNotSupported,
     /// 40001 serialization_failure: a concurrent change the caller should retry after.
     SerializationFailure,
+    /// 25006 read_only_sql_transaction: a write function on a hot standby.
+    ReadOnlyTransaction,
     /// 53400 configuration_limit_exceeded: only the 0.1.0 entry point of issue_magic_link
     /// (src/magic_link.rs), which cannot raise TX429.
     ConfigurationLimitExceeded,
@@ -52,6 +54,7 @@ impl Sqlstate {
             Sqlstate::NotInPrerequisiteState => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Sqlstate::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
             Sqlstate::SerializationFailure => ERRCODE_T_R_SERIALIZATION_FAILURE,
+            Sqlstate::ReadOnlyTransaction => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             Sqlstate::ConfigurationLimitExceeded => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             Sqlstate::DataCorrupted => ERRCODE_DATA_CORRUPTED,
             Sqlstate::Internal => ERRCODE_INTERNAL_ERROR,
@@ -68,6 +71,7 @@ impl Sqlstate {
             Sqlstate::NotInPrerequisiteState => "55000",
             Sqlstate::FeatureNotSupported => "0A000",
             Sqlstate::SerializationFailure => "40001",
+            Sqlstate::ReadOnlyTransaction => "25006",
             Sqlstate::ConfigurationLimitExceeded => "53400",
             Sqlstate::DataCorrupted => "XX001",
             Sqlstate::Internal => "XX000",
