@@ -1636,7 +1636,7 @@ CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF refused IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = refused;
+    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = left(refused, 200);
   END IF;
   RETURN true;
 END

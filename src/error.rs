@@ -142,15 +142,15 @@ pub enum Limited<T> {
 
 pgrx::extension_sql!(
     r#"
--- Raises truxe's own SQLSTATE TX429 with `refused` as the message when it is not NULL;
--- true otherwise. The one place TX429 is raised: the SQL wrappers of the functions whose
+-- Raises truxe's own SQLSTATE TX429 with `refused` as the message (at most 200
+-- characters, as every message is short) when it is not NULL; true otherwise. The one place TX429 is raised: the SQL wrappers of the functions whose
 -- Rust half answers a refusal as data (issue_magic_link, invite_by_email) filter on it.
 -- Internal: only those wrappers (SECURITY DEFINER) call it (src/error.rs).
 CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF refused IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = refused;
+    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = left(refused, 200);
   END IF;
   RETURN true;
 END
