@@ -38,14 +38,20 @@ END
 $$;
 
 -- The acting user, who must exist with status 'active', or 42501: a suspended, deleted or
--- pending user acts in no organisation or membership function.
+-- pending user acts in no organisation or membership function. The one place that states
+-- the "no current user" error (create_api_key and invite_by_email call it too); its HINT
+-- says what a client in autocommit trips over: the context is transaction-local.
 CREATE FUNCTION truxe.require_user() RETURNS uuid LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE me uuid := truxe.current_user_id();
 BEGIN
   IF me IS NULL THEN
-    RAISE EXCEPTION 'no current user: call truxe.set_context(user_id) first'
-      USING ERRCODE = '42501';
+    RAISE EXCEPTION 'no current user: call truxe.authenticate or truxe.set_context first, in the same transaction'
+      USING ERRCODE = '42501',
+            HINT = 'The context lasts until the transaction ends (set_context''s is_local defaults to true): '
+                   'in autocommit every statement is its own transaction, so it is gone by the next '
+                   'statement. Run the calls in one transaction (BEGIN ... COMMIT), or keep it for the '
+                   'session with truxe.set_context(user_id, is_local => false).';
   END IF;
   IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = me AND u.status = 'active') THEN
     RAISE EXCEPTION 'the current user % is not an active user', me USING ERRCODE = '42501';

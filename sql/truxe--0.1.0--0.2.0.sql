@@ -39,21 +39,8 @@ BEGIN
 END
 $$;
 
--- A suspended, deleted or pending caller is refused (42501).
-CREATE OR REPLACE FUNCTION truxe.require_user() RETURNS uuid LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE me uuid := truxe.current_user_id();
-BEGIN
-  IF me IS NULL THEN
-    RAISE EXCEPTION 'no current user: call truxe.set_context(user_id) first'
-      USING ERRCODE = '42501';
-  END IF;
-  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = me AND u.status = 'active') THEN
-    RAISE EXCEPTION 'the current user % is not an active user', me USING ERRCODE = '42501';
-  END IF;
-  RETURN me;
-END
-$$;
+-- A suspended, deleted or pending caller is refused (42501): require_user's final text is
+-- in section "Error messages a client can act on (issue 17)".
 
 -- New: rights are checked first, from the caller's own memberships, with one message.
 CREATE FUNCTION truxe.require_org_admin(org uuid, me uuid)
@@ -539,17 +526,8 @@ GRANT SELECT ON truxe.org_tree TO service_account;
 REVOKE ALL ON truxe.org_tree FROM service_account;
 
 -- issue_magic_link: org_slug is citext like organizations.slug (issue 17), validated like it
--- (22023), and must name an existing org (P0002); search_path pinned. A parameter type
--- change: drop, create, grant again.
-DROP FUNCTION truxe.issue_magic_link(citext, text, interval, inet, text);
-CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
-                                       ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
-                                       user_agent text DEFAULT NULL)
-RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_wrapper';
-REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) TO service_account;
+-- (22023), and must name an existing org (P0002); search_path pinned. Created in its final
+-- form in section "One error path (issue 16)".
 
 -- security_report() also checks that every function pins search_path: see the final
 -- replacement (section "Your own tables"), which carries every 0.2 check.
@@ -1601,6 +1579,46 @@ REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(
   FROM service_account;
 
 
+-- == One error path (issue 16) ==
+-- truxe's own SQLSTATE TX429 cannot be raised from Rust (pgrx reports a code Postgres does
+-- not define as XX000, src/error.rs): the functions that raise it become a SQL wrapper
+-- over an internal Rust function that answers a refusal as data, and one helper raises it.
+-- The wrappers are SECURITY DEFINER so that they may call their internal half and the
+-- helper, which only the owner executes (like the other internal helpers).
+CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF refused IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = left(refused, 200);
+  END IF;
+  RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.raise_too_many_requests(text) FROM PUBLIC;
+-- issue_magic_link: the 0.1.0 function is dropped (a different org_slug type and
+-- language), created again, granted again. (invite_by_email is new in 0.2: its section
+-- creates the pair.)
+DROP FUNCTION truxe.issue_magic_link(citext, text, interval, inet, text);
+CREATE FUNCTION truxe.issue_magic_link_internal(email citext, org_slug citext, ttl interval,
+                                                ip inet, user_agent text)
+RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz, refused text)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_internal_wrapper';
+CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
+                                       ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
+                                       user_agent text DEFAULT NULL)
+RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+  SELECT i.challenge_id, i.token, i.expires_at
+    FROM truxe.issue_magic_link_internal(email, org_slug, ttl, ip, user_agent) i
+   WHERE truxe.raise_too_many_requests(i.refused);
+$$;
+REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text),
+  truxe.issue_magic_link_internal(citext, citext, interval, inet, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text)
+  TO service_account;
+
+
 -- == Session policies (issue 12) ==
 -- A family of sessions gets a hard end (truxe.session_max_lifetime from its first login),
 -- an optional idle timeout and a per-user cap, all read from settings by the session
@@ -1778,12 +1796,23 @@ RETURNS TABLE(status text, org_id uuid, org_name text, email citext,
               role truxe.membership_role, expires_at timestamptz)
 LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, truxe, pg_temp
 ROWS 1 AS 'MODULE_PATHNAME', 'inspect_invitation_wrapper';
+-- invite_by_email: a SQL wrapper that raises TX429 over an internal Rust function (see
+-- section "One error path (issue 16)")
+CREATE FUNCTION truxe.invite_by_email_internal(org_id uuid, email citext,
+                                               role truxe.membership_role, permissions jsonb,
+                                               ttl interval)
+RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz, refused text)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'invite_by_email_internal_wrapper';
 CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1 AS 'MODULE_PATHNAME', 'invite_by_email_wrapper';
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+  SELECT i.invitation_id, i.token, i.expires_at
+    FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl) i
+   WHERE truxe.raise_too_many_requests(i.refused);
+$$;
 
 -- privileges as sql/grants.sql gives them: service_account everything; an org's
 -- owners/admins read every column but the hash (policy invitation_admin_read) and invite or
@@ -1793,6 +1822,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON truxe.invitations TO service_account;
 GRANT SELECT (id, org_id, email, role, permissions, invited_by, created_at, expires_at,
   accepted_at, accepted_by, revoked_at, attempts) ON truxe.invitations TO authenticated;
 REVOKE ALL ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_role, jsonb, interval),
+  truxe.invite_by_email_internal(uuid, citext, truxe.membership_role, jsonb, interval),
   truxe.revoke_invitation(uuid), truxe.inspect_invitation(text),
   truxe.accept_invitation_token(text, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_role, jsonb, interval),
@@ -1885,3 +1915,26 @@ $$;
 REVOKE ALL ON FUNCTION truxe.metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.metrics() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION truxe.metrics() TO service_account;
+
+-- == Error messages a client can act on (issue 17) ==
+-- require_user: the 42501 "no current user" names both ways to set the context and gets a
+-- HINT that it is transaction-local (autocommit loses it); an inactive caller is refused
+-- (42501, issue 21). The same text as sql/orgs.sql.
+CREATE OR REPLACE FUNCTION truxe.require_user() RETURNS uuid LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE me uuid := truxe.current_user_id();
+BEGIN
+  IF me IS NULL THEN
+    RAISE EXCEPTION 'no current user: call truxe.authenticate or truxe.set_context first, in the same transaction'
+      USING ERRCODE = '42501',
+            HINT = 'The context lasts until the transaction ends (set_context''s is_local defaults to true): '
+                   'in autocommit every statement is its own transaction, so it is gone by the next '
+                   'statement. Run the calls in one transaction (BEGIN ... COMMIT), or keep it for the '
+                   'session with truxe.set_context(user_id, is_local => false).';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = me AND u.status = 'active') THEN
+    RAISE EXCEPTION 'the current user % is not an active user', me USING ERRCODE = '42501';
+  END IF;
+  RETURN me;
+END
+$$;

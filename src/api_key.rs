@@ -108,12 +108,8 @@ fn create(
     ttl: Option<Interval>,
     metadata: Option<AnyElement>,
 ) -> Result<(Uuid, String, Option<TimestampWithTimeZone>), TruxeError> {
-    let Some(me) = crate::identity::acting_user() else {
-        return fail(
-            Sqlstate::InsufficientPrivilege,
-            "create_api_key needs an acting user (truxe.authenticate or truxe.set_context)",
-        );
-    };
+    // the acting user, active (an API key has none: it cannot create keys)
+    let me = crate::context::require_user()?;
     let Some(org) = org else {
         return fail(Sqlstate::InvalidParameter, "org_id must not be NULL");
     };

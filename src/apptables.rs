@@ -5,13 +5,16 @@
 //! The trigger turns the row into jsonb **as the role that changed the row** (the row's
 //! types are the application's: a cast to json on one of them is the application's code and
 //! must not run with the extension owner's rights), and only then writes the audit row as
-//! the extension owner, through a plain INSERT of jsonb values (the audit log is not the
-//! caller's to write directly).
-use crate::plans::{self, JSONB, TEXT, TEXT_ARRAY, UUID};
-use crate::trigger::trigger_entry;
+//! the extension owner, through truxe's one audit writer (`audit::write`) with the jsonb
+//! values as they are (the audit log is not the caller's to write directly).
+use crate::audit::{self, Action, Event};
+use crate::error::{fail, Sqlstate, TruxeError};
+use crate::plans::{self, TEXT, TEXT_ARRAY};
+use crate::trigger::{trigger_entry, TriggerResult};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgOid};
+use pgrx::PgOid;
+use serde_json::json;
 use std::cell::Cell;
 
 pgrx::extension_sql_file!(
@@ -20,15 +23,12 @@ pgrx::extension_sql_file!(
     requires = ["schema", "context", "orgs", "rls", "audit_app_table"]
 );
 
-/// Why an application table's audit row could not be written (raised as 22023).
-#[derive(Debug, thiserror::Error)]
-pub enum AppAuditError {
-    #[error("truxe.audit_app_table(): {0}")]
-    Trigger(#[from] PgTriggerError),
-    #[error("truxe.audit_app_table(): {0}")]
-    Spi(#[from] pgrx::spi::Error),
-    #[error("truxe.audit_app_table(): {0} (run truxe.audit_table() again to re-attach it)")]
-    Setup(&'static str),
+/// 22023: the trigger is attached in a way truxe.audit_table() would not attach it.
+fn misattached<T>(why: &str) -> Result<T, TruxeError> {
+    fail(
+        Sqlstate::InvalidParameter,
+        format!("truxe.audit_app_table(): {why} (run truxe.audit_table() again to re-attach it)"),
+    )
 }
 
 const RECORD: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::RECORDOID);
@@ -73,27 +73,13 @@ const DESCRIBE_UPDATE: &str = concat!(
 );
 const DESCRIBE_TYPES: [PgOid; 4] = [RECORD, RECORD, TEXT, TEXT_ARRAY];
 
-// Step 2, as the extension owner: the audit row. ip, user_agent and request_id take their
-// defaults (the request settings, parsed as for every audit row); the actor is
-// truxe.current_user_id(), as for the rows truxe's own triggers write (and, under an API
-// key, which has no user, the key's id in the details).
-const WRITE: &str = "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
-                   target_id, details)
-                 VALUES ($1, truxe.current_user_id(), $2, CASE WHEN $4 IS NOT NULL THEN $3 END, $4,
-                         jsonb_build_object('table', $3)
-                         || CASE WHEN truxe.current_api_key_id() IS NULL THEN '{}'::jsonb
-                                 ELSE jsonb_build_object('api_key_id', truxe.current_api_key_id()) END
-                         || CASE WHEN $5 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('old', $5) END
-                         || CASE WHEN $6 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('new', $6) END)";
-const WRITE_TYPES: [PgOid; 6] = [UUID, TEXT, TEXT, TEXT, JSONB, JSONB];
-
 thread_local! {
     /// The owner of truxe.audit_app_table() (the extension owner), looked up once.
     static OWNER: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
 }
 
 /// The owner of the trigger function `fn_oid`: the role audit rows are written as.
-fn owner_of(fn_oid: pg_sys::Oid) -> Result<pg_sys::Oid, AppAuditError> {
+fn owner_of(fn_oid: pg_sys::Oid) -> Result<pg_sys::Oid, TruxeError> {
     if let Some(o) = OWNER.with(|c| c.get()) {
         return Ok(o);
     }
@@ -101,7 +87,7 @@ fn owner_of(fn_oid: pg_sys::Oid) -> Result<pg_sys::Oid, AppAuditError> {
         "SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = $1",
         &[fn_oid.into()],
     )?
-    .ok_or(AppAuditError::Setup("the trigger function has no owner"))?;
+    .ok_or_else(|| TruxeError::new(Sqlstate::Internal, "truxe.audit_app_table() has no owner"))?;
     OWNER.with(|c| c.set(Some(owner)));
     Ok(owner)
 }
@@ -141,12 +127,10 @@ impl Drop for ActingAs {
 /// columns): one audit row `<resource>.created|updated|deleted` with the acting user, the
 /// row's org, the request context, and the values (the new row, the old row, or an
 /// update's changed columns, old and new). An update that changes no value writes none.
-fn audit_app_table<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, AppAuditError> {
+fn audit_app_table<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let args = trigger.extra_args()?;
     let (Some(resource), Some(org_column)) = (args.first(), args.get(1)) else {
-        return Err(AppAuditError::Setup("trigger arguments are missing"));
+        return misattached("trigger arguments are missing");
     };
     let pk: Vec<String> = args[2..].to_vec();
     let data = trigger.trigger_data();
@@ -154,14 +138,12 @@ fn audit_app_table<'a>(
         PgTriggerOperation::Insert => (DESCRIBE_INSERT, "created"),
         PgTriggerOperation::Update => (DESCRIBE_UPDATE, "updated"),
         PgTriggerOperation::Delete => (DESCRIBE_DELETE, "deleted"),
-        PgTriggerOperation::Truncate => {
-            return Err(AppAuditError::Setup("TRUNCATE is not a row event"))
-        }
+        PgTriggerOperation::Truncate => return misattached("TRUNCATE is not a row event"),
     };
     if !matches!(trigger.level(), PgTriggerLevel::Row)
         || !matches!(trigger.when()?, PgTriggerWhen::After)
     {
-        return Err(AppAuditError::Setup("it must fire AFTER, FOR EACH ROW"));
+        return misattached("it must fire AFTER, FOR EACH ROW");
     }
     // SAFETY: a row trigger's relation and tuples are valid while it runs; the copies are
     // palloc'd composite datums of the relation's row type, which to_jsonb reads from
@@ -185,7 +167,9 @@ fn audit_app_table<'a>(
         }
     };
     let table = format!("{}.{}", trigger.table_schema()?, trigger.table_name()?);
-    let described = Spi::connect(|client| {
+    // SAFETY: tg_trigger is valid while the trigger runs.
+    let owner = owner_of(unsafe { (*data.tg_trigger).tgfoid })?;
+    Spi::connect(|client| {
         let row = plans::read(
             client,
             describe,
@@ -198,36 +182,22 @@ fn audit_app_table<'a>(
             ],
         )?
         .first();
-        Ok::<_, pgrx::spi::Error>((
+        // the values stay jsonb datums of this connection's result until the write
+        let (old_values, new_values) = (row.get_datum_by_ordinal(3)?, row.get_datum_by_ordinal(4)?);
+        if old_values.is_none() && new_values.is_none() {
+            return Ok(());
+        }
+        let target_id = row.get::<String>(2)?;
+        let mut event = Event::new(
             row.get::<pgrx::Uuid>(1)?,
-            row.get::<String>(2)?,
-            row.get::<JsonB>(3)?,
-            row.get::<JsonB>(4)?,
-        ))
-    })?;
-    let (org_id, target_id, old_values, new_values) = described;
-    if old_values.is_none() && new_values.is_none() {
-        return Ok(None);
-    }
-    // SAFETY: tg_trigger is valid while the trigger runs.
-    let owner = owner_of(unsafe { (*data.tg_trigger).tgfoid })?;
-    let action = format!("{resource}.{verb}");
-    let _as_owner = ActingAs::switch_to(owner);
-    Spi::connect_mut(|client| {
-        plans::run(
-            client,
-            WRITE,
-            &WRITE_TYPES,
-            &[
-                org_id.into(),
-                action.into(),
-                table.into(),
-                target_id.into(),
-                old_values.into(),
-                new_values.into(),
-            ],
-        )
-        .map(|_| ())
+            Action::App(format!("{resource}.{verb}")),
+            target_id.is_some().then(|| table.clone().into()),
+            target_id,
+            json!({ "table": table }),
+        );
+        (event.old, event.new) = (old_values, new_values);
+        let _as_owner = ActingAs::switch_to(owner);
+        audit::write(vec![event], audit::Client::default())
     })?;
     Ok(None)
 }

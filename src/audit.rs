@@ -4,38 +4,58 @@
 use crate::context::{parse_uuid, setting_text, REQUEST_ID, REQUEST_IP, REQUEST_USER_AGENT};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, JSONB, TEXT, UUID};
-use crate::trigger::trigger_entry;
+use crate::trigger::{trigger_entry, TriggerResult};
 use crate::types::{membership_role, user_status};
-use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone, TryFromDatumError};
+use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone};
 use pgrx::htup::heap_getattr_raw;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgOid, PgTupleDesc, Uuid};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::cell::Cell;
 
-/// Why an audit row could not be written (raised as 22023; never for a bad app.* setting,
-/// which is ignored).
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    #[error("audit trigger cannot read the row: {0}")]
-    Row(#[from] TryFromDatumError),
-    #[error("audit trigger cannot read the row: {0}")]
-    Tuple(#[from] PgHeapTupleError),
-    #[error("audit trigger cannot write: {0}")]
-    Spi(#[from] pgrx::spi::Error),
+/// One audit row, before the acting user and the request context are added.
+pub(crate) struct Event {
+    pub org_id: Option<Uuid>,
+    pub action: Action,
+    pub target_type: Option<Cow<'static, str>>,
+    pub target_id: Option<String>,
+    pub details: Value,
+    /// Row values added to `details` as `old`/`new` (under `values_under` when set): jsonb
+    /// datums that go from the row to SQL as they are, never through serde (which refuses
+    /// documents nested deeper than 128 levels, and would panic). Alive until the trigger
+    /// (or SPI connection) that read them returns.
+    pub old: Option<pg_sys::Datum>,
+    pub new: Option<pg_sys::Datum>,
+    pub values_under: Option<&'static str>,
 }
 
-/// One audit row, before the request context is added.
-struct Event {
-    org_id: Option<Uuid>,
-    action: &'static str,
-    target_type: &'static str,
-    target_id: String,
-    details: Value,
-    /// Old and new organization settings, added to `details` as `settings: {old, new}` by
-    /// the INSERT itself: the jsonb values go from the row to SQL as they are, never through
-    /// serde (which refuses documents nested deeper than 128 levels, and would panic).
-    settings: Option<(pg_sys::Datum, pg_sys::Datum)>,
+/// An audit action: one of truxe's own (a label of the enum truxe.audit_action, which the
+/// INSERT checks), or an application table's `resource.verb` (src/apptables.rs).
+pub(crate) enum Action {
+    Truxe(&'static str),
+    App(String),
+}
+
+impl Event {
+    pub(crate) fn new(
+        org_id: Option<Uuid>,
+        action: Action,
+        target_type: Option<Cow<'static, str>>,
+        target_id: Option<String>,
+        details: Value,
+    ) -> Event {
+        Event {
+            org_id,
+            action,
+            target_type,
+            target_id,
+            details,
+            old: None,
+            new: None,
+            values_under: None,
+        }
+    }
 }
 
 /// Client address and agent given explicitly by a function's arguments; when absent, the
@@ -66,22 +86,34 @@ fn request_user_agent() -> Option<String> {
     (!ua.is_empty()).then(|| clip_user_agent(ua))
 }
 
-const INSERT: &str = "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
+/// The INSERT of audit rows (truxe's triggers, its functions, application tables), with
+/// `$action` the expression of the action: truxe's own go through the enum, which checks
+/// the label (and is what a 0.1.0 table's column still is, before ALTER EXTENSION UPDATE).
+macro_rules! insert {
+    ($action:literal) => {
+        concat!(
+            "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
                    target_id, details, ip, user_agent, request_id)
-                 VALUES ($1, $2, $3::truxe.audit_action, $4, $5, $6, $7::inet, $8, $9)";
-const INSERT_TYPES: [PgOid; 9] = [UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID];
-/// INSERT, with `settings: {old: $10, new: $11}` added to the details.
-const INSERT_WITH_SETTINGS: &str = "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action,
-                   target_type, target_id, details, ip, user_agent, request_id)
-                 VALUES ($1, $2, $3::truxe.audit_action, $4, $5,
-                         $6 || jsonb_build_object('settings', jsonb_build_object('old', $10, 'new', $11)),
-                         $7::inet, $8, $9)";
-const INSERT_SETTINGS_TYPES: [PgOid; 11] = [
-    UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID, JSONB, JSONB,
+  SELECT $1, $2, ",
+            $action,
+            ", $4, $5,
+         $6 || CASE WHEN $12 IS NULL THEN v.j ELSE jsonb_build_object($12, v.j) END,
+         $7::inet, $8, $9
+    FROM (SELECT CASE WHEN $10 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('old', $10) END
+              || CASE WHEN $11 IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('new', $11) END) v(j)"
+        )
+    };
+}
+const INSERT_TRUXE: &str = insert!("$3::truxe.audit_action");
+const INSERT_APP: &str = insert!("$3");
+const INSERT_TYPES: [PgOid; 12] = [
+    UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID, JSONB, JSONB, TEXT,
 ];
 
-/// Writes `events` with the acting user and request context of this moment.
-fn write(events: Vec<Event>, request: Client) -> Result<(), AuditError> {
+/// Writes `events` with the acting user and request context of this moment, as the
+/// current role: the audit triggers' owner, or for application tables the extension owner
+/// (src/apptables.rs). The one writer of truxe.audit_logs.
+pub(crate) fn write(events: Vec<Event>, request: Client) -> Result<(), TruxeError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -94,32 +126,35 @@ fn write(events: Vec<Event>, request: Client) -> Result<(), AuditError> {
         .map(clip_user_agent)
         .or_else(request_user_agent);
     let request_id = setting_text(REQUEST_ID).and_then(|r| parse_uuid(&r));
+    let jsonb = |d: Option<pg_sys::Datum>| match d {
+        // SAFETY: a jsonb datum of the caller's row, alive until it returns (Event::old).
+        Some(d) => unsafe { DatumWithOid::new(d, pg_sys::JSONBOID) },
+        None => DatumWithOid::null_oid(pg_sys::JSONBOID),
+    };
     Spi::connect_mut(|client| {
         for mut e in events {
             if let (Some(key), Value::Object(details)) = (api_key, &mut e.details) {
                 details.insert("api_key_id".into(), json!(key.to_string()));
             }
-            let mut args = vec![
+            let (insert, action) = match e.action {
+                Action::Truxe(a) => (INSERT_TRUXE, a.to_string()),
+                Action::App(a) => (INSERT_APP, a),
+            };
+            let args = [
                 e.org_id.into(),
                 actor.into(),
-                e.action.into(),
-                e.target_type.into(),
+                action.into(),
+                e.target_type.map(Cow::into_owned).into(),
                 e.target_id.into(),
                 JsonB(e.details).into(),
                 ip.clone().into(),
                 user_agent.clone().into(),
                 request_id.into(),
+                jsonb(e.old),
+                jsonb(e.new),
+                e.values_under.into(),
             ];
-            let Some((old, new)) = e.settings else {
-                plans::run(client, INSERT, &INSERT_TYPES, &args)?;
-                continue;
-            };
-            // SAFETY: both are jsonb datums of the trigger's rows, alive until it returns.
-            unsafe {
-                args.push(DatumWithOid::new(old, pg_sys::JSONBOID));
-                args.push(DatumWithOid::new(new, pg_sys::JSONBOID));
-            }
-            plans::run(client, INSERT_WITH_SETTINGS, &INSERT_SETTINGS_TYPES, &args)?;
+            plans::run(client, insert, &INSERT_TYPES, &args)?;
         }
         Ok(())
     })
@@ -135,25 +170,20 @@ pub(crate) fn record(
     details: Value,
     client: &Client,
 ) -> Result<(), TruxeError> {
-    let event = Event {
+    let event = Event::new(
         org_id,
-        action,
-        target_type,
-        target_id: target_id.to_string(),
+        Action::Truxe(action),
+        Some(target_type.into()),
+        Some(target_id.to_string()),
         details,
-        settings: None,
-    };
+    );
     write(vec![event], client.clone())
-        .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))
 }
 
-type AuditResult<'a> = Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, AuditError>;
-
-fn finish<'a>(events: Result<Vec<Event>, AuditError>) -> AuditResult<'a> {
-    match events.and_then(|e| write(e, Client::default())) {
-        Ok(()) => Ok(None),
-        Err(e) => TruxeError::new(Sqlstate::InvalidParameter, e.to_string()).raise(),
-    }
+/// A row trigger's events written: it returns no row (AFTER).
+fn finish<'a>(events: Vec<Event>) -> TriggerResult<'a> {
+    write(events, Client::default())?;
+    Ok(None)
 }
 
 fn uuid_text(id: Option<Uuid>) -> String {
@@ -176,21 +206,22 @@ fn events_of(
     target_type: &'static str,
     target_id: String,
 ) -> impl Fn(&'static str, Value) -> Event {
-    move |action, details| Event {
-        org_id,
-        action,
-        target_type,
-        target_id: target_id.clone(),
-        details,
-        settings: None,
+    move |action, details| {
+        Event::new(
+            org_id,
+            Action::Truxe(action),
+            Some(target_type.into()),
+            Some(target_id.clone()),
+            details,
+        )
     }
 }
 
 /// AFTER INSERT OR UPDATE OR DELETE on truxe.memberships: membership.invited (a row that is
 /// not yet joined) or membership.joined, membership.role_changed, membership.joined (on
 /// acceptance), membership.removed.
-fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
-    let events = || -> Result<Vec<Event>, AuditError> {
+fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let events = || -> Result<Vec<Event>, TruxeError> {
         let (new, old) = (trigger.new(), trigger.old());
         let Some(row) = fired_row(&new, &old) else {
             return Ok(Vec::new());
@@ -200,10 +231,10 @@ fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             "user",
             uuid_text(row.get_by_name("user_id")?),
         );
-        let role = |t: &Tuple<'_>| -> Result<Option<membership_role>, AuditError> {
+        let role = |t: &Tuple<'_>| -> Result<Option<membership_role>, TruxeError> {
             Ok(t.get_by_name::<membership_role>("role")?)
         };
-        let joined = |t: &Tuple<'_>| -> Result<bool, AuditError> {
+        let joined = |t: &Tuple<'_>| -> Result<bool, TruxeError> {
             Ok(t.get_by_name::<TimestampWithTimeZone>("joined_at")?
                 .is_some())
         };
@@ -241,7 +272,7 @@ fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             (None, None) => Vec::new(),
         })
     };
-    finish(events())
+    finish(events()?)
 }
 
 /// slug, name and parent of an organization row.
@@ -249,15 +280,15 @@ type OrgFields = (Option<String>, Option<String>, Option<Uuid>);
 
 /// AFTER INSERT OR UPDATE OR DELETE on truxe.organizations: org.created, org.parent_changed,
 /// org.updated (slug, name or settings changed; details hold old and new), org.deleted.
-fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
-    let events = || -> Result<Vec<Event>, AuditError> {
+fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let events = || -> Result<Vec<Event>, TruxeError> {
         let (new, old) = (trigger.new(), trigger.old());
         let Some(row) = fired_row(&new, &old) else {
             return Ok(Vec::new());
         };
         let id: Option<Uuid> = row.get_by_name("id")?;
         let event = events_of(id, "organization", uuid_text(id));
-        let fields = |t: &Tuple<'_>| -> Result<OrgFields, AuditError> {
+        let fields = |t: &Tuple<'_>| -> Result<OrgFields, TruxeError> {
             Ok((
                 t.get_by_name::<String>("slug")?,
                 t.get_by_name::<String>("name")?,
@@ -292,7 +323,9 @@ fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
                 let settings = changed_settings(trigger)?;
                 if !changed.is_empty() || settings.is_some() {
                     let mut e = event("org.updated", Value::Object(changed));
-                    e.settings = settings;
+                    if let Some((old, new)) = settings {
+                        (e.old, e.new, e.values_under) = (Some(old), Some(new), Some("settings"));
+                    }
                     v.push(e);
                 }
                 v
@@ -304,14 +337,14 @@ fn audit_organizations<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             (None, None) => Vec::new(),
         })
     };
-    finish(events())
+    finish(events()?)
 }
 
 /// The old and new `settings` of an UPDATE on truxe.organizations when they differ (jsonb
 /// equality), as raw datums of the trigger's rows: they are never parsed in Rust.
 fn changed_settings(
     trigger: &PgTrigger<'_>,
-) -> Result<Option<(pg_sys::Datum, pg_sys::Datum)>, AuditError> {
+) -> Result<Option<(pg_sys::Datum, pg_sys::Datum)>, TruxeError> {
     let data = trigger.trigger_data();
     if data.tg_trigtuple.is_null() || data.tg_newtuple.is_null() {
         return Ok(None);
@@ -350,14 +383,14 @@ fn changed_settings(
 
 /// AFTER INSERT OR UPDATE OR DELETE on truxe.users: user.created, user.status_changed,
 /// user.deleted. (Other column changes are the app's to log as user.updated.)
-fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
-    let events = || -> Result<Vec<Event>, AuditError> {
+fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let events = || -> Result<Vec<Event>, TruxeError> {
         let (new, old) = (trigger.new(), trigger.old());
         let Some(row) = fired_row(&new, &old) else {
             return Ok(Vec::new());
         };
         let event = events_of(None, "user", uuid_text(row.get_by_name("id")?));
-        let status = |t: &Tuple<'_>| -> Result<Option<&'static str>, AuditError> {
+        let status = |t: &Tuple<'_>| -> Result<Option<&'static str>, TruxeError> {
             Ok(t.get_by_name::<user_status>("status")?.map(|s| s.label()))
         };
         Ok(match (old.as_ref(), new.as_ref()) {
@@ -383,15 +416,15 @@ fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             (None, None) => Vec::new(),
         })
     };
-    finish(events())
+    finish(events()?)
 }
 
 /// AFTER INSERT OR UPDATE OF revoked_at on truxe.sessions: session.created, session.revoked
 /// (with the reason). The target is the session's public `id` and the details name its
 /// public `family_id`: never a token (the row holds only their hashes, which stay out of
 /// the audit log too).
-fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
-    let events = || -> Result<Vec<Event>, AuditError> {
+fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let events = || -> Result<Vec<Event>, TruxeError> {
         let (new, old) = (trigger.new(), trigger.old());
         let Some(n) = new.as_ref() else {
             return Ok(Vec::new());
@@ -404,7 +437,7 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             // no public id, and jti and family_id are tokens: name them by their hashes,
             // which are the 0.2 jti_hash values once the update has run
             Err(e) => {
-                let hashed = |column: &str| -> Result<String, AuditError> {
+                let hashed = |column: &str| -> Result<String, TruxeError> {
                     Ok(n.get_by_name::<Uuid>(column)?
                         .map(|t| crate::security::to_hex(&crate::session::bearer_hash(&t)))
                         .unwrap_or_default())
@@ -416,7 +449,7 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             }
         };
         let event = events_of(org_id, "session", id);
-        let revoked = |t: &Tuple<'_>| -> Result<bool, AuditError> {
+        let revoked = |t: &Tuple<'_>| -> Result<bool, TruxeError> {
             Ok(t.get_by_name::<TimestampWithTimeZone>("revoked_at")?
                 .is_some())
         };
@@ -432,7 +465,7 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> AuditResult<'a> {
             Some(_) => Vec::new(),
         })
     };
-    finish(events())
+    finish(events()?)
 }
 
 // The trigger functions' C entry points (src/trigger.rs): called as a plain function, each
@@ -520,21 +553,18 @@ impl Drop for PurgeWindow {
 }
 
 /// Statement-level guard: UPDATE, DELETE and TRUNCATE on truxe.audit_logs raise 55000.
-fn audit_logs_append_only<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
-    if !PURGING.with(|p| p.get()) {
-        let op = trigger.op().map(|o| o.to_string()).unwrap_or_default();
-        TruxeError::new(
-            Sqlstate::NotInPrerequisiteState,
-            format!(
-                "truxe.audit_logs is append-only: {} is not allowed; rows leave only through truxe.purge_audit_logs",
-                op.to_lowercase()
-            ),
-        )
-        .raise();
+fn audit_logs_append_only<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    if PURGING.with(|p| p.get()) {
+        return Ok(None);
     }
-    Ok(None)
+    let op = trigger.op().map(|o| o.to_string()).unwrap_or_default();
+    fail(
+        Sqlstate::NotInPrerequisiteState,
+        format!(
+            "truxe.audit_logs is append-only: {} is not allowed; rows leave only through truxe.purge_audit_logs",
+            op.to_lowercase()
+        ),
+    )
 }
 
 pgrx::extension_sql!(
@@ -564,8 +594,7 @@ fn purge(older_than: Interval) -> Result<i64, TruxeError> {
     // Spi::get_one_with_args below runs through pgrx's mutating path too
     crate::plans::refuse_in_recovery();
     let too_young =
-        Spi::get_one_with_args::<bool>("SELECT $1 < interval '90 days'", &[older_than.into()])
-            .map_err(|e| TruxeError::new(Sqlstate::InvalidParameter, e.to_string()))?
+        Spi::get_one_with_args::<bool>("SELECT $1 < interval '90 days'", &[older_than.into()])?
             .unwrap_or(true);
     if too_young {
         return fail(
@@ -574,7 +603,7 @@ fn purge(older_than: Interval) -> Result<i64, TruxeError> {
         );
     }
     let _window = PurgeWindow::open();
-    Spi::connect_mut(|client| {
+    let deleted = Spi::connect_mut(|client| {
         client
             .update(
                 "DELETE FROM truxe.audit_logs WHERE created_at < pg_catalog.now() - $1",
@@ -582,8 +611,8 @@ fn purge(older_than: Interval) -> Result<i64, TruxeError> {
                 &[older_than.into()],
             )
             .map(|t| t.len() as i64)
-    })
-    .map_err(|e| TruxeError::new(Sqlstate::InvalidParameter, e.to_string()))
+    })?;
+    Ok(deleted)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

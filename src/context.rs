@@ -295,6 +295,17 @@ pub(crate) fn may_act_in(user: pgrx::Uuid, org: pgrx::Uuid) -> Result<bool, Trux
     })
 }
 
+/// The acting user, who must be active: truxe.require_user() (sql/orgs.sql), the one place
+/// that states the 42501 "no current user" error and its hint.
+pub(crate) fn require_user() -> Result<pgrx::Uuid, TruxeError> {
+    Spi::connect(|c| {
+        let row = plans::read(c, "SELECT truxe.require_user()", &[], &[])?;
+        row.first().get_one::<pgrx::Uuid>()?.ok_or_else(|| {
+            TruxeError::new(Sqlstate::Internal, "truxe.require_user() returned NULL")
+        })
+    })
+}
+
 /// Sets setting `name` to `value` (empty: cleared) with the privileges of `context`, from
 /// `source`, for the session (`GUC_ACTION_SET`) or until the transaction or savepoint ends
 /// (`GUC_ACTION_LOCAL`): what `set_config()` and `SET LOCAL` do. Raises what PostgreSQL

@@ -1,15 +1,20 @@
-//! One way to raise errors with a SQLSTATE, used by every module.
+//! The one way truxe raises an error: a [`TruxeError`] (a SQLSTATE and a message) travels up as `Err` to the function's boundary — `unwrap_or_raise` in a
+//! `#[pg_extern]` body, [`crate::trigger::fire`] for a trigger — and is reported there as a
+//! pgrx [`ErrorReport`]: a Rust panic that pgrx turns into an `ereport`, so destructors run
+//! and the SQLSTATE reaches the client unchanged. Failures inside truxe (SPI, reading a row)
+//! convert into it as `XX000` here, once.
 //!
-//! Standard codes go through pgrx's `ErrorReport` (a Rust panic that pgrx turns into an
-//! `ereport` at the function boundary, so destructors run). pgrx's `PgSqlErrorCode` is a
-//! closed enum of Postgres' own codes: a code of truxe's own (`TX429`) would come out as
-//! XX000 that way, so those are raised with the raw error API instead — see [`Sqlstate`].
-use pgrx::pg_sys;
+//! truxe's own SQLSTATE `TX429` is not among them: pgrx's `PgSqlErrorCode` is a closed enum
+//! of Postgres' codes, and pgrx reports any other code as `XX000` (also when it re-raises an
+//! error that SQL inside a Rust function raised). A rate-limited function is therefore two
+//! halves, as pg_graphql does it: an internal Rust function that returns a [`Limited`]
+//! refusal as data, and a thin SQL wrapper with the public name that raises it with
+//! `ERRCODE = 'TX429'` through `truxe.raise_too_many_requests` (README, "Developer notes").
+use pgrx::heap_tuple::PgHeapTupleError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use std::ffi::{c_char, c_int, CString};
 
-/// The SQLSTATEs truxe raises.
+/// The SQLSTATEs truxe raises from Rust.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sqlstate {
     /// 22023 invalid_parameter_value: bad input.
@@ -26,19 +31,22 @@ pub enum Sqlstate {
     FeatureNotSupported,
     /// 40001 serialization_failure: a concurrent change the caller should retry after.
     SerializationFailure,
+    /// 25006 read_only_sql_transaction: a write function on a hot standby.
+    ReadOnlyTransaction,
+    /// 53400 configuration_limit_exceeded: only the 0.1.0 entry point of issue_magic_link
+    /// (src/magic_link.rs), which cannot raise TX429.
+    ConfigurationLimitExceeded,
     /// XX001 data_corrupted: an encrypted value that does not decrypt (altered, or copied
     /// from another row).
     DataCorrupted,
-    /// TX429 (truxe's own): too many requests, e.g. magic links for one e-mail.
-    TooManyRequests,
     /// XX000 internal_error: a failure inside truxe (e.g. the OS random source).
     Internal,
 }
 
 impl Sqlstate {
-    fn pgrx_code(self) -> Option<PgSqlErrorCode> {
+    fn pgrx_code(self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
-        Some(match self {
+        match self {
             Sqlstate::InvalidParameter => ERRCODE_INVALID_PARAMETER_VALUE,
             Sqlstate::InsufficientPrivilege => ERRCODE_INSUFFICIENT_PRIVILEGE,
             Sqlstate::NotFound => ERRCODE_NO_DATA_FOUND,
@@ -46,10 +54,11 @@ impl Sqlstate {
             Sqlstate::NotInPrerequisiteState => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Sqlstate::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
             Sqlstate::SerializationFailure => ERRCODE_T_R_SERIALIZATION_FAILURE,
-            Sqlstate::Internal => ERRCODE_INTERNAL_ERROR,
+            Sqlstate::ReadOnlyTransaction => ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            Sqlstate::ConfigurationLimitExceeded => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             Sqlstate::DataCorrupted => ERRCODE_DATA_CORRUPTED,
-            Sqlstate::TooManyRequests => return None,
-        })
+            Sqlstate::Internal => ERRCODE_INTERNAL_ERROR,
+        }
     }
 
     /// The five-character code, as clients see it.
@@ -62,8 +71,9 @@ impl Sqlstate {
             Sqlstate::NotInPrerequisiteState => "55000",
             Sqlstate::FeatureNotSupported => "0A000",
             Sqlstate::SerializationFailure => "40001",
+            Sqlstate::ReadOnlyTransaction => "25006",
+            Sqlstate::ConfigurationLimitExceeded => "53400",
             Sqlstate::DataCorrupted => "XX001",
-            Sqlstate::TooManyRequests => "TX429",
             Sqlstate::Internal => "XX000",
         }
     }
@@ -84,21 +94,17 @@ impl TruxeError {
         }
     }
 
-    /// Raise this error (ERROR level: the statement and transaction abort).
-    ///
-    /// For truxe's own codes this longjmps straight out through the raw error API, which
-    /// skips the destructors of every Rust frame between here and the `#[pg_extern]`
-    /// boundary: call it only from that top-level frame, after its locals are dropped
-    /// (as `Result::unwrap_or_raise` in a `#[pg_extern]` body does).
+    /// Raise this error (ERROR level: the statement and transaction abort). A panic that
+    /// pgrx reports at the function boundary, so it may be called from any frame.
     pub fn raise(self) -> ! {
-        let message = clip_message(self.message);
-        match self.state.pgrx_code() {
-            Some(code) => {
-                ErrorReport::new(code, message, "truxe").report(PgLogLevel::ERROR);
-                unreachable!("ERROR does not return")
-            }
-            None => raise_custom(self.state.code(), message),
-        }
+        ErrorReport::from(self).report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+impl From<TruxeError> for ErrorReport {
+    fn from(e: TruxeError) -> Self {
+        ErrorReport::new(e.state.pgrx_code(), clip_message(e.message), "truxe")
     }
 }
 
@@ -108,17 +114,51 @@ impl std::fmt::Display for TruxeError {
     }
 }
 
-impl From<pgrx::spi::Error> for TruxeError {
-    fn from(e: pgrx::spi::Error) -> Self {
-        TruxeError::new(Sqlstate::Internal, format!("SPI: {e}"))
-    }
+/// Failures inside truxe, never caused by input: XX000.
+macro_rules! internal_from {
+    ($($source:ty => $what:literal),* $(,)?) => {$(
+        impl From<$source> for TruxeError {
+            fn from(e: $source) -> Self {
+                TruxeError::new(Sqlstate::Internal, format!(concat!($what, ": {}"), e))
+            }
+        }
+    )*};
 }
 
-impl From<pgrx::datum::TryFromDatumError> for TruxeError {
-    fn from(e: pgrx::datum::TryFromDatumError) -> Self {
-        TruxeError::new(Sqlstate::Internal, format!("reading a row: {e}"))
-    }
+internal_from!(
+    pgrx::spi::Error => "SPI",
+    pgrx::datum::TryFromDatumError => "reading a row",
+    PgHeapTupleError => "reading a row",
+    PgTriggerError => "reading the trigger's data",
+);
+
+/// The outcome of a rate-limited call: what it made, or its refusal's message. The
+/// function's SQL wrapper raises a refusal as `TX429` through
+/// `truxe.raise_too_many_requests` (see the module doc).
+pub enum Limited<T> {
+    Done(T),
+    TooManyRequests(&'static str),
 }
+
+pgrx::extension_sql!(
+    r#"
+-- Raises truxe's own SQLSTATE TX429 with `refused` as the message (at most 200
+-- characters, as every message is short) when it is not NULL; true otherwise. The one place TX429 is raised: the SQL wrappers of the functions whose
+-- Rust half answers a refusal as data (issue_magic_link, invite_by_email) filter on it.
+-- Internal: only those wrappers (SECURITY DEFINER) call it (src/error.rs).
+CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF refused IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = left(refused, 200);
+  END IF;
+  RETURN true;
+END
+$$;
+"#,
+    name = "raise_too_many_requests",
+    requires = ["schema"]
+);
 
 /// How many characters of an input value an error message quotes.
 pub const QUOTED_CHARS: usize = 64;
@@ -173,7 +213,8 @@ pub fn fail<T>(state: Sqlstate, message: impl Into<String>) -> Result<T, TruxeEr
     Err(TruxeError::new(state, message))
 }
 
-/// `result.unwrap_or_raise()` in a `#[pg_extern]` body: the value, or the error raised.
+/// `result.unwrap_or_raise()` at a `#[pg_extern]` function's boundary: the value, or the
+/// error raised.
 pub trait UnwrapOrRaise<T> {
     fn unwrap_or_raise(self) -> T;
 }
@@ -185,38 +226,6 @@ impl<T> UnwrapOrRaise<T> for Result<T, TruxeError> {
             Err(e) => e.raise(),
         }
     }
-}
-
-/// Postgres' MAKE_SQLSTATE: five characters of [0-9A-Z], six bits each.
-fn make_sqlstate(code: &str) -> c_int {
-    code.bytes().take(5).enumerate().fold(0, |acc, (i, b)| {
-        acc | ((((b.wrapping_sub(b'0')) & 0x3F) as c_int) << (6 * i))
-    })
-}
-
-fn raise_custom(code: &str, message: String) -> ! {
-    // not wrapped by #[pg_guard]: an ERROR raised here must reach Postgres unchanged
-    unsafe extern "C-unwind" {
-        fn errstart(elevel: c_int, domain: *const c_char) -> bool;
-        fn errcode(sqlerrcode: c_int) -> c_int;
-        fn errmsg_internal(fmt: *const c_char, ...) -> c_int;
-        fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
-    }
-    let sqlstate = make_sqlstate(code);
-    let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
-    // SAFETY: Postgres copies the message into its error context before errfinish jumps;
-    // the Rust strings are moved into palloc'd memory and dropped before the jump.
-    unsafe {
-        let msg = pg_sys::pstrdup(text.as_ptr());
-        drop(text);
-        drop(message);
-        if errstart(PgLogLevel::ERROR as c_int, std::ptr::null()) {
-            errcode(sqlstate);
-            errmsg_internal(c"%s".as_ptr(), msg);
-            errfinish(c"truxe".as_ptr(), 0, c"truxe".as_ptr());
-        }
-    }
-    unreachable!("ERROR does not return")
 }
 
 /// For #[pg_test]s: runs `sql` and returns the SQLSTATE and message of the error it raised,
@@ -240,8 +249,6 @@ pub fn error_of(sql: &str) -> Option<(PgSqlErrorCode, String)> {
 
 #[cfg(test)]
 mod unit {
-    use super::make_sqlstate;
-
     #[test]
     fn quote_input_clips_and_escapes() {
         use super::{clip_message, quote_input};
@@ -253,18 +260,5 @@ mod unit {
         let clipped = clip_message("x".repeat(5000));
         assert!(clipped.len() < 1000);
         assert_eq!(clip_message("a\0b".into()), "a b");
-    }
-
-    #[test]
-    fn make_sqlstate_matches_postgres() {
-        // ERRCODE_INVALID_PARAMETER_VALUE = MAKE_SQLSTATE('2','2','0','2','3')
-        assert_eq!(
-            make_sqlstate("22023"),
-            pgrx::prelude::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32
-        );
-        assert_eq!(
-            make_sqlstate("P0002"),
-            pgrx::prelude::PgSqlErrorCode::ERRCODE_NO_DATA_FOUND as i32
-        );
     }
 }

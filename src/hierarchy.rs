@@ -24,11 +24,10 @@
 //! would let a REPEATABLE READ transaction that missed that change insert a fresh row
 //! instead of failing. The rows are lock targets only (no data): not dumped, recreated on
 //! demand after a restore.
-use crate::error::{Sqlstate, TruxeError};
+use crate::error::{fail, Sqlstate, TruxeError};
 use crate::gucs::MAX_ORG_DEPTH;
 use crate::plans::{self, UUID};
-use crate::trigger::trigger_entry;
-use pgrx::datum::TryFromDatumError;
+use crate::trigger::{trigger_entry, TriggerResult};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
@@ -39,46 +38,13 @@ pgrx::extension_sql_file!(
     requires = ["schema", "context", owner_org_ids]
 );
 
-/// Why a hierarchy change is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum HierarchyError {
-    #[error("organization {org} cannot have parent {parent}: {parent} is {org} or one of its descendants")]
-    Cycle { org: Uuid, parent: Uuid },
-    #[error("organization {org} under parent {parent} would make the hierarchy {levels} levels deep; truxe.max_org_depth is {max}")]
-    TooDeep {
-        org: Uuid,
-        parent: Uuid,
-        levels: i64,
-        max: i64,
-    },
-    #[error("moving organization {org} requires owner on it and on its current parent, and owner or admin on the new parent")]
-    MoveDenied { org: Uuid },
-    #[error("the tree of organization {org} was changed by a concurrent transaction; retry")]
-    TreeChanged { org: Uuid },
-    #[error("cannot read the organization row: {0}")]
-    Row(#[from] TryFromDatumError),
-    #[error("hierarchy maintenance failed: {0}")]
-    Spi(#[from] pgrx::spi::Error),
+/// 42501: the acting user may not move `org` (its parent set, changed or cleared).
+fn move_denied(org: Uuid) -> TruxeError {
+    TruxeError::new(
+        Sqlstate::InsufficientPrivilege,
+        format!("moving organization {org} requires owner on it and on its current parent, and owner or admin on the new parent"),
+    )
 }
-
-impl HierarchyError {
-    fn sqlstate(&self) -> Sqlstate {
-        match self {
-            HierarchyError::Cycle { .. } | HierarchyError::TooDeep { .. } => {
-                Sqlstate::CheckViolation
-            }
-            HierarchyError::MoveDenied { .. } => Sqlstate::InsufficientPrivilege,
-            HierarchyError::TreeChanged { .. } => Sqlstate::SerializationFailure,
-            HierarchyError::Row(_) | HierarchyError::Spi(_) => Sqlstate::InvalidParameter,
-        }
-    }
-
-    fn raise(self) -> ! {
-        TruxeError::new(self.sqlstate(), self.to_string()).raise()
-    }
-}
-
-type TriggerResult<'a> = Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, HierarchyError>;
 
 /// An org's parent changing: `from` is None for an INSERT or a root, `to` is None for a
 /// DELETE or a move to the top; `inserted` for a new row (it has no tree of its own yet).
@@ -90,7 +56,7 @@ struct Move {
 }
 
 /// The parent change this INSERT/UPDATE/DELETE makes, else None.
-fn parent_move(trigger: &PgTrigger<'_>) -> Result<Option<Move>, HierarchyError> {
+fn parent_move(trigger: &PgTrigger<'_>) -> Result<Option<Move>, TruxeError> {
     let parent = |row: Option<PgHeapTuple<'_, AllocatedByPostgres>>| match row {
         Some(row) => row.get_by_name::<Uuid>("parent_org_id"),
         None => Ok(None),
@@ -172,40 +138,30 @@ trigger_entry!(
 
 /// 0.1.0's maintain_org_hierarchy (schema 0.1.0: one org_tree row for all trees).
 fn maintain_org_hierarchy_0_1<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    match parent_move(trigger).and_then(|change| change.map_or(Ok(()), |c| apply(c, false))) {
-        Ok(()) => Ok(None),
-        Err(e) => e.raise(),
+    if let Some(change) = parent_move(trigger)? {
+        apply(change, false)?;
     }
+    Ok(None)
 }
 
 /// 0.1.0's check_org_reparent (schema 0.1.0): owner/admin on the org and the new parent.
 fn check_org_reparent_0_1<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    let check = || -> Result<(), HierarchyError> {
-        let Some(Move {
-            org,
-            to: Some(parent),
-            ..
-        }) = parent_move(trigger)?
-        else {
-            return Ok(());
-        };
-        if trusted_caller() {
-            return Ok(());
+    if let Some(Move {
+        org,
+        to: Some(parent),
+        ..
+    }) = parent_move(trigger)?
+    {
+        let allowed = trusted_caller()
+            || Spi::get_one_with_args::<bool>(
+                "SELECT ARRAY[$1, $2]::pg_catalog.uuid[] OPERATOR(pg_catalog.<@) truxe.admin_org_ids()",
+                &[org.into(), parent.into()],
+            )? == Some(true);
+        if !allowed {
+            return Err(move_denied(org));
         }
-        let allowed = Spi::get_one_with_args::<bool>(
-            "SELECT ARRAY[$1, $2]::pg_catalog.uuid[] OPERATOR(pg_catalog.<@) truxe.admin_org_ids()",
-            &[org.into(), parent.into()],
-        )?;
-        if allowed == Some(true) {
-            Ok(())
-        } else {
-            Err(HierarchyError::MoveDenied { org })
-        }
-    };
-    match check() {
-        Ok(()) => Ok(trigger.new()),
-        Err(e) => e.raise(),
     }
+    Ok(trigger.new())
 }
 
 /// AFTER INSERT OR UPDATE OF parent_org_id OR DELETE: locks the trees the change touches,
@@ -214,15 +170,15 @@ fn check_org_reparent_0_1<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
 /// those trees committed meanwhile. Runs as the extension owner (RLS hides no org; the
 /// closure table is the owner's alone). Not callable as a function (0A000).
 fn maintain_org_hierarchy<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    match parent_move(trigger).and_then(|change| change.map_or(Ok(()), |c| apply(c, true))) {
-        Ok(()) => Ok(None),
-        Err(e) => e.raise(),
+    if let Some(change) = parent_move(trigger)? {
+        apply(change, true)?;
     }
+    Ok(None)
 }
 
 /// Applies `change`: `per_tree` locks the trees it touches (0.2); otherwise the single
 /// org_tree row of schema 0.1.0.
-fn apply(change: Move, per_tree: bool) -> Result<(), HierarchyError> {
+fn apply(change: Move, per_tree: bool) -> Result<(), TruxeError> {
     let Move {
         org,
         from,
@@ -259,7 +215,7 @@ fn roots(
     client: &mut SpiClient<'_>,
     a: Option<Uuid>,
     b: Option<Uuid>,
-) -> Result<Vec<Uuid>, HierarchyError> {
+) -> Result<Vec<Uuid>, TruxeError> {
     let rows = plans::run(client, ROOTS, &[UUID, UUID], &[a.into(), b.into()])?;
     let mut out = Vec::with_capacity(2);
     for row in rows {
@@ -278,7 +234,7 @@ fn lock_trees(
     org: Uuid,
     a: Option<Uuid>,
     b: Option<Uuid>,
-) -> Result<(), HierarchyError> {
+) -> Result<(), TruxeError> {
     let mut held: Vec<Uuid> = Vec::with_capacity(4);
     loop {
         let missing: Vec<Uuid> = roots(client, a, b)?
@@ -290,7 +246,12 @@ fn lock_trees(
         }
         let highest = held.iter().map(|h| *h.as_bytes()).max();
         if highest.is_some_and(|h| missing.iter().any(|m| *m.as_bytes() <= h)) || held.len() > 8 {
-            return Err(HierarchyError::TreeChanged { org });
+            return fail(
+                Sqlstate::SerializationFailure,
+                format!(
+                    "the tree of organization {org} was changed by a concurrent transaction; retry"
+                ),
+            );
         }
         plans::run(
             client,
@@ -307,7 +268,7 @@ fn lock_trees(
 
 /// `parent` must not be `org` or below it, and the levels above `parent`, `parent`, `org`
 /// and `org`'s deepest descendant must fit in truxe.max_org_depth.
-fn check(client: &mut SpiClient<'_>, org: Uuid, parent: Uuid) -> Result<(), HierarchyError> {
+fn check(client: &mut SpiClient<'_>, org: Uuid, parent: Uuid) -> Result<(), TruxeError> {
     let max = i64::from(MAX_ORG_DEPTH.get());
     let rows = plans::run(
         client,
@@ -320,16 +281,17 @@ fn check(client: &mut SpiClient<'_>, org: Uuid, parent: Uuid) -> Result<(), Hier
     )?;
     let row = rows.first();
     if row.get::<bool>(1)? == Some(true) {
-        return Err(HierarchyError::Cycle { org, parent });
+        return fail(
+            Sqlstate::CheckViolation,
+            format!("organization {org} cannot have parent {parent}: {parent} is {org} or one of its descendants"),
+        );
     }
     let levels = row.get::<i32>(2)?.map_or(0, i64::from);
     if levels > max {
-        return Err(HierarchyError::TooDeep {
-            org,
-            parent,
-            levels,
-            max,
-        });
+        return fail(
+            Sqlstate::CheckViolation,
+            format!("organization {org} under parent {parent} would make the hierarchy {levels} levels deep; truxe.max_org_depth is {max}"),
+        );
     }
     Ok(())
 }
@@ -342,29 +304,19 @@ fn check(client: &mut SpiClient<'_>, org: Uuid, parent: Uuid) -> Result<(), Hier
 /// admin could otherwise graft it under an org of their own and become its owner. Not
 /// callable as a function (0A000).
 fn check_org_reparent<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    let check = || -> Result<(), HierarchyError> {
-        let Some(Move { org, from, to, .. }) = parent_move(trigger)? else {
-            return Ok(());
-        };
-        if trusted_caller() {
-            return Ok(());
+    if let Some(Move { org, from, to, .. }) = parent_move(trigger)? {
+        let allowed = trusted_caller()
+            || Spi::get_one_with_args::<bool>(
+                "SELECT $1 = ANY (t.owned) AND ($2 IS NULL OR $2 = ANY (t.owned))
+                        AND ($3 IS NULL OR $3 = ANY (truxe.admin_org_ids()))
+                   FROM (SELECT truxe.owner_org_ids()) t(owned)",
+                &[org.into(), from.into(), to.into()],
+            )? == Some(true);
+        if !allowed {
+            return Err(move_denied(org));
         }
-        let allowed = Spi::get_one_with_args::<bool>(
-            "SELECT $1 = ANY (t.owned) AND ($2 IS NULL OR $2 = ANY (t.owned))
-                    AND ($3 IS NULL OR $3 = ANY (truxe.admin_org_ids()))
-               FROM (SELECT truxe.owner_org_ids()) t(owned)",
-            &[org.into(), from.into(), to.into()],
-        )?;
-        if allowed == Some(true) {
-            Ok(())
-        } else {
-            Err(HierarchyError::MoveDenied { org })
-        }
-    };
-    match check() {
-        Ok(()) => Ok(trigger.new()),
-        Err(e) => e.raise(),
     }
+    Ok(trigger.new())
 }
 
 /// A superuser, or a role with the privileges of service_account: moves anything.

@@ -10,10 +10,10 @@
 //! search_path because pgrx finds the enum membership_role by name when it reads or returns
 //! one (as the audit triggers do, src/audit.rs); nobody can create objects in either schema.
 use crate::audit;
-use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::error::{fail, Limited, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::magic_link::{
-    citext_sql, format_token, login_user, new_secret, parse_token, secret_matches, valid_email,
-    MAX_ATTEMPTS,
+    citext_sql, format_token, limited_row, login_user, new_secret, parse_token, secret_matches,
+    valid_email, Issued, MAX_ATTEMPTS,
 };
 use crate::plans::{self, INT4, INTERVAL, JSONB, TEXT, UUID};
 use crate::security::sha256_hex;
@@ -43,18 +43,32 @@ const MAX_TTL_MICROS: i128 = 30 * 24 * 3600 * 1_000_000;
 /// the org is revoked. 22023 for an invalid e-mail or ttl; TX429 when the org sent more
 /// than 100 invitations within the hour. Writes `invitation.sent`. authenticated and
 /// service_account (acting for a user).
+///
+/// Two halves, as issue_magic_link (src/magic_link.rs): this internal function, executable
+/// by the owner only, answers a refusal as data; the SQL wrapper `truxe.invite_by_email`
+/// raises it as TX429. (New in 0.2: no 0.1.0 entry point to keep.)
 #[pg_extern(
     sql = r#"
+CREATE FUNCTION truxe.invite_by_email_internal(org_id uuid, email citext,
+                                               role truxe.membership_role, permissions jsonb,
+                                               ttl interval)
+RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz, refused text)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
 CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+  SELECT i.invitation_id, i.token, i.expires_at
+    FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl) i
+   WHERE truxe.raise_too_many_requests(i.refused);
+$$;
 "#,
-    requires = ["invitations"]
+    requires = ["invitations", "raise_too_many_requests"]
 )]
-fn invite_by_email(
+#[allow(clippy::type_complexity)]
+fn invite_by_email_internal(
     org_id: Option<Uuid>,
     email: Option<String>,
     role: Option<membership_role>,
@@ -63,12 +77,15 @@ fn invite_by_email(
 ) -> TableIterator<
     'static,
     (
-        name!(invitation_id, Uuid),
-        name!(token, String),
-        name!(expires_at, TimestampWithTimeZone),
+        name!(invitation_id, Option<Uuid>),
+        name!(token, Option<String>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+        name!(refused, Option<String>),
     ),
 > {
-    TableIterator::once(invite(org_id, email, role, permissions, ttl).unwrap_or_raise())
+    TableIterator::once(limited_row(
+        invite(org_id, email, role, permissions, ttl).unwrap_or_raise(),
+    ))
 }
 
 fn invite(
@@ -77,7 +94,7 @@ fn invite(
     role: Option<membership_role>,
     permissions: Option<AnyElement>,
     ttl: Option<Interval>,
-) -> Result<(Uuid, String, TimestampWithTimeZone), TruxeError> {
+) -> Result<Limited<Issued>, TruxeError> {
     let Some(email) = email.filter(|e| valid_email(e)) else {
         return fail(Sqlstate::InvalidParameter, "invalid e-mail address");
     };
@@ -97,7 +114,7 @@ fn invite(
     let permissions = || unsafe { pgrx::datum::DatumWithOid::new(permissions, pg_sys::JSONBOID) };
     let mut secret = new_secret()?;
     let token_hash = sha256_hex(&secret);
-    let (id, org, expires_at) = Spi::connect_mut(|c| -> Result<_, TruxeError> {
+    let issued = Spi::connect_mut(|c| -> Result<_, TruxeError> {
         // the acting user, active (42501), and their rights on the org, checked before
         // anything of the org is read or locked (sql/orgs.sql); one statement, in which
         // require_user() (the FROM item) runs before require_grant_rights
@@ -130,10 +147,7 @@ fn invite(
         .first()
         .get_one::<i64>()?;
         if recent.unwrap_or(0) >= INVITATIONS_PER_HOUR {
-            return fail(
-                Sqlstate::TooManyRequests,
-                "too many invitations for this organization; try again within the hour",
-            );
+            return Ok(None);
         }
         let revoke = citext_sql(
             c,
@@ -167,10 +181,16 @@ fn invite(
         .first()
         .get_two::<Uuid, TimestampWithTimeZone>()?;
         match row {
-            (Some(id), Some(expires_at)) => Ok((id, org, expires_at)),
+            (Some(id), Some(expires_at)) => Ok(Some((id, org, expires_at))),
             _ => fail(Sqlstate::Internal, "invitation insert returned no row"),
         }
     })?;
+    let Some((id, org, expires_at)) = issued else {
+        secret.fill(0);
+        return Ok(Limited::TooManyRequests(
+            "too many invitations for this organization; try again within the hour",
+        ));
+    };
     audit::record(
         Some(org),
         "invitation.sent",
@@ -181,7 +201,7 @@ fn invite(
     )?;
     let token = format_token(&id, &secret);
     secret.fill(0);
-    Ok((id, token, expires_at))
+    Ok(Limited::Done((id, token, expires_at)))
 }
 
 /// What checking an invitation token found.

@@ -7,7 +7,7 @@
 //! learns more than `invalid` (or `locked`): a wrong secret counts an attempt, and that
 //! increment commits with the caller's transaction because the function returns normally.
 use crate::audit;
-use crate::error::{fail, quote_input, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::error::{fail, quote_input, Limited, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, INET, INT4, INTERVAL, TEXT, UUID};
 use crate::security::{constant_time_eq, sha256_hex, to_hex};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -141,22 +141,85 @@ pub fn valid_slug(slug: &str) -> bool {
     (2..=63).contains(&b.len()) && b.iter().all(inner) && b[0] != b'-' && b[b.len() - 1] != b'-'
 }
 
+/// A token issued (magic link or e-mail invitation): its row id, the token, its expiry.
+pub(crate) type Issued = (Uuid, String, TimestampWithTimeZone);
+
+/// The row of a rate-limited issuer's internal half (issue_magic_link_internal,
+/// invite_by_email_internal): the issued token, or NULLs and the refusal that its SQL
+/// wrapper raises as TX429 (src/error.rs, `Limited`).
+#[allow(clippy::type_complexity)]
+pub(crate) fn limited_row(
+    outcome: Limited<Issued>,
+) -> (
+    Option<Uuid>,
+    Option<String>,
+    Option<TimestampWithTimeZone>,
+    Option<String>,
+) {
+    match outcome {
+        Limited::Done((id, token, expires_at)) => (Some(id), Some(token), Some(expires_at), None),
+        Limited::TooManyRequests(why) => (None, None, None, Some(why.to_string())),
+    }
+}
+
 /// Issues a magic link for `email` (optionally for the org `org_slug`, which must exist)
 /// valid for `ttl` (1 minute to 24 hours). Returns the challenge id, the token to e-mail
 /// (never stored) and its expiry. 22023 for an invalid e-mail, org slug or ttl; P0002 for
 /// an unknown org slug; TX429 when more than 5 links were issued for the e-mail within 15
 /// minutes. Writes `magic_link.sent`. service_account only.
 ///
+/// Two halves, because pgrx cannot raise truxe's own TX429 (src/error.rs): this internal
+/// function, executable by the owner only, answers a refusal as data, and the SQL wrapper
+/// `truxe.issue_magic_link` (SECURITY DEFINER, so that it may call it) raises it.
 /// Hand-written SQL: pgrx has no citext type; citext's own `=` is reached through
 /// `citext_sql`, so the pinned search_path needs no citext schema.
-#[pg_extern(sql = r#"
+#[pg_extern(
+    sql = r#"
+CREATE FUNCTION truxe.issue_magic_link_internal(email citext, org_slug citext, ttl interval,
+                                                ip inet, user_agent text)
+RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz, refused text)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
 CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
                                        ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
                                        user_agent text DEFAULT NULL)
 RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
-"#)]
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+  SELECT i.challenge_id, i.token, i.expires_at
+    FROM truxe.issue_magic_link_internal(email, org_slug, ttl, ip, user_agent) i
+   WHERE truxe.raise_too_many_requests(i.refused);
+$$;
+"#,
+    requires = ["raise_too_many_requests"]
+)]
+#[allow(clippy::type_complexity)]
+fn issue_magic_link_internal(
+    email: Option<String>,
+    org_slug: Option<String>,
+    ttl: Option<Interval>,
+    ip: Option<Inet>,
+    user_agent: Option<String>,
+) -> TableIterator<
+    'static,
+    (
+        name!(challenge_id, Option<Uuid>),
+        name!(token, Option<String>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+        name!(refused, Option<String>),
+    ),
+> {
+    TableIterator::once(limited_row(
+        issue(email, org_slug, ttl, ip, user_agent).unwrap_or_raise(),
+    ))
+}
+
+/// 0.1.0's issue_magic_link, kept as the C symbol `issue_magic_link_wrapper` that the frozen
+/// 0.1.0 install script declares (org_slug text, the same result): a database still on
+/// schema 0.1.0 with this library runs it until `ALTER EXTENSION truxe UPDATE` replaces the
+/// function (0.2.0 declares no SQL for it: `sql = false`). The same work as
+/// issue_magic_link_internal, but it cannot raise TX429 (src/error.rs): past the limit it
+/// raises 53400 (configuration_limit_exceeded) with the same message.
+#[pg_extern(sql = false)]
 fn issue_magic_link(
     email: Option<String>,
     org_slug: Option<String>,
@@ -171,8 +234,12 @@ fn issue_magic_link(
         name!(expires_at, TimestampWithTimeZone),
     ),
 > {
-    // the arguments move into issue(), so nothing of this frame is left when it raises
-    TableIterator::once(issue(email, org_slug, ttl, ip, user_agent).unwrap_or_raise())
+    match issue(email, org_slug, ttl, ip, user_agent).unwrap_or_raise() {
+        Limited::Done(issued) => TableIterator::once(issued),
+        Limited::TooManyRequests(why) => {
+            TruxeError::new(Sqlstate::ConfigurationLimitExceeded, why).raise()
+        }
+    }
 }
 
 fn issue(
@@ -181,7 +248,7 @@ fn issue(
     ttl: Option<Interval>,
     ip: Option<Inet>,
     user_agent: Option<String>,
-) -> Result<(Uuid, String, TimestampWithTimeZone), TruxeError> {
+) -> Result<Limited<Issued>, TruxeError> {
     let Some(email) = email.filter(|e| valid_email(e)) else {
         return fail(Sqlstate::InvalidParameter, "invalid e-mail address");
     };
@@ -209,7 +276,7 @@ fn issue(
         ip: ip.as_ref().map(|i| i.0.clone()),
         user_agent: user_agent.clone(),
     };
-    let (id, expires_at) = Spi::connect_mut(|c| -> Result<_, TruxeError> {
+    let issued = Spi::connect_mut(|c| -> Result<_, TruxeError> {
         if let Some(slug) = org_slug.as_deref() {
             let sql = citext_sql(
                 c,
@@ -239,10 +306,7 @@ fn issue(
             .first()
             .get_one::<i64>()?;
         if recent.unwrap_or(0) >= LINKS_PER_WINDOW {
-            return fail(
-                Sqlstate::TooManyRequests,
-                "too many magic links for this e-mail address; try again in 15 minutes",
-            );
+            return Ok(None);
         }
         let row = plans::run(
             c,
@@ -254,10 +318,16 @@ fn issue(
         .first()
         .get_two::<Uuid, TimestampWithTimeZone>()?;
         match row {
-            (Some(id), Some(expires_at)) => Ok((id, expires_at)),
+            (Some(id), Some(expires_at)) => Ok(Some((id, expires_at))),
             _ => fail(Sqlstate::Internal, "magic link insert returned no row"),
         }
     })?;
+    let Some((id, expires_at)) = issued else {
+        secret.fill(0);
+        return Ok(Limited::TooManyRequests(
+            "too many magic links for this e-mail address; try again in 15 minutes",
+        ));
+    };
     audit::record(
         None,
         "magic_link.sent",
@@ -268,7 +338,7 @@ fn issue(
     )?;
     let token = format_token(&id, &secret);
     secret.fill(0);
-    Ok((id, token, expires_at))
+    Ok(Limited::Done((id, token, expires_at)))
 }
 
 /// What checking a token found.

@@ -23,7 +23,6 @@ use pgrx::spi::SpiClient;
 use pgrx::{PgOid, Uuid};
 use serde_json::json;
 use sha1::Sha1;
-use subtle::ConstantTimeEq;
 
 pgrx::extension_sql_file!(
     "../sql/mfa.sql",
@@ -92,7 +91,7 @@ fn matching_step(seed: &[u8], code: &[u8; 6], step: u64) -> Option<u64> {
     let mut found = None;
     for s in [step.saturating_sub(1), step, step + 1] {
         let expected = format!("{:06}", totp_code(seed, s));
-        if bool::from(expected.as_bytes().ct_eq(&code[..])) {
+        if crate::security::constant_time_eq(expected.as_bytes(), &code[..]) {
             found = Some(s);
         }
     }

@@ -59,13 +59,12 @@ fn cached(
 pub fn refuse_in_recovery() {
     // SAFETY: reads shared-memory state; no preconditions.
     if unsafe { pg_sys::RecoveryInProgress() } {
-        pg_sys::panic::ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        crate::error::TruxeError::new(
+            crate::error::Sqlstate::ReadOnlyTransaction,
             "cannot execute a truxe write function in a read-only transaction (hot standby): \
              call it on the primary",
-            "truxe",
         )
-        .report(PgLogLevel::ERROR);
+        .raise();
     }
 }
 

@@ -1,5 +1,6 @@
 //! Security primitives (SHA-256 hex, constant-time comparison) and security_report (docs/reference.md, "Monitoring and checks").
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 pgrx::extension_sql_file!(
     "../sql/security_report.sql",
@@ -24,14 +25,10 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 /// Compares two byte strings in time that depends only on their lengths, never on where
-/// they differ: for secrets and their hashes.
+/// they differ: for secrets, their hashes and one-time codes. The one comparison of secrets
+/// in truxe, over the RustCrypto ecosystem's `subtle` (no hand-written constant-time code).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // black_box keeps the optimiser from turning the fold into an early-exit comparison
-    std::hint::black_box(diff) == 0
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]

@@ -7,22 +7,25 @@
 //! same C symbols as pgrx's (`<name>_wrapper`, which the frozen 0.1.0 install script names),
 //! and a clean 0A000 when there is no trigger context. Their `CREATE FUNCTION` statements
 //! are hand-written beside the triggers that use them (sql/hierarchy.sql, src/audit.rs).
+//!
+//! The entry point is also where a trigger's error is reported: a trigger body returns
+//! `Err(TruxeError)` like any other function and [`fire`] raises it with its SQLSTATE.
+//! (`#[pg_trigger]` would not do: it reports an `Err` as "Trigger function panic", XX000,
+//! losing the 23514/42501/55000/40001 the callers map.)
 use crate::error::{Sqlstate, TruxeError};
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-/// A Rust trigger function, as `#[pg_trigger]` would take it.
-pub type TriggerFn<E> =
-    for<'a> fn(&'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, E>;
+/// What a trigger function returns: the row to use (a BEFORE row trigger), or None.
+pub type TriggerResult<'a> = Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TruxeError>;
+
+/// A Rust trigger function.
+pub type TriggerFn = for<'a> fn(&'a PgTrigger<'a>) -> TriggerResult<'a>;
 
 /// Runs trigger function `f` (SQL name `name`) for the call `fcinfo`: 0A000 when it is not
-/// called as a trigger; an `Err` it returns is raised as 22023 with its message.
-pub fn fire<E: std::fmt::Display>(
-    fcinfo: pg_sys::FunctionCallInfo,
-    name: &str,
-    f: TriggerFn<E>,
-) -> pg_sys::Datum {
+/// called as a trigger; an `Err` it returns is raised with its SQLSTATE.
+pub fn fire(fcinfo: pg_sys::FunctionCallInfo, name: &str, f: TriggerFn) -> pg_sys::Datum {
     // SAFETY: Postgres passes a valid fcinfo (or we report the NULL below).
     let trigger = unsafe { fcinfo.as_ref() }.and_then(|fcinfo| {
         // SAFETY: from_fcinfo checks that fcinfo->context is a TriggerData node.
@@ -41,7 +44,7 @@ pub fn fire<E: std::fmt::Display>(
         Ok(Some(row)) => row.into_trigger_datum().unwrap_or(pg_sys::Datum::from(0)),
         // the trigger protocol: a NULL pointer (not the isnull flag) for "no row"
         Ok(None) => pg_sys::Datum::from(0),
-        Err(e) => TruxeError::new(Sqlstate::InvalidParameter, e.to_string()).raise(),
+        Err(e) => e.raise(),
     };
     datum
 }

@@ -916,3 +916,50 @@ fn concurrent_audit_writes_while_sealing_lose_nothing() {
     let (ok, _, reason) = verify(&db);
     assert!(ok, "{reason}");
 }
+
+/// The audit row of an application table carries the row's values as jsonb from SQL to SQL
+/// (audit::write, the one writer of audit rows): a jsonb column nested deeper than serde's
+/// 128 levels is recorded like any other value. (Before, the values went through serde,
+/// whose refusal was a panic: the application's write failed with XX000.)
+#[test]
+fn audit_table_records_deeply_nested_values() {
+    let db = tenants();
+    let mut su = db.superuser();
+    su.batch_execute("SELECT truxe.audit_table('public.projects')")
+        .unwrap();
+    let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let mut bob = db.acting_as(BOB);
+    let id: i64 = bob
+        .query_one(
+            "INSERT INTO public.projects (org_id, name, meta) VALUES ($1::text::uuid, 'deep', $2::text::jsonb)
+             RETURNING id",
+            &[&ORG_A, &deep],
+        )
+        .expect("a deeply nested value is audited")
+        .get(0);
+    bob.execute(
+        "UPDATE public.projects SET meta = $2::text::jsonb WHERE id = $1",
+        &[&id, &format!("[{deep}]")],
+    )
+    .expect("and updated");
+    let recorded: Vec<(String, bool)> = su
+        .query(
+            "SELECT action, CASE action
+                              WHEN 'projects.created' THEN details -> 'new' -> 'meta' = $1::text::jsonb
+                              ELSE details -> 'old' -> 'meta' = $1::text::jsonb
+                                   AND details -> 'new' -> 'meta' = ('[' || $1 || ']')::jsonb END
+               FROM truxe.audit_logs WHERE action LIKE 'projects.%' ORDER BY id",
+            &[&deep],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            ("projects.created".to_string(), true),
+            ("projects.updated".to_string(), true)
+        ]
+    );
+}

@@ -580,3 +580,54 @@ fn has_permission_through_the_closure_matches_the_recursive_walk() {
     .unwrap();
     compare(&mut s, "after moves");
 }
+
+/// Issue 17, point 1: set_context is transaction-local by default, so in autocommit the
+/// next statement has no context. Its 42501 names both ways to set one and carries a HINT
+/// that says why it is gone (0.1: "call truxe.set_context(user_id) first", which the caller
+/// had just done, and no hint) — for the organisation functions and create_api_key alike,
+/// which state it in one place (truxe.require_user).
+#[test]
+fn no_current_user_in_autocommit_hints_that_the_context_is_transaction_local() {
+    let db = server().fresh_db(true);
+    let user = crate::harness::active_user(&mut db.service(), "auto@example.com");
+    let mut c = db.authenticated();
+    // autocommit: this call is a transaction of its own
+    c.execute("SELECT truxe.set_context($1::text::uuid)", &[&user])
+        .unwrap();
+    for sql in [
+        "SELECT truxe.create_organization('auto', 'Auto')",
+        "SELECT * FROM truxe.create_api_key(gen_random_uuid(), 'key')",
+    ] {
+        let e = c.execute(sql, &[]).unwrap_err();
+        let e = e.as_db_error().unwrap();
+        assert_eq!(e.code().code(), "42501", "{sql}");
+        assert!(
+            e.message().starts_with("no current user")
+                && e.message().contains("truxe.authenticate"),
+            "{sql}: {}",
+            e.message()
+        );
+        let hint = e.hint().unwrap_or_default();
+        assert!(
+            hint.contains("autocommit") && hint.contains("is_local => false"),
+            "{sql}: {hint:?}"
+        );
+    }
+    // in one transaction the call works; with is_local => false, across statements too
+    let mut t = c.transaction().unwrap();
+    t.execute("SELECT truxe.set_context($1::text::uuid)", &[&user])
+        .unwrap();
+    t.execute("SELECT truxe.create_organization('auto', 'Auto')", &[])
+        .unwrap();
+    t.commit().unwrap();
+    c.execute(
+        "SELECT truxe.set_context($1::text::uuid, is_local => false)",
+        &[&user],
+    )
+    .unwrap();
+    c.execute(
+        "SELECT truxe.create_organization('auto-two', 'Auto two')",
+        &[],
+    )
+    .unwrap();
+}

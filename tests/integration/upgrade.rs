@@ -571,3 +571,51 @@ fn a_populated_first_release_database_survives_the_update() {
     let restored = restore_copy(&s, "survive");
     assert_eq!(fingerprint(&mut s.client(&restored, "postgres")), before);
 }
+
+/// A database still on schema 0.1.0 with the current library loaded (between installing
+/// the new library and `ALTER EXTENSION truxe UPDATE`): 0.1.0's issue_magic_link still runs
+/// through its C entry point, whose signature the frozen 0.1.0 script declares. Past the
+/// limit it raises 53400 (the library cannot raise TX429 from Rust; the 0.2 function is a
+/// SQL wrapper that does), with the same message; after the update it is TX429.
+#[test]
+fn first_release_issue_magic_link_runs_on_the_new_library() {
+    let s = server();
+    let db = s.fresh_db(false);
+    let mut su = db.superuser();
+    {
+        let _guard = crate::harness::INSTALL_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        su.batch_execute(&format!(
+            "CREATE EXTENSION truxe VERSION '{FIRST_RELEASE}' CASCADE"
+        ))
+        .unwrap();
+    }
+    let issue = |c: &mut Client| {
+        c.query_one(
+            "SELECT token FROM truxe.issue_magic_link('old@example.com', NULL::text)",
+            &[],
+        )
+        .map(|r| r.get::<_, String>(0))
+    };
+    for _ in 0..5 {
+        assert_eq!(issue(&mut su).expect("within the limit").len(), 76);
+    }
+    let e = issue(&mut su).unwrap_err();
+    assert_eq!(crate::harness::code_of(&e), "53400");
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("too many magic links"),
+        "{e}"
+    );
+    su.batch_execute("ALTER EXTENSION truxe UPDATE").unwrap();
+    assert_eq!(
+        crate::harness::sqlstate(su.query(
+            "SELECT token FROM truxe.issue_magic_link('old@example.com')",
+            &[]
+        )),
+        "TX429"
+    );
+}
