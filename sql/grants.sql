@@ -116,3 +116,8 @@ GRANT SELECT (id, user_id, kind, friendly_name, status, created_at, verified_at,
 -- service_read) to keep the latest seal_hash outside the database
 REVOKE INSERT, UPDATE, DELETE ON truxe.audit_seals FROM service_account;
 REVOKE ALL ON SEQUENCE truxe.audit_seals_id_seq FROM service_account;
+-- … and only seal_audit_log and verify_audit_log (as the owner) write and check a seal under
+-- the audit sealing key
+REVOKE EXECUTE ON FUNCTION truxe.append_audit_seal(bigint, bigint, timestamptz),
+  truxe.audit_seal_verifies(bigint, text, bytea, bytea, bytea), truxe.audit_seal_key_id()
+  FROM service_account;

@@ -1,5 +1,8 @@
 -- Sealed audit log (docs/security.md, "Sealed audit log"). truxe.seal_audit_log() appends
--- to truxe.audit_seals a SHA-256 chain over the audit rows written since the last seal;
+-- to truxe.audit_seals a chain over the audit rows written since the last seal — HMAC-SHA-256
+-- under a key derived from the key file (truxe.encryption_key_file) when one is set, plain
+-- SHA-256 otherwise (the MAC is computed and checked in Rust, src/seal.rs: the key never
+-- reaches SQL);
 -- truxe.verify_audit_log(from, to) recomputes it and names the first seal whose rows no
 -- longer match. Audit writers never wait for the sealer: the sealer waits for them.
 --
@@ -31,17 +34,22 @@ CREATE TABLE truxe.audit_seals (
   floor_at       timestamptz NOT NULL,
   prev_hash      bytea NOT NULL,
   seal_hash      bytea NOT NULL,
-  -- NULL: seal_hash is a plain SHA-256 chain. Reserved for an HMAC keyed from truxe's key
-  -- file: the id of the key that computed seal_hash.
+  -- NULL: seal_hash is SHA-256 (a plain seal). Else the id of the key file's line whose
+  -- audit sealing key computed seal_hash as an HMAC-SHA-256 (an HMAC seal).
   key_id         text,
   sealed_at      timestamptz NOT NULL DEFAULT now(),
+  -- an HMAC seal's key check value (src/crypto.rs): tells another key under the same id
+  -- from an altered seal; NULL for a plain seal
+  key_check      bytea,
   CONSTRAINT seal_range CHECK (after_id >= 0 AND to_id >= after_id),
   CONSTRAINT seal_row_count CHECK (row_count >= 0),
   CONSTRAINT seal_hash_lengths CHECK (length(rows_hash) = 32 AND length(prev_hash) = 32
-                                      AND length(seal_hash) = 32)
+                                      AND length(seal_hash) = 32),
+  CONSTRAINT seal_key CHECK ((key_id IS NULL) = (key_check IS NULL)
+                             AND (key_check IS NULL OR length(key_check) = 8))
 );
 COMMENT ON TABLE truxe.audit_seals IS
-  'SHA-256 chain over truxe.audit_logs: written by truxe.seal_audit_log(), checked by truxe.verify_audit_log()';
+  'HMAC-SHA-256 (under the key file) or SHA-256 chain over truxe.audit_logs: written by truxe.seal_audit_log(), checked by truxe.verify_audit_log()';
 SELECT pg_catalog.pg_extension_config_dump('truxe.audit_seals', '');
 SELECT pg_catalog.pg_extension_config_dump('truxe.audit_seals_id_seq', '');
 -- deny by default; the trusted backend reads the seals (to copy the latest seal_hash out of
@@ -83,18 +91,26 @@ SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET TimeZone = 
    WHERE a.id > audit_rows_digest.after_id AND a.id <= audit_rows_digest.to_id;
 $$;
 
--- A seal's hash: SHA-256 of the previous seal's hash and this seal's fields (all but id,
--- seal_hash and sealed_at).
-CREATE FUNCTION truxe.audit_seal_hash(s truxe.audit_seals)
+-- What a seal's hash covers: the previous seal's hash and this seal's fields (all but id,
+-- seal_hash, sealed_at and key_check), key_id included.
+CREATE FUNCTION truxe.audit_seal_message(s truxe.audit_seals)
 RETURNS bytea LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT sha256(s.prev_hash || convert_to(jsonb_build_array(
+  SELECT s.prev_hash || convert_to(jsonb_build_array(
            s.after_id, s.to_id, s.row_count, encode(s.rows_hash, 'hex'),
            s.min_created_at AT TIME ZONE 'UTC', s.max_created_at AT TIME ZONE 'UTC',
-           s.floor_at AT TIME ZONE 'UTC', s.key_id)::text, 'UTF8'));
+           s.floor_at AT TIME ZONE 'UTC', s.key_id)::text, 'UTF8');
+$$;
+
+-- A plain seal's hash: SHA-256 of its message (an HMAC seal's needs the key: src/seal.rs).
+CREATE FUNCTION truxe.audit_seal_hash(s truxe.audit_seals)
+RETURNS bytea LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT sha256(truxe.audit_seal_message(s));
 $$;
 
 -- Seals every audit row written since the last seal, in seals of at most max_rows rows, and
--- returns how many rows it sealed. With nothing new it still appends an empty seal: its
+-- returns how many rows it sealed (each seal written by truxe.append_audit_seal: HMAC under
+-- the key file's current key when one is set; 55000 without one once the chain has an HMAC
+-- seal, or with an unusable key file). With nothing new it still appends an empty seal: its
 -- floor_at moves the bound for backdated rows forward. After each seal but the last it
 -- sleeps `rest` times as long as that seal took (0: never; 4: the sealer uses about a fifth
 -- of a core), so that a large backlog does not take a core from the writers. One sealer at a time (a lock on
@@ -106,9 +122,9 @@ CREATE FUNCTION truxe.seal_audit_log(max_rows integer DEFAULT 100000, rest doubl
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   last truxe.audit_seals;
-  s truxe.audit_seals;
-  d record;
   horizon bigint;
+  last_floor timestamptz;
+  seal_floor timestamptz;
   new_floor timestamptz;
   lo bigint;
   hi bigint;
@@ -141,29 +157,16 @@ BEGIN
   -- 3. the writers that may still hold such an id end
   PERFORM truxe.wait_for_audit_writers();
   lo := coalesce(last.to_id, 0);
+  last_floor := last.floor_at;
   horizon := greatest(horizon, lo);
   LOOP
     started := clock_timestamp();
     hi := coalesce((SELECT a.id FROM truxe.audit_logs a WHERE a.id > lo AND a.id <= horizon
                      ORDER BY a.id OFFSET max_rows - 1 LIMIT 1), horizon);
-    d := truxe.audit_rows_digest(lo, hi);
-    s.after_id := lo;
-    s.to_id := hi;
-    s.row_count := d.row_count;
-    s.rows_hash := d.rows_hash;
-    s.min_created_at := d.min_created_at;
-    s.max_created_at := d.max_created_at;
-    s.floor_at := CASE WHEN hi = horizon THEN greatest(new_floor, last.floor_at)
-                       ELSE coalesce(last.floor_at, '-infinity') END;
-    s.prev_hash := coalesce(last.seal_hash, decode(repeat('00', 32), 'hex'));
-    s.key_id := NULL;
-    s.seal_hash := truxe.audit_seal_hash(s);
-    INSERT INTO truxe.audit_seals (after_id, to_id, row_count, rows_hash, min_created_at,
-                                   max_created_at, floor_at, prev_hash, seal_hash, key_id)
-      VALUES (s.after_id, s.to_id, s.row_count, s.rows_hash, s.min_created_at,
-              s.max_created_at, s.floor_at, s.prev_hash, s.seal_hash, s.key_id)
-      RETURNING * INTO last;
-    total := total + d.row_count;
+    seal_floor := CASE WHEN hi = horizon THEN greatest(new_floor, last_floor)
+                       ELSE coalesce(last_floor, '-infinity') END;
+    total := total + truxe.append_audit_seal(lo, hi, seal_floor);
+    last_floor := seal_floor;
     lo := hi;
     EXIT WHEN hi >= horizon;
     IF rest > 0 THEN
@@ -175,12 +178,15 @@ END
 $$;
 
 -- Checks the seals covering audit rows created between "from" and "to" (and the rows
--- written since the latest seal): the chain links, each seal's own hash, each seal's rows
--- (count and hash), and that no row is older than the floor that applies to it. One row:
--- ok, how many seals were checked, and for the first failure the seal and why (deleted,
--- inserted or changed rows, a backdated row, an altered seal, a broken chain). What a
--- recomputed chain cannot show, and how to anchor it: docs/security.md. service_account only.
--- "from" > "to" or a NULL bound: 22023.
+-- written since the latest seal): the chain links, each seal's own hash (an HMAC seal's under
+-- its key, truxe.audit_seal_verifies), each seal's rows (count and hash), that no row is
+-- older than the floor that applies to it, that no plain seal follows an HMAC seal, and that
+-- the latest seal is an HMAC seal when a key file is set. One row: ok, how many seals were
+-- checked, and for the first failure the seal and why (deleted, inserted or changed rows, a
+-- backdated row, an altered seal, a broken or downgraded chain); on success how many were
+-- HMAC seals. What a recomputed chain cannot show, and how to anchor it: docs/security.md.
+-- service_account only. "from" > "to" or a NULL bound: 22023. An HMAC seal in the period and
+-- no key file, a key file without that seal's key or with another key under its id: 55000.
 CREATE FUNCTION truxe.verify_audit_log("from" timestamptz DEFAULT '-infinity',
                                        "to" timestamptz DEFAULT 'infinity')
 RETURNS TABLE(ok boolean, seals_checked bigint, seal_id bigint, reason text)
@@ -194,6 +200,8 @@ DECLARE
   first_seal bigint;
   last_seal bigint;
   n bigint := 0;
+  hmac_seals bigint := 0;
+  current_key text;
 BEGIN
   IF verify_audit_log."from" IS NULL OR verify_audit_log."to" IS NULL
      OR verify_audit_log."from" > verify_audit_log."to" THEN
@@ -213,10 +221,21 @@ BEGIN
         s.id, coalesce('seal ' || prev.id, 'the start of the chain'));
       RETURN;
     END IF;
-    IF truxe.audit_seal_hash(s) IS DISTINCT FROM s.seal_hash THEN
+    IF s.key_id IS NULL AND prev.key_id IS NOT NULL THEN
       RETURN QUERY SELECT false, n, s.id, format(
-        'seal %s was altered: its hash does not match its fields', s.id);
+        'the chain was downgraded: seal %s is a plain SHA-256 seal after seal %s, an HMAC seal under key %s (seal_audit_log never does that: the seals from %s on were recomputed without the key)',
+        s.id, prev.id, prev.key_id, s.id);
       RETURN;
+    END IF;
+    IF NOT truxe.audit_seal_verifies(s.id, s.key_id, s.key_check, truxe.audit_seal_message(s),
+                                     s.seal_hash) THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'seal %s was altered: its %s does not match its fields', s.id,
+        CASE WHEN s.key_id IS NULL THEN 'hash' ELSE 'HMAC under key ' || s.key_id END);
+      RETURN;
+    END IF;
+    IF s.key_id IS NOT NULL THEN
+      hmac_seals := hmac_seals + 1;
     END IF;
     d := truxe.audit_rows_digest(s.after_id, s.to_id);
     IF d.row_count <> s.row_count THEN
@@ -258,6 +277,14 @@ BEGIN
       latest.id, bad.id, bad.created_at, latest.floor_at);
     RETURN;
   END IF;
-  RETURN QUERY SELECT true, n, NULL::bigint, format('%s seals verified', n);
+  current_key := truxe.audit_seal_key_id();
+  IF latest.key_id IS NULL AND current_key IS NOT NULL THEN
+    RETURN QUERY SELECT false, n, latest.id, format(
+      'the latest seal %s is a plain SHA-256 seal although the key file is set (key %s): the chain may have been recomputed without the key; if the key file was set only since that seal, run truxe.seal_audit_log() and verify again',
+      latest.id, current_key);
+    RETURN;
+  END IF;
+  RETURN QUERY SELECT true, n, NULL::bigint, format('%s seals verified (%s HMAC, %s plain SHA-256)',
+                                                    n, hmac_seals, n - hmac_seals);
 END
 $$;

@@ -1338,7 +1338,7 @@ CREATE TABLE truxe.audit_seals (
                                       AND length(seal_hash) = 32)
 );
 COMMENT ON TABLE truxe.audit_seals IS
-  'SHA-256 chain over truxe.audit_logs: written by truxe.seal_audit_log(), checked by truxe.verify_audit_log()';
+  'HMAC-SHA-256 (under the key file) or SHA-256 chain over truxe.audit_logs: written by truxe.seal_audit_log(), checked by truxe.verify_audit_log()';
 SELECT pg_catalog.pg_extension_config_dump('truxe.audit_seals', '');
 SELECT pg_catalog.pg_extension_config_dump('truxe.audit_seals_id_seq', '');
 -- deny by default; the trusted backend reads the seals (to copy the latest seal_hash out of
@@ -1380,191 +1380,12 @@ SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET TimeZone = 
    WHERE a.id > audit_rows_digest.after_id AND a.id <= audit_rows_digest.to_id;
 $$;
 
--- A seal's hash: SHA-256 of the previous seal's hash and this seal's fields (all but id,
--- seal_hash and sealed_at).
-CREATE FUNCTION truxe.audit_seal_hash(s truxe.audit_seals)
-RETURNS bytea LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT sha256(s.prev_hash || convert_to(jsonb_build_array(
-           s.after_id, s.to_id, s.row_count, encode(s.rows_hash, 'hex'),
-           s.min_created_at AT TIME ZONE 'UTC', s.max_created_at AT TIME ZONE 'UTC',
-           s.floor_at AT TIME ZONE 'UTC', s.key_id)::text, 'UTF8'));
-$$;
-
--- Seals every audit row written since the last seal, in seals of at most max_rows rows, and
--- returns how many rows it sealed. With nothing new it still appends an empty seal: its
--- floor_at moves the bound for backdated rows forward. After each seal but the last it
--- sleeps `rest` times as long as that seal took (0: never; 4: the sealer uses about a fifth
--- of a core), so that a large backlog does not take a core from the writers. One sealer at a time (a lock on
--- audit_seals, which audit writers never take); it waits for the audit writers in flight
--- (lock_timeout bounds the wait) but never blocks one. Runs at READ COMMITTED only (55000:
--- after the wait it must see what those writers committed). Schedule it like
--- cleanup_expired_data. service_account only. max_rows < 1, rest outside 0..100: 22023.
-CREATE FUNCTION truxe.seal_audit_log(max_rows integer DEFAULT 100000, rest double precision DEFAULT 0)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  last truxe.audit_seals;
-  s truxe.audit_seals;
-  d record;
-  horizon bigint;
-  new_floor timestamptz;
-  lo bigint;
-  hi bigint;
-  total bigint := 0;
-  started timestamptz;
-BEGIN
-  IF max_rows IS NULL OR max_rows < 1 THEN
-    RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = '22023';
-  END IF;
-  IF rest IS NULL OR NOT (rest >= 0 AND rest <= 100) THEN
-    RAISE EXCEPTION 'rest must be between 0 and 100' USING ERRCODE = '22023';
-  END IF;
-  IF current_setting('transaction_isolation') <> 'read committed' THEN
-    RAISE EXCEPTION 'seal_audit_log runs at READ COMMITTED only: it must see the rows committed while it waits'
-      USING ERRCODE = '55000';
-  END IF;
-  IF (SELECT q.seqcache FROM pg_sequence q WHERE q.seqrelid = 'truxe.audit_logs_id_seq'::regclass) <> 1 THEN
-    RAISE EXCEPTION 'truxe.audit_logs_id_seq must have CACHE 1: cached ids would be drawn after the horizon'
-      USING ERRCODE = '55000';
-  END IF;
-  LOCK TABLE truxe.audit_seals IN SHARE ROW EXCLUSIVE MODE;
-  SELECT * INTO last FROM truxe.audit_seals x ORDER BY x.id DESC LIMIT 1;
-  -- 1. the floor: no transaction that draws an id after step 2 started before it
-  PERFORM pg_stat_clear_snapshot();
-  SELECT least(now(), min(a.xact_start)) - interval '1 second' INTO new_floor
-    FROM pg_stat_activity a WHERE a.datname = current_database();
-  -- 2. the horizon: every id up to it has been handed out
-  SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END INTO horizon
-    FROM truxe.audit_logs_id_seq q;
-  -- 3. the writers that may still hold such an id end
-  PERFORM truxe.wait_for_audit_writers();
-  lo := coalesce(last.to_id, 0);
-  horizon := greatest(horizon, lo);
-  LOOP
-    started := clock_timestamp();
-    hi := coalesce((SELECT a.id FROM truxe.audit_logs a WHERE a.id > lo AND a.id <= horizon
-                     ORDER BY a.id OFFSET max_rows - 1 LIMIT 1), horizon);
-    d := truxe.audit_rows_digest(lo, hi);
-    s.after_id := lo;
-    s.to_id := hi;
-    s.row_count := d.row_count;
-    s.rows_hash := d.rows_hash;
-    s.min_created_at := d.min_created_at;
-    s.max_created_at := d.max_created_at;
-    s.floor_at := CASE WHEN hi = horizon THEN greatest(new_floor, last.floor_at)
-                       ELSE coalesce(last.floor_at, '-infinity') END;
-    s.prev_hash := coalesce(last.seal_hash, decode(repeat('00', 32), 'hex'));
-    s.key_id := NULL;
-    s.seal_hash := truxe.audit_seal_hash(s);
-    INSERT INTO truxe.audit_seals (after_id, to_id, row_count, rows_hash, min_created_at,
-                                   max_created_at, floor_at, prev_hash, seal_hash, key_id)
-      VALUES (s.after_id, s.to_id, s.row_count, s.rows_hash, s.min_created_at,
-              s.max_created_at, s.floor_at, s.prev_hash, s.seal_hash, s.key_id)
-      RETURNING * INTO last;
-    total := total + d.row_count;
-    lo := hi;
-    EXIT WHEN hi >= horizon;
-    IF rest > 0 THEN
-      PERFORM pg_sleep(rest * extract(epoch FROM clock_timestamp() - started)::double precision);
-    END IF;
-  END LOOP;
-  RETURN total;
-END
-$$;
-
--- Checks the seals covering audit rows created between "from" and "to" (and the rows
--- written since the latest seal): the chain links, each seal's own hash, each seal's rows
--- (count and hash), and that no row is older than the floor that applies to it. One row:
--- ok, how many seals were checked, and for the first failure the seal and why (deleted,
--- inserted or changed rows, a backdated row, an altered seal, a broken chain). What a
--- recomputed chain cannot show, and how to anchor it: docs/security.md. service_account only.
--- "from" > "to" or a NULL bound: 22023.
-CREATE FUNCTION truxe.verify_audit_log("from" timestamptz DEFAULT '-infinity',
-                                       "to" timestamptz DEFAULT 'infinity')
-RETURNS TABLE(ok boolean, seals_checked bigint, seal_id bigint, reason text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  s truxe.audit_seals;
-  prev truxe.audit_seals;
-  latest truxe.audit_seals;
-  d record;
-  bad record;
-  first_seal bigint;
-  last_seal bigint;
-  n bigint := 0;
-BEGIN
-  IF verify_audit_log."from" IS NULL OR verify_audit_log."to" IS NULL
-     OR verify_audit_log."from" > verify_audit_log."to" THEN
-    RAISE EXCEPTION 'verify_audit_log needs "from" <= "to"' USING ERRCODE = '22023';
-  END IF;
-  SELECT min(x.id) INTO first_seal FROM truxe.audit_seals x
-   WHERE coalesce(x.max_created_at, x.sealed_at) >= verify_audit_log."from";
-  SELECT max(x.id) INTO last_seal FROM truxe.audit_seals x
-   WHERE coalesce(x.min_created_at, x.sealed_at) <= verify_audit_log."to";
-  SELECT * INTO prev FROM truxe.audit_seals x WHERE x.id < first_seal ORDER BY x.id DESC LIMIT 1;
-  FOR s IN SELECT * FROM truxe.audit_seals x WHERE x.id BETWEEN first_seal AND last_seal ORDER BY x.id LOOP
-    n := n + 1;
-    IF s.prev_hash IS DISTINCT FROM coalesce(prev.seal_hash, decode(repeat('00', 32), 'hex'))
-       OR s.after_id IS DISTINCT FROM coalesce(prev.to_id, 0) THEN
-      RETURN QUERY SELECT false, n, s.id, format(
-        'the chain is broken: seal %s does not follow %s (a seal was removed or rewritten)',
-        s.id, coalesce('seal ' || prev.id, 'the start of the chain'));
-      RETURN;
-    END IF;
-    IF truxe.audit_seal_hash(s) IS DISTINCT FROM s.seal_hash THEN
-      RETURN QUERY SELECT false, n, s.id, format(
-        'seal %s was altered: its hash does not match its fields', s.id);
-      RETURN;
-    END IF;
-    d := truxe.audit_rows_digest(s.after_id, s.to_id);
-    IF d.row_count <> s.row_count THEN
-      RETURN QUERY SELECT false, n, s.id, format(
-        'rows were %s: seal %s (audit ids %s to %s) sealed %s rows, %s are there now',
-        CASE WHEN d.row_count < s.row_count THEN 'deleted' ELSE 'inserted' END,
-        s.id, s.after_id + 1, s.to_id, s.row_count, d.row_count);
-      RETURN;
-    END IF;
-    IF d.rows_hash IS DISTINCT FROM s.rows_hash THEN
-      RETURN QUERY SELECT false, n, s.id, format(
-        'rows were changed: the rows of seal %s (audit ids %s to %s) no longer hash to the sealed value',
-        s.id, s.after_id + 1, s.to_id);
-      RETURN;
-    END IF;
-    IF d.min_created_at < prev.floor_at THEN
-      SELECT a.id, a.created_at INTO bad FROM truxe.audit_logs a
-       WHERE a.id > s.after_id AND a.id <= s.to_id AND a.created_at < prev.floor_at
-       ORDER BY a.id LIMIT 1;
-      RETURN QUERY SELECT false, n, s.id, format(
-        'a backdated row was sealed: audit row %s of seal %s has created_at %s, before the floor %s of seal %s',
-        bad.id, s.id, bad.created_at, prev.floor_at, prev.id);
-      RETURN;
-    END IF;
-    prev := s;
-  END LOOP;
-  SELECT * INTO latest FROM truxe.audit_seals x ORDER BY x.id DESC LIMIT 1;
-  IF latest.id IS NULL THEN
-    RETURN QUERY SELECT true, n, NULL::bigint, 'no seal yet: run truxe.seal_audit_log()'::text;
-    RETURN;
-  END IF;
-  SELECT a.id, a.created_at INTO bad FROM truxe.audit_logs a
-   WHERE a.id > latest.to_id AND a.created_at < latest.floor_at
-     AND a.created_at >= verify_audit_log."from" AND a.created_at <= verify_audit_log."to"
-   ORDER BY a.id LIMIT 1;
-  IF FOUND THEN
-    RETURN QUERY SELECT false, n, latest.id, format(
-      'a backdated row was written after seal %s: audit row %s has created_at %s, before that seal''s floor %s',
-      latest.id, bad.id, bad.created_at, latest.floor_at);
-    RETURN;
-  END IF;
-  RETURN QUERY SELECT true, n, NULL::bigint, format('%s seals verified', n);
-END
-$$;
+-- audit_seal_hash, seal_audit_log and verify_audit_log: created once, in their final form,
+-- in the section "Sealed audit log under the key file" at the end of this script.
 REVOKE ALL ON FUNCTION truxe.wait_for_audit_writers(), truxe.audit_seals_append_only(),
-  truxe.audit_rows_digest(bigint, bigint), truxe.audit_seal_hash(truxe.audit_seals),
-  truxe.seal_audit_log(integer, double precision),
-  truxe.verify_audit_log(timestamptz, timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION truxe.wait_for_audit_writers(), truxe.audit_rows_digest(bigint, bigint),
-  truxe.audit_seal_hash(truxe.audit_seals), truxe.seal_audit_log(integer, double precision),
-  truxe.verify_audit_log(timestamptz, timestamptz) TO service_account;
+  truxe.audit_rows_digest(bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.wait_for_audit_writers(), truxe.audit_rows_digest(bigint, bigint)
+  TO service_account;
 REVOKE ALL ON truxe.audit_seals, truxe.audit_seals_id_seq FROM PUBLIC;
 -- the backend reads the seals (to keep the latest seal_hash outside the database); only
 -- seal_audit_log writes them
@@ -1938,3 +1759,213 @@ BEGIN
   RETURN me;
 END
 $$;
+
+
+-- == Sealed audit log under the key file (issue 14) ==
+-- With truxe.encryption_key_file set, seals are HMAC-SHA-256 under an audit sealing key
+-- derived from the key file's current key (src/crypto.rs), computed and checked in Rust
+-- (src/seal.rs) so that the key never reaches SQL; plain SHA-256 otherwise. The fresh-install
+-- side is sql/seal.sql, sql/grants.sql and src/seal.rs.
+-- an HMAC seal's key check value: tells another key under the same id from an altered seal
+ALTER TABLE truxe.audit_seals ADD COLUMN key_check bytea;
+ALTER TABLE truxe.audit_seals ADD CONSTRAINT seal_key CHECK ((key_id IS NULL) = (key_check IS NULL)
+                             AND (key_check IS NULL OR length(key_check) = 8));
+-- New: the Rust side of sealing — append one seal (HMAC under the key file, never a MAC of a
+-- caller's message), check one seal, name the key sealing now
+CREATE FUNCTION truxe.append_audit_seal(after_id bigint, to_id bigint, floor_at timestamptz)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'append_audit_seal_wrapper';
+CREATE FUNCTION truxe.audit_seal_verifies(seal_id bigint, key_id text, key_check bytea,
+                                          message bytea, seal_hash bytea)
+RETURNS boolean
+LANGUAGE c STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'audit_seal_verifies_wrapper';
+CREATE FUNCTION truxe.audit_seal_key_id()
+RETURNS text
+LANGUAGE c STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'audit_seal_key_id_wrapper';
+-- New: what a seal's hash covers, shared by the plain hash and the HMAC
+CREATE FUNCTION truxe.audit_seal_message(s truxe.audit_seals)
+RETURNS bytea LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT s.prev_hash || convert_to(jsonb_build_array(
+           s.after_id, s.to_id, s.row_count, encode(s.rows_hash, 'hex'),
+           s.min_created_at AT TIME ZONE 'UTC', s.max_created_at AT TIME ZONE 'UTC',
+           s.floor_at AT TIME ZONE 'UTC', s.key_id)::text, 'UTF8');
+$$;
+-- the plain hash is SHA-256 of that message
+CREATE FUNCTION truxe.audit_seal_hash(s truxe.audit_seals)
+RETURNS bytea LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT sha256(truxe.audit_seal_message(s));
+$$;
+-- seals are written by truxe.append_audit_seal; never a plain seal after an HMAC seal
+CREATE FUNCTION truxe.seal_audit_log(max_rows integer DEFAULT 100000, rest double precision DEFAULT 0)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  last truxe.audit_seals;
+  horizon bigint;
+  last_floor timestamptz;
+  seal_floor timestamptz;
+  new_floor timestamptz;
+  lo bigint;
+  hi bigint;
+  total bigint := 0;
+  started timestamptz;
+BEGIN
+  IF max_rows IS NULL OR max_rows < 1 THEN
+    RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = '22023';
+  END IF;
+  IF rest IS NULL OR NOT (rest >= 0 AND rest <= 100) THEN
+    RAISE EXCEPTION 'rest must be between 0 and 100' USING ERRCODE = '22023';
+  END IF;
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'seal_audit_log runs at READ COMMITTED only: it must see the rows committed while it waits'
+      USING ERRCODE = '55000';
+  END IF;
+  IF (SELECT q.seqcache FROM pg_sequence q WHERE q.seqrelid = 'truxe.audit_logs_id_seq'::regclass) <> 1 THEN
+    RAISE EXCEPTION 'truxe.audit_logs_id_seq must have CACHE 1: cached ids would be drawn after the horizon'
+      USING ERRCODE = '55000';
+  END IF;
+  LOCK TABLE truxe.audit_seals IN SHARE ROW EXCLUSIVE MODE;
+  SELECT * INTO last FROM truxe.audit_seals x ORDER BY x.id DESC LIMIT 1;
+  -- 1. the floor: no transaction that draws an id after step 2 started before it
+  PERFORM pg_stat_clear_snapshot();
+  SELECT least(now(), min(a.xact_start)) - interval '1 second' INTO new_floor
+    FROM pg_stat_activity a WHERE a.datname = current_database();
+  -- 2. the horizon: every id up to it has been handed out
+  SELECT CASE WHEN q.is_called THEN q.last_value ELSE q.last_value - 1 END INTO horizon
+    FROM truxe.audit_logs_id_seq q;
+  -- 3. the writers that may still hold such an id end
+  PERFORM truxe.wait_for_audit_writers();
+  lo := coalesce(last.to_id, 0);
+  last_floor := last.floor_at;
+  horizon := greatest(horizon, lo);
+  LOOP
+    started := clock_timestamp();
+    hi := coalesce((SELECT a.id FROM truxe.audit_logs a WHERE a.id > lo AND a.id <= horizon
+                     ORDER BY a.id OFFSET max_rows - 1 LIMIT 1), horizon);
+    seal_floor := CASE WHEN hi = horizon THEN greatest(new_floor, last_floor)
+                       ELSE coalesce(last_floor, '-infinity') END;
+    total := total + truxe.append_audit_seal(lo, hi, seal_floor);
+    last_floor := seal_floor;
+    lo := hi;
+    EXIT WHEN hi >= horizon;
+    IF rest > 0 THEN
+      PERFORM pg_sleep(rest * extract(epoch FROM clock_timestamp() - started)::double precision);
+    END IF;
+  END LOOP;
+  RETURN total;
+END
+$$;
+-- HMAC seals checked under their key; a downgrade to plain seals, and a plain latest seal
+-- while the key file is set, are reported; the success text counts the HMAC seals
+CREATE FUNCTION truxe.verify_audit_log("from" timestamptz DEFAULT '-infinity',
+                                       "to" timestamptz DEFAULT 'infinity')
+RETURNS TABLE(ok boolean, seals_checked bigint, seal_id bigint, reason text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  s truxe.audit_seals;
+  prev truxe.audit_seals;
+  latest truxe.audit_seals;
+  d record;
+  bad record;
+  first_seal bigint;
+  last_seal bigint;
+  n bigint := 0;
+  hmac_seals bigint := 0;
+  current_key text;
+BEGIN
+  IF verify_audit_log."from" IS NULL OR verify_audit_log."to" IS NULL
+     OR verify_audit_log."from" > verify_audit_log."to" THEN
+    RAISE EXCEPTION 'verify_audit_log needs "from" <= "to"' USING ERRCODE = '22023';
+  END IF;
+  SELECT min(x.id) INTO first_seal FROM truxe.audit_seals x
+   WHERE coalesce(x.max_created_at, x.sealed_at) >= verify_audit_log."from";
+  SELECT max(x.id) INTO last_seal FROM truxe.audit_seals x
+   WHERE coalesce(x.min_created_at, x.sealed_at) <= verify_audit_log."to";
+  SELECT * INTO prev FROM truxe.audit_seals x WHERE x.id < first_seal ORDER BY x.id DESC LIMIT 1;
+  FOR s IN SELECT * FROM truxe.audit_seals x WHERE x.id BETWEEN first_seal AND last_seal ORDER BY x.id LOOP
+    n := n + 1;
+    IF s.prev_hash IS DISTINCT FROM coalesce(prev.seal_hash, decode(repeat('00', 32), 'hex'))
+       OR s.after_id IS DISTINCT FROM coalesce(prev.to_id, 0) THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'the chain is broken: seal %s does not follow %s (a seal was removed or rewritten)',
+        s.id, coalesce('seal ' || prev.id, 'the start of the chain'));
+      RETURN;
+    END IF;
+    IF s.key_id IS NULL AND prev.key_id IS NOT NULL THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'the chain was downgraded: seal %s is a plain SHA-256 seal after seal %s, an HMAC seal under key %s (seal_audit_log never does that: the seals from %s on were recomputed without the key)',
+        s.id, prev.id, prev.key_id, s.id);
+      RETURN;
+    END IF;
+    IF NOT truxe.audit_seal_verifies(s.id, s.key_id, s.key_check, truxe.audit_seal_message(s),
+                                     s.seal_hash) THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'seal %s was altered: its %s does not match its fields', s.id,
+        CASE WHEN s.key_id IS NULL THEN 'hash' ELSE 'HMAC under key ' || s.key_id END);
+      RETURN;
+    END IF;
+    IF s.key_id IS NOT NULL THEN
+      hmac_seals := hmac_seals + 1;
+    END IF;
+    d := truxe.audit_rows_digest(s.after_id, s.to_id);
+    IF d.row_count <> s.row_count THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'rows were %s: seal %s (audit ids %s to %s) sealed %s rows, %s are there now',
+        CASE WHEN d.row_count < s.row_count THEN 'deleted' ELSE 'inserted' END,
+        s.id, s.after_id + 1, s.to_id, s.row_count, d.row_count);
+      RETURN;
+    END IF;
+    IF d.rows_hash IS DISTINCT FROM s.rows_hash THEN
+      RETURN QUERY SELECT false, n, s.id, format(
+        'rows were changed: the rows of seal %s (audit ids %s to %s) no longer hash to the sealed value',
+        s.id, s.after_id + 1, s.to_id);
+      RETURN;
+    END IF;
+    IF d.min_created_at < prev.floor_at THEN
+      SELECT a.id, a.created_at INTO bad FROM truxe.audit_logs a
+       WHERE a.id > s.after_id AND a.id <= s.to_id AND a.created_at < prev.floor_at
+       ORDER BY a.id LIMIT 1;
+      RETURN QUERY SELECT false, n, s.id, format(
+        'a backdated row was sealed: audit row %s of seal %s has created_at %s, before the floor %s of seal %s',
+        bad.id, s.id, bad.created_at, prev.floor_at, prev.id);
+      RETURN;
+    END IF;
+    prev := s;
+  END LOOP;
+  SELECT * INTO latest FROM truxe.audit_seals x ORDER BY x.id DESC LIMIT 1;
+  IF latest.id IS NULL THEN
+    RETURN QUERY SELECT true, n, NULL::bigint, 'no seal yet: run truxe.seal_audit_log()'::text;
+    RETURN;
+  END IF;
+  SELECT a.id, a.created_at INTO bad FROM truxe.audit_logs a
+   WHERE a.id > latest.to_id AND a.created_at < latest.floor_at
+     AND a.created_at >= verify_audit_log."from" AND a.created_at <= verify_audit_log."to"
+   ORDER BY a.id LIMIT 1;
+  IF FOUND THEN
+    RETURN QUERY SELECT false, n, latest.id, format(
+      'a backdated row was written after seal %s: audit row %s has created_at %s, before that seal''s floor %s',
+      latest.id, bad.id, bad.created_at, latest.floor_at);
+    RETURN;
+  END IF;
+  current_key := truxe.audit_seal_key_id();
+  IF latest.key_id IS NULL AND current_key IS NOT NULL THEN
+    RETURN QUERY SELECT false, n, latest.id, format(
+      'the latest seal %s is a plain SHA-256 seal although the key file is set (key %s): the chain may have been recomputed without the key; if the key file was set only since that seal, run truxe.seal_audit_log() and verify again',
+      latest.id, current_key);
+    RETURN;
+  END IF;
+  RETURN QUERY SELECT true, n, NULL::bigint, format('%s seals verified (%s HMAC, %s plain SHA-256)',
+                                                    n, hmac_seals, n - hmac_seals);
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.append_audit_seal(bigint, bigint, timestamptz),
+  truxe.audit_seal_verifies(bigint, text, bytea, bytea, bytea), truxe.audit_seal_key_id(),
+  truxe.audit_seal_message(truxe.audit_seals) FROM PUBLIC;
+REVOKE ALL ON FUNCTION truxe.audit_seal_hash(truxe.audit_seals),
+  truxe.seal_audit_log(integer, double precision),
+  truxe.verify_audit_log(timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
+  truxe.audit_seal_hash(truxe.audit_seals), truxe.seal_audit_log(integer, double precision),
+  truxe.verify_audit_log(timestamptz, timestamptz) TO service_account;

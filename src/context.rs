@@ -100,28 +100,6 @@ macro_rules! acting_members {
 }
 pub(crate) use acting_members;
 
-/// Orgs where the acting user is a joined owner or admin, and every descendant of those
-/// (truxe.org_closure: one index scan per org, no recursive walk).
-const ADMIN_ORGS: &str = concat!(
-    "WITH admin AS (",
-    acting_members!(),
-    " AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin'))
-  SELECT org_id FROM admin
-  UNION
-  SELECT c.descendant_id FROM admin JOIN truxe.org_closure c ON c.ancestor_id = admin.org_id"
-);
-
-/// The acting user's joined memberships, plus ADMIN_ORGS, in one statement.
-const ACCESSIBLE_ORGS: &str = concat!(
-    "WITH mine AS (",
-    acting_members!(),
-    " AND m.joined_at IS NOT NULL)
-  SELECT org_id FROM mine
-  UNION
-  SELECT c.descendant_id FROM mine JOIN truxe.org_closure c ON c.ancestor_id = mine.org_id
-   WHERE mine.role IN ('owner', 'admin')"
-);
-
 /// Orgs with a pending (not yet accepted) invitation for the acting user.
 const INVITED_ORGS: &str = concat!(
     "SELECT org_id FROM (",
@@ -194,13 +172,51 @@ pub(crate) fn acting_org_ids(set: OrgSet) -> Result<Vec<pgrx::Uuid>, TruxeError>
         return Ok(Vec::new());
     };
     match (set, who.id.org) {
-        (OrgSet::Accessible, None) => user_org_ids(ACCESSIBLE_ORGS, user, None),
-        (OrgSet::Admin, None) => user_org_ids(ADMIN_ORGS, user, None),
+        (OrgSet::Accessible, None) => orgs_and_descendants(user, false),
+        (OrgSet::Admin, None) => orgs_and_descendants(user, true),
         (OrgSet::Accessible, Some(org)) => user_org_ids(ACCESSIBLE_IN_ORG, user, Some(org)),
         (OrgSet::Admin, Some(org)) => user_org_ids(ADMIN_IN_ORG, user, Some(org)),
         (OrgSet::Invited, _) => user_org_ids(INVITED_ORGS, user, None),
     }
 }
+
+/// The acting user's joined memberships (`admin_only`: those as owner or admin) and every
+/// descendant of the orgs where the user is a joined owner or admin, deduplicated here;
+/// none unless the user is active. One plan without a CTE or a hashed UNION: executor
+/// start-up is most of what this costs (bench/README.md, "RLS list latency").
+fn orgs_and_descendants(user: pgrx::Uuid, admin_only: bool) -> Result<Vec<pgrx::Uuid>, TruxeError> {
+    let sql = if admin_only {
+        ADMIN_FLAT
+    } else {
+        ACCESSIBLE_FLAT
+    };
+    let mut ids = user_org_ids(sql, user, None)?;
+    ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The acting user's (`$1`) joined memberships (those as owner or admin only, when
+/// `$role_filter`), and the descendants of those as owner or admin; nothing unless the user
+/// is active (an uncorrelated EXISTS: one probe, a one-time filter). May repeat an id.
+macro_rules! flat_org_ids {
+    ($role_filter:literal) => {
+        concat!(
+            "SELECT x.org_id FROM (
+               SELECT m.org_id FROM truxe.memberships m
+                WHERE m.user_id = $1 AND m.joined_at IS NOT NULL",
+            $role_filter,
+            "
+               UNION ALL
+               SELECT c.descendant_id FROM truxe.memberships m
+                 JOIN truxe.org_closure c ON c.ancestor_id = m.org_id
+                WHERE m.user_id = $1 AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')) x
+             WHERE EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = $1 AND u.status = 'active')"
+        )
+    };
+}
+const ACCESSIBLE_FLAT: &str = flat_org_ids!("");
+const ADMIN_FLAT: &str = flat_org_ids!(" AND m.role IN ('owner', 'admin')");
 
 /// The org ids `sql` lists for `user` (`$1`) and, when the text takes it, `org` (`$2`).
 /// Read-only, in the calling statement's snapshot.

@@ -10,14 +10,20 @@
 //! the file's path, inode, modification time and size (one `stat` per call): editing or replacing
 //! the file (rotation) takes effect at the next call of every backend, without a reload.
 //!
+//! Each key also yields an **audit sealing key** ([`SealKey`], src/seal.rs): HMAC-SHA-256 of the
+//! key over a fixed label, so that the audit chain's MACs and the AES-GCM encryption never
+//! use the same key for two purposes.
+//!
 //! Every value is sealed with a fresh random 96-bit nonce and associated data that binds
 //! it to its row — table, row id and owner id ([`Binding`]) — so a ciphertext copied onto
 //! another row, or another owner's row, does not decrypt (XX001).
 use crate::error::{quote_input, Sqlstate, TruxeError};
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use hmac::{Hmac, Mac};
 use pgrx::{pg_sys, Uuid};
 use rand::TryRngCore;
+use sha2::Sha256;
 use std::cell::RefCell;
 use std::ffi::CStr;
 use std::os::unix::fs::MetadataExt;
@@ -61,9 +67,74 @@ pub struct Sealed {
 }
 
 /// The keys of the key file, in file order (the last one encrypts). The ciphers hold the
-/// expanded keys and wipe them when dropped (aes-gcm's `zeroize` feature).
+/// expanded keys and wipe them when dropped (aes-gcm's `zeroize` feature), as do the
+/// audit sealing keys.
 pub struct KeyRing {
     keys: Vec<(String, Aes256Gcm)>,
+    seal_keys: Vec<SealKey>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The label the audit sealing key is derived under (a domain-separated HMAC: the key
+/// file's key is the HMAC key, the label the message). A new derivation gets a new label.
+const SEAL_KEY_LABEL: &[u8] = b"truxe/v1/audit-seal-key";
+/// The message whose MAC under a sealing key is that key's check value.
+const KEY_CHECK_LABEL: &[u8] = b"truxe/v1/audit-seal-key-check";
+/// Bytes of a key check value (identifies a key, proves nothing: see [`SealKey::check_value`]).
+pub const KEY_CHECK_LEN: usize = 8;
+
+/// The audit sealing key of one line of the key file: HMAC-SHA-256(key, label). Never
+/// leaves this module except as a MAC or a check value.
+pub struct SealKey {
+    id: String,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl SealKey {
+    fn derive(id: &str, key: &[u8; 32]) -> SealKey {
+        let mut derived = Zeroizing::new([0u8; 32]);
+        derived.copy_from_slice(&hmac_sha256(key, SEAL_KEY_LABEL));
+        SealKey {
+            id: id.to_string(),
+            key: derived,
+        }
+    }
+
+    /// The id of the key file line this key comes from.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// HMAC-SHA-256 of `message` under this key.
+    pub fn mac(&self, message: &[u8]) -> [u8; 32] {
+        hmac_sha256(&self.key[..], message)
+    }
+
+    /// Whether `tag` is the MAC of `message` under this key (constant time).
+    pub fn verifies(&self, message: &[u8], tag: &[u8]) -> bool {
+        let Ok(mut m) = <HmacSha256 as Mac>::new_from_slice(&self.key[..]) else {
+            return false;
+        };
+        m.update(message);
+        m.verify_slice(tag).is_ok()
+    }
+
+    /// The first [`KEY_CHECK_LEN`] bytes of the MAC of a fixed label: stored beside each
+    /// seal so that verification can tell "another key under the same id" from "an altered
+    /// seal". It reveals nothing usable about the key (a MAC of a public constant).
+    pub fn check_value(&self) -> [u8; KEY_CHECK_LEN] {
+        let mut out = [0u8; KEY_CHECK_LEN];
+        out.copy_from_slice(&self.mac(KEY_CHECK_LABEL)[..KEY_CHECK_LEN]);
+        out
+    }
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    // HMAC takes a key of any length: new_from_slice cannot fail
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    m.update(message);
+    m.finalize().into_bytes().into()
 }
 
 impl KeyRing {
@@ -71,6 +142,16 @@ impl KeyRing {
     pub fn current(&self) -> (&str, &Aes256Gcm) {
         let (id, cipher) = self.keys.last().expect("a key ring is never empty");
         (id, cipher)
+    }
+
+    /// The audit sealing key of the key that encrypts (the last line's).
+    pub fn current_seal_key(&self) -> &SealKey {
+        self.seal_keys.last().expect("a key ring is never empty")
+    }
+
+    /// The audit sealing key of line `key_id`, if the file holds it.
+    pub fn seal_key(&self, key_id: &str) -> Option<&SealKey> {
+        self.seal_keys.iter().find(|k| k.id == key_id)
     }
 
     fn get(&self, key_id: &str) -> Option<&Aes256Gcm> {
@@ -147,6 +228,11 @@ impl KeyRing {
             .map(Zeroizing::new)
             .map_err(|_| corrupted())
     }
+}
+
+/// Whether `truxe.encryption_key_file` is set (not whether the file is usable).
+pub fn key_file_configured() -> bool {
+    key_file_setting().is_some()
 }
 
 /// `truxe.encryption_key_file`, when set and not empty.
@@ -255,6 +341,7 @@ fn refuse_inside_data_directory(path: &str) -> Result<(), TruxeError> {
 /// Parses the key file's text. The error names the line, never its content.
 pub fn parse_key_file(text: &str) -> Result<KeyRing, String> {
     let mut keys: Vec<(String, Aes256Gcm)> = Vec::new();
+    let mut seal_keys: Vec<SealKey> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -291,11 +378,12 @@ pub fn parse_key_file(text: &str) -> Result<KeyRing, String> {
         }
         let cipher = Aes256Gcm::new_from_slice(&key[..]).map_err(|_| malformed())?;
         keys.push((id.to_string(), cipher));
+        seal_keys.push(SealKey::derive(id, &key));
     }
     if keys.is_empty() {
         return Err("the key file holds no key".to_string());
     }
-    Ok(KeyRing { keys })
+    Ok(KeyRing { keys, seal_keys })
 }
 
 /// `N` bytes from the OS random source (XX000 if it fails).
@@ -349,6 +437,35 @@ mod unit {
             let err = parse_key_file(&bad).err().expect(&bad);
             assert!(!err.contains(&K1[..20]), "{err}");
         }
+    }
+
+    #[test]
+    fn audit_sealing_keys_are_derived_per_line_and_apart_from_the_key() {
+        let ring = parse_key_file(&format!("k1:{K1}\nk2:{K2}")).unwrap();
+        assert_eq!(ring.current_seal_key().id(), "k2");
+        let k1 = ring.seal_key("k1").unwrap();
+        assert!(ring.seal_key("k3").is_none());
+        // the derivation: HMAC-SHA-256(key, label), then HMAC-SHA-256 under that
+        let raw: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&K1[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let derived = hmac_sha256(&raw, SEAL_KEY_LABEL);
+        assert_ne!(&derived[..], &raw[..]);
+        assert_eq!(k1.mac(b"m"), hmac_sha256(&derived, b"m"));
+        assert_ne!(
+            k1.mac(b"m"),
+            hmac_sha256(&raw, b"m"),
+            "never the file's key itself"
+        );
+        assert!(k1.verifies(b"m", &k1.mac(b"m")));
+        assert!(!k1.verifies(b"n", &k1.mac(b"m")));
+        assert!(!ring.current_seal_key().verifies(b"m", &k1.mac(b"m")));
+        assert_ne!(k1.check_value(), ring.current_seal_key().check_value());
+        // RFC 4231 test case 2: the HMAC primitive itself
+        assert_eq!(
+            crate::security::to_hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod mfa;
 mod ops;
 mod orgs;
 mod rls;
+mod seal;
 mod security;
 mod session_policies;
 mod sessions;

@@ -18,14 +18,15 @@ const BOB: &str = "00000000-0000-0000-0000-0000000000d2";
 
 static KEY_FILES: AtomicUsize = AtomicUsize::new(0);
 
-/// A key file in a directory of its own under the temp dir, readable by the server.
-struct KeyFile {
+/// A key file in a directory of its own under the temp dir, readable by the server (also
+/// used by seal.rs).
+pub(crate) struct KeyFile {
     dir: PathBuf,
     path: PathBuf,
 }
 
 impl KeyFile {
-    fn new() -> KeyFile {
+    pub(crate) fn new() -> KeyFile {
         let dir = std::env::temp_dir().join(format!(
             "truxe-keys-{}-{}",
             std::process::id(),
@@ -37,7 +38,7 @@ impl KeyFile {
     }
 
     /// Writes `keys` (id, 64 hex digits), one a line; the last one encrypts.
-    fn write(&self, keys: &[(&str, &str)]) {
+    pub(crate) fn write(&self, keys: &[(&str, &str)]) {
         let text: String = keys.iter().map(|(id, k)| format!("{id}:{k}\n")).collect();
         self.write_text(&text);
     }
@@ -50,7 +51,7 @@ impl KeyFile {
         std::fs::rename(&tmp, &self.path).unwrap();
     }
 
-    fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         self.path.display().to_string()
     }
 }
@@ -62,7 +63,7 @@ impl Drop for KeyFile {
 }
 
 /// 32 random bytes as 64 hex digits (a key), from the OS.
-fn random_key() -> String {
+pub(crate) fn random_key() -> String {
     let mut b = [0u8; 32];
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
@@ -73,7 +74,7 @@ fn random_key() -> String {
 }
 
 /// Points database `db` at `keys` (as a superuser may: per database).
-fn use_key_file(db: &str, keys: &KeyFile) {
+pub(crate) fn use_key_file(db: &str, keys: &KeyFile) {
     server()
         .client(db, "postgres")
         .batch_execute(&format!(
