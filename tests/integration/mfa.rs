@@ -3,7 +3,7 @@
 //! replay and lockout under concurrency, the vault, key rotation, what a dump and a
 //! superuser see, recovery codes, session assurance, and who may call what.
 use crate::dump::restore_copy;
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{server, sqlstate, Tenants, TestDb};
 use postgres::Client;
 use std::path::PathBuf;
 use std::process::Command;
@@ -86,15 +86,14 @@ fn use_key_file(db: &str, keys: &KeyFile) {
 /// Two orgs and two active users (ALICE in A, BOB in B), with a key file of one key.
 fn keyed() -> (TestDb, KeyFile, String) {
     let db = server().fresh_db(true);
-    db.superuser()
-        .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{ALICE}', 'alice@a.example', 'active'), ('{BOB}', 'bob@b.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name) VALUES ('{ORG_A}', 'org-a', 'A'), ('{ORG_B}', 'org-b', 'B');
-             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at) VALUES
-               ('{ORG_A}', '{ALICE}', 'owner', now()), ('{ORG_B}', '{BOB}', 'owner', now());"
-        ))
-        .expect("populate");
+    Tenants::new()
+        .user(ALICE, "alice@a.example")
+        .user(BOB, "bob@b.example")
+        .org(ORG_A, "org-a", "A", None)
+        .org(ORG_B, "org-b", "B", None)
+        .member(ORG_A, ALICE, "owner")
+        .member(ORG_B, BOB, "owner")
+        .seed(&db);
     let keys = KeyFile::new();
     let k1 = random_key();
     keys.write(&[("k1", &k1)]);
@@ -353,12 +352,10 @@ fn five_wrong_codes_in_separate_transactions_lock_the_factor_for_15_minutes() {
 #[test]
 fn without_a_usable_key_file_every_function_says_what_to_configure() {
     let db = server().fresh_db(true);
-    db.superuser()
-        .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES ('{ALICE}', 'alice@a.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name) VALUES ('{ORG_A}', 'org-a', 'A');"
-        ))
-        .unwrap();
+    Tenants::new()
+        .user(ALICE, "alice@a.example")
+        .org(ORG_A, "org-a", "A", None)
+        .seed(&db);
     let check = |db: &TestDb, needle: &str| {
         let mut s = db.service();
         for sql in [

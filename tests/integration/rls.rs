@@ -1,7 +1,7 @@
 //! Row Level Security (docs/reference.md, "Tables and Row Level Security") as a real NOSUPERUSER login that is a member of
 //! `authenticated`: two tenants (A with child A1, and B), an owner, a member, a pending
 //! invitee and a member of the child org.
-use crate::harness::{code_of, server, sqlstate, TestDb};
+use crate::harness::{code_of, server, sqlstate, Tenants, TestDb};
 use postgres::Client;
 
 const ORG_A: &str = "a0000000-0000-0000-0000-00000000000a";
@@ -15,22 +15,27 @@ const ERIN: &str = "00000000-0000-0000-0000-00000000e217"; // member of A1 only
 
 fn populated() -> TestDb {
     let db = server().fresh_db(true);
+    Tenants::new()
+        .user(ALICE, "alice@a.example")
+        .user(BOB, "bob@a.example")
+        .user(CAROL, "carol@b.example")
+        .user(DAVE, "dave@d.example")
+        .user(ERIN, "erin@a.example")
+        .org(ORG_A, "org-a", "A", None)
+        .org(ORG_B, "org-b", "B", None)
+        .org(ORG_A1, "org-a1", "A1", Some(ORG_A))
+        .member(ORG_A, ALICE, "owner")
+        .member(ORG_A, BOB, "member")
+        .invited_by(ALICE)
+        .member(ORG_B, CAROL, "owner")
+        .pending(ORG_A, DAVE, "member")
+        .invited_by(ALICE)
+        .member(ORG_A1, ERIN, "member")
+        .invited_by(ALICE)
+        .seed(&db);
     db.superuser()
         .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{ALICE}', 'alice@a.example', 'active'), ('{BOB}', 'bob@a.example', 'active'),
-               ('{CAROL}', 'carol@b.example', 'active'), ('{DAVE}', 'dave@d.example', 'active'),
-               ('{ERIN}', 'erin@a.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name, parent_org_id) VALUES
-               ('{ORG_A}', 'org-a', 'A', NULL), ('{ORG_B}', 'org-b', 'B', NULL),
-               ('{ORG_A1}', 'org-a1', 'A1', '{ORG_A}');
-             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at, invited_by) VALUES
-               ('{ORG_A}', '{ALICE}', 'owner', now(), NULL),
-               ('{ORG_A}', '{BOB}', 'member', now(), '{ALICE}'),
-               ('{ORG_B}', '{CAROL}', 'owner', now(), NULL),
-               ('{ORG_A}', '{DAVE}', 'member', NULL, '{ALICE}'),
-               ('{ORG_A1}', '{ERIN}', 'member', now(), '{ALICE}');
-             INSERT INTO truxe.sessions (user_id, org_id, family_id, expires_at)
+            "INSERT INTO truxe.sessions (user_id, org_id, family_id, expires_at)
                SELECT id, NULL, gen_random_uuid(), now() + interval '1 day' FROM truxe.users;
              INSERT INTO truxe.audit_logs (org_id, action) VALUES
                ('{ORG_A}', 'org.updated'), ('{ORG_A1}', 'org.updated'), ('{ORG_B}', 'org.updated');
