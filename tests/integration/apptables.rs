@@ -2,7 +2,7 @@
 //! policies on an app table as real NOSUPERUSER logins, unprotect_table, audit_table's rows,
 //! application-defined audit actions, and the sealed audit log (tampering as a superuser,
 //! concurrent writers while sealing).
-use crate::harness::{server, sqlstate, Tenants, TestDb, SERVICE_LOGIN};
+use crate::harness::{as_user, server, sorted, sqlstate, strings, Tenants, TestDb, SERVICE_LOGIN};
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -56,30 +56,6 @@ fn tenants() -> TestDb {
         ))
         .expect("tenants");
     db
-}
-
-fn as_user(db: &TestDb, user: Option<&str>) -> Client {
-    match user {
-        Some(u) => db.acting_as(u),
-        None => db.authenticated(),
-    }
-}
-
-fn strings(c: &mut Client, sql: &str) -> Vec<String> {
-    let mut v: Vec<String> = c
-        .query(sql, &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    v.sort();
-    v
-}
-
-fn sorted(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
 }
 
 /// A persona: name, user, orgs whose rows they read, orgs where they write.

@@ -270,6 +270,34 @@ impl TestDb {
     }
 }
 
+/// An `authenticated` connection acting as `user` for the whole session, or with no acting
+/// user at all.
+pub fn as_user(db: &TestDb, user: Option<&str>) -> Client {
+    match user {
+        Some(u) => db.acting_as(u),
+        None => db.authenticated(),
+    }
+}
+
+/// The first column (text) of every row `sql` returns through `c`, sorted.
+pub fn strings(c: &mut Client, sql: &str) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `v` as owned strings, sorted: what `strings` answers for these values.
+pub fn sorted(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
 /// Inserts an active user with `email` through `c` (a superuser or service connection) and
 /// returns its id as text.
 pub fn active_user(c: &mut Client, email: &str) -> String {

@@ -121,6 +121,16 @@ fn verify(c: &mut Client, factor: &str, code: &str) -> String {
     .get(0)
 }
 
+/// The factor's failed_attempts, read through `c`.
+fn failed_attempts(c: &mut Client, factor: &str) -> i32 {
+    c.query_one(
+        "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
+        &[&factor],
+    )
+    .unwrap()
+    .get(0)
+}
+
 /// Waits, if needed, until at least `need` seconds remain in the current 30-second step,
 /// so that codes computed now for the steps around it stay around it.
 fn leave_step_margin(need: u64) {
@@ -261,14 +271,7 @@ fn a_code_is_accepted_once_and_of_eight_concurrent_submissions_exactly_one_wins(
     assert_eq!(verify(&mut s, &id, &code), "verified");
     assert_eq!(verify(&mut s, &id, &code), "replayed");
     // a replay is not a failure
-    let failed: i32 = s
-        .query_one(
-            "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(failed, 0);
+    assert_eq!(failed_attempts(&mut s, &id), 0);
 
     // a fresh factor, one valid code, 8 connections at once, each in its own transaction
     let (id, secret, _) = enroll(&mut s, ALICE);
@@ -339,14 +342,7 @@ fn five_wrong_codes_in_separate_transactions_lock_the_factor_for_15_minutes() {
         )
         .unwrap();
     assert_eq!(verify(&mut s, &id, &python_code(&secret)), "verified");
-    let failed: i32 = s
-        .query_one(
-            "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(failed, 0);
+    assert_eq!(failed_attempts(&mut s, &id), 0);
 }
 
 #[test]
@@ -995,14 +991,7 @@ fn a_second_factor_raises_the_session_to_aal_2_and_refresh_keeps_it() {
         "invalid"
     );
     assert_eq!(elevate(&mut s, &jti, &bob_factor, "000000"), "invalid");
-    let bob_failures: i32 = s
-        .query_one(
-            "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
-            &[&bob_factor],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(bob_failures, 0);
+    assert_eq!(failed_attempts(&mut s, &bob_factor), 0);
     // unknown session: invalid
     assert_eq!(
         elevate(

@@ -1,7 +1,7 @@
 //! Row Level Security (docs/reference.md, "Tables and Row Level Security") as a real NOSUPERUSER login that is a member of
 //! `authenticated`: two tenants (A with child A1, and B), an owner, a member, a pending
 //! invitee and a member of the child org.
-use crate::harness::{code_of, server, sqlstate, Tenants, TestDb};
+use crate::harness::{as_user, code_of, server, sorted, sqlstate, strings, Tenants, TestDb};
 use postgres::Client;
 
 const ORG_A: &str = "a0000000-0000-0000-0000-00000000000a";
@@ -50,44 +50,14 @@ fn populated() -> TestDb {
     db
 }
 
-/// An `authenticated` connection acting as `user` (session-level context).
-fn as_user(db: &TestDb, user: Option<&str>) -> Client {
-    let mut c = db.authenticated();
-    if let Some(u) = user {
-        c.execute(
-            "SELECT truxe.set_context($1::text::uuid, NULL, false)",
-            &[&u],
-        )
-        .unwrap();
-    }
-    c
-}
-
-fn ids(c: &mut Client, sql: &str) -> Vec<String> {
-    let mut v: Vec<String> = c
-        .query(sql, &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    v.sort();
-    v
-}
-
-fn sorted(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
-
 fn orgs(c: &mut Client) -> Vec<String> {
-    ids(c, "SELECT id::text FROM truxe.organizations")
+    strings(c, "SELECT id::text FROM truxe.organizations")
 }
 fn users(c: &mut Client) -> Vec<String> {
-    ids(c, "SELECT id::text FROM truxe.users")
+    strings(c, "SELECT id::text FROM truxe.users")
 }
 fn members(c: &mut Client) -> Vec<String> {
-    ids(
+    strings(
         c,
         "SELECT org_id::text || '/' || user_id::text FROM truxe.memberships",
     )
@@ -99,7 +69,7 @@ fn count(c: &mut Client, table: &str) -> i64 {
 }
 /// Orgs whose audit rows are visible (the audit triggers add rows of their own).
 fn audit_orgs(c: &mut Client) -> Vec<String> {
-    ids(
+    strings(
         c,
         "SELECT DISTINCT org_id::text FROM truxe.audit_logs WHERE org_id IS NOT NULL",
     )
@@ -146,12 +116,12 @@ fn owner_sees_own_tenant_and_its_descendants_only() {
     assert_eq!(m.len(), 4, "{m:?}");
     assert!(m.iter().all(|r| !r.starts_with(ORG_B)), "{m:?}");
     assert_eq!(
-        ids(&mut c, "SELECT user_id::text FROM truxe.sessions"),
+        strings(&mut c, "SELECT user_id::text FROM truxe.sessions"),
         sorted(&[ALICE])
     );
     assert_eq!(audit_orgs(&mut c), sorted(&[ORG_A, ORG_A1]));
     assert_eq!(
-        ids(&mut c, "SELECT org_id::text FROM truxe.usage_metrics"),
+        strings(&mut c, "SELECT org_id::text FROM truxe.usage_metrics"),
         sorted(&[ORG_A])
     );
 
@@ -691,7 +661,7 @@ fn a_suspended_user_opens_no_org_through_rls() {
         assert!(orgs(&mut alice).is_empty(), "{status}: no org visible");
         assert_eq!(audit_orgs(&mut alice), Vec::<String>::new(), "{status}");
         assert_eq!(
-            ids(
+            strings(
                 &mut alice,
                 "SELECT unnest(truxe.accessible_org_ids())::text"
             ),
