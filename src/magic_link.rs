@@ -452,11 +452,7 @@ fn check(
                         AND m.user_id = $2 AND m.joined_at IS NOT NULL",
                 )?;
                 let member = plans::run(c, sql, &[TEXT, UUID], &[slug.into(), user_id.into()])?;
-                if member.is_empty() {
-                    None
-                } else {
-                    member.first().get_one::<Uuid>()?
-                }
+                plans::first_value::<Uuid>(member)?
             }
             None => None,
         };
@@ -521,11 +517,7 @@ pub(crate) fn login_user(c: &mut SpiClient<'_>, email: &str) -> Result<(Uuid, St
             &[TEXT],
             &[email.into()],
         )?;
-        if let Some(id) = (!created.is_empty())
-            .then(|| created.first().get_one::<Uuid>())
-            .transpose()?
-            .flatten()
-        {
+        if let Some(id) = plans::first_value::<Uuid>(created)? {
             return Ok((id, "active".into()));
         }
     }

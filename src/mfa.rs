@@ -407,13 +407,7 @@ fn unenroll(factor_id: Option<Uuid>) -> Result<bool, TruxeError> {
         "DELETE FROM truxe.mfa_factors WHERE id = $1 RETURNING user_id",
         &[UUID],
         &[factor_id.into()],
-        |rows| {
-            if rows.is_empty() {
-                Ok(None)
-            } else {
-                rows.first().get_one::<Uuid>()
-            }
-        },
+        plans::first_value::<Uuid>,
     )?;
     let Some(user) = user else {
         return Ok(false);

@@ -78,6 +78,16 @@ pub fn run_once<R>(
     Spi::connect_mut(|client| consume(run(client, sql, types, args)?))
 }
 
+/// The first column of the first row of `rows`: None when there is no row (or the value is
+/// NULL). For a statement that answers at most one row, e.g. `DELETE … RETURNING id`.
+pub fn first_value<T: FromDatum + IntoDatum>(rows: SpiTupleTable<'_>) -> spi::Result<Option<T>> {
+    if rows.is_empty() {
+        Ok(None)
+    } else {
+        rows.first().get_one::<T>()
+    }
+}
+
 /// Parameter type shorthands.
 pub const UUID: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::UUIDOID);
 pub const TEXT: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID);

@@ -76,7 +76,7 @@ fn hit(
          RETURNING request_count",
         &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT4],
         &[sha256_hex(key.as_bytes()).into(), window_start.into(), reset_at.into(), max.into()],
-        |rows| if rows.is_empty() { Ok(None) } else { rows.first().get_one::<i32>() },
+        plans::first_value::<i32>,
     )?;
     // no row: the window was already past its limit, and this call changed nothing
     let count = count.unwrap_or(max.saturating_add(1));

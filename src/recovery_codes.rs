@@ -136,13 +136,7 @@ fn use_code(user_id: Option<Uuid>, code: Option<String>) -> Result<bool, TruxeEr
            FROM used",
         &[UUID, BYTEA],
         &[user_id.into(), recovery_hash(user_id, &code).into()],
-        |rows| {
-            if rows.is_empty() {
-                Ok(None)
-            } else {
-                rows.first().get_one::<i64>()
-            }
-        },
+        plans::first_value::<i64>,
     )?;
     let Some(left) = left else {
         return Ok(false);

@@ -125,7 +125,7 @@ fn put(
                 &[UUID, TEXT],
                 &[org_id.into(), name.clone().into()],
             )?;
-            if let Some(id) = first_uuid(existing)? {
+            if let Some(id) = plans::first_value::<Uuid>(existing)? {
                 let sealed = keys.seal(&binding(id, org_id), value.as_bytes())?;
                 plans::run(
                     c,
@@ -162,7 +162,7 @@ fn put(
                     metadata(),
                 ],
             )?;
-            if first_uuid(inserted)?.is_some() {
+            if plans::first_value::<Uuid>(inserted)?.is_some() {
                 return Ok(id);
             }
         }
@@ -180,13 +180,6 @@ fn put(
         &audit::Client::default(),
     )?;
     Ok(id)
-}
-
-fn first_uuid(rows: pgrx::spi::SpiTupleTable<'_>) -> Result<Option<Uuid>, TruxeError> {
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    Ok(rows.first().get_one::<Uuid>()?)
 }
 
 /// The value of the secret `name` of organization `org_id`, decrypted; NULL when there is
@@ -267,13 +260,7 @@ fn delete(org_id: Option<Uuid>, name: Option<String>) -> Result<bool, TruxeError
         "DELETE FROM truxe.secrets WHERE org_id = $1 AND name = $2 RETURNING id",
         &[UUID, TEXT],
         &[org_id.into(), name.into()],
-        |rows| {
-            if rows.is_empty() {
-                Ok(None)
-            } else {
-                rows.first().get_one::<Uuid>()
-            }
-        },
+        plans::first_value::<Uuid>,
     )?;
     let Some(id) = deleted else {
         return Ok(false);

@@ -1,7 +1,7 @@
 //! API keys (docs/reference.md, "API keys"): a key is a member of its own org and nothing
 //! more, never holds more than its creator, stops at once when revoked, expired or its
 //! creator is removed, and a mistyped key is refused before any table read.
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{server, sqlstate, Tenants, TestDb};
 use postgres::{Client, GenericClient};
 
 const ACME: &str = "2a000000-0000-0000-0000-00000000000a";
@@ -19,23 +19,26 @@ const BOB: &str = "20000000-0000-0000-0000-0000000000b1";
 /// ACME with its child EU, and BETA, under identity_mode = verified.
 fn populated() -> TestDb {
     let db = server().fresh_db(true);
+    Tenants::new()
+        .user(ADA, "ada@x.example")
+        .user(ALI, "ali@x.example")
+        .user(CARL, "carl@x.example")
+        .user(BOB, "bob@x.example")
+        .org(ACME, "acme", "Acme", None)
+        .org(BETA, "beta", "Beta", None)
+        .org(EU, "acme-eu", "Acme EU", Some(ACME))
+        .member(ACME, ADA, "owner")
+        .member(ACME, ALI, "admin")
+        .member(ACME, CARL, "member")
+        .member(BETA, BOB, "owner")
+        .member(EU, CARL, "member")
+        .seed(&db);
     db.superuser()
         .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{ADA}', 'ada@x.example', 'active'), ('{ALI}', 'ali@x.example', 'active'),
-               ('{CARL}', 'carl@x.example', 'active'), ('{BOB}', 'bob@x.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name) VALUES
-               ('{ACME}', 'acme', 'Acme'), ('{BETA}', 'beta', 'Beta');
-             INSERT INTO truxe.organizations (id, slug, name, parent_org_id)
-               VALUES ('{EU}', 'acme-eu', 'Acme EU', '{ACME}');
-             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at) VALUES
-               ('{ACME}', '{ADA}', 'owner', now()), ('{ACME}', '{ALI}', 'admin', now()),
-               ('{ACME}', '{CARL}', 'member', now()), ('{BETA}', '{BOB}', 'owner', now()),
-               ('{EU}', '{CARL}', 'member', now());
-             ALTER DATABASE {} SET truxe.identity_mode = verified;",
+            "ALTER DATABASE {} SET truxe.identity_mode = verified",
             db.name
         ))
-        .expect("populate");
+        .expect("verified mode");
     db
 }
 

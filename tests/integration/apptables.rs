@@ -2,7 +2,7 @@
 //! policies on an app table as real NOSUPERUSER logins, unprotect_table, audit_table's rows,
 //! application-defined audit actions, and the sealed audit log (tampering as a superuser,
 //! concurrent writers while sealing).
-use crate::harness::{server, sqlstate, TestDb, SERVICE_LOGIN};
+use crate::harness::{as_user, server, sorted, sqlstate, strings, Tenants, TestDb, SERVICE_LOGIN};
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,22 +25,26 @@ const OSCAR: &str = "00000000-0000-0000-0000-00000000050c"; // member of nothing
 /// through his membership's own permissions.
 fn tenants() -> TestDb {
     let db = server().fresh_db(true);
+    Tenants::new()
+        .user(ALICE, "alice@a.example")
+        .user(ADAM, "adam@a.example")
+        .user(BOB, "bob@a.example")
+        .user(ERIN, "erin@a.example")
+        .user(CAROL, "carol@b.example")
+        .user(OSCAR, "oscar@o.example")
+        .org(ORG_A, "org-a", "A", None)
+        .org(ORG_B, "org-b", "B", None)
+        .org(ORG_A1, "org-a1", "A1", Some(ORG_A))
+        .member(ORG_A, ALICE, "owner")
+        .member(ORG_A, ADAM, "admin")
+        .member(ORG_A, BOB, "member")
+        .permissions(r#"["projects:write"]"#)
+        .member(ORG_A1, ERIN, "member")
+        .member(ORG_B, CAROL, "owner")
+        .seed(&db);
     db.superuser()
         .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{ALICE}', 'alice@a.example', 'active'), ('{ADAM}', 'adam@a.example', 'active'),
-               ('{BOB}', 'bob@a.example', 'active'), ('{ERIN}', 'erin@a.example', 'active'),
-               ('{CAROL}', 'carol@b.example', 'active'), ('{OSCAR}', 'oscar@o.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name, parent_org_id) VALUES
-               ('{ORG_A}', 'org-a', 'A', NULL), ('{ORG_B}', 'org-b', 'B', NULL),
-               ('{ORG_A1}', 'org-a1', 'A1', '{ORG_A}');
-             INSERT INTO truxe.memberships (org_id, user_id, role, permissions, joined_at) VALUES
-               ('{ORG_A}', '{ALICE}', 'owner', '[]', now()),
-               ('{ORG_A}', '{ADAM}', 'admin', '[]', now()),
-               ('{ORG_A}', '{BOB}', 'member', '[\"projects:write\"]', now()),
-               ('{ORG_A1}', '{ERIN}', 'member', '[]', now()),
-               ('{ORG_B}', '{CAROL}', 'owner', '[]', now());
-             INSERT INTO truxe.role_permissions VALUES ('admin', 'projects:*');
+            "INSERT INTO truxe.role_permissions VALUES ('admin', 'projects:*');
              CREATE TABLE public.projects (
                id bigserial PRIMARY KEY, org_id uuid NOT NULL, name text NOT NULL,
                meta jsonb NOT NULL DEFAULT '{{}}');
@@ -52,30 +56,6 @@ fn tenants() -> TestDb {
         ))
         .expect("tenants");
     db
-}
-
-fn as_user(db: &TestDb, user: Option<&str>) -> Client {
-    match user {
-        Some(u) => db.acting_as(u),
-        None => db.authenticated(),
-    }
-}
-
-fn strings(c: &mut Client, sql: &str) -> Vec<String> {
-    let mut v: Vec<String> = c
-        .query(sql, &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    v.sort();
-    v
-}
-
-fn sorted(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
 }
 
 /// A persona: name, user, orgs whose rows they read, orgs where they write.

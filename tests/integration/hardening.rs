@@ -2,7 +2,7 @@
 //! authority, per-tree serialisation, trigger functions that cannot be called, no
 //! backtraces in errors, and the input checks of magic links and usage. Every test goes
 //! through real NOSUPERUSER logins and would fail on 0.1.
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{server, sqlstate, Tenants, TestDb};
 use postgres::Client;
 
 const OWNER: &str = "00000000-0000-0000-0000-0000000000c1"; // owner of A
@@ -13,18 +13,16 @@ const ORG_B: &str = "b0000000-0000-0000-0000-0000000000c2";
 
 fn tenants() -> TestDb {
     let db = server().fresh_db(true);
-    db.superuser()
-        .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{OWNER}', 'owner@a.example', 'active'), ('{ADMIN}', 'admin@a.example', 'active'),
-               ('{OTHER}', 'other@b.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name) VALUES
-               ('{ORG_A}', 'org-a', 'A'), ('{ORG_B}', 'org-b', 'B');
-             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at) VALUES
-               ('{ORG_A}', '{OWNER}', 'owner', now()), ('{ORG_A}', '{ADMIN}', 'admin', now()),
-               ('{ORG_B}', '{OTHER}', 'owner', now());"
-        ))
-        .expect("populate");
+    Tenants::new()
+        .user(OWNER, "owner@a.example")
+        .user(ADMIN, "admin@a.example")
+        .user(OTHER, "other@b.example")
+        .org(ORG_A, "org-a", "A", None)
+        .org(ORG_B, "org-b", "B", None)
+        .member(ORG_A, OWNER, "owner")
+        .member(ORG_A, ADMIN, "admin")
+        .member(ORG_B, OTHER, "owner")
+        .seed(&db);
     db
 }
 

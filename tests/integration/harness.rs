@@ -270,6 +270,34 @@ impl TestDb {
     }
 }
 
+/// An `authenticated` connection acting as `user` for the whole session, or with no acting
+/// user at all.
+pub fn as_user(db: &TestDb, user: Option<&str>) -> Client {
+    match user {
+        Some(u) => db.acting_as(u),
+        None => db.authenticated(),
+    }
+}
+
+/// The first column (text) of every row `sql` returns through `c`, sorted.
+pub fn strings(c: &mut Client, sql: &str) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `v` as owned strings, sorted: what `strings` answers for these values.
+pub fn sorted(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
 /// Inserts an active user with `email` through `c` (a superuser or service connection) and
 /// returns its id as text.
 pub fn active_user(c: &mut Client, email: &str) -> String {
@@ -279,6 +307,136 @@ pub fn active_user(c: &mut Client, email: &str) -> String {
     )
     .expect("insert an active user")
     .get(0)
+}
+
+/// A test file's tenants written straight into truxe's tables as the superuser: active
+/// users, orgs (a parent before its children) and memberships, stated as data in the order
+/// they are inserted. `seed` writes one INSERT per table.
+#[derive(Default)]
+pub struct Tenants {
+    users: Vec<String>,
+    orgs: Vec<String>,
+    members: Vec<Membership>,
+}
+
+struct Membership {
+    org: String,
+    user: String,
+    role: String,
+    joined: bool,
+    permissions: Option<String>,
+    invited_by: Option<String>,
+}
+
+/// `s` as an SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Tenants {
+    pub fn new() -> Tenants {
+        Tenants::default()
+    }
+
+    /// An active user.
+    pub fn user(mut self, id: &str, email: &str) -> Tenants {
+        self.users
+            .push(format!("({}, {}, 'active')", literal(id), literal(email)));
+        self
+    }
+
+    /// An org, under `parent` (added earlier) or a root.
+    pub fn org(mut self, id: &str, slug: &str, name: &str, parent: Option<&str>) -> Tenants {
+        let parent = parent.map_or("NULL".to_string(), literal);
+        self.orgs.push(format!(
+            "({}, {}, {}, {parent})",
+            literal(id),
+            literal(slug),
+            literal(name)
+        ));
+        self
+    }
+
+    /// A membership joined now.
+    pub fn member(self, org: &str, user: &str, role: &str) -> Tenants {
+        self.membership(org, user, role, true)
+    }
+
+    /// A pending membership: invited, not joined (`joined_at` NULL).
+    pub fn pending(self, org: &str, user: &str, role: &str) -> Tenants {
+        self.membership(org, user, role, false)
+    }
+
+    fn membership(mut self, org: &str, user: &str, role: &str, joined: bool) -> Tenants {
+        self.members.push(Membership {
+            org: org.into(),
+            user: user.into(),
+            role: role.into(),
+            joined,
+            permissions: None,
+            invited_by: None,
+        });
+        self
+    }
+
+    /// The extra permissions (a JSON array) of the membership added last.
+    pub fn permissions(mut self, json: &str) -> Tenants {
+        self.last_membership().permissions = Some(json.into());
+        self
+    }
+
+    /// Who invited the membership added last.
+    pub fn invited_by(mut self, user: &str) -> Tenants {
+        self.last_membership().invited_by = Some(user.into());
+        self
+    }
+
+    fn last_membership(&mut self) -> &mut Membership {
+        self.members
+            .last_mut()
+            .expect("a membership before its permissions or inviter")
+    }
+
+    /// Writes them into `db` as its superuser.
+    pub fn seed(&self, db: &TestDb) {
+        let mut sql = String::new();
+        if !self.users.is_empty() {
+            sql += &format!(
+                "INSERT INTO truxe.users (id, email, status) VALUES {};\n",
+                self.users.join(", ")
+            );
+        }
+        if !self.orgs.is_empty() {
+            sql += &format!(
+                "INSERT INTO truxe.organizations (id, slug, name, parent_org_id) VALUES {};\n",
+                self.orgs.join(", ")
+            );
+        }
+        if !self.members.is_empty() {
+            let rows: Vec<String> = self
+                .members
+                .iter()
+                .map(|m| {
+                    format!(
+                        "({}, {}, {}, {}, {}, {})",
+                        literal(&m.org),
+                        literal(&m.user),
+                        literal(&m.role),
+                        m.permissions.as_deref().map_or("DEFAULT".into(), literal),
+                        if m.joined { "now()" } else { "NULL" },
+                        m.invited_by.as_deref().map_or("NULL".into(), literal)
+                    )
+                })
+                .collect();
+            sql += &format!(
+                "INSERT INTO truxe.memberships (org_id, user_id, role, permissions, joined_at, invited_by) VALUES {};",
+                rows.join(", ")
+            );
+        }
+        db.superuser()
+            .batch_execute(&sql)
+            .expect("seed the tenants");
+    }
 }
 
 /// Says on the process's stderr that a test did not run its real check, and why: cargo test

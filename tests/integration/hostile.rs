@@ -4,7 +4,7 @@
 //! jsonb, extreme numbers, intervals and timestamps) as the superuser, as service_account
 //! and as authenticated (acting as an org owner). Expected: no XX000, no lost connection
 //! (a crashed backend), every error message under 1 kB.
-use crate::harness::{server, TestDb};
+use crate::harness::{server, Tenants, TestDb};
 use postgres::Client;
 
 /// Problems that another change of 0.2 fixes, outside this module's files: reported (so
@@ -181,14 +181,11 @@ fn hostile_arguments_never_panic_crash_or_flood() {
     let db = server().fresh_db(true);
     let owner = "00000000-0000-0000-0000-0000000000d1";
     let org = "d0000000-0000-0000-0000-0000000000d1";
-    db.superuser()
-        .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES ('{owner}', 'o@d.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name) VALUES ('{org}', 'hostile-x', 'D');
-             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at)
-               VALUES ('{org}', '{owner}', 'owner', now());"
-        ))
-        .unwrap();
+    Tenants::new()
+        .user(owner, "o@d.example")
+        .org(org, "hostile-x", "D", None)
+        .member(org, owner, "owner")
+        .seed(&db);
     let funcs = functions(&db);
     assert!(funcs.len() >= 30, "{} functions", funcs.len());
     let mut problems = Vec::new();

@@ -4,7 +4,7 @@
 //! one transaction; the acting org narrows what every org-scoped table shows; parallel
 //! workers and a transaction-pooling PgBouncer keep the identity where it belongs.
 use crate::harness::{
-    free_loopback_port, installed, server, skip, sqlstate, Killed, TestDb, AUTH_LOGIN,
+    free_loopback_port, installed, server, skip, sqlstate, Killed, Tenants, TestDb, AUTH_LOGIN,
 };
 use postgres::{Client, NoTls};
 
@@ -21,21 +21,19 @@ const BOB: &str = "10000000-0000-0000-0000-0000000000b1";
 /// ACME with its child EU, and BETA; the users above.
 fn populated() -> TestDb {
     let db = server().fresh_db(true);
-    db.superuser()
-        .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{ADA}', 'ada@x.example', 'active'), ('{CARL}', 'carl@x.example', 'active'),
-               ('{BOB}', 'bob@x.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name) VALUES
-               ('{ACME}', 'acme', 'Acme'), ('{BETA}', 'beta', 'Beta');
-             INSERT INTO truxe.organizations (id, slug, name, parent_org_id)
-               VALUES ('{EU}', 'acme-eu', 'Acme EU', '{ACME}');
-             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at) VALUES
-               ('{ACME}', '{ADA}', 'owner', now()), ('{ACME}', '{CARL}', 'member', now()),
-               ('{EU}', '{CARL}', 'member', now()), ('{BETA}', '{BOB}', 'owner', now()),
-               ('{BETA}', '{CARL}', 'member', NULL);"
-        ))
-        .expect("populate");
+    Tenants::new()
+        .user(ADA, "ada@x.example")
+        .user(CARL, "carl@x.example")
+        .user(BOB, "bob@x.example")
+        .org(ACME, "acme", "Acme", None)
+        .org(BETA, "beta", "Beta", None)
+        .org(EU, "acme-eu", "Acme EU", Some(ACME))
+        .member(ACME, ADA, "owner")
+        .member(ACME, CARL, "member")
+        .member(EU, CARL, "member")
+        .member(BETA, BOB, "owner")
+        .pending(BETA, CARL, "member")
+        .seed(&db);
     db
 }
 

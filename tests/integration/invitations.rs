@@ -464,56 +464,22 @@ fn the_rules_of_invite_member_and_the_101st_invitation_of_an_hour() {
             "42501"
         );
     }
+    // an invitation of x@else.example as a member for 7 days, but with `perms`
+    let with_perms =
+        |c: &mut Client, perms: &str| call(c, &o.id, "x@else.example", "member", perms, "7 days");
+    // an invitation of `email` as a plain member, for `ttl`
+    let with_ttl =
+        |c: &mut Client, email: &str, ttl: &str| call(c, &o.id, email, "member", "[]", ttl);
     // only an owner invites an owner; an admin grants only what it holds
     assert_eq!(
         call(&mut admin, &o.id, "x@else.example", "owner", "[]", "7 days"),
         "42501"
     );
-    assert_eq!(
-        call(
-            &mut admin,
-            &o.id,
-            "x@else.example",
-            "member",
-            r#"["billing:refund"]"#,
-            "7 days"
-        ),
-        "42501"
-    );
-    assert_eq!(
-        call(
-            &mut admin,
-            &o.id,
-            "x@else.example",
-            "member",
-            r#"["Not A Permission"]"#,
-            "7 days"
-        ),
-        "22023"
-    );
-    assert_eq!(
-        call(
-            &mut admin,
-            &o.id,
-            "x@else.example",
-            "member",
-            r#"{"a": 1}"#,
-            "7 days"
-        ),
-        "22023"
-    );
+    assert_eq!(with_perms(&mut admin, r#"["billing:refund"]"#), "42501");
+    assert_eq!(with_perms(&mut admin, r#"["Not A Permission"]"#), "22023");
+    assert_eq!(with_perms(&mut admin, r#"{"a": 1}"#), "22023");
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
-    assert_eq!(
-        call(
-            &mut admin,
-            &o.id,
-            "x@else.example",
-            "member",
-            &deep,
-            "7 days"
-        ),
-        "22023"
-    );
+    assert_eq!(with_perms(&mut admin, &deep), "22023");
     let mut owner = o.db.acting_as(&o.owner);
     assert_eq!(
         call(
@@ -529,49 +495,12 @@ fn the_rules_of_invite_member_and_the_101st_invitation_of_an_hour() {
     // e-mail and ttl (1 hour to 30 days)
     assert_eq!(ok(&mut admin, "not-an-email"), "22023");
     assert_eq!(
-        call(
-            &mut admin,
-            &o.id,
-            "x@else.example",
-            "member",
-            "[]",
-            "59 minutes"
-        ),
+        with_ttl(&mut admin, "x@else.example", "59 minutes"),
         "22023"
     );
-    assert_eq!(
-        call(
-            &mut admin,
-            &o.id,
-            "x@else.example",
-            "member",
-            "[]",
-            "31 days"
-        ),
-        "22023"
-    );
-    assert_eq!(
-        call(
-            &mut admin,
-            &o.id,
-            "x@else.example",
-            "member",
-            "[]",
-            "1 hour"
-        ),
-        ""
-    );
-    assert_eq!(
-        call(
-            &mut admin,
-            &o.id,
-            "y@else.example",
-            "member",
-            "[]",
-            "30 days"
-        ),
-        ""
-    );
+    assert_eq!(with_ttl(&mut admin, "x@else.example", "31 days"), "22023");
+    assert_eq!(with_ttl(&mut admin, "x@else.example", "1 hour"), "");
+    assert_eq!(with_ttl(&mut admin, "y@else.example", "30 days"), "");
     // no acting user: 42501; service_account acting for the owner may invite
     assert_eq!(ok(&mut o.db.authenticated(), "x@else.example"), "42501");
     assert_eq!(ok(&mut o.db.service(), "x@else.example"), "42501");

@@ -3,7 +3,7 @@
 //! replay and lockout under concurrency, the vault, key rotation, what a dump and a
 //! superuser see, recovery codes, session assurance, and who may call what.
 use crate::dump::restore_copy;
-use crate::harness::{server, sqlstate, TestDb};
+use crate::harness::{server, sqlstate, Tenants, TestDb};
 use postgres::Client;
 use std::path::PathBuf;
 use std::process::Command;
@@ -87,15 +87,14 @@ pub(crate) fn use_key_file(db: &str, keys: &KeyFile) {
 /// Two orgs and two active users (ALICE in A, BOB in B), with a key file of one key.
 fn keyed() -> (TestDb, KeyFile, String) {
     let db = server().fresh_db(true);
-    db.superuser()
-        .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{ALICE}', 'alice@a.example', 'active'), ('{BOB}', 'bob@b.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name) VALUES ('{ORG_A}', 'org-a', 'A'), ('{ORG_B}', 'org-b', 'B');
-             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at) VALUES
-               ('{ORG_A}', '{ALICE}', 'owner', now()), ('{ORG_B}', '{BOB}', 'owner', now());"
-        ))
-        .expect("populate");
+    Tenants::new()
+        .user(ALICE, "alice@a.example")
+        .user(BOB, "bob@b.example")
+        .org(ORG_A, "org-a", "A", None)
+        .org(ORG_B, "org-b", "B", None)
+        .member(ORG_A, ALICE, "owner")
+        .member(ORG_B, BOB, "owner")
+        .seed(&db);
     let keys = KeyFile::new();
     let k1 = random_key();
     keys.write(&[("k1", &k1)]);
@@ -118,6 +117,16 @@ fn verify(c: &mut Client, factor: &str, code: &str) -> String {
     c.query_one(
         "SELECT truxe.verify_totp($1::text::uuid, $2)",
         &[&factor, &code],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// The factor's failed_attempts, read through `c`.
+fn failed_attempts(c: &mut Client, factor: &str) -> i32 {
+    c.query_one(
+        "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
+        &[&factor],
     )
     .unwrap()
     .get(0)
@@ -263,14 +272,7 @@ fn a_code_is_accepted_once_and_of_eight_concurrent_submissions_exactly_one_wins(
     assert_eq!(verify(&mut s, &id, &code), "verified");
     assert_eq!(verify(&mut s, &id, &code), "replayed");
     // a replay is not a failure
-    let failed: i32 = s
-        .query_one(
-            "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(failed, 0);
+    assert_eq!(failed_attempts(&mut s, &id), 0);
 
     // a fresh factor, one valid code, 8 connections at once, each in its own transaction
     let (id, secret, _) = enroll(&mut s, ALICE);
@@ -341,25 +343,16 @@ fn five_wrong_codes_in_separate_transactions_lock_the_factor_for_15_minutes() {
         )
         .unwrap();
     assert_eq!(verify(&mut s, &id, &python_code(&secret)), "verified");
-    let failed: i32 = s
-        .query_one(
-            "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(failed, 0);
+    assert_eq!(failed_attempts(&mut s, &id), 0);
 }
 
 #[test]
 fn without_a_usable_key_file_every_function_says_what_to_configure() {
     let db = server().fresh_db(true);
-    db.superuser()
-        .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES ('{ALICE}', 'alice@a.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name) VALUES ('{ORG_A}', 'org-a', 'A');"
-        ))
-        .unwrap();
+    Tenants::new()
+        .user(ALICE, "alice@a.example")
+        .org(ORG_A, "org-a", "A", None)
+        .seed(&db);
     let check = |db: &TestDb, needle: &str| {
         let mut s = db.service();
         for sql in [
@@ -999,14 +992,7 @@ fn a_second_factor_raises_the_session_to_aal_2_and_refresh_keeps_it() {
         "invalid"
     );
     assert_eq!(elevate(&mut s, &jti, &bob_factor, "000000"), "invalid");
-    let bob_failures: i32 = s
-        .query_one(
-            "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
-            &[&bob_factor],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(bob_failures, 0);
+    assert_eq!(failed_attempts(&mut s, &bob_factor), 0);
     // unknown session: invalid
     assert_eq!(
         elevate(

@@ -1,6 +1,6 @@
 //! Organisation and membership functions through real connections: the last-owner race,
 //! grants within one's own rights, no existence oracle, inactive callers, duplicates.
-use crate::harness::{code_of, server, sqlstate, TestDb};
+use crate::harness::{code_of, server, sqlstate, Tenants, TestDb};
 use postgres::Client;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -12,11 +12,11 @@ fn concurrent_removal_of_the_last_two_owners_leaves_one() {
         "00000000-0000-0000-0000-0000000000c1",
         "00000000-0000-0000-0000-0000000000c2",
     );
+    Tenants::new()
+        .user(a, "a@x.example")
+        .user(b, "b@x.example")
+        .seed(&db);
     let mut s = db.superuser();
-    s.batch_execute(&format!(
-        "INSERT INTO truxe.users (id, email, status) VALUES ('{a}', 'a@x.example', 'active'), ('{b}', 'b@x.example', 'active');"
-    ))
-    .unwrap();
     let mut c = db.authenticated();
     c.execute(
         "SELECT truxe.set_context($1::text::uuid, NULL, false)",
@@ -95,15 +95,14 @@ fn error(r: Result<u64, postgres::Error>) -> (String, String) {
 /// Org 'acme' (owner OWNER, admin ADMIN, member MEMBER with 'reports:export', pending
 /// INVITEE), and Eve's own org 'eve-org'. Returns (acme, eve-org).
 fn acme(db: &TestDb) -> (String, String) {
-    db.superuser()
-        .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{OWNER}', 'owner@acme.example', 'active'), ('{ADMIN}', 'admin@acme.example', 'active'),
-               ('{MEMBER}', 'member@acme.example', 'active'), ('{INVITEE}', 'inv@acme.example', 'active'),
-               ('{EVE}', 'eve@evil.example', 'active'),
-               ('{VICTIM}', 'victim@secret.example', 'active');"
-        ))
-        .unwrap();
+    Tenants::new()
+        .user(OWNER, "owner@acme.example")
+        .user(ADMIN, "admin@acme.example")
+        .user(MEMBER, "member@acme.example")
+        .user(INVITEE, "inv@acme.example")
+        .user(EVE, "eve@evil.example")
+        .user(VICTIM, "victim@secret.example")
+        .seed(db);
     let mut o = db.acting_as(OWNER);
     let acme: String = o
         .query_one(

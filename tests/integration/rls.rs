@@ -1,7 +1,7 @@
 //! Row Level Security (docs/reference.md, "Tables and Row Level Security") as a real NOSUPERUSER login that is a member of
 //! `authenticated`: two tenants (A with child A1, and B), an owner, a member, a pending
 //! invitee and a member of the child org.
-use crate::harness::{code_of, server, sqlstate, TestDb};
+use crate::harness::{as_user, code_of, server, sorted, sqlstate, strings, Tenants, TestDb};
 use postgres::Client;
 
 const ORG_A: &str = "a0000000-0000-0000-0000-00000000000a";
@@ -15,22 +15,27 @@ const ERIN: &str = "00000000-0000-0000-0000-00000000e217"; // member of A1 only
 
 fn populated() -> TestDb {
     let db = server().fresh_db(true);
+    Tenants::new()
+        .user(ALICE, "alice@a.example")
+        .user(BOB, "bob@a.example")
+        .user(CAROL, "carol@b.example")
+        .user(DAVE, "dave@d.example")
+        .user(ERIN, "erin@a.example")
+        .org(ORG_A, "org-a", "A", None)
+        .org(ORG_B, "org-b", "B", None)
+        .org(ORG_A1, "org-a1", "A1", Some(ORG_A))
+        .member(ORG_A, ALICE, "owner")
+        .member(ORG_A, BOB, "member")
+        .invited_by(ALICE)
+        .member(ORG_B, CAROL, "owner")
+        .pending(ORG_A, DAVE, "member")
+        .invited_by(ALICE)
+        .member(ORG_A1, ERIN, "member")
+        .invited_by(ALICE)
+        .seed(&db);
     db.superuser()
         .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{ALICE}', 'alice@a.example', 'active'), ('{BOB}', 'bob@a.example', 'active'),
-               ('{CAROL}', 'carol@b.example', 'active'), ('{DAVE}', 'dave@d.example', 'active'),
-               ('{ERIN}', 'erin@a.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name, parent_org_id) VALUES
-               ('{ORG_A}', 'org-a', 'A', NULL), ('{ORG_B}', 'org-b', 'B', NULL),
-               ('{ORG_A1}', 'org-a1', 'A1', '{ORG_A}');
-             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at, invited_by) VALUES
-               ('{ORG_A}', '{ALICE}', 'owner', now(), NULL),
-               ('{ORG_A}', '{BOB}', 'member', now(), '{ALICE}'),
-               ('{ORG_B}', '{CAROL}', 'owner', now(), NULL),
-               ('{ORG_A}', '{DAVE}', 'member', NULL, '{ALICE}'),
-               ('{ORG_A1}', '{ERIN}', 'member', now(), '{ALICE}');
-             INSERT INTO truxe.sessions (user_id, org_id, family_id, expires_at)
+            "INSERT INTO truxe.sessions (user_id, org_id, family_id, expires_at)
                SELECT id, NULL, gen_random_uuid(), now() + interval '1 day' FROM truxe.users;
              INSERT INTO truxe.audit_logs (org_id, action) VALUES
                ('{ORG_A}', 'org.updated'), ('{ORG_A1}', 'org.updated'), ('{ORG_B}', 'org.updated');
@@ -45,44 +50,14 @@ fn populated() -> TestDb {
     db
 }
 
-/// An `authenticated` connection acting as `user` (session-level context).
-fn as_user(db: &TestDb, user: Option<&str>) -> Client {
-    let mut c = db.authenticated();
-    if let Some(u) = user {
-        c.execute(
-            "SELECT truxe.set_context($1::text::uuid, NULL, false)",
-            &[&u],
-        )
-        .unwrap();
-    }
-    c
-}
-
-fn ids(c: &mut Client, sql: &str) -> Vec<String> {
-    let mut v: Vec<String> = c
-        .query(sql, &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    v.sort();
-    v
-}
-
-fn sorted(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
-
 fn orgs(c: &mut Client) -> Vec<String> {
-    ids(c, "SELECT id::text FROM truxe.organizations")
+    strings(c, "SELECT id::text FROM truxe.organizations")
 }
 fn users(c: &mut Client) -> Vec<String> {
-    ids(c, "SELECT id::text FROM truxe.users")
+    strings(c, "SELECT id::text FROM truxe.users")
 }
 fn members(c: &mut Client) -> Vec<String> {
-    ids(
+    strings(
         c,
         "SELECT org_id::text || '/' || user_id::text FROM truxe.memberships",
     )
@@ -94,7 +69,7 @@ fn count(c: &mut Client, table: &str) -> i64 {
 }
 /// Orgs whose audit rows are visible (the audit triggers add rows of their own).
 fn audit_orgs(c: &mut Client) -> Vec<String> {
-    ids(
+    strings(
         c,
         "SELECT DISTINCT org_id::text FROM truxe.audit_logs WHERE org_id IS NOT NULL",
     )
@@ -141,12 +116,12 @@ fn owner_sees_own_tenant_and_its_descendants_only() {
     assert_eq!(m.len(), 4, "{m:?}");
     assert!(m.iter().all(|r| !r.starts_with(ORG_B)), "{m:?}");
     assert_eq!(
-        ids(&mut c, "SELECT user_id::text FROM truxe.sessions"),
+        strings(&mut c, "SELECT user_id::text FROM truxe.sessions"),
         sorted(&[ALICE])
     );
     assert_eq!(audit_orgs(&mut c), sorted(&[ORG_A, ORG_A1]));
     assert_eq!(
-        ids(&mut c, "SELECT org_id::text FROM truxe.usage_metrics"),
+        strings(&mut c, "SELECT org_id::text FROM truxe.usage_metrics"),
         sorted(&[ORG_A])
     );
 
@@ -686,7 +661,7 @@ fn a_suspended_user_opens_no_org_through_rls() {
         assert!(orgs(&mut alice).is_empty(), "{status}: no org visible");
         assert_eq!(audit_orgs(&mut alice), Vec::<String>::new(), "{status}");
         assert_eq!(
-            ids(
+            strings(
                 &mut alice,
                 "SELECT unnest(truxe.accessible_org_ids())::text"
             ),

@@ -1,7 +1,7 @@
 //! Sessions as a hostile tenant sees them (0.2): no token is stored, audited or readable;
 //! a user lists and signs out their own devices; access ends with membership and status;
 //! no grace when the grace is 0; the functions ignore the caller's search_path.
-use crate::harness::{server, sqlstate, TestDb, SERVICE_LOGIN};
+use crate::harness::{server, sqlstate, Tenants, TestDb, SERVICE_LOGIN};
 use postgres::{Client, GenericClient};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -17,19 +17,17 @@ const OTHER: &str = "00000000-0000-0000-0000-0000000000a4";
 /// OTHER belongs nowhere. All users active.
 fn populated() -> TestDb {
     let db = server().fresh_db(true);
-    db.superuser()
-        .batch_execute(&format!(
-            "INSERT INTO truxe.users (id, email, status) VALUES
-               ('{OWNER}', 'owner@x.example', 'active'), ('{ADMIN}', 'admin@x.example', 'active'),
-               ('{MEMBER}', 'member@x.example', 'active'), ('{OTHER}', 'other@x.example', 'active');
-             INSERT INTO truxe.organizations (id, slug, name) VALUES ('{ORG}', 'org', 'Org');
-             INSERT INTO truxe.organizations (id, slug, name, parent_org_id)
-               VALUES ('{CHILD}', 'child', 'Child', '{ORG}');
-             INSERT INTO truxe.memberships (org_id, user_id, role, joined_at) VALUES
-               ('{ORG}', '{OWNER}', 'owner', now()), ('{ORG}', '{ADMIN}', 'admin', now()),
-               ('{ORG}', '{MEMBER}', 'member', now());"
-        ))
-        .expect("populate");
+    Tenants::new()
+        .user(OWNER, "owner@x.example")
+        .user(ADMIN, "admin@x.example")
+        .user(MEMBER, "member@x.example")
+        .user(OTHER, "other@x.example")
+        .org(ORG, "org", "Org", None)
+        .org(CHILD, "child", "Child", Some(ORG))
+        .member(ORG, OWNER, "owner")
+        .member(ORG, ADMIN, "admin")
+        .member(ORG, MEMBER, "member")
+        .seed(&db);
     db
 }
 
