@@ -1,9 +1,16 @@
 //! The sealed audit log under the key file (docs/security.md, "Sealed audit log"): HMAC
 //! seals, tampering and a recomputed SHA-256 chain detected under them, verification
-//! without the key, the move from plain to HMAC seals, and key rotation. The plain chain's
-//! own tests (and the sealer's concurrency) are in apptables.rs.
-use crate::harness::{server, sqlstate, TestDb};
+//! without the key, the move from plain to HMAC seals, and key rotation; the plain chain's
+//! own tests and the sealer beside concurrent writers.
+use crate::harness::{server, sqlstate, TestDb, SERVICE_LOGIN};
 use crate::mfa::{random_key, use_key_file, KeyFile};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// An end user (authenticated, acting as this id): not the trusted backend.
+const ALICE: &str = "00000000-0000-0000-0000-00000000a11c";
 
 /// `n` app audit rows (service_account).
 fn write_rows(db: &TestDb, n: i64) {
@@ -418,4 +425,249 @@ fn the_chain_moves_from_plain_to_hmac_seals_and_across_a_key_rotation() {
         reason.starts_with("seal 3 was altered: its HMAC under key k1"),
         "{reason}"
     );
+}
+
+// --- the plain SHA-256 chain, and the sealer beside concurrent writers ------------------
+
+/// A database with `n` app audit rows (service_account), sealed in seals of 100 rows.
+fn sealed(n: i64) -> TestDb {
+    let db = server().fresh_db(true);
+    write_rows(&db, n);
+    assert_eq!(seal_now(&db), n);
+    db
+}
+
+#[test]
+fn an_untouched_log_verifies_and_seals_are_append_only() {
+    let db = sealed(250);
+    let (ok, seal, reason) = verify(&db);
+    assert!(ok, "{reason}");
+    assert_eq!(seal, None);
+    let mut s = db.service();
+    // another session's date and time settings change nothing
+    s.batch_execute(
+        "SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'SQL, DMY'; SET extra_float_digits = -10",
+    )
+    .unwrap();
+    let ok: bool = s
+        .query_one("SELECT ok FROM truxe.verify_audit_log()", &[])
+        .unwrap()
+        .get(0);
+    assert!(ok, "verified under other session settings");
+    let n: i64 = s
+        .query_one("SELECT count(*) FROM truxe.audit_seals", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "seals of at most 100 rows");
+    // a second call with nothing new appends an empty seal (the floor moves on)
+    let again: i64 = s
+        .query_one("SELECT truxe.seal_audit_log()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(again, 0);
+    assert!(verify(&db).0);
+    // a period: only the seals covering it
+    let r = s
+        .query_one(
+            "SELECT ok, seals_checked FROM truxe.verify_audit_log(now() - interval '1 hour', now() + interval '1 hour')",
+            &[],
+        )
+        .unwrap();
+    assert!(r.get::<_, bool>(0));
+    assert_eq!(
+        sqlstate(s.execute("DELETE FROM truxe.audit_seals", &[])),
+        "42501"
+    );
+    let mut su = db.superuser();
+    for sql in [
+        "UPDATE truxe.audit_seals SET row_count = 0",
+        "DELETE FROM truxe.audit_seals",
+        "TRUNCATE truxe.audit_seals",
+    ] {
+        assert_eq!(sqlstate(su.batch_execute(sql)), "55000", "{sql}");
+    }
+    assert_eq!(
+        sqlstate(
+            s.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT truxe.seal_audit_log()")
+        ),
+        "55000"
+    );
+    assert_eq!(
+        sqlstate(
+            db.acting_as(ALICE)
+                .query("SELECT truxe.seal_audit_log()", &[])
+        ),
+        "42501"
+    );
+}
+
+#[test]
+fn a_superuser_update_with_the_guard_disabled_is_reported() {
+    let db = sealed(250);
+    tamper(
+        &db,
+        "UPDATE truxe.audit_logs SET details = '{\"n\": -1}' WHERE id = 150",
+    );
+    let (ok, seal, reason) = verify(&db);
+    assert!(!ok);
+    assert_eq!(seal, Some(seal_of(&db, 150)));
+    assert!(reason.starts_with("rows were changed"), "{reason}");
+}
+
+#[test]
+fn a_deleted_row_is_reported() {
+    let db = sealed(250);
+    tamper(&db, "DELETE FROM truxe.audit_logs WHERE id = 42");
+    let (ok, seal, reason) = verify(&db);
+    assert!(!ok);
+    assert_eq!(seal, Some(seal_of(&db, 42)));
+    assert!(reason.starts_with("rows were deleted"), "{reason}");
+}
+
+#[test]
+fn an_inserted_backdated_row_is_reported() {
+    // with a new id (after the seals), before and after the next seal
+    let db = sealed(250);
+    let mut su = db.superuser();
+    su.batch_execute(
+        "INSERT INTO truxe.audit_logs (action, created_at) VALUES ('report.exported', now() - interval '1 day')",
+    )
+    .unwrap();
+    let (ok, _, reason) = verify(&db);
+    assert!(!ok);
+    assert!(
+        reason.starts_with("a backdated row was written after seal"),
+        "{reason}"
+    );
+    db.service()
+        .batch_execute("SELECT truxe.seal_audit_log()")
+        .unwrap();
+    let (ok, _, reason) = verify(&db);
+    assert!(!ok);
+    assert!(reason.starts_with("a backdated row was sealed"), "{reason}");
+
+    // with an id inside a sealed range (a gap left by a rolled-back insert)
+    let db = server().fresh_db(true);
+    let mut s = db.service();
+    s.batch_execute(
+        "INSERT INTO truxe.audit_logs (action) VALUES ('report.exported');
+         BEGIN; INSERT INTO truxe.audit_logs (action) VALUES ('report.exported'); ROLLBACK;
+         INSERT INTO truxe.audit_logs (action) VALUES ('report.exported');
+         SELECT truxe.seal_audit_log();",
+    )
+    .unwrap();
+    assert!(verify(&db).0);
+    db.superuser()
+        .batch_execute(
+            "INSERT INTO truxe.audit_logs (id, action, created_at) VALUES (2, 'report.exported', now() - interval '1 minute')",
+        )
+        .unwrap();
+    let (ok, seal, reason) = verify(&db);
+    assert!(!ok);
+    assert_eq!(seal, Some(seal_of(&db, 2)));
+    assert!(reason.starts_with("rows were inserted"), "{reason}");
+}
+
+/// A transaction that drew an audit id before the seal read its horizon, and commits later:
+/// the sealer waits for it (its row is sealed, not left out of a sealed range), while other
+/// writers go on without waiting for the sealer.
+#[test]
+fn the_sealer_waits_for_writers_in_flight_and_blocks_none() {
+    let db = server().fresh_db(true);
+    let mut early = db.service();
+    early
+        .batch_execute("BEGIN; INSERT INTO truxe.audit_logs (action) VALUES ('report.early')")
+        .unwrap();
+    let name = db.name.clone();
+    let sealer = thread::spawn(move || {
+        let mut c = server().client(&name, SERVICE_LOGIN);
+        c.query_one("SELECT truxe.seal_audit_log()", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        !sealer.is_finished(),
+        "the sealer waits for the open writer"
+    );
+    // a new writer is not blocked by the waiting sealer
+    let mut other = db.service();
+    other
+        .batch_execute("INSERT INTO truxe.audit_logs (action) VALUES ('report.late')")
+        .unwrap();
+    early.batch_execute("COMMIT").unwrap();
+    let sealed = sealer.join().unwrap();
+    assert_eq!(
+        sealed, 1,
+        "the early row; the late one drew its id after the horizon"
+    );
+    db.service()
+        .batch_execute("SELECT truxe.seal_audit_log()")
+        .unwrap();
+    let (ok, _, reason) = verify(&db);
+    assert!(ok, "{reason}");
+}
+
+/// Four writers (some holding their transaction open a while) and a sealer in a loop: every
+/// row ends up in exactly one seal and the log verifies.
+#[test]
+fn concurrent_audit_writes_while_sealing_lose_nothing() {
+    let db = server().fresh_db(true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let name = db.name.clone();
+            thread::spawn(move || {
+                let mut c = server().client(&name, SERVICE_LOGIN);
+                for i in 0..150 {
+                    let mut tx = c.transaction().unwrap();
+                    tx.execute(
+                        "INSERT INTO truxe.audit_logs (action, details) VALUES ('report.exported', jsonb_build_object('w', $1::int, 'i', $2::int))",
+                        &[&w, &i],
+                    )
+                    .unwrap();
+                    if i % 10 == 0 {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    if i % 7 == 3 {
+                        tx.rollback().unwrap();
+                    } else {
+                        tx.commit().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let sealer = {
+        let name = db.name.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut c = server().client(&name, SERVICE_LOGIN);
+            let mut calls = 0;
+            while !stop.load(Ordering::SeqCst) {
+                c.batch_execute("SELECT truxe.seal_audit_log(50)").unwrap();
+                calls += 1;
+            }
+            calls
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(sealer.join().unwrap() > 0);
+    let mut s = db.service();
+    s.batch_execute("SELECT truxe.seal_audit_log()").unwrap();
+    let r = s
+        .query_one(
+            "SELECT (SELECT count(*) FROM truxe.audit_logs),
+                    (SELECT sum(row_count)::bigint FROM truxe.audit_seals)",
+            &[],
+        )
+        .unwrap();
+    let (rows, sealed): (i64, i64) = (r.get(0), r.get(1));
+    assert_eq!(rows, 4 * (150 - 21), "committed rows");
+    assert_eq!(sealed, rows, "every row sealed once");
+    let (ok, _, reason) = verify(&db);
+    assert!(ok, "{reason}");
 }
