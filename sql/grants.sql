@@ -37,6 +37,8 @@ REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(
   truxe.permission_matches(text, text), truxe.user_holds_permission(uuid, text, uuid),
   truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb)
   FROM service_account;
+-- … and except truxe.distribute(): a superuser's one-time step on a Citus coordinator
+REVOKE EXECUTE ON FUNCTION truxe.distribute() FROM service_account;
 
 -- authenticated (end-user requests) may call the context, organisation/membership,
 -- permission, hierarchy and session-validation functions, by name, whatever overloads exist

@@ -41,7 +41,11 @@ fn sessions(retention: Option<Interval>) -> Result<i64, TruxeError> {
 /// that they agree: rows a day past their retention show as a day overdue, and once
 /// cleanup has run nothing is overdue. Each
 /// statement deletes one batch ($1 rows) of rows older than the retention ($2).
-const BATCHES: [(&str, (i32, i32, i64), &str); 4] = [
+/// Per table: the retention, the batched delete (a batch of row locations, locked with SKIP
+/// LOCKED so concurrent cleanups share the work), and the same delete by key for a table
+/// that Citus distributes (truxe.distribute()): there a row location means nothing across
+/// shards and `FOR UPDATE` is refused, so a batch is chosen by key, without locking.
+const BATCHES: [(&str, (i32, i32, i64), &str, &str); 4] = [
     (
         "sessions",
         (0, 7, 0),
@@ -49,6 +53,9 @@ const BATCHES: [(&str, (i32, i32, i64), &str); 4] = [
            SELECT ctid FROM truxe.sessions
             WHERE expires_at < now() - $2 OR revoked_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
+        "DELETE FROM truxe.sessions WHERE id = ANY (ARRAY(
+           SELECT id FROM truxe.sessions
+            WHERE expires_at < now() - $2 OR revoked_at < now() - $2 LIMIT $1))",
     ),
     (
         "magic_link_challenges",
@@ -57,6 +64,9 @@ const BATCHES: [(&str, (i32, i32, i64), &str); 4] = [
            SELECT ctid FROM truxe.magic_link_challenges
             WHERE expires_at < now() - $2 OR used_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
+        "DELETE FROM truxe.magic_link_challenges WHERE id = ANY (ARRAY(
+           SELECT id FROM truxe.magic_link_challenges
+            WHERE expires_at < now() - $2 OR used_at < now() - $2 LIMIT $1))",
     ),
     (
         "rate_limits",
@@ -64,6 +74,9 @@ const BATCHES: [(&str, (i32, i32, i64), &str); 4] = [
         "DELETE FROM truxe.rate_limits WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.rate_limits WHERE window_end < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
+        "DELETE FROM truxe.rate_limits WHERE (key_hash, window_start) IN (
+           SELECT key_hash, window_start FROM truxe.rate_limits
+            WHERE window_end < now() - $2 LIMIT $1)",
     ),
     (
         "invitations",
@@ -72,8 +85,35 @@ const BATCHES: [(&str, (i32, i32, i64), &str); 4] = [
            SELECT ctid FROM truxe.invitations
             WHERE expires_at < now() - $2 OR accepted_at < now() - $2 OR revoked_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
+        "DELETE FROM truxe.invitations WHERE (org_id, id) IN (
+           SELECT org_id, id FROM truxe.invitations
+            WHERE expires_at < now() - $2 OR accepted_at < now() - $2 OR revoked_at < now() - $2
+            LIMIT $1)",
     ),
 ];
+
+/// The truxe tables Citus distributes in this database (none without Citus: its catalog
+/// is read only where it exists).
+fn distributed_tables() -> Result<Vec<String>, TruxeError> {
+    let citus = plans::run_once(
+        "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL",
+        &[],
+        &[],
+        |t| t.first().get_one::<bool>(),
+    )?;
+    if citus != Some(true) {
+        return Ok(Vec::new());
+    }
+    let tables = plans::run_once(
+        "SELECT coalesce(array_agg(c.relname::text), '{}') FROM pg_catalog.pg_dist_partition p
+           JOIN pg_catalog.pg_class c ON c.oid = p.logicalrelid
+          WHERE c.relnamespace = 'truxe'::regnamespace AND p.partmethod = 'h'",
+        &[],
+        &[],
+        |t| t.first().get_one::<Vec<String>>(),
+    )?;
+    Ok(tables.unwrap_or_default())
+}
 
 /// Deletes sessions expired or revoked more than 7 days ago, magic-link challenges expired
 /// or used more than 1 day ago, rate-limit windows that ended more than 1 hour ago, and
@@ -98,8 +138,14 @@ fn data(batch_size: Option<i32>) -> Result<Vec<(String, i64)>, TruxeError> {
             )
         }
     };
+    let distributed = distributed_tables()?;
     let mut out = Vec::with_capacity(BATCHES.len());
-    for (table, (months, days, micros), sql) in BATCHES {
+    for (table, (months, days, micros), local, by_key) in BATCHES {
+        let sql = if distributed.iter().any(|t| t == table) {
+            by_key
+        } else {
+            local
+        };
         let kept = Interval::new(months, days, micros)
             .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
         let mut total = 0i64;
