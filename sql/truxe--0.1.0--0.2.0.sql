@@ -2021,3 +2021,82 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION truxe.distribute() FROM PUBLIC;
+-- metrics(): the locked-links count joins the failures with their challenge instead of a
+-- correlated EXISTS, which Citus refuses once magic_link_challenges is distributed; the
+-- challenge id is unique, so the count is the same
+CREATE OR REPLACE FUNCTION truxe.metrics()
+RETURNS TABLE(metric text, labels jsonb, value double precision)
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH events AS MATERIALIZED (  -- one pass over the hour's audit rows, not one per metric
+    SELECT a.action::text AS action, count(*) AS n
+      FROM truxe.audit_logs a
+     WHERE a.action IN ('session.created', 'session.revoked', 'session.reuse_detected',
+                        'magic_link.sent', 'magic_link.verified', 'magic_link.failed')
+       AND a.created_at > now() - interval '1 hour'
+     GROUP BY a.action
+  ), event(metric, action) AS (
+    VALUES ('sessions_created_last_hour', 'session.created'),
+           ('sessions_revoked_last_hour', 'session.revoked'),
+           ('sessions_reuse_detected_last_hour', 'session.reuse_detected'),
+           ('magic_links_sent_last_hour', 'magic_link.sent'),
+           ('magic_links_verified_last_hour', 'magic_link.verified'),
+           ('magic_links_failed_last_hour', 'magic_link.failed')
+  ), overdue(tbl, due) AS (
+    -- when the oldest row cleanup_expired_data should already have deleted became due
+    SELECT 'sessions', LEAST((SELECT min(s.expires_at) FROM truxe.sessions s),
+                             (SELECT min(s.revoked_at) FROM truxe.sessions s)) + interval '7 days'
+    UNION ALL
+    SELECT 'magic_link_challenges',
+           LEAST((SELECT min(c.expires_at) FROM truxe.magic_link_challenges c),
+                 (SELECT min(c.used_at) FROM truxe.magic_link_challenges c)) + interval '1 day'
+    UNION ALL
+    SELECT 'rate_limits', (SELECT min(r.window_end) FROM truxe.rate_limits r) + interval '1 hour'
+    UNION ALL
+    SELECT 'invitations',
+           LEAST((SELECT min(i.expires_at) FROM truxe.invitations i),
+                 (SELECT min(i.accepted_at) FROM truxe.invitations i),
+                 (SELECT min(i.revoked_at) FROM truxe.invitations i)) + interval '30 days'
+  )
+  SELECT 'sessions_live', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.sessions s
+           WHERE s.revoked_at IS NULL AND s.expires_at > now())::double precision
+  UNION ALL
+  SELECT e.metric, '{}'::jsonb, COALESCE(v.n, 0)::double precision
+    FROM event e LEFT JOIN events v ON v.action = e.action
+  UNION ALL
+  -- links that reached the attempt limit in the last hour: their fifth wrong secret (the
+  -- last one a link can count) is a failure of reason `invalid` within the hour
+  SELECT 'magic_links_locked_last_hour', '{}'::jsonb,
+         (SELECT count(*) FROM (
+            SELECT DISTINCT a.target_id FROM truxe.audit_logs a
+             WHERE a.action = 'magic_link.failed' AND a.created_at > now() - interval '1 hour'
+               AND a.details ->> 'reason' = 'invalid') f
+           JOIN truxe.magic_link_challenges c
+             ON c.id = CASE WHEN f.target_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                            THEN f.target_id::uuid END
+            AND c.attempts >= 5)::double precision
+  UNION ALL
+  SELECT 'api_keys_live', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.api_keys k
+           WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()))::double precision
+  UNION ALL
+  SELECT 'invitations_pending', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.invitations i
+           WHERE i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now())::double precision
+  UNION ALL
+  SELECT 'mfa_factors_verified', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.mfa_factors f WHERE f.status = 'verified')::double precision
+  UNION ALL
+  SELECT 'rate_limit_windows_exhausted', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.rate_limits r
+           WHERE r.exhausted_at IS NOT NULL AND r.window_end > now())::double precision
+  UNION ALL
+  SELECT 'audit_rows_last_day', '{}'::jsonb,
+         (SELECT count(*) FROM truxe.audit_logs a
+           WHERE a.created_at > now() - interval '24 hours')::double precision
+  UNION ALL
+  SELECT 'cleanup_overdue_seconds', jsonb_build_object('table', o.tbl),
+         COALESCE(GREATEST(extract(epoch FROM now() - o.due), 0), 0)::double precision
+    FROM overdue o
+$$;

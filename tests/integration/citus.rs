@@ -11,8 +11,8 @@
 //! cluster serves every test of this file (started once, about 10 s); each test uses its
 //! own users, orgs and keys.
 use crate::harness::{
-    as_owner, free_loopback_port, is_root, run, server, skip, sqlstate, Server, AUTH_LOGIN,
-    SERVICE_LOGIN,
+    as_owner, free_loopback_port, is_root, run, server, skip, sqlstate, wrong_secret, Server,
+    AUTH_LOGIN, SERVICE_LOGIN,
 };
 use postgres::{Client, NoTls};
 use std::path::PathBuf;
@@ -368,6 +368,38 @@ fn magic_link_session_refresh_validate() {
         .unwrap()
         .get(0);
     assert_ne!(again, "verified");
+    // five wrong secrets lock a link (its attempts counted on its shard), and metrics()
+    // joins the failures in the audit trail with the distributed challenges
+    let other: String = s
+        .query_one(
+            "SELECT token FROM truxe.issue_magic_link($1)",
+            &[&format!("{}@citus.example", unique("locked"))],
+        )
+        .unwrap()
+        .get(0);
+    for _ in 0..5 {
+        let st: String = s
+            .query_one(
+                "SELECT status FROM truxe.verify_magic_link($1)",
+                &[&wrong_secret(&other)],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(st, "invalid");
+    }
+    let st: String = s
+        .query_one("SELECT status FROM truxe.verify_magic_link($1)", &[&other])
+        .unwrap()
+        .get(0);
+    assert_eq!(st, "locked");
+    let locked: f64 = s
+        .query_one(
+            "SELECT value FROM truxe.metrics() WHERE metric = 'magic_links_locked_last_hour'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(locked, 1.0);
 
     let r = s
         .query_one(
