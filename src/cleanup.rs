@@ -40,56 +40,64 @@ fn sessions(retention: Option<Interval>) -> Result<i64, TruxeError> {
 /// tests/integration/metrics.rs (`metrics_count_every_event_of_a_scripted_hour`) checks
 /// that they agree: rows a day past their retention show as a day overdue, and once
 /// cleanup has run nothing is overdue. Each
-/// statement deletes one batch ($1 rows) of rows older than the retention ($2).
-/// Per table: the retention, the batched delete (a batch of row locations, locked with SKIP
-/// LOCKED so concurrent cleanups share the work), and the same delete by key for a table
-/// that Citus distributes (truxe.distribute()): there a row location means nothing across
-/// shards and `FOR UPDATE` is refused, so a batch is chosen by key, without locking.
-const BATCHES: [(&str, (i32, i32, i64), &str, &str); 4] = [
-    (
-        "sessions",
-        (0, 7, 0),
-        "DELETE FROM truxe.sessions WHERE ctid = ANY (ARRAY(
+/// statement deletes one batch ($1 rows) of rows older than the retention ($2): `local`
+/// takes a batch of row locations, locked with SKIP LOCKED so concurrent cleanups share the
+/// work; `by_key` is the same delete for a table that Citus distributes
+/// (`truxe.distribute()`), where a row location means nothing across shards and `FOR
+/// UPDATE` is refused, so a batch is chosen by key, without locking.
+struct Batch {
+    table: &'static str,
+    /// the retention: (months, days, microseconds)
+    kept: (i32, i32, i64),
+    local: &'static str,
+    by_key: &'static str,
+}
+
+const BATCHES: [Batch; 4] = [
+    Batch {
+        table: "sessions",
+        kept: (0, 7, 0),
+        local: "DELETE FROM truxe.sessions WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.sessions
             WHERE expires_at < now() - $2 OR revoked_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-        "DELETE FROM truxe.sessions WHERE id = ANY (ARRAY(
+        by_key: "DELETE FROM truxe.sessions WHERE id = ANY (ARRAY(
            SELECT id FROM truxe.sessions
             WHERE expires_at < now() - $2 OR revoked_at < now() - $2 LIMIT $1))",
-    ),
-    (
-        "magic_link_challenges",
-        (0, 1, 0),
-        "DELETE FROM truxe.magic_link_challenges WHERE ctid = ANY (ARRAY(
+    },
+    Batch {
+        table: "magic_link_challenges",
+        kept: (0, 1, 0),
+        local: "DELETE FROM truxe.magic_link_challenges WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.magic_link_challenges
             WHERE expires_at < now() - $2 OR used_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-        "DELETE FROM truxe.magic_link_challenges WHERE id = ANY (ARRAY(
+        by_key: "DELETE FROM truxe.magic_link_challenges WHERE id = ANY (ARRAY(
            SELECT id FROM truxe.magic_link_challenges
             WHERE expires_at < now() - $2 OR used_at < now() - $2 LIMIT $1))",
-    ),
-    (
-        "rate_limits",
-        (0, 0, 3_600_000_000),
-        "DELETE FROM truxe.rate_limits WHERE ctid = ANY (ARRAY(
+    },
+    Batch {
+        table: "rate_limits",
+        kept: (0, 0, 3_600_000_000),
+        local: "DELETE FROM truxe.rate_limits WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.rate_limits WHERE window_end < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-        "DELETE FROM truxe.rate_limits WHERE (key_hash, window_start) IN (
+        by_key: "DELETE FROM truxe.rate_limits WHERE (key_hash, window_start) IN (
            SELECT key_hash, window_start FROM truxe.rate_limits
             WHERE window_end < now() - $2 LIMIT $1)",
-    ),
-    (
-        "invitations",
-        (0, 30, 0),
-        "DELETE FROM truxe.invitations WHERE ctid = ANY (ARRAY(
+    },
+    Batch {
+        table: "invitations",
+        kept: (0, 30, 0),
+        local: "DELETE FROM truxe.invitations WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.invitations
             WHERE expires_at < now() - $2 OR accepted_at < now() - $2 OR revoked_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-        "DELETE FROM truxe.invitations WHERE (org_id, id) IN (
+        by_key: "DELETE FROM truxe.invitations WHERE (org_id, id) IN (
            SELECT org_id, id FROM truxe.invitations
             WHERE expires_at < now() - $2 OR accepted_at < now() - $2 OR revoked_at < now() - $2
             LIMIT $1)",
-    ),
+    },
 ];
 
 /// The truxe tables Citus distributes in this database (none without Citus: its catalog
@@ -140,7 +148,13 @@ fn data(batch_size: Option<i32>) -> Result<Vec<(String, i64)>, TruxeError> {
     };
     let distributed = distributed_tables()?;
     let mut out = Vec::with_capacity(BATCHES.len());
-    for (table, (months, days, micros), local, by_key) in BATCHES {
+    for Batch {
+        table,
+        kept: (months, days, micros),
+        local,
+        by_key,
+    } in BATCHES
+    {
         let sql = if distributed.iter().any(|t| t == table) {
             by_key
         } else {

@@ -470,8 +470,8 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
             .map(|r| r.get(0))
             .collect()
     };
-    assert_eq!(seen(&ada), [acme.clone()]);
-    assert_eq!(seen(&bob), [beta.clone()]);
+    assert_eq!(seen(&ada), [acme.as_str()]);
+    assert_eq!(seen(&bob), [beta.as_str()]);
     let mut a = c.acting_as(&ada);
     let audit_of_beta: i64 = a
         .query_one(
@@ -524,7 +524,7 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
         ("accepted", acme.as_str())
     );
     let mut k = c.acting_as(&carl);
-    assert_eq!(seen(&carl), [acme.clone()]);
+    assert_eq!(seen(&carl), [acme.as_str()]);
     assert!(
         !holds(&mut k, &acme, "users:write"),
         "a member is not an admin"
