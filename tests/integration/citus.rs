@@ -452,6 +452,45 @@ fn magic_link_session_refresh_validate() {
     t.commit().unwrap();
 }
 
+/// One magic link verified by 6 clients at once through the coordinator: its row lock is
+/// taken on the worker that holds its shard, so exactly one gets `verified`.
+#[test]
+fn concurrent_verifications_of_one_link_give_one_verified() {
+    let Some(c) = cluster() else { return };
+    let email = format!("{}@citus.example", unique("race"));
+    let token: String = c
+        .service()
+        .query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
+        .unwrap()
+        .get(0);
+    let barrier = std::sync::Barrier::new(6);
+    let mut statuses: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let (token, barrier) = (&token, &barrier);
+                s.spawn(move || {
+                    let mut svc = c.service();
+                    barrier.wait();
+                    svc.query_one("SELECT status FROM truxe.verify_magic_link($1)", &[token])
+                        .unwrap()
+                        .get::<_, String>(0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    statuses.sort();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "verified").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| s == "verified" || s == "used"),
+        "{statuses:?}"
+    );
+}
+
 /// Two tenants under RLS, has_permission, and an invitation accepted, through the
 /// coordinator as real logins.
 #[test]
