@@ -7,16 +7,18 @@
 -- Placement today: the tables addressed by a bearer value or a hashed key and read only by
 -- truxe's own functions are distributed by what their lookup uses (magic_link_challenges
 -- by id: verify_magic_link is single-shard; rate_limits by key_hash: rate_limit_hit is
--- single-shard and exact under concurrency); role_permissions, small and rarely written,
--- is a reference table (a copy on every node). Every other table stays on the coordinator:
+-- single-shard and exact under concurrency). Every other table stays on the coordinator:
 -- their RLS policies and triggers are not yet in a form Citus accepts on a distributed
--- table (docs/scaling.md lists each table with its reason).
+-- table (docs/scaling.md lists each table with its reason). role_permissions becomes a
+-- reference table with memberships' move, not before: joined with memberships on the
+-- coordinator, a reference table only costs has_permission (bench/citus measured 0.58x).
 
 -- Runs once on the coordinator of a new database: superuser only (it changes the
 -- extension's tables). Returns every truxe table with its placement ('distributed by
--- <column>', 'reference', or 'coordinator'). 55000 when Citus is not installed, when not on
--- the coordinator, when already distributed, or when a table already holds rows (other than
--- role_permissions, which is copied); 42501 for a caller that is not a superuser.
+-- <column>' or 'coordinator'; 'reference' once a table is one). 55000 when Citus is not
+-- installed, when not on the coordinator, when already distributed, or when a table already
+-- holds rows (other than role_permissions, which holds the default role rights from the
+-- start); 42501 for a caller that is not a superuser.
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -58,8 +60,6 @@ BEGIN
     END IF;
   END LOOP;
 
-  -- every role's permissions on every node: has_permission joins it with memberships
-  PERFORM pg_catalog.create_reference_table('truxe.role_permissions');
   -- by the hash of the key: its primary key (a bigserial id, used by nothing) cannot hold
   -- the distribution column, and (key_hash, window_start), the key rate_limit_hit
   -- upserts on, stays unique
@@ -73,7 +73,6 @@ BEGIN
   RETURN QUERY
     SELECT c.relname::text,
            CASE c.relname
-             WHEN 'role_permissions' THEN 'reference'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              ELSE 'coordinator'

@@ -1995,8 +1995,6 @@ BEGIN
     END IF;
   END LOOP;
 
-  -- every role's permissions on every node: has_permission joins it with memberships
-  PERFORM pg_catalog.create_reference_table('truxe.role_permissions');
   -- by the hash of the key: its primary key (a bigserial id, used by nothing) cannot hold
   -- the distribution column, and (key_hash, window_start), the key rate_limit_hit
   -- upserts on, stays unique
@@ -2010,7 +2008,6 @@ BEGIN
   RETURN QUERY
     SELECT c.relname::text,
            CASE c.relname
-             WHEN 'role_permissions' THEN 'reference'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              ELSE 'coordinator'

@@ -279,12 +279,12 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
         .collect();
     assert!(placement.contains(&"magic_link_challenges: distributed by id".to_string()));
     assert!(placement.contains(&"rate_limits: distributed by key_hash".to_string()));
-    assert!(placement.contains(&"role_permissions: reference".to_string()));
+    assert!(placement.contains(&"role_permissions: coordinator".to_string()));
     assert!(placement.contains(&"sessions: coordinator".to_string()));
     assert_eq!(placement.len(), 17, "every truxe table: {placement:?}");
 
     let mut su = c.superuser();
-    // shards of both distributed tables on both workers; the reference table everywhere
+    // shards of both distributed tables on both workers
     let ports: Vec<i32> = su
         .query(
             "SELECT DISTINCT n.nodeport FROM pg_dist_shard s
@@ -342,6 +342,71 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
         .unwrap()
         .get(0);
     assert_eq!(distributed, 0, "nothing converted");
+}
+
+/// has_permission over a `role_permissions` that is a Citus reference table (where the
+/// target placement puts it once memberships are distributed): Citus fails on a CTE column
+/// list over a reference table, which the rights computation no longer uses. In a database
+/// of its own on the coordinator.
+#[test]
+fn has_permission_works_over_a_reference_role_permissions() {
+    let Some(c) = cluster() else { return };
+    let db = unique("reference");
+    c.coordinator
+        .client("postgres", "postgres")
+        .batch_execute(&format!("CREATE DATABASE {db} TEMPLATE template0"))
+        .unwrap();
+    let mut su = c.coordinator.client(&db, "postgres");
+    // each in its own transaction, as a deployment runs them
+    for sql in [
+        "CREATE EXTENSION citus".to_string(),
+        "CREATE EXTENSION truxe CASCADE".to_string(),
+        format!(
+            "SELECT citus_set_coordinator_host('127.0.0.1', {})",
+            c.coordinator.port
+        ),
+        "SELECT create_reference_table('truxe.role_permissions')".to_string(),
+    ] {
+        su.batch_execute(&sql).unwrap();
+    }
+    let user: String = su
+        .query_one(
+            "INSERT INTO truxe.users (email, status) VALUES ('ref@citus.example', 'active')
+             RETURNING id::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    su.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, false)",
+        &[&user],
+    )
+    .unwrap();
+    let org: String = su
+        .query_one(
+            "SELECT truxe.create_organization('ref-org', 'Ref')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let stranger: String = su
+        .query_one(
+            "INSERT INTO truxe.users (email, status) VALUES ('ref2@citus.example', 'active')
+             RETURNING id::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let mut holds = |who: &str, p: &str| -> bool {
+        su.query_one(
+            "SELECT truxe.has_permission($1::text::uuid, $2, $3::text::uuid)",
+            &[&org, &p, &who],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(holds(&user, "users:write"), "the owner's role rights");
+    assert!(!holds(&stranger, "users:read"), "no membership, no rights");
 }
 
 /// magic link → session → refresh → validate, as service_account through the coordinator.
