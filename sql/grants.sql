@@ -42,6 +42,8 @@ REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(
   truxe.issue_magic_link_internal(citext, citext, interval, inet, text),
   truxe.invite_by_email_internal(uuid, citext, truxe.membership_role, jsonb, interval)
   FROM service_account;
+-- … and except truxe.distribute(): a superuser's one-time step on a Citus coordinator
+REVOKE EXECUTE ON FUNCTION truxe.distribute() FROM service_account;
 
 -- authenticated (end-user requests) may call the context, organisation/membership,
 -- permission, hierarchy and session-validation functions, by name, whatever overloads exist

@@ -59,11 +59,10 @@ AS $$
             SELECT DISTINCT a.target_id FROM truxe.audit_logs a
              WHERE a.action = 'magic_link.failed' AND a.created_at > now() - interval '1 hour'
                AND a.details ->> 'reason' = 'invalid') f
-           WHERE EXISTS (
-             SELECT FROM truxe.magic_link_challenges c
-              WHERE c.id = CASE WHEN f.target_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                                THEN f.target_id::uuid END
-                AND c.attempts >= 5))::double precision
+           JOIN truxe.magic_link_challenges c
+             ON c.id = CASE WHEN f.target_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                            THEN f.target_id::uuid END
+            AND c.attempts >= 5)::double precision
   UNION ALL
   SELECT 'api_keys_live', '{}'::jsonb,
          (SELECT count(*) FROM truxe.api_keys k

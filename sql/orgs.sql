@@ -311,7 +311,8 @@ $$;
 -- plus the membership's own permissions array; owners/admins of an ancestor
 -- (truxe.org_closure) hold their role's permissions here too. Pending memberships grant
 -- nothing. No rights check: only has_permission and create_api_key (SECURITY DEFINER) call
--- it, after their own.
+-- it, after their own. The CTE names its column inside (not `granted(p)`): Citus fails on a
+-- CTE column list over a reference table (docs/scaling.md).
 CREATE FUNCTION truxe.user_holds_permission(org_id uuid, permission text, user_id uuid)
 RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
   WITH held AS (
@@ -322,10 +323,10 @@ RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
      WHERE c.descendant_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
        AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
-  ), granted(p) AS (
-    SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
+  ), granted AS (
+    SELECT rp.permission AS p FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
     UNION ALL
-    SELECT e FROM held h, jsonb_array_elements_text(h.permissions) e
+    SELECT e AS p FROM held h, jsonb_array_elements_text(h.permissions) e
   )
   SELECT coalesce(bool_or(truxe.permission_matches(g.p, user_holds_permission.permission)), false)
     FROM granted g;

@@ -1704,11 +1704,10 @@ AS $$
             SELECT DISTINCT a.target_id FROM truxe.audit_logs a
              WHERE a.action = 'magic_link.failed' AND a.created_at > now() - interval '1 hour'
                AND a.details ->> 'reason' = 'invalid') f
-           WHERE EXISTS (
-             SELECT FROM truxe.magic_link_challenges c
-              WHERE c.id = CASE WHEN f.target_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                                THEN f.target_id::uuid END
-                AND c.attempts >= 5))::double precision
+           JOIN truxe.magic_link_challenges c
+             ON c.id = CASE WHEN f.target_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                            THEN f.target_id::uuid END
+            AND c.attempts >= 5)::double precision
   UNION ALL
   SELECT 'api_keys_live', '{}'::jsonb,
          (SELECT count(*) FROM truxe.api_keys k
@@ -1969,3 +1968,92 @@ REVOKE ALL ON FUNCTION truxe.audit_seal_hash(truxe.audit_seals),
 GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
   truxe.audit_seal_hash(truxe.audit_seals), truxe.seal_audit_log(integer, double precision),
   truxe.verify_audit_log(timestamptz, timestamptz) TO service_account;
+
+-- == Ready for Citus (issue 22) ==
+-- user_holds_permission: the CTE names its column inside instead of `granted(p)`, which
+-- Citus fails on over a reference table (role_permissions is one on Citus); same result
+CREATE OR REPLACE FUNCTION truxe.user_holds_permission(org_id uuid, permission text, user_id uuid)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  WITH held AS (
+    SELECT m.role, m.permissions FROM truxe.memberships m
+     WHERE m.org_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
+       AND m.joined_at IS NOT NULL
+    UNION ALL
+    SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
+     WHERE c.descendant_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
+       AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
+  ), granted AS (
+    SELECT rp.permission AS p FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
+    UNION ALL
+    SELECT e AS p FROM held h, jsonb_array_elements_text(h.permissions) e
+  )
+  SELECT coalesce(bool_or(truxe.permission_matches(g.p, user_holds_permission.permission)), false)
+    FROM granted g;
+$$;
+
+-- truxe.distribute(): the one-time conversion of a new database on a Citus coordinator
+-- (docs/scaling.md); a superuser's step, so nobody else may execute it
+CREATE FUNCTION truxe.distribute()
+RETURNS TABLE (table_name text, placement text)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  t name;
+  has_rows boolean;
+  is_coordinator boolean;
+BEGIN
+  IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+    RAISE EXCEPTION 'truxe.distribute() must be run by a superuser' USING ERRCODE = '42501';
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+    RAISE EXCEPTION 'truxe.distribute() needs Citus: run CREATE EXTENSION citus first'
+      USING ERRCODE = '55000', HINT = 'see docs/scaling.md';
+  END IF;
+  -- Citus' own catalog, read through EXECUTE: it exists only where Citus is installed
+  EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_local_group WHERE groupid = 0)'
+    INTO is_coordinator;
+  IF NOT is_coordinator THEN
+    RAISE EXCEPTION 'truxe.distribute() runs on the Citus coordinator, not on a worker'
+      USING ERRCODE = '55000';
+  END IF;
+  EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                           WHERE p.logicalrelid = ''truxe.rate_limits''::regclass)'
+    INTO has_rows;
+  IF has_rows THEN
+    RAISE EXCEPTION 'truxe is already distributed in this database' USING ERRCODE = '55000';
+  END IF;
+  FOR t IN
+    SELECT c.relname FROM pg_catalog.pg_class c
+     WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind = 'r'
+       AND c.relname <> 'role_permissions'
+     ORDER BY c.relname
+  LOOP
+    EXECUTE format('SELECT EXISTS (SELECT FROM truxe.%I)', t) INTO has_rows;
+    IF has_rows THEN
+      RAISE EXCEPTION 'truxe.distribute() converts a new database only: truxe.% holds rows', t
+        USING ERRCODE = '55000', HINT = 'docs/scaling.md gives the steps for a database with data';
+    END IF;
+  END LOOP;
+
+  -- by the hash of the key: its primary key (a bigserial id, used by nothing) cannot hold
+  -- the distribution column, and (key_hash, window_start), the key rate_limit_hit
+  -- upserts on, stays unique
+  ALTER TABLE truxe.rate_limits DROP CONSTRAINT rate_limits_pkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.rate_limits', 'key_hash',
+                                              colocate_with => 'none');
+  -- by the challenge id that every token carries
+  PERFORM pg_catalog.create_distributed_table('truxe.magic_link_challenges', 'id',
+                                              colocate_with => 'none');
+
+  RETURN QUERY
+    SELECT c.relname::text,
+           CASE c.relname
+             WHEN 'rate_limits' THEN 'distributed by key_hash'
+             WHEN 'magic_link_challenges' THEN 'distributed by id'
+             ELSE 'coordinator'
+           END
+      FROM pg_catalog.pg_class c
+     WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind = 'r'
+     ORDER BY 1;
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.distribute() FROM PUBLIC;

@@ -40,40 +40,88 @@ fn sessions(retention: Option<Interval>) -> Result<i64, TruxeError> {
 /// tests/integration/metrics.rs (`metrics_count_every_event_of_a_scripted_hour`) checks
 /// that they agree: rows a day past their retention show as a day overdue, and once
 /// cleanup has run nothing is overdue. Each
-/// statement deletes one batch ($1 rows) of rows older than the retention ($2).
-const BATCHES: [(&str, (i32, i32, i64), &str); 4] = [
-    (
-        "sessions",
-        (0, 7, 0),
-        "DELETE FROM truxe.sessions WHERE ctid = ANY (ARRAY(
+/// statement deletes one batch ($1 rows) of rows older than the retention ($2): `local`
+/// takes a batch of row locations, locked with SKIP LOCKED so concurrent cleanups share the
+/// work; `by_key` is the same delete for a table that Citus distributes
+/// (`truxe.distribute()`), where a row location means nothing across shards and `FOR
+/// UPDATE` is refused, so a batch is chosen by key, without locking.
+struct Batch {
+    table: &'static str,
+    /// the retention: (months, days, microseconds)
+    kept: (i32, i32, i64),
+    local: &'static str,
+    by_key: &'static str,
+}
+
+const BATCHES: [Batch; 4] = [
+    Batch {
+        table: "sessions",
+        kept: (0, 7, 0),
+        local: "DELETE FROM truxe.sessions WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.sessions
             WHERE expires_at < now() - $2 OR revoked_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-    ),
-    (
-        "magic_link_challenges",
-        (0, 1, 0),
-        "DELETE FROM truxe.magic_link_challenges WHERE ctid = ANY (ARRAY(
+        by_key: "DELETE FROM truxe.sessions WHERE id = ANY (ARRAY(
+           SELECT id FROM truxe.sessions
+            WHERE expires_at < now() - $2 OR revoked_at < now() - $2 LIMIT $1))",
+    },
+    Batch {
+        table: "magic_link_challenges",
+        kept: (0, 1, 0),
+        local: "DELETE FROM truxe.magic_link_challenges WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.magic_link_challenges
             WHERE expires_at < now() - $2 OR used_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-    ),
-    (
-        "rate_limits",
-        (0, 0, 3_600_000_000),
-        "DELETE FROM truxe.rate_limits WHERE ctid = ANY (ARRAY(
+        by_key: "DELETE FROM truxe.magic_link_challenges WHERE id = ANY (ARRAY(
+           SELECT id FROM truxe.magic_link_challenges
+            WHERE expires_at < now() - $2 OR used_at < now() - $2 LIMIT $1))",
+    },
+    Batch {
+        table: "rate_limits",
+        kept: (0, 0, 3_600_000_000),
+        local: "DELETE FROM truxe.rate_limits WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.rate_limits WHERE window_end < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-    ),
-    (
-        "invitations",
-        (0, 30, 0),
-        "DELETE FROM truxe.invitations WHERE ctid = ANY (ARRAY(
+        by_key: "DELETE FROM truxe.rate_limits WHERE (key_hash, window_start) IN (
+           SELECT key_hash, window_start FROM truxe.rate_limits
+            WHERE window_end < now() - $2 LIMIT $1)",
+    },
+    Batch {
+        table: "invitations",
+        kept: (0, 30, 0),
+        local: "DELETE FROM truxe.invitations WHERE ctid = ANY (ARRAY(
            SELECT ctid FROM truxe.invitations
             WHERE expires_at < now() - $2 OR accepted_at < now() - $2 OR revoked_at < now() - $2
             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-    ),
+        by_key: "DELETE FROM truxe.invitations WHERE (org_id, id) IN (
+           SELECT org_id, id FROM truxe.invitations
+            WHERE expires_at < now() - $2 OR accepted_at < now() - $2 OR revoked_at < now() - $2
+            LIMIT $1)",
+    },
 ];
+
+/// The truxe tables Citus distributes in this database (none without Citus: its catalog
+/// is read only where it exists).
+fn distributed_tables() -> Result<Vec<String>, TruxeError> {
+    let citus = plans::run_once(
+        "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL",
+        &[],
+        &[],
+        |t| t.first().get_one::<bool>(),
+    )?;
+    if citus != Some(true) {
+        return Ok(Vec::new());
+    }
+    let tables = plans::run_once(
+        "SELECT coalesce(array_agg(c.relname::text), '{}') FROM pg_catalog.pg_dist_partition p
+           JOIN pg_catalog.pg_class c ON c.oid = p.logicalrelid
+          WHERE c.relnamespace = 'truxe'::regnamespace AND p.partmethod = 'h'",
+        &[],
+        &[],
+        |t| t.first().get_one::<Vec<String>>(),
+    )?;
+    Ok(tables.unwrap_or_default())
+}
 
 /// Deletes sessions expired or revoked more than 7 days ago, magic-link challenges expired
 /// or used more than 1 day ago, rate-limit windows that ended more than 1 hour ago, and
@@ -98,8 +146,20 @@ fn data(batch_size: Option<i32>) -> Result<Vec<(String, i64)>, TruxeError> {
             )
         }
     };
+    let distributed = distributed_tables()?;
     let mut out = Vec::with_capacity(BATCHES.len());
-    for (table, (months, days, micros), sql) in BATCHES {
+    for Batch {
+        table,
+        kept: (months, days, micros),
+        local,
+        by_key,
+    } in BATCHES
+    {
+        let sql = if distributed.iter().any(|t| t == table) {
+            by_key
+        } else {
+            local
+        };
         let kept = Interval::new(months, days, micros)
             .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
         let mut total = 0i64;

@@ -12,6 +12,7 @@ mod audit;
 mod cleanup;
 mod context;
 mod crypto;
+mod distribute;
 mod error;
 mod gucs;
 mod hierarchy;

@@ -68,14 +68,24 @@ fn hit(
             .map_err(|_| TruxeError::new(Sqlstate::InvalidParameter, "window out of range"))
     };
     let (window_start, reset_at) = (to_ts(start)?, to_ts(start + window)?);
+    // the transaction's start (what now() returns) as a parameter, not now(): Citus refuses
+    // a function that is not IMMUTABLE in DO UPDATE SET on a distributed table
+    // (docs/scaling.md), and this is the same value
+    let started = to_ts(now)?;
     let count = plans::run_once(
         "INSERT INTO truxe.rate_limits AS r (key_hash, window_start, window_end) VALUES ($1, $2, $3)
          ON CONFLICT (key_hash, window_start) DO UPDATE SET request_count = r.request_count + 1,
-                exhausted_at = CASE WHEN r.request_count >= $4 THEN now() END
+                exhausted_at = CASE WHEN r.request_count >= $4 THEN $5 END
           WHERE r.request_count <= $4
          RETURNING request_count",
-        &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT4],
-        &[sha256_hex(key.as_bytes()).into(), window_start.into(), reset_at.into(), max.into()],
+        &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ, INT4, TIMESTAMPTZ],
+        &[
+            sha256_hex(key.as_bytes()).into(),
+            window_start.into(),
+            reset_at.into(),
+            max.into(),
+            started.into(),
+        ],
         plans::first_value::<i32>,
     )?;
     // no row: the window was already past its limit, and this call changed nothing

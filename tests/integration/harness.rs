@@ -29,7 +29,7 @@ static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// tests installing truxe at once do not race on them.
 pub static INSTALL_LOCK: Mutex<()> = Mutex::new(());
 
-fn run(cmd: &mut Command) -> String {
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
@@ -42,7 +42,7 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

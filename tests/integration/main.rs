@@ -4,6 +4,7 @@ mod api_keys;
 mod apptables;
 mod audit;
 mod auth;
+mod citus;
 mod constraints;
 mod dump;
 mod hardening;

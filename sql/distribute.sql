@@ -1,0 +1,84 @@
+-- Scale-out on Citus (docs/scaling.md, "Past one primary: Citus"): truxe.distribute() turns
+-- the truxe tables of a new database into Citus tables. Single-node installs never call it,
+-- so nothing here changes their schema, policies or plans: every change a placement needs
+-- (a key without the distribution column dropped) is made by distribute() itself, at
+-- distribution time, on empty tables.
+--
+-- Placement today: the tables addressed by a bearer value or a hashed key and read only by
+-- truxe's own functions are distributed by what their lookup uses (magic_link_challenges
+-- by id: verify_magic_link is single-shard; rate_limits by key_hash: rate_limit_hit is
+-- single-shard and exact under concurrency). Every other table stays on the coordinator:
+-- their RLS policies and triggers are not yet in a form Citus accepts on a distributed
+-- table (docs/scaling.md lists each table with its reason). role_permissions becomes a
+-- reference table with memberships' move, not before: joined with memberships on the
+-- coordinator, a reference table only costs has_permission (bench/citus measured 0.58x).
+
+-- Runs once on the coordinator of a new database: superuser only (it changes the
+-- extension's tables). Returns every truxe table with its placement ('distributed by
+-- <column>' or 'coordinator'; 'reference' once a table is one). 55000 when Citus is not
+-- installed, when not on the coordinator, when already distributed, or when a table already
+-- holds rows (other than role_permissions, which holds the default role rights from the
+-- start); 42501 for a caller that is not a superuser.
+CREATE FUNCTION truxe.distribute()
+RETURNS TABLE (table_name text, placement text)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  t name;
+  has_rows boolean;
+  is_coordinator boolean;
+BEGIN
+  IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+    RAISE EXCEPTION 'truxe.distribute() must be run by a superuser' USING ERRCODE = '42501';
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+    RAISE EXCEPTION 'truxe.distribute() needs Citus: run CREATE EXTENSION citus first'
+      USING ERRCODE = '55000', HINT = 'see docs/scaling.md';
+  END IF;
+  -- Citus' own catalog, read through EXECUTE: it exists only where Citus is installed
+  EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_local_group WHERE groupid = 0)'
+    INTO is_coordinator;
+  IF NOT is_coordinator THEN
+    RAISE EXCEPTION 'truxe.distribute() runs on the Citus coordinator, not on a worker'
+      USING ERRCODE = '55000';
+  END IF;
+  EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                           WHERE p.logicalrelid = ''truxe.rate_limits''::regclass)'
+    INTO has_rows;
+  IF has_rows THEN
+    RAISE EXCEPTION 'truxe is already distributed in this database' USING ERRCODE = '55000';
+  END IF;
+  FOR t IN
+    SELECT c.relname FROM pg_catalog.pg_class c
+     WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind = 'r'
+       AND c.relname <> 'role_permissions'
+     ORDER BY c.relname
+  LOOP
+    EXECUTE format('SELECT EXISTS (SELECT FROM truxe.%I)', t) INTO has_rows;
+    IF has_rows THEN
+      RAISE EXCEPTION 'truxe.distribute() converts a new database only: truxe.% holds rows', t
+        USING ERRCODE = '55000', HINT = 'docs/scaling.md gives the steps for a database with data';
+    END IF;
+  END LOOP;
+
+  -- by the hash of the key: its primary key (a bigserial id, used by nothing) cannot hold
+  -- the distribution column, and (key_hash, window_start), the key rate_limit_hit
+  -- upserts on, stays unique
+  ALTER TABLE truxe.rate_limits DROP CONSTRAINT rate_limits_pkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.rate_limits', 'key_hash',
+                                              colocate_with => 'none');
+  -- by the challenge id that every token carries
+  PERFORM pg_catalog.create_distributed_table('truxe.magic_link_challenges', 'id',
+                                              colocate_with => 'none');
+
+  RETURN QUERY
+    SELECT c.relname::text,
+           CASE c.relname
+             WHEN 'rate_limits' THEN 'distributed by key_hash'
+             WHEN 'magic_link_challenges' THEN 'distributed by id'
+             ELSE 'coordinator'
+           END
+      FROM pg_catalog.pg_class c
+     WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind = 'r'
+     ORDER BY 1;
+END
+$$;

@@ -1,0 +1,745 @@
+//! Scale-out on Citus (docs/scaling.md, "Past one primary: Citus"), through a real cluster:
+//! a coordinator and two workers on loopback, each with `shared_preload_libraries =
+//! 'citus'`, one database with `CREATE EXTENSION citus` on every node and `CREATE
+//! EXTENSION truxe CASCADE` on the coordinator (which Citus propagates), converted by
+//! `truxe.distribute()` before any row exists. Every flow then runs through the coordinator
+//! as the harness's NOSUPERUSER LOGIN roles.
+//!
+//! Citus 13.2 is built for PostgreSQL 16 by scripts/setup (scripts/citus-build). Elsewhere,
+//! or where the build is absent, the cluster tests say SKIPPED; scripts/test sets
+//! `TRUXE_CITUS=required` on PostgreSQL 16, where an absent build fails them instead. One
+//! cluster serves every test of this file (started once, about 10 s); each test uses its
+//! own users, orgs and keys.
+use crate::harness::{
+    as_owner, free_loopback_port, is_root, run, server, skip, sqlstate, wrong_secret, Server,
+    AUTH_LOGIN, SERVICE_LOGIN,
+};
+use postgres::{Client, NoTls};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+const DB: &str = "truxe_citus";
+
+/// One PostgreSQL of the cluster, listening on 127.0.0.1:`port` (and a private socket).
+struct Node {
+    dir: PathBuf,
+    bindir: PathBuf,
+    port: u16,
+}
+
+impl Node {
+    fn start(tag: &str) -> Node {
+        let bindir = PathBuf::from(Server::pg_config("bindir"));
+        let dir = std::env::temp_dir().join(format!("truxe-citus-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the node directory");
+        if is_root() {
+            run(Command::new("chown").arg("postgres:").arg(&dir));
+        }
+        // -A trust: local and loopback connections need no password, between nodes too
+        run(as_owner(&bindir.join("initdb"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]));
+        let port = free_loopback_port();
+        let opts = format!(
+            "-c shared_preload_libraries=citus -c listen_addresses=127.0.0.1 -p {port} -k {} \
+             -c fsync=off -c max_connections=100 -c log_min_messages=warning",
+            dir.display()
+        );
+        run(as_owner(&bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .arg("-l")
+            .arg(dir.join("server.log"))
+            .args(["-w", "-o", &opts, "start"]));
+        Node { dir, bindir, port }
+    }
+
+    fn client(&self, dbname: &str, user: &str) -> Client {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .dbname(dbname)
+            .application_name("truxe-citus")
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect to {dbname} on :{} as {user}: {e}", self.port))
+    }
+
+    fn remove(&self) {
+        let _ = as_owner(&self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Cluster {
+    coordinator: Node,
+    workers: [Node; 2],
+    /// What `truxe.distribute()` returned: (table_name, placement), by table name.
+    placement: Vec<(String, String)>,
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+
+extern "C" fn stop_cluster() {
+    if let Some(Some(c)) = CLUSTER.get() {
+        c.coordinator.remove();
+        for w in &c.workers {
+            w.remove();
+        }
+    }
+}
+
+/// Whether Citus is installed into the PostgreSQL under test; when it is not, says why the
+/// caller skips (or fails, where scripts/test requires it).
+fn citus_available() -> bool {
+    let required = std::env::var("TRUXE_CITUS").as_deref() == Ok("required");
+    let built = std::path::Path::new(&Server::pg_config("pkglibdir"))
+        .join("citus.so")
+        .is_file();
+    if built {
+        return true;
+    }
+    assert!(
+        !required,
+        "TRUXE_CITUS=required but citus.so is not in {} (scripts/citus-build)",
+        Server::pg_config("pkglibdir")
+    );
+    skip(&format!(
+        "Citus cluster test: no Citus build for PostgreSQL {} (scripts/setup builds it for 16)",
+        Server::major()
+    ));
+    false
+}
+
+/// The shared cluster, started and converted on first use; None (after a SKIPPED line)
+/// where Citus is not built.
+fn cluster() -> Option<&'static Cluster> {
+    CLUSTER
+        .get_or_init(|| {
+            if !citus_available() {
+                return None;
+            }
+            let coordinator = Node::start("coord");
+            // SAFETY: registering a plain extern "C" fn; it runs once at process exit.
+            unsafe { libc::atexit(stop_cluster) };
+            let workers = [Node::start("w1"), Node::start("w2")];
+            // databases are not propagated: one on every node, each with Citus
+            for n in std::iter::once(&coordinator).chain(&workers) {
+                n.client("postgres", "postgres")
+                    .batch_execute(&format!("CREATE DATABASE {DB} TEMPLATE template0"))
+                    .expect("create the database");
+                n.client(DB, "postgres")
+                    .batch_execute("CREATE EXTENSION citus")
+                    .expect("CREATE EXTENSION citus");
+            }
+            let mut c = coordinator.client(DB, "postgres");
+            c.execute(
+                "SELECT citus_set_coordinator_host('127.0.0.1', $1)",
+                &[&i32::from(coordinator.port)],
+            )
+            .expect("citus_set_coordinator_host");
+            for w in &workers {
+                c.execute(
+                    "SELECT citus_add_node('127.0.0.1', $1)",
+                    &[&i32::from(w.port)],
+                )
+                .expect("citus_add_node");
+            }
+            // roles are propagated to the workers; truxe's own two are NOLOGIN, which
+            // the test logins never SET ROLE to (docs/scaling.md, "Roles")
+            c.batch_execute(&format!(
+                "CREATE ROLE {AUTH_LOGIN} LOGIN NOSUPERUSER;
+                 CREATE ROLE {SERVICE_LOGIN} LOGIN NOSUPERUSER;
+                 CREATE EXTENSION truxe CASCADE;
+                 GRANT authenticated TO {AUTH_LOGIN};
+                 GRANT service_account TO {SERVICE_LOGIN};"
+            ))
+            .expect("install truxe on the coordinator");
+            let placement = c
+                .query("SELECT table_name, placement FROM truxe.distribute()", &[])
+                .expect("truxe.distribute()")
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            Some(Cluster {
+                coordinator,
+                workers,
+                placement,
+            })
+        })
+        .as_ref()
+}
+
+impl Cluster {
+    fn service(&self) -> Client {
+        self.coordinator.client(DB, SERVICE_LOGIN)
+    }
+    fn authenticated(&self) -> Client {
+        self.coordinator.client(DB, AUTH_LOGIN)
+    }
+    fn superuser(&self) -> Client {
+        self.coordinator.client(DB, "postgres")
+    }
+    /// An `authenticated` connection acting as `user` for its whole session.
+    fn acting_as(&self, user: &str) -> Client {
+        let mut c = self.authenticated();
+        c.execute(
+            "SELECT truxe.set_context($1::text::uuid, NULL, false)",
+            &[&user],
+        )
+        .expect("set the acting user");
+        c
+    }
+}
+
+/// A unique suffix per call (tests share the cluster's database).
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}{}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// An active user with a fresh e-mail, inserted as service_account: (id, email).
+fn user(c: &Cluster) -> (String, String) {
+    let email = format!("{}@citus.example", unique("u"));
+    let id = c
+        .service()
+        .query_one(
+            "INSERT INTO truxe.users (email, status) VALUES ($1, 'active') RETURNING id::text",
+            &[&email],
+        )
+        .expect("insert a user")
+        .get(0);
+    (id, email)
+}
+
+/// An org created by `owner` through authenticated: its id.
+fn org(c: &Cluster, owner: &str) -> String {
+    let slug = unique("org-");
+    c.acting_as(owner)
+        .query_one(
+            "SELECT truxe.create_organization($1::text::public.citext, 'Org')::text",
+            &[&slug],
+        )
+        .expect("create_organization")
+        .get(0)
+}
+
+/// distribute() outside a Citus coordinator: 55000 without Citus (the single-node server
+/// of the other tests), 42501 for a caller that is not a superuser. Runs on every version.
+#[test]
+fn distribute_refuses_without_citus_and_for_a_non_superuser() {
+    let db = server().fresh_db(true);
+    assert_eq!(
+        sqlstate(
+            db.superuser()
+                .query("SELECT * FROM truxe.distribute()", &[])
+        ),
+        "55000"
+    );
+    // service_account has no EXECUTE; a superuser check backs it up
+    assert_eq!(
+        sqlstate(db.service().query("SELECT * FROM truxe.distribute()", &[])),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(
+            db.authenticated()
+                .query("SELECT * FROM truxe.distribute()", &[])
+        ),
+        "42501"
+    );
+}
+
+/// The placement distribute() reports, the shards it made on both workers, and its
+/// refusals: a second call, a worker, and a database whose tables hold rows.
+#[test]
+fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
+    let Some(c) = cluster() else { return };
+    let placement: Vec<String> = c
+        .placement
+        .iter()
+        .map(|(t, p)| format!("{t}: {p}"))
+        .collect();
+    assert!(placement.contains(&"magic_link_challenges: distributed by id".to_string()));
+    assert!(placement.contains(&"rate_limits: distributed by key_hash".to_string()));
+    assert!(placement.contains(&"role_permissions: coordinator".to_string()));
+    assert!(placement.contains(&"sessions: coordinator".to_string()));
+    assert_eq!(placement.len(), 17, "every truxe table: {placement:?}");
+
+    let mut su = c.superuser();
+    // shards of both distributed tables on both workers
+    let ports: Vec<i32> = su
+        .query(
+            "SELECT DISTINCT n.nodeport FROM pg_dist_shard s
+               JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid)
+              WHERE s.logicalrelid IN ('truxe.rate_limits'::regclass,
+                                       'truxe.magic_link_challenges'::regclass)
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut workers: Vec<i32> = c.workers.iter().map(|w| i32::from(w.port)).collect();
+    workers.sort_unstable();
+    assert_eq!(ports, workers);
+
+    assert_eq!(
+        sqlstate(su.query("SELECT * FROM truxe.distribute()", &[])),
+        "55000"
+    );
+    assert_eq!(
+        sqlstate(
+            c.workers[0]
+                .client(DB, "postgres")
+                .query("SELECT * FROM truxe.distribute()", &[])
+        ),
+        "55000"
+    );
+
+    // a database that already holds data: refused before anything changes
+    let db = unique("withrows");
+    c.coordinator
+        .client("postgres", "postgres")
+        .batch_execute(&format!("CREATE DATABASE {db} TEMPLATE template0"))
+        .unwrap();
+    let mut other = c.coordinator.client(&db, "postgres");
+    other
+        .batch_execute(
+            "CREATE EXTENSION citus; CREATE EXTENSION truxe CASCADE;
+             INSERT INTO truxe.users (email, status) VALUES ('early@citus.example', 'active');",
+        )
+        .unwrap();
+    let e = other
+        .query("SELECT * FROM truxe.distribute()", &[])
+        .unwrap_err();
+    assert_eq!(crate::harness::code_of(&e), "55000");
+    let message = e.as_db_error().map(|d| d.message().to_string());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("holds rows")),
+        "{message:?}"
+    );
+    let distributed: i64 = other
+        .query_one("SELECT count(*) FROM pg_dist_partition", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(distributed, 0, "nothing converted");
+}
+
+/// has_permission over a `role_permissions` that is a Citus reference table (where the
+/// target placement puts it once memberships are distributed): Citus fails on a CTE column
+/// list over a reference table, which the rights computation no longer uses. In a database
+/// of its own on the coordinator.
+#[test]
+fn has_permission_works_over_a_reference_role_permissions() {
+    let Some(c) = cluster() else { return };
+    let db = unique("reference");
+    c.coordinator
+        .client("postgres", "postgres")
+        .batch_execute(&format!("CREATE DATABASE {db} TEMPLATE template0"))
+        .unwrap();
+    let mut su = c.coordinator.client(&db, "postgres");
+    // each in its own transaction, as a deployment runs them
+    for sql in [
+        "CREATE EXTENSION citus".to_string(),
+        "CREATE EXTENSION truxe CASCADE".to_string(),
+        format!(
+            "SELECT citus_set_coordinator_host('127.0.0.1', {})",
+            c.coordinator.port
+        ),
+        "SELECT create_reference_table('truxe.role_permissions')".to_string(),
+    ] {
+        su.batch_execute(&sql).unwrap();
+    }
+    let user: String = su
+        .query_one(
+            "INSERT INTO truxe.users (email, status) VALUES ('ref@citus.example', 'active')
+             RETURNING id::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    su.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, false)",
+        &[&user],
+    )
+    .unwrap();
+    let org: String = su
+        .query_one(
+            "SELECT truxe.create_organization('ref-org', 'Ref')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let stranger: String = su
+        .query_one(
+            "INSERT INTO truxe.users (email, status) VALUES ('ref2@citus.example', 'active')
+             RETURNING id::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let mut holds = |who: &str, p: &str| -> bool {
+        su.query_one(
+            "SELECT truxe.has_permission($1::text::uuid, $2, $3::text::uuid)",
+            &[&org, &p, &who],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(holds(&user, "users:write"), "the owner's role rights");
+    assert!(!holds(&stranger, "users:read"), "no membership, no rights");
+}
+
+/// magic link → session → refresh → validate, as service_account through the coordinator.
+#[test]
+fn magic_link_session_refresh_validate() {
+    let Some(c) = cluster() else { return };
+    let mut s = c.service();
+    let email = format!("{}@citus.example", unique("login"));
+    let token: String = s
+        .query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
+        .unwrap()
+        .get(0);
+    let r = s
+        .query_one(
+            "SELECT status, user_id::text FROM truxe.verify_magic_link($1)",
+            &[&token],
+        )
+        .unwrap();
+    let (status, user): (String, String) = (r.get(0), r.get(1));
+    assert_eq!(status, "verified");
+    // a token works once
+    let again: String = s
+        .query_one("SELECT status FROM truxe.verify_magic_link($1)", &[&token])
+        .unwrap()
+        .get(0);
+    assert_ne!(again, "verified");
+    // five wrong secrets lock a link (its attempts counted on its shard), and metrics()
+    // joins the failures in the audit trail with the distributed challenges
+    let other: String = s
+        .query_one(
+            "SELECT token FROM truxe.issue_magic_link($1)",
+            &[&format!("{}@citus.example", unique("locked"))],
+        )
+        .unwrap()
+        .get(0);
+    for _ in 0..5 {
+        let st: String = s
+            .query_one(
+                "SELECT status FROM truxe.verify_magic_link($1)",
+                &[&wrong_secret(&other)],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(st, "invalid");
+    }
+    let st: String = s
+        .query_one("SELECT status FROM truxe.verify_magic_link($1)", &[&other])
+        .unwrap()
+        .get(0);
+    assert_eq!(st, "locked");
+    let locked: f64 = s
+        .query_one(
+            "SELECT value FROM truxe.metrics() WHERE metric = 'magic_links_locked_last_hour'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(locked, 1.0);
+
+    let r = s
+        .query_one(
+            "SELECT jti::text, refresh_jti::text FROM truxe.create_session($1::text::uuid)",
+            &[&user],
+        )
+        .unwrap();
+    let (jti, refresh): (String, String) = (r.get(0), r.get(1));
+    let r = s
+        .query_one(
+            "SELECT jti::text, refresh_jti::text FROM truxe.refresh_session($1::text::uuid)",
+            &[&refresh],
+        )
+        .unwrap();
+    let new_jti: String = r.get(0);
+    let valid = |s: &mut Client, jti: &str| -> Option<String> {
+        s.query_opt(
+            "SELECT user_id::text FROM truxe.validate_session($1::text::uuid)",
+            &[&jti],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    };
+    assert_eq!(valid(&mut s, &new_jti), Some(user.clone()));
+    assert_eq!(
+        valid(&mut s, &jti),
+        None,
+        "the refreshed session is replaced"
+    );
+
+    // the identity of the request: authenticate as the authenticated login
+    let mut a = c.authenticated();
+    let mut t = a.transaction().unwrap();
+    let who: String = t
+        .query_one(
+            "SELECT user_id::text FROM truxe.authenticate($1)",
+            &[&new_jti],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(who, user);
+    let own: i64 = t
+        .query_one("SELECT count(*) FROM truxe.sessions", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        own, 2,
+        "the user's own sessions (the refreshed one and its successor)"
+    );
+    t.commit().unwrap();
+}
+
+/// One magic link verified by 6 clients at once through the coordinator: its row lock is
+/// taken on the worker that holds its shard, so exactly one gets `verified`.
+#[test]
+fn concurrent_verifications_of_one_link_give_one_verified() {
+    let Some(c) = cluster() else { return };
+    let email = format!("{}@citus.example", unique("race"));
+    let token: String = c
+        .service()
+        .query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
+        .unwrap()
+        .get(0);
+    let barrier = std::sync::Barrier::new(6);
+    let mut statuses: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let (token, barrier) = (&token, &barrier);
+                s.spawn(move || {
+                    let mut svc = c.service();
+                    barrier.wait();
+                    svc.query_one("SELECT status FROM truxe.verify_magic_link($1)", &[token])
+                        .unwrap()
+                        .get::<_, String>(0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    statuses.sort();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "verified").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| s == "verified" || s == "used"),
+        "{statuses:?}"
+    );
+}
+
+/// Two tenants under RLS, has_permission, and an invitation accepted, through the
+/// coordinator as real logins.
+#[test]
+fn tenants_are_isolated_and_permissions_and_invitations_work() {
+    let Some(c) = cluster() else { return };
+    let (ada, _) = user(c);
+    let (bob, _) = user(c);
+    let acme = org(c, &ada);
+    let beta = org(c, &bob);
+
+    let seen = |who: &str| -> Vec<String> {
+        c.acting_as(who)
+            .query("SELECT id::text FROM truxe.organizations ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(seen(&ada), [acme.as_str()]);
+    assert_eq!(seen(&bob), [beta.as_str()]);
+    let mut a = c.acting_as(&ada);
+    let audit_of_beta: i64 = a
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
+            &[&beta],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(audit_of_beta, 0, "another tenant's audit rows");
+    let own_audit: i64 = a
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
+            &[&acme],
+        )
+        .unwrap()
+        .get(0);
+    assert!(own_audit >= 1, "the owner reads their org's audit rows");
+
+    // has_permission: role_permissions is a reference table
+    let holds = |c: &mut Client, org: &str, p: &str| -> bool {
+        c.query_one(
+            "SELECT truxe.has_permission($1::text::uuid, $2)",
+            &[&org, &p],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(holds(&mut a, &acme, "users:write"));
+    assert!(!holds(&mut a, &beta, "users:write"));
+
+    // invitation by e-mail → accepted by a new user, who then holds the member's rights
+    let invitee = format!("{}@citus.example", unique("inv"));
+    let token: String = a
+        .query_one(
+            "SELECT token FROM truxe.invite_by_email($1::text::uuid, $2, 'member')",
+            &[&acme, &invitee],
+        )
+        .unwrap()
+        .get(0);
+    let r = c
+        .service()
+        .query_one(
+            "SELECT status, org_id::text, user_id::text FROM truxe.accept_invitation_token($1)",
+            &[&token],
+        )
+        .unwrap();
+    let (status, org_id, carl): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!(
+        (status.as_str(), org_id.as_str()),
+        ("accepted", acme.as_str())
+    );
+    let mut k = c.acting_as(&carl);
+    assert_eq!(seen(&carl), [acme.as_str()]);
+    assert!(
+        !holds(&mut k, &acme, "users:write"),
+        "a member is not an admin"
+    );
+    assert!(!holds(&mut k, &beta, "users:read"));
+}
+
+/// rate_limit_hit (distributed by key_hash) and record_usage stay exact with 4 clients at
+/// once through the coordinator.
+#[test]
+fn rate_limits_and_usage_are_exact_under_four_clients() {
+    let Some(c) = cluster() else { return };
+    let (ada, _) = user(c);
+    let acme = org(c, &ada);
+    let key = unique("login:");
+    let allowed: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (key, acme) = (key.clone(), acme.clone());
+                s.spawn(move || {
+                    let mut svc = c.service();
+                    let mut allowed = 0;
+                    for _ in 0..25 {
+                        let ok: bool = svc
+                            .query_one(
+                                "SELECT allowed FROM truxe.rate_limit_hit($1, 30, '1 hour')",
+                                &[&key],
+                            )
+                            .unwrap()
+                            .get(0);
+                        allowed += usize::from(ok);
+                        svc.execute(
+                            "SELECT truxe.record_usage($1::text::uuid, 'api_requests')",
+                            &[&acme],
+                        )
+                        .unwrap();
+                    }
+                    allowed
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(allowed, 30, "exactly the limit, of 100 hits");
+    let used: i64 = c
+        .service()
+        .query_one(
+            "SELECT metric_value FROM truxe.usage_metrics
+              WHERE org_id = $1::text::uuid AND metric_type = 'api_requests'",
+            &[&acme],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(used, 100);
+}
+
+/// cleanup_expired_data removes old rows from the distributed tables (no cross-shard
+/// FOR UPDATE) and keeps the live ones.
+#[test]
+fn cleanup_expired_data_deletes_across_shards() {
+    let Some(c) = cluster() else { return };
+    let mut su = c.superuser();
+    let tag = unique("cleanup");
+    su.execute(
+        "INSERT INTO truxe.rate_limits (key_hash, window_start, window_end)
+         SELECT md5($1 || i), now() - interval '3 hours', now() - interval '2 hours'
+           FROM generate_series(1, 40) i",
+        &[&tag],
+    )
+    .unwrap();
+    su.execute(
+        "INSERT INTO truxe.magic_link_challenges (email, token_hash, expires_at, created_at)
+         SELECT 'old' || i || '@citus.example', repeat('a', 64),
+                now() - interval '2 days', now() - interval '3 days'
+           FROM generate_series(1, 30) i",
+        &[],
+    )
+    .unwrap();
+    let live = format!("{}@citus.example", unique("live"));
+    c.service()
+        .query("SELECT * FROM truxe.issue_magic_link($1)", &[&live])
+        .unwrap();
+    // a small batch: several rounds over both workers
+    let deleted: Vec<(String, i64)> = c
+        .service()
+        .query(
+            "SELECT table_name, deleted FROM truxe.cleanup_expired_data(7)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let of = |t: &str| deleted.iter().find(|(n, _)| n == t).map(|(_, d)| *d);
+    assert!(of("rate_limits") >= Some(40), "{deleted:?}");
+    assert!(of("magic_link_challenges") >= Some(30), "{deleted:?}");
+    let left: i64 = su
+        .query_one(
+            "SELECT (SELECT count(*) FROM truxe.rate_limits WHERE window_end < now() - interval '1 hour')
+                  + (SELECT count(*) FROM truxe.magic_link_challenges WHERE expires_at < now() - interval '1 day')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let kept: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.magic_link_challenges WHERE email = $1::text::public.citext",
+            &[&live],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "a live challenge stays");
+}
