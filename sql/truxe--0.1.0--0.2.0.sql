@@ -2057,3 +2057,30 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION truxe.distribute() FROM PUBLIC;
+
+-- == Invitations carry their inviter's authority (issue 12) ==
+-- New: an invitation whose inviter could no longer send it (removed, suspended, deleted,
+-- demoted) is revoked at its next use (src/invitation.rs); the text of sql/invitations.sql.
+-- Whether an invitation's inviter could still send it (service_account: accept_invitation_token
+-- and inspect_invitation run as their caller): an active user whom truxe.require_grant_rights
+-- lets grant the invitation's role and permissions in its org today. An invitation carries
+-- its inviter's authority, as an API key its creator's: once the inviter is removed,
+-- suspended, deleted or demoted, it is revoked at its next use. False for an unknown id.
+CREATE FUNCTION truxe.inviter_still_may_invite(invitation_id uuid)
+RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  i truxe.invitations;
+BEGIN
+  SELECT * INTO i FROM truxe.invitations WHERE id = inviter_still_may_invite.invitation_id;
+  IF NOT FOUND OR i.invited_by IS NULL
+     OR NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = i.invited_by AND u.status = 'active') THEN
+    RETURN false;
+  END IF;
+  PERFORM truxe.require_grant_rights(i.org_id, i.invited_by, i.role, i.permissions);
+  RETURN true;
+EXCEPTION WHEN insufficient_privilege THEN
+  RETURN false;
+END
+$$;
+REVOKE ALL ON FUNCTION truxe.inviter_still_may_invite(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION truxe.inviter_still_may_invite(uuid) TO service_account;

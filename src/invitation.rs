@@ -286,6 +286,26 @@ fn find(
             }));
         }
     }
+    // an invitation carries its inviter's authority: one its inviter could no longer send
+    // (removed, suspended, deleted, demoted) is revoked now
+    let still = plans::run(
+        c,
+        "SELECT truxe.inviter_still_may_invite($1)",
+        &[UUID],
+        &[id.into()],
+    )?;
+    if plans::first_value::<bool>(still)? != Some(true) {
+        plans::run(
+            c,
+            "UPDATE truxe.invitations SET revoked_at = now() WHERE org_id = $1 AND id = $2",
+            &[UUID, UUID],
+            &[org_id.into(), id.into()],
+        )?;
+        return Ok(Err(Outcome {
+            org_id: Some(org_id),
+            ..status("revoked")
+        }));
+    }
     Ok(Ok(Pending {
         id,
         org_id,

@@ -606,3 +606,121 @@ fn members_and_outsiders_cannot_read_invitations_an_admin_can() {
     );
     assert_eq!(count(&mut admin), 2);
 }
+
+/// An invitation carries its inviter's authority, as an API key its creator's: once the
+/// inviter is removed, suspended, demoted, or no longer holds a permission it grants, the
+/// invitation is revoked at its next use (inspect or accept), and nobody joins through it.
+/// (On 0.2's first invitations a removed admin's invitation to their own second address
+/// still let them back in.)
+#[test]
+fn an_invitation_ends_with_its_inviters_authority() {
+    let o = org();
+    let (mut su, mut s) = (o.db.superuser(), o.db.service());
+    let mut owner = o.db.acting_as(&o.owner);
+    let set_role = |owner: &mut Client, user: &str, role: &str| {
+        owner
+            .execute(
+                "SELECT truxe.change_role($1::text::uuid, $2::text::uuid, $3::text::truxe.membership_role)",
+                &[&o.id, &user, &role],
+            )
+            .unwrap();
+    };
+
+    // the control: the inviter still an admin, the invitation works
+    let (_, token) = invite(
+        &mut o.db.acting_as(&o.admin),
+        &o.id,
+        "ok@else.example",
+        "member",
+        "[]",
+    );
+    assert_eq!(inspect(&mut s, &token), "valid");
+    assert_eq!(accept(&mut s, &token, None).0, "accepted");
+
+    // removed: inspect already says revoked, and so does accept; nobody joined
+    let (id, token) = invite(
+        &mut o.db.acting_as(&o.admin),
+        &o.id,
+        "back@door.example",
+        "admin",
+        "[]",
+    );
+    owner
+        .execute(
+            "SELECT truxe.remove_member($1::text::uuid, $2::text::uuid)",
+            &[&o.id, &o.admin],
+        )
+        .unwrap();
+    assert_eq!(inspect(&mut s, &token), "revoked");
+    assert_eq!(accept(&mut s, &token, None).0, "revoked");
+    let revoked: bool = su
+        .query_one(
+            "SELECT revoked_at IS NOT NULL FROM truxe.invitations WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(revoked, "the invitation is marked revoked");
+    let joined: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.memberships m JOIN truxe.users u ON u.id = m.user_id
+              WHERE u.email = 'back@door.example'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(joined, 0);
+
+    // demoted to member: an admin's invitation is no longer one they could send
+    let promoted = o.member.clone();
+    set_role(&mut owner, &promoted, "admin");
+    let (_, token) = invite(
+        &mut o.db.acting_as(&promoted),
+        &o.id,
+        "via@demoted.example",
+        "member",
+        "[]",
+    );
+    set_role(&mut owner, &promoted, "member");
+    assert_eq!(inspect(&mut s, &token), "revoked");
+    assert_eq!(accept(&mut s, &token, None).0, "revoked");
+
+    // an extra permission the inviter no longer holds
+    set_role(&mut owner, &promoted, "admin");
+    su.execute(
+        "UPDATE truxe.memberships SET permissions = '[\"billing:read\"]'
+          WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+        &[&o.id, &promoted],
+    )
+    .unwrap();
+    let (_, token) = invite(
+        &mut o.db.acting_as(&promoted),
+        &o.id,
+        "perm@x.example",
+        "member",
+        "[\"billing:read\"]",
+    );
+    su.execute(
+        "UPDATE truxe.memberships SET permissions = '[]'
+          WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+        &[&o.id, &promoted],
+    )
+    .unwrap();
+    assert_eq!(accept(&mut s, &token, None).0, "revoked");
+
+    // suspended
+    let (_, token) = invite(
+        &mut o.db.acting_as(&promoted),
+        &o.id,
+        "late@x.example",
+        "member",
+        "[]",
+    );
+    su.execute(
+        "UPDATE truxe.users SET status = 'suspended' WHERE id = $1::text::uuid",
+        &[&promoted],
+    )
+    .unwrap();
+    assert_eq!(inspect(&mut s, &token), "revoked");
+    assert_eq!(accept(&mut s, &token, None).0, "revoked");
+}
