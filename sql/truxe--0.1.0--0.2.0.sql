@@ -1929,3 +1929,145 @@ AS $$
          COALESCE(GREATEST(extract(epoch FROM now() - o.due), 0), 0)::double precision
     FROM overdue o
 $$;
+
+-- == Performance (issues 12, 15, 16, 20) ==
+-- Why: measured misses of bench/run (bench/README.md, "Performance work"): each change
+-- keeps what the function answers and who may call it.
+-- has_permission was planned anew on every call: user_holds_permission, permission_matches
+-- and caller_is_service were SQL functions with a SET clause, which PostgreSQL neither
+-- inlines nor keeps a plan for. The wildcard rule and the service-caller test lose the SET
+-- and name every operator and function with their schema instead (inlined: nothing
+-- resolves through the caller's path); the rights computation becomes PL/pgSQL (its one
+-- query planned once per connection) and reads each membership once.
+CREATE OR REPLACE FUNCTION truxe.caller_is_service()
+RETURNS boolean LANGUAGE sql STABLE AS $$
+  SELECT pg_catalog.pg_has_role(
+           CASE WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none' THEN session_user
+                ELSE pg_catalog.current_setting('role')::pg_catalog.name END,
+           'service_account', 'MEMBER');
+$$;
+
+CREATE OR REPLACE FUNCTION truxe.permission_matches(granted text, wanted text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT granted OPERATOR(pg_catalog.=) '*' OR granted OPERATOR(pg_catalog.=) wanted
+         OR (granted OPERATOR(pg_catalog.~~) '%:*'
+             AND pg_catalog.split_part(granted, ':', 1)
+                 OPERATOR(pg_catalog.=) pg_catalog.split_part(wanted, ':', 1));
+$$;
+
+CREATE OR REPLACE FUNCTION truxe.user_holds_permission(org_id uuid, permission text, user_id uuid)
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RETURN EXISTS (
+    SELECT 1 FROM truxe.memberships m
+     WHERE m.user_id = user_holds_permission.user_id AND m.joined_at IS NOT NULL
+       AND (m.org_id = user_holds_permission.org_id
+            OR (m.role IN ('owner', 'admin')
+                AND m.org_id IN (SELECT c.ancestor_id FROM truxe.org_closure c
+                                  WHERE c.descendant_id = user_holds_permission.org_id)))
+       AND (EXISTS (SELECT 1 FROM truxe.role_permissions rp
+                     WHERE rp.role = m.role
+                       AND truxe.permission_matches(rp.permission, user_holds_permission.permission))
+            OR (m.org_id = user_holds_permission.org_id
+                AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(m.permissions) e
+                             WHERE truxe.permission_matches(e, user_holds_permission.permission)))));
+END
+$$;
+
+-- security_report(): its search_path_pinned check knows the two new unpinned, fully
+-- qualified SQL functions (the text of sql/security_report.sql)
+CREATE OR REPLACE FUNCTION truxe.security_report()
+RETURNS TABLE(check_name text, ok boolean, detail text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  -- RLS enabled on every data table (docs/reference.md, "Tables and Row Level Security")
+  SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
+         CASE WHEN c.oid IS NULL THEN 'table missing'
+              WHEN c.relrowsecurity THEN 'row level security enabled'
+              ELSE 'row level security is DISABLED' END
+    FROM unnest(ARRAY['users', 'organizations', 'memberships', 'sessions', 'audit_logs',
+                      'usage_metrics', 'magic_link_challenges', 'rate_limits']) AS t(name)
+    LEFT JOIN pg_class c ON c.relname = t.name AND c.relnamespace = 'truxe'::regnamespace
+  UNION ALL
+  -- nothing of the extension granted to PUBLIC (grantee 0); a NULL acl means the default
+  -- one, which for functions includes EXECUTE to PUBLIC
+  SELECT 'no_public_grants', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'PUBLIC holds no privilege on truxe tables or functions'
+              ELSE 'granted to PUBLIC: ' || string_agg(obj, ', ' ORDER BY obj) END
+    FROM (
+      SELECT c.oid::regclass::text AS obj FROM pg_class c
+       WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault(
+                       (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
+                      WHERE a.grantee = 0)
+      UNION ALL
+      SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'truxe'::regnamespace
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
+                      WHERE a.grantee = 0)
+    ) public_objects
+  UNION ALL
+  -- every SECURITY DEFINER function pins search_path
+  SELECT 'security_definer_search_path', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every SECURITY DEFINER function sets search_path'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ') END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- every function pins search_path (none resolves names through the caller's path), except
+  -- the two getters that resolve no name at all (src/context.rs) and the SQL functions whose
+  -- bodies qualify every name because a SET would stop inlining: the two tree walkers
+  -- (sql/hierarchy.sql), the wildcard rule and the service-caller test (sql/orgs.sql)
+  SELECT 'search_path_pinned', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name; org_ancestors, org_descendants, permission_matches and caller_is_service qualify every name)'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace
+     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
+                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)',
+                                           'truxe.permission_matches(text,text)',
+                                           'truxe.caller_is_service()')
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- the identity mode: under `trusted`, any login that can become `authenticated` can claim
+  -- any identity through app.current_user_id; flagged when such a login exists (a superuser
+  -- or service_account member is trusted either way). The CASE loads truxe's library first,
+  -- so the setting is truxe's own and not a placeholder a session made up.
+  SELECT 'identity_mode', mode = 'verified' OR count(r.oid) = 0,
+         CASE WHEN mode = 'verified' THEN 'identity_mode = verified: only truxe.authenticate and truxe.authenticate_api_key establish an end user''s identity'
+              WHEN count(r.oid) = 0 THEN 'identity_mode = trusted, and no login but trusted ones can become authenticated'
+              ELSE 'identity_mode = trusted: these logins can claim any identity through app.current_user_id: '
+                   || string_agg(r.rolname::text, ', ' ORDER BY r.rolname) END
+    FROM (SELECT CASE WHEN truxe.version() IS NOT NULL
+                      THEN coalesce(current_setting('truxe.identity_mode', true), 'trusted') END) m(mode)
+    LEFT JOIN pg_roles r
+      ON mode <> 'verified' AND r.rolcanlogin AND NOT r.rolsuper
+     AND pg_has_role(r.oid, 'authenticated', 'MEMBER')
+     AND NOT pg_has_role(r.oid, 'service_account', 'MEMBER')
+   GROUP BY mode
+  UNION ALL
+  -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
+  SELECT 'audit_logs_append_only', count(*) > 0,
+         CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'
+              ELSE 'no enabled append-only trigger on truxe.audit_logs' END
+    FROM pg_trigger tg
+   WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
+     AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
+     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0
+  UNION ALL
+  -- application tables (outside truxe and the system schemas) with an org_id column and row
+  -- level security off: every role with a privilege on them sees every tenant's rows
+  -- (truxe.protect_table turns it on with truxe's tenant policies)
+  SELECT 'app_tables_rls', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every application table with an org_id column has row level security enabled'
+              ELSE 'org_id column but row level security disabled: '
+                   || string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid::regclass::text) END
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
+     AND n.nspname NOT IN ('truxe', 'pg_catalog', 'information_schema')
+     AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+     AND EXISTS (SELECT 1 FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attname = 'org_id' AND a.attnum > 0
+                    AND NOT a.attisdropped);
+$$;
