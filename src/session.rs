@@ -200,18 +200,28 @@ fn create(
                 "device_info must be a JSON object",
             );
         }
-        let who = plans::run(
-            c,
-            concat!(
-                "SELECT u.status::text,
-                        (SELECT true FROM truxe.organizations o WHERE o.id = $2),
-                        $2 IS NULL OR ",
-                org_access!("$1", "$2"),
-                " FROM truxe.users u WHERE u.id = $1"
-            ),
-            &[UUID, UUID],
-            &[user_id.into(), org_id.into()],
-        )?;
+        // (status, org exists, may use the org): two texts, so that each keeps one generic
+        // plan; with `$2 IS NULL OR …` the planner re-planned every unscoped call (a custom
+        // plan without the org subplans always looked cheaper)
+        let who = match org_id {
+            None => plans::run(
+                c,
+                "SELECT u.status::text, NULL::boolean, true FROM truxe.users u WHERE u.id = $1",
+                &[UUID],
+                &[user_id.into()],
+            )?,
+            Some(org) => plans::run(
+                c,
+                concat!(
+                    "SELECT u.status::text,
+                            (SELECT true FROM truxe.organizations o WHERE o.id = $2), ",
+                    org_access!("$1", "$2"),
+                    " FROM truxe.users u WHERE u.id = $1"
+                ),
+                &[UUID, UUID],
+                &[user_id.into(), org.into()],
+            )?,
+        };
         if who.is_empty() {
             return fail(Sqlstate::NotFound, format!("unknown user {user_id}"));
         }
