@@ -118,6 +118,12 @@ if v and st:
         f"| tenant membership list under a verified identity (`authenticate`), 1 client | | {v:.3f} (mean) | | "
         f"| latency {v / st:.2f}× the same list under `app.current_user_id` ({st:.3f} ms) | ≤ 1.05× |"
     )
+m = stats("metrics")
+if m:
+    out.append(
+        f"| `truxe.metrics()`, 1 client | {m['tps']:.1f} | {m['p50']:.1f} | {m['p99']:.1f} | "
+        f"| p50 {m['p50']:.1f} ms | < 100 ms |"
+    )
 q, cl = stats("oltp_quiet", 1), stats("oltp_cleanup", 1)
 if q and cl:
     out.append(

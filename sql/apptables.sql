@@ -3,13 +3,9 @@
 -- trigger, and audit_logs accepts the application's own actions.
 
 -- Application-defined audit actions: 'resource.verb', lowercase letters, digits and _, each
--- part starting with a letter, at most 128 characters. truxe's own actions (the labels of
--- truxe.audit_action) have the same shape. audit_logs.action is text checked by this.
-CREATE FUNCTION truxe.valid_audit_action(action text)
-RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp AS $$
-  SELECT length(action) <= 128 AND action ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$';
-$$;
+-- part starting with a letter, at most 128 characters (truxe.valid_audit_action, Rust:
+-- src/apptables.rs). truxe's own actions (the labels of truxe.audit_action) have the same
+-- shape. audit_logs.action is text checked by this.
 ALTER TABLE truxe.audit_logs ADD CONSTRAINT action_format CHECK (truxe.valid_audit_action(action));
 
 -- The orgs where the acting identity holds `permission` ('resource:action'): the rules of

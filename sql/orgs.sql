@@ -292,44 +292,55 @@ $$;
 -- function's owner, so this reads the caller's role from outside it: the role a SET ROLE
 -- chose (setting `role`), else the login (session_user). A backend that logs in as a
 -- service_account member and then runs `SET ROLE authenticated` is not trusted here.
+-- No SET clause, so that PostgreSQL inlines it into its callers' queries (a SET would make
+-- it planned anew on every call: bench/README.md, "has_permission"); instead its body names
+-- every function, operator and type with its schema, and resolves nothing through the
+-- caller's search_path.
 CREATE FUNCTION truxe.caller_is_service()
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT pg_has_role(CASE WHEN current_setting('role') = 'none' THEN session_user
-                          ELSE current_setting('role')::name END,
-                     'service_account', 'MEMBER');
+RETURNS boolean LANGUAGE sql STABLE AS $$
+  SELECT pg_catalog.pg_has_role(
+           CASE WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none' THEN session_user
+                ELSE pg_catalog.current_setting('role')::pg_catalog.name END,
+           'service_account', 'MEMBER');
 $$;
 
 -- Whether a granted permission covers the wanted one: equal, '*', or 'resource:*' for any
 -- action on that resource. The one wildcard rule: memberships and API key scopes use it.
+-- Inlined into its callers' queries, like caller_is_service (no SET clause; every operator
+-- and function named with its schema): called once per granted permission, a SET would
+-- plan it anew each time.
 CREATE FUNCTION truxe.permission_matches(granted text, wanted text)
-RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT granted = '*' OR granted = wanted
-         OR (granted LIKE '%:*' AND split_part(granted, ':', 1) = split_part(wanted, ':', 1));
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT granted OPERATOR(pg_catalog.=) '*' OR granted OPERATOR(pg_catalog.=) wanted
+         OR (granted OPERATOR(pg_catalog.~~) '%:*'
+             AND pg_catalog.split_part(granted, ':', 1)
+                 OPERATOR(pg_catalog.=) pg_catalog.split_part(wanted, ':', 1));
 $$;
 
 -- Whether user_id holds `permission` on org_id: the role defaults of truxe.role_permissions
 -- plus the membership's own permissions array; owners/admins of an ancestor
 -- (truxe.org_closure) hold their role's permissions here too. Pending memberships grant
 -- nothing. No rights check: only has_permission and create_api_key (SECURITY DEFINER) call
--- it, after their own. The CTE names its column inside (not `granted(p)`): Citus fails on a
--- CTE column list over a reference table (docs/scaling.md).
+-- it, after their own. PL/pgSQL, so that its one query is planned once per connection (a
+-- SQL function with a SET clause is planned on every call: bench/README.md,
+-- "has_permission").
 CREATE FUNCTION truxe.user_holds_permission(org_id uuid, permission text, user_id uuid)
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  WITH held AS (
-    SELECT m.role, m.permissions FROM truxe.memberships m
-     WHERE m.org_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
-       AND m.joined_at IS NOT NULL
-    UNION ALL
-    SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
-     WHERE c.descendant_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
-       AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
-  ), granted AS (
-    SELECT rp.permission AS p FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
-    UNION ALL
-    SELECT e AS p FROM held h, jsonb_array_elements_text(h.permissions) e
-  )
-  SELECT coalesce(bool_or(truxe.permission_matches(g.p, user_holds_permission.permission)), false)
-    FROM granted g;
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RETURN EXISTS (
+    SELECT 1 FROM truxe.memberships m
+     WHERE m.user_id = user_holds_permission.user_id AND m.joined_at IS NOT NULL
+       AND (m.org_id = user_holds_permission.org_id
+            OR (m.role IN ('owner', 'admin')
+                AND m.org_id IN (SELECT c.ancestor_id FROM truxe.org_closure c
+                                  WHERE c.descendant_id = user_holds_permission.org_id)))
+       AND (EXISTS (SELECT 1 FROM truxe.role_permissions rp
+                     WHERE rp.role = m.role
+                       AND truxe.permission_matches(rp.permission, user_holds_permission.permission))
+            OR (m.org_id = user_holds_permission.org_id
+                AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(m.permissions) e
+                             WHERE truxe.permission_matches(e, user_holds_permission.permission)))));
+END
 $$;
 
 -- Whether user_id holds `permission` ('resource:action') on org_id

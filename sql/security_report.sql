@@ -38,15 +38,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- every function pins search_path (none resolves names through the caller's path), except
-  -- the two getters that resolve no name at all (src/context.rs) and the two SQL tree
-  -- walkers whose bodies qualify every name (sql/hierarchy.sql: a SET would stop inlining)
+  -- the Rust functions that resolve no name at all (the two getters, src/identity.rs, and
+  -- the audit action check, src/apptables.rs) and the SQL functions whose
+  -- bodies qualify every name because a SET would stop inlining: the two tree walkers
+  -- (sql/hierarchy.sql), the wildcard rule and the service-caller test (sql/orgs.sql)
   SELECT 'search_path_pinned', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name; org_ancestors and org_descendants qualify every name)'
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id, current_org_id and valid_audit_action resolve no name; org_ancestors, org_descendants, permission_matches and caller_is_service qualify every name)'
               ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
     FROM pg_proc p
    WHERE p.pronamespace = 'truxe'::regnamespace
      AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
-                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)')
+                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)',
+                                           'truxe.permission_matches(text,text)',
+                                           'truxe.caller_is_service()', 'truxe.valid_audit_action(text)')
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- the identity mode: under `trusted`, any login that can become `authenticated` can claim

@@ -217,10 +217,11 @@ $$;
 
 -- New: whether the role calling into truxe is a superuser or service_account member.
 CREATE FUNCTION truxe.caller_is_service()
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT pg_has_role(CASE WHEN current_setting('role') = 'none' THEN session_user
-                          ELSE current_setting('role')::name END,
-                     'service_account', 'MEMBER');
+RETURNS boolean LANGUAGE sql STABLE AS $$
+  SELECT pg_catalog.pg_has_role(
+           CASE WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none' THEN session_user
+                ELSE pg_catalog.current_setting('role')::pg_catalog.name END,
+           'service_account', 'MEMBER');
 $$;
 REVOKE ALL ON FUNCTION truxe.caller_is_service() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.caller_is_service() TO service_account;
@@ -696,9 +697,11 @@ AS 'MODULE_PATHNAME', 'revoke_api_key_wrapper';
 -- Whether a granted permission covers the wanted one: equal, '*', or 'resource:*' for any
 -- action on that resource. The one wildcard rule: memberships and API key scopes use it.
 CREATE FUNCTION truxe.permission_matches(granted text, wanted text)
-RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT granted = '*' OR granted = wanted
-         OR (granted LIKE '%:*' AND split_part(granted, ':', 1) = split_part(wanted, ':', 1));
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT granted OPERATOR(pg_catalog.=) '*' OR granted OPERATOR(pg_catalog.=) wanted
+         OR (granted OPERATOR(pg_catalog.~~) '%:*'
+             AND pg_catalog.split_part(granted, ':', 1)
+                 OPERATOR(pg_catalog.=) pg_catalog.split_part(wanted, ':', 1));
 $$;
 
 -- Whether user_id holds `permission` on org_id: the role defaults of truxe.role_permissions
@@ -707,22 +710,22 @@ $$;
 -- nothing. No rights check: only has_permission and create_api_key (SECURITY DEFINER) call
 -- it, after their own.
 CREATE FUNCTION truxe.user_holds_permission(org_id uuid, permission text, user_id uuid)
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  WITH held AS (
-    SELECT m.role, m.permissions FROM truxe.memberships m
-     WHERE m.org_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
-       AND m.joined_at IS NOT NULL
-    UNION ALL
-    SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
-     WHERE c.descendant_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
-       AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
-  ), granted(p) AS (
-    SELECT rp.permission FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
-    UNION ALL
-    SELECT e FROM held h, jsonb_array_elements_text(h.permissions) e
-  )
-  SELECT coalesce(bool_or(truxe.permission_matches(g.p, user_holds_permission.permission)), false)
-    FROM granted g;
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RETURN EXISTS (
+    SELECT 1 FROM truxe.memberships m
+     WHERE m.user_id = user_holds_permission.user_id AND m.joined_at IS NOT NULL
+       AND (m.org_id = user_holds_permission.org_id
+            OR (m.role IN ('owner', 'admin')
+                AND m.org_id IN (SELECT c.ancestor_id FROM truxe.org_closure c
+                                  WHERE c.descendant_id = user_holds_permission.org_id)))
+       AND (EXISTS (SELECT 1 FROM truxe.role_permissions rp
+                     WHERE rp.role = m.role
+                       AND truxe.permission_matches(rp.permission, user_holds_permission.permission))
+            OR (m.org_id = user_holds_permission.org_id
+                AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(m.permissions) e
+                             WHERE truxe.permission_matches(e, user_holds_permission.permission)))));
+END
 $$;
 
 -- Whether user_id holds `permission` ('resource:action') on org_id
@@ -938,11 +941,15 @@ GRANT EXECUTE ON FUNCTION truxe.elevate_session(uuid, uuid, text) TO service_acc
 -- them from the enum. Every existing value is kept as its text. The INSERT policy names the
 -- column, so it is dropped and created again with the same expression; the column's index
 -- is rebuilt by the type change (a rewrite of the table: README, "Upgrading").
-CREATE FUNCTION truxe.valid_audit_action(action text)
-RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp AS $$
-  SELECT length(action) <= 128 AND action ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$';
-$$;
+-- valid_audit_action, the rule of the CHECK constraint action_format, is Rust
+-- (src/apptables.rs): the constraint runs it for every audit row, and a SQL function was
+-- parsed (with a SET clause, planned) for each; it resolves no name, so no SET clause.
+CREATE FUNCTION truxe."valid_audit_action"(
+	"action" TEXT /* & str */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'valid_audit_action_wrapper';
 REVOKE ALL ON FUNCTION truxe.valid_audit_action(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.valid_audit_action(text) TO service_account, authenticated;
 DROP POLICY audit_self_insert ON truxe.audit_logs;
@@ -1200,115 +1207,7 @@ GRANT EXECUTE ON FUNCTION truxe.permitted_org_ids(text), truxe.calling_role(),
 GRANT EXECUTE ON FUNCTION truxe.permitted_org_ids(text) TO authenticated;
 
 -- security_report() also flags application tables with an org_id column and no row level
--- security, reports the identity mode (issue 11), and warns when PUBLIC may connect to the
--- database (issue 17: roles are cluster-wide) (the text of sql/security_report.sql).
-CREATE OR REPLACE FUNCTION truxe.security_report()
-RETURNS TABLE(check_name text, ok boolean, detail text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  -- RLS enabled on every data table (docs/reference.md, "Tables and Row Level Security")
-  SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
-         CASE WHEN c.oid IS NULL THEN 'table missing'
-              WHEN c.relrowsecurity THEN 'row level security enabled'
-              ELSE 'row level security is DISABLED' END
-    FROM unnest(ARRAY['users', 'organizations', 'memberships', 'sessions', 'audit_logs',
-                      'usage_metrics', 'magic_link_challenges', 'rate_limits']) AS t(name)
-    LEFT JOIN pg_class c ON c.relname = t.name AND c.relnamespace = 'truxe'::regnamespace
-  UNION ALL
-  -- nothing of the extension granted to PUBLIC (grantee 0); a NULL acl means the default
-  -- one, which for functions includes EXECUTE to PUBLIC
-  SELECT 'no_public_grants', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'PUBLIC holds no privilege on truxe tables or functions'
-              ELSE 'granted to PUBLIC: ' || string_agg(obj, ', ' ORDER BY obj) END
-    FROM (
-      SELECT c.oid::regclass::text AS obj FROM pg_class c
-       WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
-         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault(
-                       (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
-                      WHERE a.grantee = 0)
-      UNION ALL
-      SELECT p.oid::regprocedure::text FROM pg_proc p
-       WHERE p.pronamespace = 'truxe'::regnamespace
-         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
-                      WHERE a.grantee = 0)
-    ) public_objects
-  UNION ALL
-  -- every SECURITY DEFINER function pins search_path
-  SELECT 'security_definer_search_path', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every SECURITY DEFINER function sets search_path'
-              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ') END
-    FROM pg_proc p
-   WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
-     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
-  UNION ALL
-  -- every function pins search_path (none resolves names through the caller's path), except
-  -- the two getters that resolve no name at all (src/context.rs) and the two SQL tree
-  -- walkers whose bodies qualify every name (sql/hierarchy.sql: a SET would stop inlining)
-  SELECT 'search_path_pinned', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id and current_org_id resolve no name; org_ancestors and org_descendants qualify every name)'
-              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
-    FROM pg_proc p
-   WHERE p.pronamespace = 'truxe'::regnamespace
-     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
-                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)')
-     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
-  UNION ALL
-  -- the identity mode: under `trusted`, any login that can become `authenticated` can claim
-  -- any identity through app.current_user_id; flagged when such a login exists (a superuser
-  -- or service_account member is trusted either way). The CASE loads truxe's library first,
-  -- so the setting is truxe's own and not a placeholder a session made up.
-  SELECT 'identity_mode', mode = 'verified' OR count(r.oid) = 0,
-         CASE WHEN mode = 'verified' THEN 'identity_mode = verified: only truxe.authenticate and truxe.authenticate_api_key establish an end user''s identity'
-              WHEN count(r.oid) = 0 THEN 'identity_mode = trusted, and no login but trusted ones can become authenticated'
-              ELSE 'identity_mode = trusted: these logins can claim any identity through app.current_user_id: '
-                   || string_agg(r.rolname::text, ', ' ORDER BY r.rolname) END
-    FROM (SELECT CASE WHEN truxe.version() IS NOT NULL
-                      THEN coalesce(current_setting('truxe.identity_mode', true), 'trusted') END) m(mode)
-    LEFT JOIN pg_roles r
-      ON mode <> 'verified' AND r.rolcanlogin AND NOT r.rolsuper
-     AND pg_has_role(r.oid, 'authenticated', 'MEMBER')
-     AND NOT pg_has_role(r.oid, 'service_account', 'MEMBER')
-   GROUP BY mode
-  UNION ALL
-  -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
-  SELECT 'audit_logs_append_only', count(*) > 0,
-         CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'
-              ELSE 'no enabled append-only trigger on truxe.audit_logs' END
-    FROM pg_trigger tg
-   WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
-     AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
-     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0
-  UNION ALL
-  -- application tables (outside truxe and the system schemas) with an org_id column and row
-  -- level security off: every role with a privilege on them sees every tenant's rows
-  -- (truxe.protect_table turns it on with truxe's tenant policies)
-  SELECT 'app_tables_rls', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every application table with an org_id column has row level security enabled'
-              ELSE 'org_id column but row level security disabled: '
-                   || string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid::regclass::text) END
-    FROM pg_class c
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-   WHERE c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
-     AND n.nspname NOT IN ('truxe', 'pg_catalog', 'information_schema')
-     AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
-     AND EXISTS (SELECT 1 FROM pg_attribute a
-                  WHERE a.attrelid = c.oid AND a.attname = 'org_id' AND a.attnum > 0
-                    AND NOT a.attisdropped)
-  UNION ALL
-  -- who may connect to this database: roles are cluster-wide, so a login granted
-  -- service_account or authenticated for one database holds that role in every database
-  -- of the cluster it may connect to, and PUBLIC's default CONNECT lets every login in
-  -- (docs/integration.md, "Isolating databases")
-  SELECT 'database_connect', count(*) = 0,
-         CASE WHEN count(*) = 0
-              THEN 'PUBLIC may not connect to database ' || quote_ident(current_database())
-              ELSE 'PUBLIC may connect to database ' || quote_ident(current_database())
-                   || ', so every login of the cluster can: REVOKE CONNECT ON DATABASE '
-                   || quote_ident(current_database())
-                   || ' FROM PUBLIC, and GRANT CONNECT to this database''s own logins' END
-    FROM pg_database d
-   CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d'::"char", d.datdba))) a
-   WHERE d.datname = current_database() AND a.grantee = 0 AND a.privilege_type = 'CONNECT';
-$$;
+-- security: replaced once, in its final form, at the end of this script.
 
 -- New: the sealed audit log (the text of sql/seal.sql) and the writers' wait it uses
 -- (src/seal.rs).
@@ -1970,26 +1869,6 @@ GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
   truxe.verify_audit_log(timestamptz, timestamptz) TO service_account;
 
 -- == Ready for Citus (issue 22) ==
--- user_holds_permission: the CTE names its column inside instead of `granted(p)`, which
--- Citus fails on over a reference table (role_permissions is one on Citus); same result
-CREATE OR REPLACE FUNCTION truxe.user_holds_permission(org_id uuid, permission text, user_id uuid)
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  WITH held AS (
-    SELECT m.role, m.permissions FROM truxe.memberships m
-     WHERE m.org_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
-       AND m.joined_at IS NOT NULL
-    UNION ALL
-    SELECT m.role, '[]'::jsonb FROM truxe.org_closure c JOIN truxe.memberships m ON m.org_id = c.ancestor_id
-     WHERE c.descendant_id = user_holds_permission.org_id AND m.user_id = user_holds_permission.user_id
-       AND m.joined_at IS NOT NULL AND m.role IN ('owner', 'admin')
-  ), granted AS (
-    SELECT rp.permission AS p FROM held h JOIN truxe.role_permissions rp ON rp.role = h.role
-    UNION ALL
-    SELECT e AS p FROM held h, jsonb_array_elements_text(h.permissions) e
-  )
-  SELECT coalesce(bool_or(truxe.permission_matches(g.p, user_holds_permission.permission)), false)
-    FROM granted g;
-$$;
 
 -- truxe.distribute(): the one-time conversion of a new database on a Citus coordinator
 -- (docs/scaling.md); a superuser's step, so nobody else may execute it
@@ -2084,3 +1963,123 @@ END
 $$;
 REVOKE ALL ON FUNCTION truxe.inviter_still_may_invite(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.inviter_still_may_invite(uuid) TO service_account;
+
+-- == Performance (issues 12, 15, 16, 20) ==
+-- Measured misses of bench/run (bench/README.md, "Performance work after the 0.2 run"):
+-- caller_is_service, permission_matches and user_holds_permission (has_permission was
+-- planned anew on every call) and valid_audit_action (parsed and planned for every audit
+-- row) are created above in their final form; security_report(), which knows the functions
+-- that resolve no name and so carry no SET clause, is replaced below.
+-- security_report(): the text of sql/security_report.sql (issues 11, 14, 17, and the unpinned
+-- functions above)
+CREATE OR REPLACE FUNCTION truxe.security_report()
+RETURNS TABLE(check_name text, ok boolean, detail text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  -- RLS enabled on every data table (docs/reference.md, "Tables and Row Level Security")
+  SELECT 'rls_enabled:' || t.name, coalesce(c.relrowsecurity, false),
+         CASE WHEN c.oid IS NULL THEN 'table missing'
+              WHEN c.relrowsecurity THEN 'row level security enabled'
+              ELSE 'row level security is DISABLED' END
+    FROM unnest(ARRAY['users', 'organizations', 'memberships', 'sessions', 'audit_logs',
+                      'usage_metrics', 'magic_link_challenges', 'rate_limits']) AS t(name)
+    LEFT JOIN pg_class c ON c.relname = t.name AND c.relnamespace = 'truxe'::regnamespace
+  UNION ALL
+  -- nothing of the extension granted to PUBLIC (grantee 0); a NULL acl means the default
+  -- one, which for functions includes EXECUTE to PUBLIC
+  SELECT 'no_public_grants', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'PUBLIC holds no privilege on truxe tables or functions'
+              ELSE 'granted to PUBLIC: ' || string_agg(obj, ', ' ORDER BY obj) END
+    FROM (
+      SELECT c.oid::regclass::text AS obj FROM pg_class c
+       WHERE c.relnamespace = 'truxe'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault(
+                       (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) a
+                      WHERE a.grantee = 0)
+      UNION ALL
+      SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'truxe'::regnamespace
+         AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) a
+                      WHERE a.grantee = 0)
+    ) public_objects
+  UNION ALL
+  -- every SECURITY DEFINER function pins search_path
+  SELECT 'security_definer_search_path', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every SECURITY DEFINER function sets search_path'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ') END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace AND p.prosecdef
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- every function pins search_path (none resolves names through the caller's path), except
+  -- the Rust functions that resolve no name at all (the two getters, src/identity.rs, and
+  -- the audit action check, src/apptables.rs) and the SQL functions whose
+  -- bodies qualify every name because a SET would stop inlining: the two tree walkers
+  -- (sql/hierarchy.sql), the wildcard rule and the service-caller test (sql/orgs.sql)
+  SELECT 'search_path_pinned', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id, current_org_id and valid_audit_action resolve no name; org_ancestors, org_descendants, permission_matches and caller_is_service qualify every name)'
+              ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
+    FROM pg_proc p
+   WHERE p.pronamespace = 'truxe'::regnamespace
+     AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
+                                           'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)',
+                                           'truxe.permission_matches(text,text)',
+                                           'truxe.caller_is_service()', 'truxe.valid_audit_action(text)')
+     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
+  UNION ALL
+  -- the identity mode: under `trusted`, any login that can become `authenticated` can claim
+  -- any identity through app.current_user_id; flagged when such a login exists (a superuser
+  -- or service_account member is trusted either way). The CASE loads truxe's library first,
+  -- so the setting is truxe's own and not a placeholder a session made up.
+  SELECT 'identity_mode', mode = 'verified' OR count(r.oid) = 0,
+         CASE WHEN mode = 'verified' THEN 'identity_mode = verified: only truxe.authenticate and truxe.authenticate_api_key establish an end user''s identity'
+              WHEN count(r.oid) = 0 THEN 'identity_mode = trusted, and no login but trusted ones can become authenticated'
+              ELSE 'identity_mode = trusted: these logins can claim any identity through app.current_user_id: '
+                   || string_agg(r.rolname::text, ', ' ORDER BY r.rolname) END
+    FROM (SELECT CASE WHEN truxe.version() IS NOT NULL
+                      THEN coalesce(current_setting('truxe.identity_mode', true), 'trusted') END) m(mode)
+    LEFT JOIN pg_roles r
+      ON mode <> 'verified' AND r.rolcanlogin AND NOT r.rolsuper
+     AND pg_has_role(r.oid, 'authenticated', 'MEMBER')
+     AND NOT pg_has_role(r.oid, 'service_account', 'MEMBER')
+   GROUP BY mode
+  UNION ALL
+  -- the append-only guard: enabled, statement-level, on UPDATE, DELETE and TRUNCATE
+  SELECT 'audit_logs_append_only', count(*) > 0,
+         CASE WHEN count(*) > 0 THEN 'trigger ' || min(tg.tgname) || ' refuses UPDATE, DELETE, TRUNCATE'
+              ELSE 'no enabled append-only trigger on truxe.audit_logs' END
+    FROM pg_trigger tg
+   WHERE tg.tgrelid = 'truxe.audit_logs'::regclass AND tg.tgenabled IN ('O', 'A')
+     AND tg.tgfoid = 'truxe.audit_logs_append_only()'::regprocedure
+     AND tg.tgtype & (8 | 16 | 32) = (8 | 16 | 32) AND tg.tgtype & 1 = 0
+  UNION ALL
+  -- application tables (outside truxe and the system schemas) with an org_id column and row
+  -- level security off: every role with a privilege on them sees every tenant's rows
+  -- (truxe.protect_table turns it on with truxe's tenant policies)
+  SELECT 'app_tables_rls', count(*) = 0,
+         CASE WHEN count(*) = 0 THEN 'every application table with an org_id column has row level security enabled'
+              ELSE 'org_id column but row level security disabled: '
+                   || string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid::regclass::text) END
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
+     AND n.nspname NOT IN ('truxe', 'pg_catalog', 'information_schema')
+     AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+     AND EXISTS (SELECT 1 FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attname = 'org_id' AND a.attnum > 0
+                    AND NOT a.attisdropped)
+  UNION ALL
+  -- who may connect to this database: roles are cluster-wide, so a login granted
+  -- service_account or authenticated for one database holds that role in every database
+  -- of the cluster it may connect to, and PUBLIC's default CONNECT lets every login in
+  -- (docs/integration.md, "Isolating databases")
+  SELECT 'database_connect', count(*) = 0,
+         CASE WHEN count(*) = 0
+              THEN 'PUBLIC may not connect to database ' || quote_ident(current_database())
+              ELSE 'PUBLIC may connect to database ' || quote_ident(current_database())
+                   || ', so every login of the cluster can: REVOKE CONNECT ON DATABASE '
+                   || quote_ident(current_database())
+                   || ' FROM PUBLIC, and GRANT CONNECT to this database''s own logins' END
+    FROM pg_database d
+   CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d'::"char", d.datdba))) a
+   WHERE d.datname = current_database() AND a.grantee = 0 AND a.privilege_type = 'CONNECT';
+$$;

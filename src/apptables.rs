@@ -20,8 +20,35 @@ use std::cell::Cell;
 pgrx::extension_sql_file!(
     "../sql/apptables.sql",
     name = "apptables",
-    requires = ["schema", "context", "orgs", "rls", "audit_app_table"]
+    requires = [
+        "schema",
+        "context",
+        "orgs",
+        "rls",
+        "audit_app_table",
+        valid_audit_action
+    ]
 );
+
+/// Whether `action` is a well-formed audit action: 'resource.verb', each part a lowercase
+/// letter followed by lowercase letters, digits and _, at most 128 characters in all
+/// (truxe's own actions have the same shape). NULL for NULL. The CHECK constraint
+/// `action_format` of truxe.audit_logs calls it for every audit row, so it is Rust: as a SQL
+/// function it was parsed (and, with a SET clause, planned) for every row written
+/// (bench/README.md, "Audit rows"). It resolves no name, hence no SET clause
+/// (docs/security.md, "Name resolution"). Executable by authenticated and service_account.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn valid_audit_action(action: &str) -> bool {
+    let part = |p: &str| {
+        let b = p.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_lowercase()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+    };
+    action.chars().count() <= 128
+        && matches!(action.split_once('.'), Some((r, v)) if part(r) && part(v))
+}
 
 /// 22023: the trigger is attached in a way truxe.audit_table() would not attach it.
 fn misattached<T>(why: &str) -> Result<T, TruxeError> {

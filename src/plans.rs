@@ -1,4 +1,5 @@
-//! Prepared SPI plans kept for the life of the backend, one per SQL text: the hot paths
+//! Prepared SPI plans kept for the life of the backend, one per SQL text (and search_path,
+//! [`path_key`]): the hot paths
 //! (hierarchy walk, audit insert, auth flows) parse and plan each statement once.
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -9,7 +10,30 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    /// Keyed by the text and the `search_path` in force ([`path_key`]).
+    static PLANS: RefCell<HashMap<(&'static str, u64), Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// The `search_path` in force, hashed. PostgreSQL re-plans a cached statement whenever it
+/// runs under another `search_path` than the one it was planned under, and truxe's functions
+/// pin one of two (`pg_catalog, pg_temp`; or with `truxe` where pgrx looks up enum types by
+/// name: the audit triggers, the invitation functions): a statement both kinds run, such as
+/// the audit INSERT, was planned anew at every switch (bench/README.md, "Performance work
+/// after the 0.2 run"). One plan per path ends that. PostgreSQL still checks each plan's
+/// path before using it, so this only decides which plan is tried first.
+fn path_key() -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SAFETY: the setting's current value, a NUL-terminated string owned by the GUC
+    // machinery, or NULL; read and copied into the hash at once.
+    let path = unsafe { pg_sys::namespace_search_path };
+    if path.is_null() {
+        return 0;
+    }
+    // SAFETY: non-NULL and NUL-terminated (above)
+    let bytes = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 /// Runs `sql` (parameters of `types`) through its cached plan, as a mutating statement:
@@ -43,11 +67,12 @@ fn cached(
     sql: &'static str,
     prepare: impl FnOnce() -> spi::Result<OwnedPreparedStatement>,
 ) -> spi::Result<Rc<OwnedPreparedStatement>> {
-    if let Some(plan) = PLANS.with(|cache| cache.borrow().get(sql).cloned()) {
+    let key = (sql, path_key());
+    if let Some(plan) = PLANS.with(|cache| cache.borrow().get(&key).cloned()) {
         return Ok(plan);
     }
     let plan = Rc::new(prepare()?);
-    PLANS.with(|cache| cache.borrow_mut().insert(sql, plan.clone()));
+    PLANS.with(|cache| cache.borrow_mut().insert(key, plan.clone()));
     Ok(plan)
 }
 

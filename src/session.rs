@@ -49,19 +49,33 @@ fn new_pair() -> Result<(Uuid, Uuid), TruxeError> {
     Ok((crate::crypto::new_uuid()?, crate::crypto::new_uuid()?))
 }
 
+/// SQL condition on a session row `s`: its user is active. Part of [`still_allowed`].
+macro_rules! user_active {
+    () => {
+        "EXISTS (SELECT 1 FROM truxe.users au WHERE au.id = s.user_id AND au.status = 'active')"
+    };
+}
+
 /// SQL condition on a session row `s`: its user is active and, for an org-scoped session,
 /// may still use that org ([`org_access`]). What create_session checks, re-checked by
-/// validate_session and refresh_session.
+/// validate_session (as [`user_active`] and then, for an org-scoped session only,
+/// [`ORG_ACCESS_READ`]) and refresh_session.
 macro_rules! still_allowed {
     () => {
         concat!(
-            "EXISTS (SELECT 1 FROM truxe.users au WHERE au.id = s.user_id AND au.status = 'active')",
+            user_active!(),
             " AND (s.org_id IS NULL OR ",
             org_access!("s.user_id", "s.org_id"),
             ")"
         )
     };
 }
+
+/// Whether user $1 may still use org $2 ([`org_access`]), read-only in the caller's
+/// snapshot. validate_session runs it only for an org-scoped session: in its main statement
+/// the two subplans cost every call their executor start-up (index opens, locks) even when
+/// the session has no org, about a fifth of the call (bench/README.md, "validate_session").
+const ORG_ACCESS_READ: &str = concat!("SELECT ", org_access!("$1", "$2"));
 
 /// The session policies in force (src/gucs.rs), as the intervals the statements bind.
 /// Each is computed here from whole seconds: no function call a caller's schema could
@@ -186,18 +200,28 @@ fn create(
                 "device_info must be a JSON object",
             );
         }
-        let who = plans::run(
-            c,
-            concat!(
-                "SELECT u.status::text,
-                        (SELECT true FROM truxe.organizations o WHERE o.id = $2),
-                        $2 IS NULL OR ",
-                org_access!("$1", "$2"),
-                " FROM truxe.users u WHERE u.id = $1"
-            ),
-            &[UUID, UUID],
-            &[user_id.into(), org_id.into()],
-        )?;
+        // (status, org exists, may use the org): two texts, so that each keeps one generic
+        // plan; with `$2 IS NULL OR …` the planner re-planned every unscoped call (a custom
+        // plan without the org subplans always looked cheaper)
+        let who = match org_id {
+            None => plans::run(
+                c,
+                "SELECT u.status::text, NULL::boolean, true FROM truxe.users u WHERE u.id = $1",
+                &[UUID],
+                &[user_id.into()],
+            )?,
+            Some(org) => plans::run(
+                c,
+                concat!(
+                    "SELECT u.status::text,
+                            (SELECT true FROM truxe.organizations o WHERE o.id = $2), ",
+                    org_access!("$1", "$2"),
+                    " FROM truxe.users u WHERE u.id = $1"
+                ),
+                &[UUID, UUID],
+                &[user_id.into(), org.into()],
+            )?,
+        };
         if who.is_empty() {
             return fail(Sqlstate::NotFound, format!("unknown user {user_id}"));
         }
@@ -356,7 +380,7 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
                   WHERE s.jti_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
                     AND s.family_created_at > now() - $2
                     AND ($3 IS NULL OR s.last_used_at >= now() - $3) AND ",
-                still_allowed!()
+                user_active!()
             ),
             &[BYTEA, INTERVAL, INTERVAL, INTERVAL],
             &[
@@ -380,6 +404,20 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
         ) else {
             return fail(Sqlstate::Internal, "session row with a NULL key column");
         };
+        // an org-scoped session: the user may still use that org (same snapshot)
+        if let Some(org) = org {
+            let allowed = plans::read(
+                c,
+                ORG_ACCESS_READ,
+                &[UUID, UUID],
+                &[user.into(), org.into()],
+            )?
+            .first()
+            .get_one::<bool>()?;
+            if allowed != Some(true) {
+                return Ok(None);
+            }
+        }
         // Nothing is written on a hot standby (or in any read-only transaction): there the
         // touch is skipped and last_used_at is refreshed by the next call on the primary.
         // SAFETY: both read backend-local state and have no preconditions.
