@@ -8,6 +8,7 @@
 //! identity (src/identity.rs): no user, the key's org, the key's id.
 use crate::context::{org_access, service_caller, OrgSet};
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::jsonb::JsonbArg;
 use crate::plans::{self, BOOL, INTERVAL, JSONB, TEXT, TEXT_ARRAY, UUID, UUID_ARRAY};
 use crate::security::{constant_time_eq, sha256_hex, to_hex};
 use crate::trigger::trigger_entry;
@@ -130,10 +131,8 @@ fn create(
     if ttl.is_some_and(|t| t.as_micros() <= 0) {
         return fail(Sqlstate::InvalidParameter, "ttl must be positive");
     }
-    // the jsonb argument stays a datum (never parsed in Rust); NULL means '{}'
-    let metadata = metadata.map(|m| m.datum());
-    // SAFETY: the datum is the caller's jsonb argument, alive for this call.
-    let metadata = || unsafe { pgrx::datum::DatumWithOid::new(metadata, pg_sys::JSONBOID) };
+    // NULL means '{}'
+    let metadata = JsonbArg::new(metadata);
     if !crate::context::may_act_in(me, org)? {
         return fail(
             Sqlstate::InsufficientPrivilege,
@@ -169,15 +168,7 @@ fn create(
             }
         }
         let secret: [u8; 32] = crate::crypto::random_bytes()?;
-        let shape = plans::read(
-            c,
-            "SELECT $1 IS NULL OR jsonb_typeof($1) = 'object'",
-            &[JSONB],
-            &[metadata()],
-        )?;
-        if shape.first().get_one::<bool>()? != Some(true) {
-            return fail(Sqlstate::InvalidParameter, "metadata must be a JSON object");
-        }
+        metadata.require_object("metadata")?;
         let row = plans::run(
             c,
             "INSERT INTO truxe.api_keys (org_id, name, key_hash, scopes, created_by, expires_at, metadata)
@@ -191,7 +182,7 @@ fn create(
                 scopes.clone().into(),
                 me.into(),
                 ttl.into(),
-                metadata(),
+                metadata.param(),
             ],
         )?;
         let row = row.first();

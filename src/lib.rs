@@ -18,6 +18,7 @@ mod gucs;
 mod hierarchy;
 mod identity;
 mod invitation;
+mod jsonb;
 mod magic_link;
 mod metrics;
 mod mfa;

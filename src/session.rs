@@ -20,9 +20,9 @@ use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::gucs::{
     MAX_SESSIONS_PER_USER, REFRESH_REUSE_GRACE, SESSION_IDLE_TIMEOUT, SESSION_MAX_LIFETIME,
 };
+use crate::jsonb::JsonbArg;
 use crate::plans::{self, INET, INTERVAL, JSONB, TEXT, UUID};
 use crate::trigger::trigger_entry;
-use pgrx::datum::DatumWithOid;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{AnyElement, Inet, PgOid, Uuid};
@@ -182,24 +182,10 @@ fn create(
         return fail(Sqlstate::InvalidParameter, "user_id must not be NULL");
     };
     let ttl = check_ttl(ttl)?;
-    // device_info stays a jsonb datum (the SQL signature says jsonb): parsing it into Rust
-    // would fail on values nested deeper than serde's recursion limit. NULL means '{}'.
-    let device_info = device_info.map(|d| d.datum());
-    // SAFETY: the datum is the caller's jsonb argument, alive for this call.
-    let device_info = || unsafe { DatumWithOid::new(device_info, pg_sys::JSONBOID) };
+    // NULL means '{}'
+    let device_info = JsonbArg::new(device_info);
     Spi::connect_mut(|c| {
-        let shape = plans::read(
-            c,
-            "SELECT $1 IS NULL OR jsonb_typeof($1) = 'object'",
-            &[JSONB],
-            &[device_info()],
-        )?;
-        if shape.first().get_one::<bool>()? != Some(true) {
-            return fail(
-                Sqlstate::InvalidParameter,
-                "device_info must be a JSON object",
-            );
-        }
+        device_info.require_object("device_info")?;
         // (status, org exists, may use the org): two texts, so that each keeps one generic
         // plan; with `$2 IS NULL OR …` the planner re-planned every unscoped call (a custom
         // plan without the org subplans always looked cheaper)
@@ -267,7 +253,7 @@ fn create(
                 user_id.into(),
                 org_id.into(),
                 bearer_hash(&refresh_jti).into(),
-                device_info(),
+                device_info.param(),
                 ip.into(),
                 user_agent.into(),
                 ttl.into(),

@@ -8,8 +8,8 @@
 use crate::audit;
 use crate::crypto::{self, Binding, KeyRing};
 use crate::error::{fail, quote_input, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::jsonb::JsonbArg;
 use crate::plans::{self, INT4, JSONB, TEXT, UUID};
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{AnyElement, PgOid, Uuid};
@@ -90,21 +90,10 @@ fn put(
             "value is too long: the vault keeps at most 64 KiB per secret",
         );
     }
-    // metadata stays a jsonb datum (never through serde, which refuses deep nesting)
-    let metadata = metadata.map(|d| d.datum());
-    // SAFETY: the datum is the caller's jsonb argument, alive for this call.
-    let metadata = || unsafe { DatumWithOid::new(metadata, pg_sys::JSONBOID) };
+    let metadata = JsonbArg::new(metadata);
     let keys = crypto::key_ring()?;
     let id = Spi::connect_mut(|c| -> Result<Uuid, TruxeError> {
-        let shape = plans::read(
-            c,
-            "SELECT $1 IS NULL OR jsonb_typeof($1) = 'object'",
-            &[JSONB],
-            &[metadata()],
-        )?;
-        if shape.first().get_one::<bool>()? != Some(true) {
-            return fail(Sqlstate::InvalidParameter, "metadata must be a JSON object");
-        }
+        metadata.require_object("metadata")?;
         if plans::run(
             c,
             "SELECT 1 FROM truxe.organizations WHERE id = $1",
@@ -139,7 +128,7 @@ fn put(
                         sealed.key_id.into(),
                         sealed.nonce.into(),
                         sealed.ciphertext.into(),
-                        metadata(),
+                        metadata.param(),
                     ],
                 )?;
                 return Ok(id);
@@ -159,7 +148,7 @@ fn put(
                     sealed.key_id.into(),
                     sealed.nonce.into(),
                     sealed.ciphertext.into(),
-                    metadata(),
+                    metadata.param(),
                 ],
             )?;
             if plans::first_value::<Uuid>(inserted)?.is_some() {

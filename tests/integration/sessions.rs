@@ -753,3 +753,64 @@ fn a_revocation_ends_sessions_newer_than_its_transaction() {
     t.commit().unwrap();
     assert_eq!(validate(&mut db.service(), &jti), None);
 }
+
+/// The jsonb arguments that must be objects (create_session's device_info, create_api_key's
+/// and put_secret's metadata) refuse an array, a string, a number and JSON null with 22023,
+/// naming the argument, and take NULL, an object, and an object nested far deeper than a
+/// Rust JSON parser would follow (the check reads the value's header, it does not parse).
+#[test]
+fn jsonb_arguments_must_be_objects() {
+    let db = populated();
+    let keys = crate::mfa::KeyFile::new();
+    keys.write(&[("k1", &crate::mfa::random_key())]);
+    crate::mfa::use_key_file(&db.name, &keys);
+    let deep = format!("{}1{}", "{\"a\":".repeat(2000), "}".repeat(2000));
+    let calls = [
+        (
+            "SELECT 1 FROM truxe.create_session($1::text::uuid, NULL, '1 hour', $2::text::jsonb)",
+            "device_info",
+            false,
+        ),
+        (
+            "SELECT 1 FROM truxe.create_api_key($1::text::uuid, 'k', '{}', NULL, $2::text::jsonb)",
+            "metadata",
+            true,
+        ),
+        (
+            "SELECT truxe.put_secret($1::text::uuid, 'stripe', 'sk', $2::text::jsonb)",
+            "metadata",
+            false,
+        ),
+    ];
+    for (sql, what, acting) in calls {
+        let mut c = if acting {
+            db.acting_as(OWNER)
+        } else {
+            db.service()
+        };
+        let target = if sql.contains("create_session") {
+            OWNER
+        } else {
+            ORG
+        };
+        for bad in ["[1, 2]", "\"text\"", "42", "null"] {
+            let e = c.query(sql, &[&target, &bad]).unwrap_err();
+            let e = e.as_db_error().expect("a server error");
+            assert_eq!(e.code().code(), "22023", "{sql} with {bad}");
+            assert_eq!(
+                e.message(),
+                format!("{what} must be a JSON object"),
+                "{sql} with {bad}"
+            );
+        }
+        for good in [
+            None,
+            Some("{}"),
+            Some("{\"k\": [1, {\"x\": null}]}"),
+            Some(deep.as_str()),
+        ] {
+            c.query(sql, &[&target, &good])
+                .unwrap_or_else(|e| panic!("{sql} with {good:?}: {e}"));
+        }
+    }
+}
