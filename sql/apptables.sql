@@ -56,14 +56,6 @@ BEGIN
 END
 $$;
 
--- The role that runs the statement, from inside a SECURITY DEFINER function (where
--- current_user is the function's owner): the role a SET ROLE chose, else the login.
-CREATE FUNCTION truxe.calling_role()
-RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT CASE WHEN current_setting('role') = 'none' THEN session_user
-              ELSE current_setting('role')::name END;
-$$;
-
 -- Checks that `who` owns the application table `tbl` (42501, before anything else of it is
 -- read: the same message whether or not it is a table), then that it is an ordinary or
 -- partitioned table outside truxe and the system schemas (22023).

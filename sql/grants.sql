@@ -33,7 +33,8 @@ REVOKE ALL ON truxe.org_closure, truxe.org_tree FROM service_account;
 -- functions"): only the SECURITY DEFINER functions that use them call them, as the owner
 REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(),
   truxe.require_org_admin(uuid, uuid), truxe.lock_org_for_change(uuid, uuid),
-  truxe.member_role(uuid, uuid), truxe.other_owners(uuid, uuid), truxe.caller_is_service(),
+  truxe.member_role(uuid, uuid), truxe.other_owners(uuid, uuid), truxe.calling_role(),
+  truxe.caller_is_service(),
   truxe.permission_matches(text, text), truxe.user_holds_permission(uuid, text, uuid),
   truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb),
   -- the Rust halves of the functions that raise TX429 and the helper that raises it

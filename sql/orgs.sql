@@ -287,21 +287,27 @@ BEGIN
 END
 $$;
 
+-- The role that runs the statement, from inside a SECURITY DEFINER function (where
+-- current_user is the function's owner): the role a SET ROLE chose (setting `role`), else
+-- the login (session_user). Inlined like caller_is_service, which it serves: no SET clause,
+-- every name qualified.
+CREATE FUNCTION truxe.calling_role()
+RETURNS name LANGUAGE sql STABLE AS $$
+  SELECT CASE WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none' THEN session_user
+              ELSE pg_catalog.current_setting('role')::pg_catalog.name END;
+$$;
+
 -- Whether the role that called into truxe is trusted with every user's data: a superuser
--- or a member of service_account. Inside a SECURITY DEFINER function current_user is the
--- function's owner, so this reads the caller's role from outside it: the role a SET ROLE
--- chose (setting `role`), else the login (session_user). A backend that logs in as a
--- service_account member and then runs `SET ROLE authenticated` is not trusted here.
+-- or a member of service_account. The role is truxe.calling_role()'s, so a backend that
+-- logs in as a service_account member and then runs `SET ROLE authenticated` is not
+-- trusted here.
 -- No SET clause, so that PostgreSQL inlines it into its callers' queries (a SET would make
 -- it planned anew on every call: bench/README.md, "has_permission"); instead its body names
 -- every function, operator and type with its schema, and resolves nothing through the
 -- caller's search_path.
 CREATE FUNCTION truxe.caller_is_service()
 RETURNS boolean LANGUAGE sql STABLE AS $$
-  SELECT pg_catalog.pg_has_role(
-           CASE WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none' THEN session_user
-                ELSE pg_catalog.current_setting('role')::pg_catalog.name END,
-           'service_account', 'MEMBER');
+  SELECT pg_catalog.pg_has_role(truxe.calling_role(), 'service_account', 'MEMBER');
 $$;
 
 -- Whether a granted permission covers the wanted one: equal, '*', or 'resource:*' for any

@@ -215,14 +215,20 @@ BEGIN
 END
 $$;
 
--- New: whether the role calling into truxe is a superuser or service_account member.
+-- New: the role running the statement (a SET ROLE's, else the login), and whether it is a
+-- superuser or service_account member (both inlined: no SET clause, every name qualified).
+CREATE FUNCTION truxe.calling_role()
+RETURNS name LANGUAGE sql STABLE AS $$
+  SELECT CASE WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none' THEN session_user
+              ELSE pg_catalog.current_setting('role')::pg_catalog.name END;
+$$;
+
 CREATE FUNCTION truxe.caller_is_service()
 RETURNS boolean LANGUAGE sql STABLE AS $$
-  SELECT pg_catalog.pg_has_role(
-           CASE WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none' THEN session_user
-                ELSE pg_catalog.current_setting('role')::pg_catalog.name END,
-           'service_account', 'MEMBER');
+  SELECT pg_catalog.pg_has_role(truxe.calling_role(), 'service_account', 'MEMBER');
 $$;
+-- calling_role is internal from the start (owner only: sql/grants.sql)
+REVOKE ALL ON FUNCTION truxe.calling_role() FROM PUBLIC;
 REVOKE ALL ON FUNCTION truxe.caller_is_service() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.caller_is_service() TO service_account;
 
@@ -1016,14 +1022,6 @@ BEGIN
 END
 $$;
 
--- The role that runs the statement, from inside a SECURITY DEFINER function (where
--- current_user is the function's owner): the role a SET ROLE chose, else the login.
-CREATE FUNCTION truxe.calling_role()
-RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT CASE WHEN current_setting('role') = 'none' THEN session_user
-              ELSE current_setting('role')::name END;
-$$;
-
 -- Checks that `who` owns the application table `tbl` (42501, before anything else of it is
 -- read: the same message whether or not it is a table), then that it is an ordinary or
 -- partitioned table outside truxe and the system schemas (22023).
@@ -1195,11 +1193,11 @@ BEGIN
                          FROM unnest(args) WITH ORDINALITY u(x, n)));
 END
 $$;
-REVOKE ALL ON FUNCTION truxe.permitted_org_ids(text), truxe.calling_role(),
+REVOKE ALL ON FUNCTION truxe.permitted_org_ids(text),
   truxe.require_table_owner(regclass, name), truxe.org_column_of(regclass, name),
   truxe.protect_table(regclass, name, text), truxe.unprotect_table(regclass),
   truxe.audit_table(regclass, name) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION truxe.permitted_org_ids(text), truxe.calling_role(),
+GRANT EXECUTE ON FUNCTION truxe.permitted_org_ids(text),
   truxe.require_table_owner(regclass, name), truxe.org_column_of(regclass, name),
   truxe.protect_table(regclass, name, text), truxe.unprotect_table(regclass),
   truxe.audit_table(regclass, name) TO service_account;
@@ -2014,16 +2012,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
   -- the Rust functions that resolve no name at all (the two getters, src/identity.rs, and
   -- the audit action check, src/apptables.rs) and the SQL functions whose
   -- bodies qualify every name because a SET would stop inlining: the two tree walkers
-  -- (sql/hierarchy.sql), the wildcard rule and the service-caller test (sql/orgs.sql)
+  -- (sql/hierarchy.sql), the wildcard rule and the calling-role and service-caller tests
+  -- (sql/orgs.sql)
   SELECT 'search_path_pinned', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id, current_org_id and valid_audit_action resolve no name; org_ancestors, org_descendants, permission_matches and caller_is_service qualify every name)'
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id, current_org_id and valid_audit_action resolve no name; org_ancestors, org_descendants, permission_matches, calling_role and caller_is_service qualify every name)'
               ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
     FROM pg_proc p
    WHERE p.pronamespace = 'truxe'::regnamespace
      AND p.oid::regprocedure::text NOT IN ('truxe.current_user_id()', 'truxe.current_org_id()',
                                            'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)',
                                            'truxe.permission_matches(text,text)',
-                                           'truxe.caller_is_service()', 'truxe.valid_audit_action(text)')
+                                           'truxe.calling_role()', 'truxe.caller_is_service()',
+                                           'truxe.valid_audit_action(text)')
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- the identity mode: under `trusted`, any login that can become `authenticated` can claim

@@ -158,6 +158,7 @@ fn internal_helpers_are_executable_by_nobody_but_the_owner() {
         "truxe.lock_org_for_change(gen_random_uuid(), gen_random_uuid())",
         "truxe.member_role(gen_random_uuid(), gen_random_uuid())",
         "truxe.other_owners(gen_random_uuid(), gen_random_uuid())",
+        "truxe.calling_role()",
         "truxe.caller_is_service()",
         "truxe.permission_matches('*', 'users:read')",
         "truxe.user_holds_permission(gen_random_uuid(), 'users:read', gen_random_uuid())",
