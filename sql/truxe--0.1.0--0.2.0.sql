@@ -1545,10 +1545,15 @@ CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+BEGIN
+  RETURN QUERY
   SELECT i.invitation_id, i.token, i.expires_at
-    FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl) i
+    FROM truxe.invite_by_email_internal(invite_by_email.org_id, invite_by_email.email,
+                                        invite_by_email.role, invite_by_email.permissions,
+                                        invite_by_email.ttl) i
    WHERE truxe.raise_too_many_requests(i.refused);
+END
 $$;
 
 -- privileges as sql/grants.sql gives them: service_account everything; an org's

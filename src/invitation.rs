@@ -46,7 +46,9 @@ const MAX_TTL_MICROS: i128 = 30 * 24 * 3600 * 1_000_000;
 ///
 /// Two halves, as issue_magic_link (src/magic_link.rs): this internal function, executable
 /// by the owner only, answers a refusal as data; the SQL wrapper `truxe.invite_by_email`
-/// raises it as TX429. (New in 0.2: no 0.1.0 entry point to keep.)
+/// raises it as TX429. (New in 0.2: no 0.1.0 entry point to keep.) The wrapper is PL/pgSQL,
+/// not SQL: a SECURITY DEFINER SQL function is never inlined, and PostgreSQL 16 parses and
+/// plans its body at every call; PL/pgSQL keeps the plan for the session (bench/README.md).
 #[pg_extern(
     sql = r#"
 CREATE FUNCTION truxe.invite_by_email_internal(org_id uuid, email citext,
@@ -59,10 +61,15 @@ CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+BEGIN
+  RETURN QUERY
   SELECT i.invitation_id, i.token, i.expires_at
-    FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl) i
+    FROM truxe.invite_by_email_internal(invite_by_email.org_id, invite_by_email.email,
+                                        invite_by_email.role, invite_by_email.permissions,
+                                        invite_by_email.ttl) i
    WHERE truxe.raise_too_many_requests(i.refused);
+END
 $$;
 "#,
     requires = ["invitations", "raise_too_many_requests"]
