@@ -61,10 +61,7 @@ BEGIN
      OR NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = i.invited_by AND u.status = 'active') THEN
     RETURN false;
   END IF;
-  PERFORM truxe.require_grant_rights(i.org_id, i.invited_by, i.role, i.permissions);
-  RETURN true;
-EXCEPTION WHEN insufficient_privilege THEN
-  RETURN false;
+  RETURN truxe.require_grant_rights(i.org_id, i.invited_by, i.role, i.permissions, true) IS NOT NULL;
 END
 $$;
 

@@ -123,35 +123,52 @@ $$;
 -- an owner may grant the owner role; each extra permission must have the format of
 -- truxe.valid_permission (22023) and be held by `me` in that org (42501; an owner may grant
 -- anything). A NULL role or permissions that are not a JSON array of strings: 22023.
--- Returns `me`'s effective role. Executable by nobody but the owner (it takes `me` as an
--- argument): the SECURITY DEFINER functions that use it run as the owner.
+-- Returns `me`'s effective role. With `quiet`, a refusal of rights (each 42501 above) is
+-- NULL instead (truxe.inviter_still_may_invite: no exception block, so no subtransaction);
+-- bad input still raises 22023. Executable by nobody but the owner (it takes `me` as an
+-- argument): the SECURITY DEFINER functions that use it run as the owner. The checks of
+-- each permission are queries, run only when there are permissions (most grants have none).
 CREATE FUNCTION truxe.require_grant_rights(org uuid, me uuid, role truxe.membership_role,
-                                           permissions jsonb)
+                                           permissions jsonb, quiet boolean DEFAULT false)
 RETURNS truxe.membership_role LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   my_role truxe.membership_role;
+  bad boolean;
   p text;
 BEGIN
-  IF role IS NULL OR permissions IS NULL OR jsonb_typeof(permissions) <> 'array'
-     OR EXISTS (SELECT 1 FROM jsonb_array_elements(permissions) e WHERE jsonb_typeof(e) <> 'string') THEN
+  bad := role IS NULL OR permissions IS NULL OR jsonb_typeof(permissions) <> 'array';
+  IF NOT bad AND jsonb_array_length(permissions) > 0 THEN
+    bad := EXISTS (SELECT 1 FROM jsonb_array_elements(permissions) e WHERE jsonb_typeof(e) <> 'string');
+  END IF;
+  IF bad THEN
     RAISE EXCEPTION 'role must be given and permissions must be a JSON array of strings'
       USING ERRCODE = '22023';
   END IF;
-  my_role := truxe.require_org_admin(org, me);
+  my_role := truxe.effective_role(org, me);
+  IF my_role IS NULL OR my_role NOT IN ('owner', 'admin') THEN
+    IF NOT quiet THEN
+      PERFORM truxe.require_org_admin(org, me); -- raises its 42501
+    END IF;
+    RETURN NULL;
+  END IF;
   IF require_grant_rights.role = 'owner' AND my_role <> 'owner' THEN
+    IF quiet THEN RETURN NULL; END IF;
     RAISE EXCEPTION 'only an owner may invite an owner' USING ERRCODE = '42501';
   END IF;
-  FOR p IN SELECT jsonb_array_elements_text(require_grant_rights.permissions) LOOP
-    IF NOT truxe.valid_permission(p) THEN
-      RAISE EXCEPTION 'invalid permission %: expected resource:action, resource:* or *',
-        to_json(left(p, 64))::text USING ERRCODE = '22023';
-    END IF;
-    IF my_role <> 'owner' AND NOT truxe.has_permission(org, p, me) THEN
-      RAISE EXCEPTION 'granting permission % requires holding it in organization %',
-        to_json(left(p, 64))::text, org USING ERRCODE = '42501';
-    END IF;
-  END LOOP;
+  IF jsonb_array_length(permissions) > 0 THEN
+    FOR p IN SELECT jsonb_array_elements_text(require_grant_rights.permissions) LOOP
+      IF NOT truxe.valid_permission(p) THEN
+        RAISE EXCEPTION 'invalid permission %: expected resource:action, resource:* or *',
+          to_json(left(p, 64))::text USING ERRCODE = '22023';
+      END IF;
+      IF my_role <> 'owner' AND NOT truxe.has_permission(org, p, me) THEN
+        IF quiet THEN RETURN NULL; END IF;
+        RAISE EXCEPTION 'granting permission % requires holding it in organization %',
+          to_json(left(p, 64))::text, org USING ERRCODE = '42501';
+      END IF;
+    END LOOP;
+  END IF;
   RETURN my_role;
 END
 $$;

@@ -1377,35 +1377,52 @@ ALTER TYPE truxe.audit_action ADD VALUE 'invitation.accepted';
 -- an owner may grant the owner role; each extra permission must have the format of
 -- truxe.valid_permission (22023) and be held by `me` in that org (42501; an owner may grant
 -- anything). A NULL role or permissions that are not a JSON array of strings: 22023.
--- Returns `me`'s effective role. Executable by nobody but the owner (it takes `me` as an
--- argument): the SECURITY DEFINER functions that use it run as the owner.
+-- Returns `me`'s effective role. With `quiet`, a refusal of rights (each 42501 above) is
+-- NULL instead (truxe.inviter_still_may_invite: no exception block, so no subtransaction);
+-- bad input still raises 22023. Executable by nobody but the owner (it takes `me` as an
+-- argument): the SECURITY DEFINER functions that use it run as the owner. The checks of
+-- each permission are queries, run only when there are permissions (most grants have none).
 CREATE FUNCTION truxe.require_grant_rights(org uuid, me uuid, role truxe.membership_role,
-                                           permissions jsonb)
+                                           permissions jsonb, quiet boolean DEFAULT false)
 RETURNS truxe.membership_role LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   my_role truxe.membership_role;
+  bad boolean;
   p text;
 BEGIN
-  IF role IS NULL OR permissions IS NULL OR jsonb_typeof(permissions) <> 'array'
-     OR EXISTS (SELECT 1 FROM jsonb_array_elements(permissions) e WHERE jsonb_typeof(e) <> 'string') THEN
+  bad := role IS NULL OR permissions IS NULL OR jsonb_typeof(permissions) <> 'array';
+  IF NOT bad AND jsonb_array_length(permissions) > 0 THEN
+    bad := EXISTS (SELECT 1 FROM jsonb_array_elements(permissions) e WHERE jsonb_typeof(e) <> 'string');
+  END IF;
+  IF bad THEN
     RAISE EXCEPTION 'role must be given and permissions must be a JSON array of strings'
       USING ERRCODE = '22023';
   END IF;
-  my_role := truxe.require_org_admin(org, me);
+  my_role := truxe.effective_role(org, me);
+  IF my_role IS NULL OR my_role NOT IN ('owner', 'admin') THEN
+    IF NOT quiet THEN
+      PERFORM truxe.require_org_admin(org, me); -- raises its 42501
+    END IF;
+    RETURN NULL;
+  END IF;
   IF require_grant_rights.role = 'owner' AND my_role <> 'owner' THEN
+    IF quiet THEN RETURN NULL; END IF;
     RAISE EXCEPTION 'only an owner may invite an owner' USING ERRCODE = '42501';
   END IF;
-  FOR p IN SELECT jsonb_array_elements_text(require_grant_rights.permissions) LOOP
-    IF NOT truxe.valid_permission(p) THEN
-      RAISE EXCEPTION 'invalid permission %: expected resource:action, resource:* or *',
-        to_json(left(p, 64))::text USING ERRCODE = '22023';
-    END IF;
-    IF my_role <> 'owner' AND NOT truxe.has_permission(org, p, me) THEN
-      RAISE EXCEPTION 'granting permission % requires holding it in organization %',
-        to_json(left(p, 64))::text, org USING ERRCODE = '42501';
-    END IF;
-  END LOOP;
+  IF jsonb_array_length(permissions) > 0 THEN
+    FOR p IN SELECT jsonb_array_elements_text(require_grant_rights.permissions) LOOP
+      IF NOT truxe.valid_permission(p) THEN
+        RAISE EXCEPTION 'invalid permission %: expected resource:action, resource:* or *',
+          to_json(left(p, 64))::text USING ERRCODE = '22023';
+      END IF;
+      IF my_role <> 'owner' AND NOT truxe.has_permission(org, p, me) THEN
+        IF quiet THEN RETURN NULL; END IF;
+        RAISE EXCEPTION 'granting permission % requires holding it in organization %',
+          to_json(left(p, 64))::text, org USING ERRCODE = '42501';
+      END IF;
+    END LOOP;
+  END IF;
   RETURN my_role;
 END
 $$;
@@ -1435,7 +1452,7 @@ BEGIN
 END
 $$;
 -- an internal helper: only invite_member and invite_by_email (SECURITY DEFINER) call it
-REVOKE ALL ON FUNCTION truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb, boolean) FROM PUBLIC;
 
 -- the table, its policies and revoke_invitation: the same text as sql/invitations.sql
 -- Invitations by e-mail (docs/reference.md, "Invitations"): an org invites someone who may
@@ -1526,10 +1543,15 @@ CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+BEGIN
+  RETURN QUERY
   SELECT i.invitation_id, i.token, i.expires_at
-    FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl) i
+    FROM truxe.invite_by_email_internal(invite_by_email.org_id, invite_by_email.email,
+                                        invite_by_email.role, invite_by_email.permissions,
+                                        invite_by_email.ttl) i
    WHERE truxe.raise_too_many_requests(i.refused);
+END
 $$;
 
 -- privileges as sql/grants.sql gives them: service_account everything; an org's
@@ -1953,10 +1975,7 @@ BEGIN
      OR NOT EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = i.invited_by AND u.status = 'active') THEN
     RETURN false;
   END IF;
-  PERFORM truxe.require_grant_rights(i.org_id, i.invited_by, i.role, i.permissions);
-  RETURN true;
-EXCEPTION WHEN insufficient_privilege THEN
-  RETURN false;
+  RETURN truxe.require_grant_rights(i.org_id, i.invited_by, i.role, i.permissions, true) IS NOT NULL;
 END
 $$;
 REVOKE ALL ON FUNCTION truxe.inviter_still_may_invite(uuid) FROM PUBLIC;

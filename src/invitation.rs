@@ -12,8 +12,8 @@
 use crate::audit;
 use crate::error::{fail, Limited, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::magic_link::{
-    citext_sql, format_token, limited_row, login_user, new_secret, parse_token, secret_matches,
-    valid_email, Issued, MAX_ATTEMPTS,
+    citext_sql, format_token, limited_row, login_user_created, new_secret, parse_token,
+    secret_matches, valid_email, Issued, MAX_ATTEMPTS,
 };
 use crate::plans::{self, INT4, INTERVAL, JSONB, TEXT, UUID};
 use crate::security::sha256_hex;
@@ -46,7 +46,9 @@ const MAX_TTL_MICROS: i128 = 30 * 24 * 3600 * 1_000_000;
 ///
 /// Two halves, as issue_magic_link (src/magic_link.rs): this internal function, executable
 /// by the owner only, answers a refusal as data; the SQL wrapper `truxe.invite_by_email`
-/// raises it as TX429. (New in 0.2: no 0.1.0 entry point to keep.)
+/// raises it as TX429. (New in 0.2: no 0.1.0 entry point to keep.) The wrapper is PL/pgSQL,
+/// not SQL: a SECURITY DEFINER SQL function is never inlined, and PostgreSQL 16 parses and
+/// plans its body at every call; PL/pgSQL keeps the plan for the session (bench/README.md).
 #[pg_extern(
     sql = r#"
 CREATE FUNCTION truxe.invite_by_email_internal(org_id uuid, email citext,
@@ -59,10 +61,15 @@ CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+BEGIN
+  RETURN QUERY
   SELECT i.invitation_id, i.token, i.expires_at
-    FROM truxe.invite_by_email_internal(org_id, email, role, permissions, ttl) i
+    FROM truxe.invite_by_email_internal(invite_by_email.org_id, invite_by_email.email,
+                                        invite_by_email.role, invite_by_email.permissions,
+                                        invite_by_email.ttl) i
    WHERE truxe.raise_too_many_requests(i.refused);
+END
 $$;
 "#,
     requires = ["invitations", "raise_too_many_requests"]
@@ -441,7 +448,7 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
             }
         }
         // the user of the e-mail (the one given, when it matched), created or activated
-        let (user, user_status) = login_user(c, &p.email)?;
+        let (user, user_status, created) = login_user_created(c, &p.email)?;
         if user_status != "active" {
             return Ok(Outcome {
                 org_id,
@@ -449,53 +456,58 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
                 ..status("rejected")
             });
         }
-        let member = plans::run(
-            c,
-            "SELECT joined_at IS NOT NULL FROM truxe.memberships
-              WHERE org_id = $1 AND user_id = $2 FOR UPDATE",
-            &[UUID, UUID],
-            &[p.org_id.into(), user.into()],
-        )?;
-        let joined = if member.is_empty() {
+        // a user this call created has no membership (its row is not yet visible to anyone
+        // else, so nothing can refer to it): no lookup
+        let joined = if created {
             None
         } else {
-            member.first().get_one::<bool>()?
+            let member = plans::run(
+                c,
+                "SELECT joined_at IS NOT NULL FROM truxe.memberships
+                  WHERE org_id = $1 AND user_id = $2 FOR UPDATE",
+                &[UUID, UUID],
+                &[p.org_id.into(), user.into()],
+            )?;
+            if member.is_empty() {
+                None
+            } else {
+                member.first().get_one::<bool>()?
+            }
         };
-        let outcome = match joined {
-            Some(true) => "already_member",
-            Some(false) => {
-                plans::run(
-                    c,
-                    "UPDATE truxe.memberships m
-                        SET joined_at = now(), role = i.role, permissions = i.permissions
-                       FROM truxe.invitations i
-                      WHERE m.org_id = $1 AND m.user_id = $2 AND i.org_id = $1 AND i.id = $3",
-                    &[UUID, UUID, UUID],
-                    &[p.org_id.into(), user.into(), p.id.into()],
-                )?;
-                "accepted"
-            }
-            None => {
-                plans::run(
-                    c,
-                    "INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by,
-                                                    invited_at, joined_at)
-                     SELECT i.org_id, $2, i.role, i.permissions,
-                            CASE WHEN i.invited_by = $2 THEN NULL ELSE i.invited_by END,
-                            i.created_at, now()
-                       FROM truxe.invitations i WHERE i.org_id = $1 AND i.id = $3",
-                    &[UUID, UUID, UUID],
-                    &[p.org_id.into(), user.into(), p.id.into()],
-                )?;
-                "accepted"
-            }
+        // the invitation used up and the membership written in one statement: the
+        // membership takes its role and permissions from the updated invitation row
+        let (sql, outcome) = match joined {
+            Some(true) => (
+                "UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
+                  WHERE org_id = $1 AND id = $3",
+                "already_member",
+            ),
+            Some(false) => (
+                "WITH i AS (UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
+                             WHERE org_id = $1 AND id = $3 RETURNING role, permissions)
+                 UPDATE truxe.memberships m
+                    SET joined_at = now(), role = i.role, permissions = i.permissions
+                   FROM i WHERE m.org_id = $1 AND m.user_id = $2",
+                "accepted",
+            ),
+            None => (
+                "WITH i AS (UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
+                             WHERE org_id = $1 AND id = $3
+                             RETURNING org_id, role, permissions, invited_by, created_at)
+                 INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by,
+                                                invited_at, joined_at)
+                 SELECT i.org_id, $2, i.role, i.permissions,
+                        CASE WHEN i.invited_by = $2 THEN NULL ELSE i.invited_by END,
+                        i.created_at, now()
+                   FROM i",
+                "accepted",
+            ),
         };
         plans::run(
             c,
-            "UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $3
-              WHERE org_id = $1 AND id = $2",
+            sql,
             &[UUID, UUID, UUID],
-            &[p.org_id.into(), p.id.into(), user.into()],
+            &[p.org_id.into(), user.into(), p.id.into()],
         )?;
         audit::record(
             org_id,

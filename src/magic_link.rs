@@ -486,6 +486,15 @@ fn check(
 /// The user with `email`, created (active, verified) when new, or activated and verified
 /// when pending; with its status after that.
 pub(crate) fn login_user(c: &mut SpiClient<'_>, email: &str) -> Result<(Uuid, String), TruxeError> {
+    login_user_created(c, email).map(|(id, status, _)| (id, status))
+}
+
+/// login_user, and whether this call created the user (then, its row being uncommitted,
+/// nothing else refers to it yet: accept_invitation_token skips the membership lookup).
+pub(crate) fn login_user_created(
+    c: &mut SpiClient<'_>,
+    email: &str,
+) -> Result<(Uuid, String, bool), TruxeError> {
     let find = citext_sql(
         c,
         "SELECT id, status::text FROM truxe.users WHERE email OPERATOR({citext}.=) $1::{citext}.citext FOR UPDATE",
@@ -505,9 +514,9 @@ pub(crate) fn login_user(c: &mut SpiClient<'_>, email: &str) -> Result<(Uuid, St
                     &[UUID],
                     &[id.into()],
                 )?;
-                return Ok((id, "active".into()));
+                return Ok((id, "active".into(), false));
             }
-            return Ok((id, status));
+            return Ok((id, status, false));
         }
         // a concurrent verification may create the same user: then look again
         let created = plans::run(
@@ -518,7 +527,7 @@ pub(crate) fn login_user(c: &mut SpiClient<'_>, email: &str) -> Result<(Uuid, St
             &[email.into()],
         )?;
         if let Some(id) = plans::first_value::<Uuid>(created)? {
-            return Ok((id, "active".into()));
+            return Ok((id, "active".into(), true));
         }
     }
     fail(
