@@ -8,7 +8,7 @@
 //! of Postgres' codes, and pgrx reports any other code as `XX000` (also when it re-raises an
 //! error that SQL inside a Rust function raised). A rate-limited function is therefore two
 //! halves, as pg_graphql does it: an internal Rust function that returns a [`Limited`]
-//! refusal as data, and a thin SQL wrapper with the public name that raises it with
+//! refusal as data, and a thin PL/pgSQL wrapper with the public name that raises it with
 //! `ERRCODE = 'TX429'` through `truxe.raise_too_many_requests` (README, "Developer notes").
 use pgrx::heap_tuple::PgHeapTupleError;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -133,7 +133,7 @@ internal_from!(
 );
 
 /// The outcome of a rate-limited call: what it made, or its refusal's message. The
-/// function's SQL wrapper raises a refusal as `TX429` through
+/// function's PL/pgSQL wrapper raises a refusal as `TX429` through
 /// `truxe.raise_too_many_requests` (see the module doc).
 pub enum Limited<T> {
     Done(T),
@@ -143,7 +143,7 @@ pub enum Limited<T> {
 pgrx::extension_sql!(
     r#"
 -- Raises truxe's own SQLSTATE TX429 with `refused` as the message (at most 200
--- characters, as every message is short) when it is not NULL; true otherwise. The one place TX429 is raised: the SQL wrappers of the functions whose
+-- characters, as every message is short) when it is not NULL; true otherwise. The one place TX429 is raised: the PL/pgSQL wrappers of the functions whose
 -- Rust half answers a refusal as data (issue_magic_link, invite_by_email) filter on it.
 -- Internal: only those wrappers (SECURITY DEFINER) call it (src/error.rs).
 CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean

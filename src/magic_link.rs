@@ -169,7 +169,7 @@ pub(crate) fn limited_row(
 /// minutes. Writes `magic_link.sent`. service_account only.
 ///
 /// Two halves, because pgrx cannot raise truxe's own TX429 (src/error.rs): this internal
-/// function, executable by the owner only, answers a refusal as data, and the SQL wrapper
+/// function, executable by the owner only, answers a refusal as data, and the PL/pgSQL wrapper
 /// `truxe.issue_magic_link` (SECURITY DEFINER, so that it may call it) raises it.
 /// Hand-written SQL: pgrx has no citext type; citext's own `=` is reached through
 /// `citext_sql`, so the pinned search_path needs no citext schema.
@@ -184,10 +184,15 @@ CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NUL
                                        ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
                                        user_agent text DEFAULT NULL)
 RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+BEGIN
+  RETURN QUERY
   SELECT i.challenge_id, i.token, i.expires_at
-    FROM truxe.issue_magic_link_internal(email, org_slug, ttl, ip, user_agent) i
+    FROM truxe.issue_magic_link_internal(issue_magic_link.email, issue_magic_link.org_slug,
+                                         issue_magic_link.ttl, issue_magic_link.ip,
+                                         issue_magic_link.user_agent) i
    WHERE truxe.raise_too_many_requests(i.refused);
+END
 $$;
 "#,
     requires = ["raise_too_many_requests"]
