@@ -11,12 +11,11 @@
 //! cluster serves every test of this file (started once, about 10 s); each test uses its
 //! own users, orgs and keys.
 use crate::harness::{
-    as_owner, free_loopback_port, is_root, run, server, skip, sqlstate, wrong_secret, Server,
-    AUTH_LOGIN, SERVICE_LOGIN,
+    as_owner, assert_one_verified, free_loopback_port, init_data_dir, run, server, skip, sqlstate,
+    wrong_secret, Server, AUTH_LOGIN, SERVICE_LOGIN,
 };
 use postgres::{Client, NoTls};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
 const DB: &str = "truxe_citus";
@@ -32,25 +31,8 @@ impl Node {
     fn start(tag: &str) -> Node {
         let bindir = PathBuf::from(Server::pg_config("bindir"));
         let dir = std::env::temp_dir().join(format!("truxe-citus-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the node directory");
-        if is_root() {
-            run(Command::new("chown").arg("postgres:").arg(&dir));
-        }
-        // -A trust: local and loopback connections need no password, between nodes too
-        run(as_owner(&bindir.join("initdb"))
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ]));
+        // trust: local and loopback connections need no password, between nodes too
+        init_data_dir(&bindir, &dir);
         let port = free_loopback_port();
         let opts = format!(
             "-c shared_preload_libraries=citus -c listen_addresses=127.0.0.1 -p {port} -k {} \
@@ -529,7 +511,7 @@ fn concurrent_verifications_of_one_link_give_one_verified() {
         .unwrap()
         .get(0);
     let barrier = std::sync::Barrier::new(6);
-    let mut statuses: Vec<String> = std::thread::scope(|s| {
+    let statuses: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6)
             .map(|_| {
                 let (token, barrier) = (&token, &barrier);
@@ -544,16 +526,7 @@ fn concurrent_verifications_of_one_link_give_one_verified() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    statuses.sort();
-    assert_eq!(
-        statuses.iter().filter(|s| *s == "verified").count(),
-        1,
-        "{statuses:?}"
-    );
-    assert!(
-        statuses.iter().all(|s| s == "verified" || s == "used"),
-        "{statuses:?}"
-    );
+    assert_one_verified(&statuses);
 }
 
 /// Two tenants under RLS, has_permission, and an invitation accepted, through the

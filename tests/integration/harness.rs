@@ -66,6 +66,42 @@ pub fn as_owner(program: &Path) -> Command {
     c
 }
 
+/// A fresh `dir` (emptied, owned by `postgres` when running as root) with a new cluster in
+/// `dir/data`: superuser `postgres`, trust for local and loopback connections, UTF8, C.
+pub fn init_data_dir(bindir: &Path, dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("create the server directory");
+    if is_root() {
+        run(Command::new("chown").arg("postgres:").arg(dir));
+    }
+    run(as_owner(&bindir.join("initdb"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]));
+}
+
+/// Concurrent verifications of one token: exactly one `verified`, every other `used`.
+pub fn assert_one_verified(statuses: &[String]) {
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "verified").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| s == "verified" || s == "used"),
+        "{statuses:?}"
+    );
+}
+
 extern "C" fn stop_server() {
     if let Some(s) = SERVER.get() {
         s.remove();
@@ -117,24 +153,7 @@ impl Server {
             major_version(&pg_config),
             std::process::id()
         ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the server directory");
-        if is_root() {
-            run(Command::new("chown").arg("postgres:").arg(&dir));
-        }
-        run(as_owner(&bindir.join("initdb"))
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ]));
+        init_data_dir(&bindir, &dir);
         let server = Server { dir, bindir };
         server.start_with(conf);
         server
