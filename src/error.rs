@@ -79,11 +79,13 @@ impl Sqlstate {
     }
 }
 
-/// An error on its way to the client: a SQLSTATE and a message (never a secret).
+/// An error on its way to the client: a SQLSTATE, a message and an optional hint (never a
+/// secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TruxeError {
     pub state: Sqlstate,
     pub message: String,
+    pub hint: Option<&'static str>,
 }
 
 impl TruxeError {
@@ -91,6 +93,15 @@ impl TruxeError {
         TruxeError {
             state,
             message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// The same error with a HINT for the client.
+    pub fn with_hint(self, hint: &'static str) -> Self {
+        TruxeError {
+            hint: Some(hint),
+            ..self
         }
     }
 
@@ -104,7 +115,11 @@ impl TruxeError {
 
 impl From<TruxeError> for ErrorReport {
     fn from(e: TruxeError) -> Self {
-        ErrorReport::new(e.state.pgrx_code(), clip_message(e.message), "truxe")
+        let report = ErrorReport::new(e.state.pgrx_code(), clip_message(e.message), "truxe");
+        match e.hint {
+            Some(hint) => report.set_hint(hint),
+            None => report,
+        }
     }
 }
 

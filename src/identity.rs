@@ -25,6 +25,13 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum, Uuid}
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The HINT of the errors that need a verified identity: it lasts until the transaction
+/// ends, so in autocommit it is gone by the next statement.
+pub(crate) const VERIFIED_IDENTITY_IS_TRANSACTION_LOCAL: &str =
+    "truxe.authenticate's identity lasts until the transaction ends: in autocommit every \
+     statement is its own transaction, so it is gone by the next statement. Run authenticate \
+     and the calls that need it in one transaction (BEGIN ... COMMIT).";
+
 /// `truxe.identity_mode`: whether any login may claim an identity through settings.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum IdentityMode {
@@ -435,10 +442,11 @@ fn switch_org(org_id: Option<Uuid>) {
 
 fn switch(org: Option<Uuid>) -> Result<(), TruxeError> {
     let Some(mut id) = verified() else {
-        return fail(
+        return Err(TruxeError::new(
             Sqlstate::InsufficientPrivilege,
-            "switch_org needs a verified identity: call truxe.authenticate first",
-        );
+            "switch_org needs a verified identity: call truxe.authenticate first, in the same transaction",
+        )
+        .with_hint(VERIFIED_IDENTITY_IS_TRANSACTION_LOCAL));
     };
     if id.api_key.is_some() {
         if org == id.org {

@@ -744,10 +744,11 @@ fn revoke_others(jti: Option<Uuid>) -> Result<i32, TruxeError> {
         None
     } else {
         let Some(session) = crate::identity::verified().and_then(|v| v.session) else {
-            return fail(
+            return Err(TruxeError::new(
                 Sqlstate::InsufficientPrivilege,
                 "revoke_other_sessions needs the token of the session truxe.authenticate verified",
-            );
+            )
+            .with_hint(crate::identity::VERIFIED_IDENTITY_IS_TRANSACTION_LOCAL));
         };
         Some(session)
     };

@@ -707,3 +707,43 @@ fn pgbouncer_transaction_pooling_never_leaks_an_identity() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// In autocommit, `authenticate` and the next call are two transactions: switch_org and
+/// revoke_other_sessions then find no verified identity, and their 42501 says so with a
+/// HINT that the identity is transaction-local (before, the message told a caller who had
+/// just called authenticate to call it); in one transaction both work.
+#[test]
+fn without_a_verified_identity_in_autocommit_the_error_hints_that_it_is_transaction_local() {
+    let db = populated();
+    let jti = session(&db, ADA, None);
+    let mut c = db.authenticated();
+    c.execute("SELECT 1 FROM truxe.authenticate($1)", &[&jti])
+        .unwrap();
+    for sql in [
+        format!("SELECT truxe.switch_org('{ACME}')"),
+        format!("SELECT truxe.revoke_other_sessions('{jti}')"),
+    ] {
+        let e = c.execute(sql.as_str(), &[]).unwrap_err();
+        let e = e.as_db_error().unwrap();
+        assert_eq!(e.code().code(), "42501", "{sql}");
+        let hint = e.hint().unwrap_or_default();
+        assert!(
+            hint.contains("autocommit") && hint.contains("one transaction"),
+            "{sql}: {hint:?}"
+        );
+    }
+    let mut t = c.transaction().unwrap();
+    t.execute("SELECT 1 FROM truxe.authenticate($1)", &[&jti])
+        .unwrap();
+    t.execute(&format!("SELECT truxe.switch_org('{ACME}')"), &[])
+        .unwrap();
+    let n: i32 = t
+        .query_one(
+            "SELECT truxe.revoke_other_sessions($1::text::uuid)",
+            &[&jti],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    t.commit().unwrap();
+}
