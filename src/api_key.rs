@@ -342,10 +342,7 @@ fn revoke_api_keys_on_membership_delete<'a>(
     let Some(old) = trigger.old() else {
         return Ok(None);
     };
-    let column = |name: &str| -> Result<Option<Uuid>, TruxeError> {
-        old.get_by_name(name)
-            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))
-    };
+    let column = |name: &str| -> Result<Option<Uuid>, TruxeError> { Ok(old.get_by_name(name)?) };
     let (org, user) = (column("org_id")?, column("user_id")?);
     let revoked: Vec<(Option<Uuid>, Option<Uuid>)> = plans::run_once(
         concat!(

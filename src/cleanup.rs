@@ -160,8 +160,7 @@ fn data(batch_size: Option<i32>) -> Result<Vec<(String, i64)>, TruxeError> {
         } else {
             local
         };
-        let kept = Interval::new(months, days, micros)
-            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
+        let kept = Interval::new(months, days, micros)?;
         let mut total = 0i64;
         loop {
             let n = plans::run_once(sql, &[INT4, INTERVAL], &[batch.into(), kept.into()], |t| {

@@ -145,6 +145,7 @@ internal_from!(
     pgrx::datum::TryFromDatumError => "reading a row",
     PgHeapTupleError => "reading a row",
     PgTriggerError => "reading the trigger's data",
+    pgrx::datum::IntervalConversionError => "an interval out of range",
 );
 
 /// The outcome of a rate-limited call: what it made, or its refusal's message. The

@@ -12,8 +12,8 @@
 use crate::audit;
 use crate::error::{fail, Limited, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::magic_link::{
-    citext_sql, format_token, limited_row, login_user_created, new_secret, parse_token,
-    secret_matches, valid_email, Issued, MAX_ATTEMPTS,
+    citext_sql, format_token, limited_row, login_user, new_secret, parse_token, secret_matches,
+    valid_email, Issued, MAX_ATTEMPTS,
 };
 use crate::plans::{self, INT4, INTERVAL, JSONB, TEXT, UUID};
 use crate::security::sha256_hex;
@@ -448,7 +448,7 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
             }
         }
         // the user of the e-mail (the one given, when it matched), created or activated
-        let (user, user_status, created) = login_user_created(c, &p.email)?;
+        let (user, user_status, created) = login_user(c, &p.email)?;
         if user_status != "active" {
             return Ok(Outcome {
                 org_id,
@@ -461,18 +461,13 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
         let joined = if created {
             None
         } else {
-            let member = plans::run(
+            plans::first_value::<bool>(plans::run(
                 c,
                 "SELECT joined_at IS NOT NULL FROM truxe.memberships
                   WHERE org_id = $1 AND user_id = $2 FOR UPDATE",
                 &[UUID, UUID],
                 &[p.org_id.into(), user.into()],
-            )?;
-            if member.is_empty() {
-                None
-            } else {
-                member.first().get_one::<bool>()?
-            }
+            )?)?
         };
         // the invitation used up and the membership written in one statement: the
         // membership takes its role and permissions from the updated invitation row

@@ -440,7 +440,7 @@ fn check(
             &[UUID],
             &[id.into()],
         )?;
-        let (user_id, status) = login_user(c, &email)?;
+        let (user_id, status, _) = login_user(c, &email)?;
         if status != "active" {
             return Ok(Outcome {
                 email: Some(email),
@@ -489,14 +489,10 @@ fn check(
 }
 
 /// The user with `email`, created (active, verified) when new, or activated and verified
-/// when pending; with its status after that.
-pub(crate) fn login_user(c: &mut SpiClient<'_>, email: &str) -> Result<(Uuid, String), TruxeError> {
-    login_user_created(c, email).map(|(id, status, _)| (id, status))
-}
-
-/// login_user, and whether this call created the user (then, its row being uncommitted,
-/// nothing else refers to it yet: accept_invitation_token skips the membership lookup).
-pub(crate) fn login_user_created(
+/// when pending; with its status after that, and whether this call created it (then, its
+/// row being uncommitted, nothing else refers to it yet: accept_invitation_token skips the
+/// membership lookup).
+pub(crate) fn login_user(
     c: &mut SpiClient<'_>,
     email: &str,
 ) -> Result<(Uuid, String, bool), TruxeError> {

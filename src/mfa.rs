@@ -15,12 +15,12 @@
 use crate::audit;
 use crate::crypto::{self, Binding};
 use crate::error::{fail, quote_input, Sqlstate, TruxeError, UnwrapOrRaise};
-use crate::plans::{self, INT4, INT8, TEXT, UUID};
+use crate::plans::{self, BYTEA, INT4, INT8, TEXT, UUID};
 use data_encoding::BASE32_NOPAD;
 use hmac::{Hmac, Mac};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{PgOid, Uuid};
+use pgrx::Uuid;
 use serde_json::json;
 use sha1::Sha1;
 
@@ -31,7 +31,6 @@ pgrx::extension_sql_file!(
 );
 
 const TABLE: &str = "mfa_factors";
-const BYTEA: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BYTEAOID);
 /// Seconds per TOTP step.
 const STEP_SECONDS: u64 = 30;
 /// Bytes of a TOTP seed (160 bits, RFC 4226's recommendation for HMAC-SHA-1).

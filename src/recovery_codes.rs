@@ -7,14 +7,13 @@ use crate::audit;
 use crate::crypto;
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::mfa::active_user_email;
-use crate::plans::{self, UUID};
+use crate::plans::{self, BYTEA, UUID};
 use data_encoding::BASE32_NOPAD;
 use pgrx::prelude::*;
-use pgrx::{PgOid, Uuid};
+use pgrx::Uuid;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-const BYTEA: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BYTEAOID);
 /// Random bytes of a recovery code: 80 bits, 16 base32 characters.
 const RECOVERY_CODE_BYTES: usize = 10;
 

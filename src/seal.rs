@@ -5,13 +5,10 @@
 //! never reaches SQL: no function takes a message and returns its MAC.
 use crate::crypto;
 use crate::error::{fail, quote_input, Sqlstate, TruxeError, UnwrapOrRaise};
-use crate::plans::{self, INT8, TEXT, TIMESTAMPTZ};
+use crate::plans::{self, BYTEA, INT8, TEXT, TIMESTAMPTZ};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
-use pgrx::PgOid;
 use sha2::{Digest, Sha256};
-
-const BYTEA: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BYTEAOID);
 
 pgrx::extension_sql_file!(
     "../sql/seal.sql",

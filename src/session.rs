@@ -21,7 +21,7 @@ use crate::gucs::{
     MAX_SESSIONS_PER_USER, REFRESH_REUSE_GRACE, SESSION_IDLE_TIMEOUT, SESSION_MAX_LIFETIME,
 };
 use crate::jsonb::JsonbArg;
-use crate::plans::{self, INET, INTERVAL, JSONB, TEXT, UUID};
+use crate::plans::{self, BYTEA, INET, INTERVAL, JSONB, TEXT, UUID};
 use crate::trigger::trigger_entry;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -35,7 +35,6 @@ type Issued = (
 );
 
 const MAX_TTL_MICROS: i128 = 366 * 86_400 * 1_000_000;
-const BYTEA: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BYTEAOID);
 
 /// The stored form of a bearer value (a jti or refresh_jti): SHA-256 of the uuid's 16
 /// bytes — the same 32 bytes as SQL's `sha256(uuid_send(x))`, which the 0.1.0 → 0.2.0
@@ -90,8 +89,9 @@ struct Policy {
     touch: Interval,
 }
 
-fn seconds(micros: i64) -> Result<Interval, TruxeError> {
-    Interval::new(0, 0, micros).map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))
+/// An interval of `micros` microseconds.
+fn micros(micros: i64) -> Result<Interval, TruxeError> {
+    Ok(Interval::new(0, 0, micros)?)
 }
 
 fn policy() -> Result<Policy, TruxeError> {
@@ -99,9 +99,9 @@ fn policy() -> Result<Policy, TruxeError> {
     let lifetime = i64::from(SESSION_MAX_LIFETIME.get().max(1)) * 1_000_000;
     let idle = i64::from(SESSION_IDLE_TIMEOUT.get().max(0)) * 1_000_000;
     Ok(Policy {
-        lifetime: seconds(lifetime)?,
-        idle: if idle > 0 { Some(seconds(idle)?) } else { None },
-        touch: seconds(if idle > 0 {
+        lifetime: micros(lifetime)?,
+        idle: if idle > 0 { Some(micros(idle)?) } else { None },
+        touch: micros(if idle > 0 {
             MINUTE.min(idle / 4)
         } else {
             MINUTE
@@ -469,8 +469,7 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
     };
     let grace_secs = i64::from(REFRESH_REUSE_GRACE.get().max(0));
     // an interval computed here: no function call that a caller's schema could shadow
-    let grace = Interval::new(0, 0, grace_secs * 1_000_000)
-        .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
+    let grace = micros(grace_secs * 1_000_000)?;
     let policy = policy()?;
     Spi::connect_mut(|c| {
         let rows = plans::run(
@@ -785,12 +784,8 @@ fn end_sessions_on_membership_delete<'a>(
         let Some(old) = trigger.old() else {
             return Ok(());
         };
-        let org: Option<Uuid> = old
-            .get_by_name("org_id")
-            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
-        let user: Option<Uuid> = old
-            .get_by_name("user_id")
-            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
+        let org: Option<Uuid> = old.get_by_name("org_id")?;
+        let user: Option<Uuid> = old.get_by_name("user_id")?;
         plans::run_once(
             concat!(
                 "UPDATE truxe.sessions s SET revoked_at = greatest(now(), s.created_at), revoked_reason = 'membership_removed'
@@ -823,9 +818,7 @@ fn end_sessions_on_status_change<'a>(
         let Some(new) = trigger.new() else {
             return Ok(());
         };
-        let user: Option<Uuid> = new
-            .get_by_name("id")
-            .map_err(|e| TruxeError::new(Sqlstate::Internal, e.to_string()))?;
+        let user: Option<Uuid> = new.get_by_name("id")?;
         // the status is read back as text: no enum type to resolve by name
         plans::run_once(
             "UPDATE truxe.sessions s SET revoked_at = greatest(now(), s.created_at), revoked_reason = 'user_' || u.status::text

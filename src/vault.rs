@@ -9,10 +9,10 @@ use crate::audit;
 use crate::crypto::{self, Binding, KeyRing};
 use crate::error::{fail, quote_input, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::jsonb::JsonbArg;
-use crate::plans::{self, INT4, JSONB, TEXT, UUID};
+use crate::plans::{self, BYTEA, INT4, JSONB, TEXT, UUID};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{AnyElement, PgOid, Uuid};
+use pgrx::{AnyElement, Uuid};
 use serde_json::json;
 
 pgrx::extension_sql_file!("../sql/vault.sql", name = "vault", requires = ["schema"]);
@@ -20,7 +20,6 @@ pgrx::extension_sql_file!("../sql/vault.sql", name = "vault", requires = ["schem
 const TABLE: &str = "secrets";
 /// The largest value the vault keeps (credentials, not documents).
 const MAX_VALUE_BYTES: usize = 64 * 1024;
-const BYTEA: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BYTEAOID);
 
 fn binding(id: Uuid, org_id: Uuid) -> Binding {
     Binding {
