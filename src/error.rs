@@ -146,6 +146,7 @@ internal_from!(
     PgHeapTupleError => "reading a row",
     PgTriggerError => "reading the trigger's data",
     pgrx::datum::IntervalConversionError => "an interval out of range",
+    pgrx::datetime::FromTimeError => "a timestamp out of range",
 );
 
 /// The outcome of a rate-limited call: what it made, or its refusal's message. The

@@ -22,6 +22,7 @@ use crate::gucs::{
 };
 use crate::jsonb::JsonbArg;
 use crate::plans::{self, BYTEA, INET, INTERVAL, JSONB, TEXT, UUID};
+use crate::probe::Probe;
 use crate::trigger::trigger_entry;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -48,21 +49,14 @@ fn new_pair() -> Result<(Uuid, Uuid), TruxeError> {
     Ok((crate::crypto::new_uuid()?, crate::crypto::new_uuid()?))
 }
 
-/// SQL condition on a session row `s`: its user is active. Part of [`still_allowed`].
-macro_rules! user_active {
-    () => {
-        "EXISTS (SELECT 1 FROM truxe.users au WHERE au.id = s.user_id AND au.status = 'active')"
-    };
-}
-
 /// SQL condition on a session row `s`: its user is active and, for an org-scoped session,
 /// may still use that org ([`org_access`]). What create_session checks, re-checked by
-/// validate_session (as [`user_active`] and then, for an org-scoped session only,
-/// [`ORG_ACCESS_READ`]) and refresh_session.
+/// refresh_session, and by [`validate`] (which reads the user's status directly and runs
+/// [`ORG_ACCESS_READ`] for an org-scoped session only).
 macro_rules! still_allowed {
     () => {
         concat!(
-            user_active!(),
+            "EXISTS (SELECT 1 FROM truxe.users au WHERE au.id = s.user_id AND au.status = 'active')",
             " AND (s.org_id IS NULL OR ",
             org_access!("s.user_id", "s.org_id"),
             ")"
@@ -71,9 +65,7 @@ macro_rules! still_allowed {
 }
 
 /// Whether user $1 may still use org $2 ([`org_access`]), read-only in the caller's
-/// snapshot. validate_session runs it only for an org-scoped session: in its main statement
-/// the two subplans cost every call their executor start-up (index opens, locks) even when
-/// the session has no org, about a fifth of the call (bench/README.md, "validate_session").
+/// snapshot: validate_session's re-check of an org-scoped session.
 const ORG_ACCESS_READ: &str = concat!("SELECT ", org_access!("$1", "$2"));
 
 /// The session policies in force (src/gucs.rs), as the intervals the statements bind.
@@ -352,51 +344,89 @@ pub(crate) struct Live {
 }
 
 /// The live session of `jti` (validate_session's checks and its `last_used_at` touch), or
-/// None.
+/// None. The session and its user are read through their unique indexes in the calling
+/// statement's snapshot ([`crate::probe`]: no executor on the path every request takes);
+/// the org re-check of an org-scoped session and the once-a-minute touch are statements.
 pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
-    Spi::connect_mut(|c| {
-        // read-only in the caller's snapshot: most calls end here, without a write
-        let policy = policy()?;
-        let rows = plans::read(
-            c,
-            concat!(
-                "SELECT s.id, s.user_id, s.org_id, least(s.expires_at, s.family_created_at + $2),
-                        s.last_used_at < now() - $4, s.aal
-                   FROM truxe.sessions s
-                  WHERE s.jti_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
-                    AND s.family_created_at > now() - $2
-                    AND ($3 IS NULL OR s.last_used_at >= now() - $3) AND ",
-                user_active!()
-            ),
-            &[BYTEA, INTERVAL, INTERVAL, INTERVAL],
-            &[
-                bearer_hash(&jti).into(),
-                policy.lifetime.into(),
-                policy.idle.into(),
-                policy.touch.into(),
-            ],
-        )?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let row = rows.first();
-        let (Some(id), Some(user), org, Some(expires_at), stale, Some(aal)) = (
-            row.get::<Uuid>(1)?,
-            row.get::<Uuid>(2)?,
-            row.get::<Uuid>(3)?,
-            row.get::<TimestampWithTimeZone>(4)?,
-            row.get::<bool>(5)?,
-            row.get::<i16>(6)?,
-        ) else {
+    let policy = policy()?;
+    // SAFETY: reads the transaction's start time (what now() returns); no preconditions.
+    let now = i128::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() });
+    let lifetime = policy.lifetime.as_micros();
+    let sessions = Probe::open(c"sessions", c"sessions_jti_hash_key", c"jti_hash")?;
+    let found = sessions.fetch(pg_sys::F_BYTEAEQ, datum(bearer_hash(&jti))?, |row| {
+        let ts = |name| row.get::<i64>(name, pg_sys::TIMESTAMPTZOID);
+        let (
+            Some(id),
+            Some(user),
+            org,
+            Some(expires),
+            Some(family),
+            Some(used),
+            revoked,
+            Some(aal),
+        ) = (
+            row.get::<Uuid>(c"id", pg_sys::UUIDOID)?,
+            row.get::<Uuid>(c"user_id", pg_sys::UUIDOID)?,
+            row.get::<Uuid>(c"org_id", pg_sys::UUIDOID)?,
+            ts(c"expires_at")?,
+            ts(c"family_created_at")?,
+            ts(c"last_used_at")?,
+            ts(c"revoked_at")?,
+            row.get::<i16>(c"aal", pg_sys::INT2OID)?,
+        )
+        else {
             return fail(Sqlstate::Internal, "session row with a NULL key column");
         };
+        let (expires, family, used) = (i128::from(expires), i128::from(family), i128::from(used));
+        let live = revoked.is_none()
+            && expires > now
+            && family > now - lifetime
+            && policy
+                .idle
+                .is_none_or(|idle| used >= now - idle.as_micros());
+        if !live {
+            return Ok(None);
+        }
+        // the family's end when it comes before the session's (infinity stays infinity)
+        let ends = expires.min(family.saturating_add(lifetime));
+        let ends = TimestampWithTimeZone::try_from(i64::try_from(ends).unwrap_or(i64::MAX))?;
+        let stale = used < now - policy.touch.as_micros();
+        Ok(Some((
+            Live {
+                id,
+                user,
+                org,
+                expires_at: ends,
+                aal,
+            },
+            stale,
+        )))
+    })?;
+    let Some((live, stale)) = found.flatten() else {
+        return Ok(None);
+    };
+    let users = Probe::open(c"users", c"users_pkey", c"id")?;
+    let active = users.fetch(pg_sys::F_UUID_EQ, datum(live.user)?, |row| {
+        row.enum_is(c"status", c"active")
+    })?;
+    if active != Some(true) {
+        return Ok(None);
+    }
+    // Nothing is written on a hot standby (or in any read-only transaction): there the
+    // touch is skipped and last_used_at is refreshed by the next call on the primary.
+    // SAFETY: both read backend-local state and have no preconditions.
+    let touch = stale && unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
+    if live.org.is_none() && !touch {
+        return Ok(Some(live));
+    }
+    Spi::connect_mut(|c| {
         // an org-scoped session: the user may still use that org (same snapshot)
-        if let Some(org) = org {
+        if let Some(org) = live.org {
             let allowed = plans::read(
                 c,
                 ORG_ACCESS_READ,
                 &[UUID, UUID],
-                &[user.into(), org.into()],
+                &[live.user.into(), org.into()],
             )?
             .first()
             .get_one::<bool>()?;
@@ -404,27 +434,25 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
                 return Ok(None);
             }
         }
-        // Nothing is written on a hot standby (or in any read-only transaction): there the
-        // touch is skipped and last_used_at is refreshed by the next call on the primary.
-        // SAFETY: both read backend-local state and have no preconditions.
-        let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
-        if writable && stale == Some(true) {
+        if touch {
             plans::run(
                 c,
                 "UPDATE truxe.sessions SET last_used_at = now()
                   WHERE id = $1 AND last_used_at < now() - $2",
                 &[UUID, INTERVAL],
-                &[id.into(), policy.touch.into()],
+                &[live.id.into(), policy.touch.into()],
             )?;
         }
-        Ok(Some(Live {
-            id,
-            user,
-            org,
-            expires_at,
-            aal,
-        }))
+        Ok(Some(live))
     })
+}
+
+/// `value` as a datum in the current memory context, for a [`Probe`] key.
+fn datum(value: impl IntoDatum) -> Result<pg_sys::Datum, TruxeError> {
+    match value.into_datum() {
+        Some(d) => Ok(d),
+        None => fail(Sqlstate::Internal, "a lookup key without a value"),
+    }
 }
 
 /// Rotates a refresh token: a new session in the same family (new tokens, returned once;
