@@ -1992,6 +1992,12 @@ GRANT EXECUTE ON FUNCTION truxe.inviter_still_may_invite(uuid) TO service_accoun
 -- planned anew on every call) and valid_audit_action (parsed and planned for every audit
 -- row) are created above in their final form; security_report(), which knows the functions
 -- that resolve no name and so carry no SET clause, is replaced below.
+-- validate_session's once-a-minute touch of last_used_at can be a HOT update: the column
+-- loses its index (nothing in truxe reads sessions by it) and new pages keep a fifth free.
+-- Pages written before the update are full until rewritten: VACUUM FULL truxe.sessions
+-- (README, "Upgrading") gives every page the room at once.
+DROP INDEX truxe.idx_sessions_last_used;
+ALTER TABLE truxe.sessions SET (fillfactor = 80);
 -- security_report(): the text of sql/security_report.sql (issues 11, 14, 17, and the unpinned
 -- functions above)
 CREATE OR REPLACE FUNCTION truxe.security_report()
