@@ -425,7 +425,8 @@ fn unenroll(factor_id: Option<Uuid>) -> Result<bool, TruxeError> {
 /// Raises a session to assurance level 2 with a TOTP code: returns verify_totp's status
 /// for the factor; on `verified` the session's `aal` becomes 2 and `session.mfa_verified`
 /// is written (with the session's public id and the factor id, never the jti). The session
-/// must be live (not revoked, not expired, its user active) and the factor its user's;
+/// must be one validate_session accepts (live, its user active, still allowed in its org,
+/// within the session policies; the call is a use of it) and the factor its user's;
 /// otherwise `invalid`, and the factor's failure count is not touched. 55000/XX001 as
 /// verify_totp. service_account only.
 #[pg_extern(sql = r#"
@@ -446,16 +447,20 @@ fn elevate(
     let (Some(jti), Some(factor_id)) = (jti, factor_id) else {
         return Ok("invalid".into());
     };
+    let Some(live) = crate::session::validate(jti)? else {
+        return Ok("invalid".into());
+    };
     let outcome = Spi::connect_mut(|c| -> Result<_, TruxeError> {
+        // locked, and not revoked since validate read it (a revocation that commits while
+        // this waits for the lock is seen here)
         let session = plans::run(
             c,
             "SELECT s.id, s.org_id FROM truxe.sessions s
                JOIN truxe.mfa_factors f ON f.user_id = s.user_id AND f.id = $2
-              WHERE s.jti_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
-                AND EXISTS (SELECT 1 FROM truxe.users u WHERE u.id = s.user_id AND u.status = 'active')
+              WHERE s.id = $1 AND s.revoked_at IS NULL
               FOR NO KEY UPDATE OF s",
-            &[BYTEA, UUID],
-            &[crate::session::bearer_hash(&jti).into(), factor_id.into()],
+            &[UUID, UUID],
+            &[live.id.into(), factor_id.into()],
         )?;
         if session.is_empty() {
             return Ok(("invalid", None));

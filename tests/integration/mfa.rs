@@ -1056,6 +1056,19 @@ fn a_second_factor_raises_the_session_to_aal_2_and_refresh_keeps_it() {
     let next = python_codes(&[(secret.clone(), 1)]).remove(0);
     assert_eq!(elevate(&mut s, &other, &factor, &next), "invalid");
     assert_eq!(aal_of(&db, &other), 1);
+    // nor one that validate_session refuses without a revocation: here, a family past
+    // truxe.session_max_lifetime (90 days by default)
+    let (old, _) = create_session(&mut s, ALICE);
+    db.superuser()
+        .execute(
+            "UPDATE truxe.sessions SET family_created_at = now() - interval '91 days'
+              WHERE jti_hash = sha256(uuid_send($1::text::uuid))",
+            &[&old],
+        )
+        .unwrap();
+    assert_eq!(elevate(&mut s, &old, &factor, &next), "invalid");
+    assert_eq!(aal_of(&db, &old), 1);
+    assert_eq!(failed_attempts(&mut s, &factor), 0);
 }
 
 #[test]
