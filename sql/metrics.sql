@@ -1,6 +1,6 @@
 -- truxe.metrics(): operational gauges for monitoring (docs/operations.md). One row per
 -- metric (and label set), each read through an index:
---  * live sessions: exact up to 10,000; above, estimated from the 10,000 live sessions
+--  * live sessions: exact below 10,000; from there on estimated from the 10,000 live sessions
 --    with the smallest jti_hash (sessions_jti_hash_key, in order): counting a million live
 --    sessions costs 60-350 ns each, more than the whole budget (bench/README.md);
 --  * events of the last hour: idx_audit_logs_action_created (action, created_at), exact;
@@ -52,7 +52,7 @@ BEGIN
                  (SELECT min(i.accepted_at) FROM truxe.invitations i),
                  (SELECT min(i.revoked_at) FROM truxe.invitations i)) + interval '30 days'
   )
-  -- Exact up to 10,000 live sessions. Above, estimated from the 10,000 live sessions with
+  -- Exact below 10,000 live sessions. From 10,000 on, estimated from the 10,000 live ones with
   -- the smallest jti_hash: a SHA-256 is uniform, so the k-th smallest of n lies near k/n of
   -- the hash range, and (k - 1) / (its first 48 bits / 2^48) estimates n (one standard error
   -- 1%). Counting every live session would cost 60 to 350 ns each (bench/README.md).
