@@ -119,7 +119,7 @@ if v and st:
         f"| tenant membership list under a verified identity (`authenticate`), 1 client | | {v:.3f} (mean) | | "
         f"| latency {v / st:.2f}× the same list under `app.current_user_id` ({st:.3f} ms) | ≤ 1.05× |"
     )
-m = stats("metrics")
+m = stats("metrics", 1)  # once, before the rounds (bench/run)
 if m:
     out.append(
         f"| `truxe.metrics()`, 1 client | {m['tps']:.1f} | {m['p50']:.1f} | {m['p99']:.1f} | "

@@ -279,3 +279,114 @@ fn metrics_are_for_service_account_and_pg_monitor_only() {
         .get(0);
     assert_eq!(config, ["search_path=pg_catalog, pg_temp"]);
 }
+
+/// One metric's value as the service sees it.
+fn metric(db: &TestDb, name: &str) -> f64 {
+    metrics(&mut db.service())[name]
+}
+
+#[test]
+fn audit_rows_last_day_above_100000_rows_is_the_span_of_the_days_ids() {
+    let db = server().fresh_db(true);
+    let mut su = db.superuser();
+    let exact = |su: &mut Client| -> f64 {
+        su.query_one(
+            "SELECT count(*)::float8 FROM truxe.audit_logs WHERE created_at > now() - interval '24 hours'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    // below the threshold: exact, also with a rolled-back audit write (its id is skipped)
+    let one_row = "INSERT INTO truxe.audit_logs (action) VALUES ('org.updated')";
+    su.batch_execute(one_row).unwrap();
+    su.batch_execute(&format!("BEGIN; {one_row}; ROLLBACK"))
+        .unwrap();
+    su.batch_execute(one_row).unwrap();
+    assert_eq!(metric(&db, "audit_rows_last_day"), exact(&mut su));
+    // a day of 100,000 rows more, written in id order: the ids from the day's first row to
+    // the newest, which is the exact count but for the one id rolled back inside the span
+    su.batch_execute(
+        "INSERT INTO truxe.audit_logs (action) SELECT 'org.updated' FROM generate_series(1, 100000)",
+    )
+    .unwrap();
+    let day = exact(&mut su);
+    assert!(day > 100_000.0, "{day}");
+    assert_eq!(metric(&db, "audit_rows_last_day"), day + 1.0);
+    // what the span counts besides the day's rows (docs/operations.md): an id rolled back
+    // and a row written since with an older date
+    su.batch_execute(&format!("BEGIN; {one_row}; ROLLBACK"))
+        .unwrap();
+    su.batch_execute(
+        "INSERT INTO truxe.audit_logs (action, created_at) VALUES ('org.updated', now() - interval '2 days')",
+    )
+    .unwrap();
+    assert_eq!(exact(&mut su), day);
+    assert_eq!(metric(&db, "audit_rows_last_day"), day + 3.0);
+    // a row of the day written out of date order (older than every other row of the day),
+    // then 100,000 more: the span from it would miss the rows before it, but of the 16 rows
+    // before it in id order (the first of them the row dated 2 days ago) some are of the day,
+    // so the day is counted exactly
+    su.batch_execute(
+        "INSERT INTO truxe.audit_logs (action, created_at) VALUES ('org.updated', now() - interval '23 hours');
+         INSERT INTO truxe.audit_logs (action) SELECT 'org.updated' FROM generate_series(1, 100000)",
+    )
+    .unwrap();
+    let day = exact(&mut su);
+    assert!(day > 200_000.0, "{day}");
+    assert_eq!(metric(&db, "audit_rows_last_day"), day);
+}
+
+#[test]
+fn sessions_live_is_exact_below_10000_and_estimated_within_a_few_percent_above() {
+    let db = server().fresh_db(true);
+    let mut s = db.service();
+    let u = active_user(&mut s, "many@example.com");
+    let mut su = db.superuser();
+    // sessions n in [from, to] of one user, bulk-written (no per-row triggers): jti hashes
+    // are SHA-256 as truxe's (of a counter here, so that the test is deterministic)
+    let add = |su: &mut Client, from: i64, to: i64, state: &str| {
+        let (created, expires, revoked) = match state {
+            "live" => ("now()", "now() + interval '1 day'", "NULL"),
+            "expired" => (
+                "now() - interval '2 days'",
+                "now() - interval '1 day'",
+                "NULL",
+            ),
+            _ => ("now()", "now() + interval '1 day'", "now()"),
+        };
+        su.batch_execute(&format!(
+            "SET session_replication_role = replica;
+             INSERT INTO truxe.sessions (jti_hash, user_id, family_id, created_at, expires_at,
+                                         revoked_at, revoked_reason)
+               SELECT sha256(int8send(g)), '{u}', gen_random_uuid(), {created}, {expires},
+                      {revoked}, CASE WHEN {revoked} IS NULL THEN NULL ELSE 'logout' END
+                 FROM generate_series({from}, {to}) g;
+             RESET session_replication_role;"
+        ))
+        .unwrap();
+    };
+    add(&mut su, 1, 9_999, "live");
+    add(&mut su, 100_001, 105_000, "expired");
+    add(&mut su, 200_001, 205_000, "revoked");
+    // 9,999 live sessions (the revoked and the expired do not count): exact
+    assert_eq!(metric(&db, "sessions_live"), 9_999.0);
+    // 20,000: estimated from the 10,000 with the smallest jti hashes, one standard error 1%
+    // (4 of them here; the hashes are fixed, so is the estimate)
+    add(&mut su, 10_000, 20_000, "live");
+    let live: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.sessions WHERE revoked_at IS NULL AND expires_at > now()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 20_000);
+    let estimate = metric(&db, "sessions_live");
+    assert!(
+        (estimate - 20_000.0).abs() <= 0.04 * 20_000.0,
+        "estimate {estimate} for 20,000 live sessions"
+    );
+    assert_ne!(estimate, 20_000.0, "an estimate, not a count");
+    assert_eq!(estimate, estimate.round());
+}
