@@ -34,10 +34,14 @@ impl Node {
         // trust: local and loopback connections need no password, between nodes too
         init_data_dir(&bindir, &dir);
         let port = free_loopback_port();
+        // every node holds the same key file: the coordinator signs the audit claim with
+        // it, the workers verify it (src/claim.rs)
         let opts = format!(
             "-c shared_preload_libraries=citus -c listen_addresses=127.0.0.1 -p {port} -k {} \
-             -c fsync=off -c max_connections=100 -c log_min_messages=warning",
-            dir.display()
+             -c fsync=off -c max_connections=100 -c log_min_messages=warning \
+             -c truxe.encryption_key_file={}",
+            dir.display(),
+            key_file().display()
         );
         run(as_owner(&bindir.join("pg_ctl"))
             .arg("-D")
@@ -69,6 +73,22 @@ impl Node {
     }
 }
 
+/// The cluster's key file (one key), outside every data directory, readable by the server.
+fn key_file() -> PathBuf {
+    static KEYS: OnceLock<PathBuf> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("truxe-citus-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the key directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("truxe.keys");
+        std::fs::write(&path, format!("c1:{}\n", crate::mfa::random_key())).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    })
+    .clone()
+}
+
 struct Cluster {
     coordinator: Node,
     workers: [Node; 2],
@@ -84,6 +104,9 @@ extern "C" fn stop_cluster() {
         for w in &c.workers {
             w.remove();
         }
+    }
+    if let Some(dir) = key_file().parent() {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -550,7 +573,15 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
     assert_eq!(seen(&ada), [acme.as_str()]);
     assert_eq!(seen(&bob), [beta.as_str()]);
     let mut a = c.acting_as(&ada);
-    let audit_of_beta: i64 = a
+    // audit_logs is distributed: its policies run on the workers, which know the identity
+    // from the claim that set_context signs for its transaction (docs/scaling.md)
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[&ada],
+    )
+    .unwrap();
+    let audit_of_beta: i64 = t
         .query_one(
             "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
             &[&beta],
@@ -558,7 +589,7 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
         .unwrap()
         .get(0);
     assert_eq!(audit_of_beta, 0, "another tenant's audit rows");
-    let own_audit: i64 = a
+    let own_audit: i64 = t
         .query_one(
             "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
             &[&acme],
@@ -566,6 +597,7 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
         .unwrap()
         .get(0);
     assert!(own_audit >= 1, "the owner reads their org's audit rows");
+    t.commit().unwrap();
 
     // has_permission: role_permissions is a reference table
     let holds = |c: &mut Client, org: &str, p: &str| -> bool {
