@@ -26,6 +26,7 @@ DECLARE
   t name;
   has_rows boolean;
   is_coordinator boolean;
+  propagate text;
 BEGIN
   IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
     RAISE EXCEPTION 'truxe.distribute() must be run by a superuser' USING ERRCODE = '42501';
@@ -101,8 +102,19 @@ BEGIN
   ALTER TABLE truxe.audit_logs DROP CONSTRAINT audit_logs_pkey;
   ALTER TABLE truxe.audit_logs ADD CONSTRAINT audit_logs_pkey PRIMARY KEY (org_id, id);
   PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+  -- authenticated may insert only some columns (sql/grants.sql), which the coordinator
+  -- checks; but it sends the shard an INSERT of every column, the defaults filled in. So
+  -- the shards (which copy the table's grants when they are made) get a table-level
+  -- INSERT, and the coordinator's table gets the column list back without telling them
+  GRANT INSERT ON truxe.audit_logs TO authenticated;
   PERFORM pg_catalog.create_distributed_table('truxe.audit_logs', 'org_id',
                                               colocate_with => 'none');
+  propagate := pg_catalog.current_setting('citus.enable_ddl_propagation');
+  PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+  REVOKE INSERT ON truxe.audit_logs FROM authenticated;
+  GRANT INSERT (org_id, actor_user_id, action, target_type, target_id, details)
+    ON truxe.audit_logs TO authenticated;
+  PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagate, true);
   -- the single-node policies (sql/rls.sql) with the claim in place of the org-set helpers,
   -- under names of their own: each worker's own copy of the extension's table (Citus'
   -- shell of it there) still has the single-node ones, which the DROP above, made before
