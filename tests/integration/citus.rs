@@ -1077,3 +1077,29 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
         assert_eq!(sqlstate(s.execute(sql, &[acme])), "55000", "{sql}");
     }
 }
+
+/// What a distributed audit_logs does not support yet fails loudly, never silently
+/// (docs/scaling.md, "Not supported on Citus yet"): seal_audit_log (0A000: Citus plans no
+/// SQL function with parameters over a distributed table, which audit_rows_digest is) and
+/// purge_audit_logs (55000: the append-only guard runs on the shards, where the purge's
+/// permit does not reach). cleanup_expired_data, which leaves audit rows alone, still works.
+#[test]
+fn sealing_and_purging_a_distributed_audit_log_are_refused() {
+    let Some(c) = cluster() else { return };
+    let (ada, _) = user(c);
+    org(c, &ada);
+    let mut s = c.service();
+    assert_eq!(
+        sqlstate(s.query_one("SELECT truxe.seal_audit_log()", &[])),
+        "0A000"
+    );
+    assert_eq!(
+        sqlstate(s.query_one("SELECT truxe.purge_audit_logs('100 days')", &[])),
+        "55000"
+    );
+    let rows: i64 = s
+        .query_one("SELECT count(*) FROM truxe.cleanup_expired_data()", &[])
+        .unwrap()
+        .get(0);
+    assert!(rows > 0);
+}
