@@ -1896,7 +1896,8 @@ GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
 -- == Ready for Citus (issue 22) ==
 
 -- truxe.distribute(): the one-time conversion of a new database on a Citus coordinator
--- (docs/scaling.md); a superuser's step, so nobody else may execute it
+-- (docs/scaling.md); a superuser's step, so nobody else may execute it. Its body is
+-- sql/distribute.sql's: audit_logs by org_id with the claim policies (src/claim.rs) included
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$

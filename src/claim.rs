@@ -160,7 +160,7 @@ fn parse_ids(text: &str) -> Option<Vec<Uuid>> {
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.as_bytes()
