@@ -51,16 +51,23 @@ pub fn init() {
 }
 
 /// Whether `truxe.distribute()` has distributed `audit_logs`: it makes `org_id` part of the
-/// primary key, so NOT NULL, which a single-node install never has. Catalog cache lookups
-/// only (no SPI): the audit writer asks for every row it writes.
+/// primary key, so NOT NULL, which a single-node install never has. A settings lookup
+/// (is Citus loaded?) and catalog cache lookups only, no SPI: the audit writer and every
+/// change of the identity ask.
 pub(crate) fn audit_logs_distributed() -> bool {
     distributed_audit_owner().is_some()
 }
 
 /// The owner of `truxe.audit_logs` when it is distributed ([`audit_logs_distributed`]).
 pub(crate) fn distributed_audit_owner() -> Option<pg_sys::Oid> {
-    // SAFETY: plain catalog cache lookups with NUL-terminated names; missing_ok.
+    // SAFETY: a settings lookup and catalog cache lookups with NUL-terminated names, all
+    // missing_ok.
     unsafe {
+        // without Citus loaded (every single-node install) one hash lookup decides
+        if pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
+        {
+            return None;
+        }
         let nsp = pg_sys::get_namespace_oid(c"truxe".as_ptr(), true);
         if nsp == pg_sys::InvalidOid {
             return None;

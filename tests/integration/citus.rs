@@ -1110,3 +1110,45 @@ fn sealing_and_purging_a_distributed_audit_log_are_refused() {
         .get(0);
     assert!(rows > 0);
 }
+
+/// On a single node (no Citus) nothing of the Citus audit placement shows: set_context
+/// signs no claim, and a row without an org keeps a NULL org_id. Runs on every version.
+#[test]
+fn a_single_node_makes_no_claim_and_keeps_null_orgs() {
+    let db = server().fresh_db(true);
+    let mut s = db.service();
+    let email = format!("{}@single.example", unique("nocitus"));
+    let token: String = s
+        .query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
+        .unwrap()
+        .get(0);
+    let user: String = s
+        .query_one(
+            "SELECT user_id::text FROM truxe.verify_magic_link($1)",
+            &[&token],
+        )
+        .unwrap()
+        .get(0);
+    let null_org: i64 = s
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs
+              WHERE org_id IS NULL AND action = 'user.login' AND target_id = $1",
+            &[&user],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(null_org, 1);
+    let mut a = db.authenticated();
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[&user],
+    )
+    .unwrap();
+    let claim: Option<String> = t
+        .query_one("SELECT current_setting('truxe.claim', true)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(claim.unwrap_or_default(), "");
+    t.commit().unwrap();
+}
