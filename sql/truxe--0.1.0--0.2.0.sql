@@ -1817,7 +1817,8 @@ GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
 -- == Ready for Citus (issue 22) ==
 
 -- truxe.distribute(): the one-time conversion of a new database on a Citus coordinator
--- (docs/scaling.md); a superuser's step, so nobody else may execute it
+-- (docs/scaling.md); a superuser's step, so nobody else may execute it. Its body is
+-- sql/distribute.sql's: audit_logs by org_id with the claim policies (src/claim.rs) included
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -1825,6 +1826,7 @@ DECLARE
   t name;
   has_rows boolean;
   is_coordinator boolean;
+  propagate text;
 BEGIN
   IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
     RAISE EXCEPTION 'truxe.distribute() must be run by a superuser' USING ERRCODE = '42501';
@@ -1859,6 +1861,21 @@ BEGIN
     END IF;
   END LOOP;
 
+  -- the claim functions of audit_logs' Citus policies (below), first: Citus propagates a
+  -- function to the workers only before any parallel operation on a distributed table in
+  -- the transaction. No SET search_path: they resolve no name (no SPI), and a SET would
+  -- cost a setting's save and restore per row of every audit read
+  CREATE FUNCTION truxe.claim_user() RETURNS uuid
+    LANGUAGE c STABLE PARALLEL SAFE AS '$libdir/truxe', 'claim_user_wrapper';
+  CREATE FUNCTION truxe.claim_administers(org_id uuid) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS '$libdir/truxe', 'claim_administers_wrapper';
+  CREATE FUNCTION truxe.claim_may_act_in(org_id uuid) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS '$libdir/truxe', 'claim_may_act_in_wrapper';
+  REVOKE ALL ON FUNCTION truxe.claim_user(), truxe.claim_administers(uuid),
+    truxe.claim_may_act_in(uuid) FROM PUBLIC;
+  GRANT EXECUTE ON FUNCTION truxe.claim_user(), truxe.claim_administers(uuid),
+    truxe.claim_may_act_in(uuid) TO authenticated, service_account;
+
   -- by the hash of the key: its primary key (a bigserial id, used by nothing) cannot hold
   -- the distribution column, and (key_hash, window_start), the key rate_limit_hit
   -- upserts on, stays unique
@@ -1869,9 +1886,51 @@ BEGIN
   PERFORM pg_catalog.create_distributed_table('truxe.magic_link_challenges', 'id',
                                               colocate_with => 'none');
 
+  -- audit_logs by org_id: each org's rows in its shard. What it needs (docs/scaling.md,
+  -- "audit_logs on Citus"), on the empty table:
+  --  * the primary key holds the distribution column: (org_id, id) instead of (id), which
+  --    makes org_id NOT NULL; truxe's writer (src/audit.rs) then writes a row with no org
+  --    under the nil uuid (Citus refuses a NULL distribution key);
+  --  * the policies read the request identity from the signed claim (src/claim.rs) that
+  --    authenticate/set_context write on the coordinator and Citus passes to the workers:
+  --    no subquery, no other table. The claim functions (created above) are not part of
+  --    the extension: a single-node install never has them;
+  --  * the append-only guard, a statement trigger, runs on the shards (Citus copies it
+  --    there only with citus.enable_unsafe_triggers).
+  DROP POLICY audit_admin_read ON truxe.audit_logs;
+  DROP POLICY audit_self_insert ON truxe.audit_logs;
+  ALTER TABLE truxe.audit_logs DROP CONSTRAINT audit_logs_pkey;
+  ALTER TABLE truxe.audit_logs ADD CONSTRAINT audit_logs_pkey PRIMARY KEY (org_id, id);
+  PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+  -- authenticated may insert only some columns (sql/grants.sql), which the coordinator
+  -- checks; but it sends the shard an INSERT of every column, the defaults filled in. So
+  -- the shards (which copy the table's grants when they are made) get a table-level
+  -- INSERT, and the coordinator's table gets the column list back without telling them
+  GRANT INSERT ON truxe.audit_logs TO authenticated;
+  PERFORM pg_catalog.create_distributed_table('truxe.audit_logs', 'org_id',
+                                              colocate_with => 'none');
+  propagate := pg_catalog.current_setting('citus.enable_ddl_propagation');
+  PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+  REVOKE INSERT ON truxe.audit_logs FROM authenticated;
+  GRANT INSERT (org_id, actor_user_id, action, target_type, target_id, details)
+    ON truxe.audit_logs TO authenticated;
+  PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagate, true);
+  -- the single-node policies (sql/rls.sql) with the claim in place of the org-set helpers,
+  -- under names of their own: each worker's own copy of the extension's table (Citus'
+  -- shell of it there) still has the single-node ones, which the DROP above, made before
+  -- the table was distributed, did not reach (the shards, made from this table, do not)
+  CREATE POLICY audit_admin_read_claim ON truxe.audit_logs FOR SELECT TO authenticated
+    USING (truxe.claim_administers(org_id));
+  CREATE POLICY audit_self_insert_claim ON truxe.audit_logs FOR INSERT TO authenticated
+    WITH CHECK (actor_user_id = truxe.claim_user()
+                AND (org_id = '00000000-0000-0000-0000-000000000000'::uuid
+                     OR truxe.claim_may_act_in(org_id))
+                AND NOT truxe.is_builtin_audit_action(action::text));
+
   RETURN QUERY
     SELECT c.relname::text,
            CASE c.relname
+             WHEN 'audit_logs' THEN 'distributed by org_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              ELSE 'coordinator'

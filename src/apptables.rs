@@ -121,13 +121,13 @@ fn owner_of(fn_oid: pg_sys::Oid) -> Result<pg_sys::Oid, TruxeError> {
 
 /// Runs as `role` until dropped (also when an error unwinds through it; an ERROR that
 /// aborts the (sub)transaction restores the user as well).
-struct ActingAs {
+pub(crate) struct ActingAs {
     user: pg_sys::Oid,
     context: i32,
 }
 
 impl ActingAs {
-    fn switch_to(role: pg_sys::Oid) -> ActingAs {
+    pub(crate) fn switch_to(role: pg_sys::Oid) -> ActingAs {
         let (mut user, mut context) = (pg_sys::InvalidOid, 0);
         // SAFETY: plain reads and writes of the backend's current user, as fmgr does for a
         // SECURITY DEFINER function; the previous values are restored on drop.

@@ -126,6 +126,14 @@ pub(crate) fn write(events: Vec<Event>, request: Client) -> Result<(), TruxeErro
         .map(clip_user_agent)
         .or_else(request_user_agent);
     let request_id = setting_text(REQUEST_ID).and_then(|r| parse_uuid(&r));
+    // on Citus (a distributed audit_logs, src/claim.rs) a row with no org is written under
+    // the nil uuid (Citus refuses a NULL distribution key), and every row as the table's
+    // owner: Citus refuses a transaction that writes a shard as one role and then as another
+    // (a function's row as its caller, then a SECURITY DEFINER trigger's as the owner,
+    // both in the shard of the rows without an org)
+    let owner = crate::claim::distributed_audit_owner();
+    let no_org = owner.map(|_| crate::claim::no_org());
+    let _as_owner = owner.map(crate::apptables::ActingAs::switch_to);
     let jsonb = |d: Option<pg_sys::Datum>| match d {
         // SAFETY: a jsonb datum of the caller's row, alive until it returns (Event::old).
         Some(d) => unsafe { DatumWithOid::new(d, pg_sys::JSONBOID) },
@@ -141,7 +149,7 @@ pub(crate) fn write(events: Vec<Event>, request: Client) -> Result<(), TruxeErro
                 Action::App(a) => (INSERT_APP, a),
             };
             let args = [
-                e.org_id.into(),
+                e.org_id.or(no_org).into(),
                 actor.into(),
                 action.into(),
                 e.target_type.map(Cow::into_owned).into(),

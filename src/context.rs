@@ -384,6 +384,8 @@ fn set_context(
     let local = is_local.unwrap_or(true);
     set_setting(CURRENT_USER_ID, user_id, local);
     set_setting(CURRENT_ORG_ID, org_id, local);
+    // on Citus, the workers' copy of the identity, for this transaction (src/claim.rs)
+    crate::claim::refresh_or_raise();
 }
 
 fn check_set_context(

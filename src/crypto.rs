@@ -72,6 +72,7 @@ pub struct Sealed {
 pub struct KeyRing {
     keys: Vec<(String, Aes256Gcm)>,
     seal_keys: Vec<SealKey>,
+    claim_keys: Vec<SealKey>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -81,6 +82,10 @@ type HmacSha256 = Hmac<Sha256>;
 const SEAL_KEY_LABEL: &[u8] = b"truxe/v1/audit-seal-key";
 /// The message whose MAC under a sealing key is that key's check value.
 const KEY_CHECK_LABEL: &[u8] = b"truxe/v1/audit-seal-key-check";
+/// The label the Citus claim key is derived under (src/claim.rs): the same construction as
+/// the audit sealing key, under another label, so that a claim's MAC is never an audit
+/// seal's and neither is usable for the other.
+const CLAIM_KEY_LABEL: &[u8] = b"truxe/v1/citus-claim-key";
 /// Bytes of a key check value (identifies a key, proves nothing: see [`SealKey::check_value`]).
 pub const KEY_CHECK_LEN: usize = 8;
 
@@ -92,9 +97,9 @@ pub struct SealKey {
 }
 
 impl SealKey {
-    fn derive(id: &str, key: &[u8; 32]) -> SealKey {
+    fn derive(id: &str, key: &[u8; 32], label: &[u8]) -> SealKey {
         let mut derived = Zeroizing::new([0u8; 32]);
-        derived.copy_from_slice(&hmac_sha256(key, SEAL_KEY_LABEL));
+        derived.copy_from_slice(&hmac_sha256(key, label));
         SealKey {
             id: id.to_string(),
             key: derived,
@@ -147,6 +152,17 @@ impl KeyRing {
     /// The audit sealing key of the key that encrypts (the last line's).
     pub fn current_seal_key(&self) -> &SealKey {
         self.seal_keys.last().expect("a key ring is never empty")
+    }
+
+    /// The Citus claim key (src/claim.rs) of the key that encrypts (the last line's): an
+    /// HMAC key derived as the audit sealing key is, under its own label.
+    pub fn current_claim_key(&self) -> &SealKey {
+        self.claim_keys.last().expect("a key ring is never empty")
+    }
+
+    /// The Citus claim key of line `key_id`, if the file holds it.
+    pub fn claim_key(&self, key_id: &str) -> Option<&SealKey> {
+        self.claim_keys.iter().find(|k| k.id == key_id)
     }
 
     /// The audit sealing key of line `key_id`, if the file holds it.
@@ -342,6 +358,7 @@ fn refuse_inside_data_directory(path: &str) -> Result<(), TruxeError> {
 pub fn parse_key_file(text: &str) -> Result<KeyRing, String> {
     let mut keys: Vec<(String, Aes256Gcm)> = Vec::new();
     let mut seal_keys: Vec<SealKey> = Vec::new();
+    let mut claim_keys: Vec<SealKey> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -378,12 +395,17 @@ pub fn parse_key_file(text: &str) -> Result<KeyRing, String> {
         }
         let cipher = Aes256Gcm::new_from_slice(&key[..]).map_err(|_| malformed())?;
         keys.push((id.to_string(), cipher));
-        seal_keys.push(SealKey::derive(id, &key));
+        seal_keys.push(SealKey::derive(id, &key, SEAL_KEY_LABEL));
+        claim_keys.push(SealKey::derive(id, &key, CLAIM_KEY_LABEL));
     }
     if keys.is_empty() {
         return Err("the key file holds no key".to_string());
     }
-    Ok(KeyRing { keys, seal_keys })
+    Ok(KeyRing {
+        keys,
+        seal_keys,
+        claim_keys,
+    })
 }
 
 /// `N` bytes from the OS random source (XX000 if it fails).

@@ -238,12 +238,15 @@ pub(crate) fn verified() -> Option<Verified> {
 /// Makes `id` the verified identity until the current transaction (or savepoint) ends.
 pub(crate) fn establish(id: &Verified) {
     write(&id.encode());
+    // on Citus, the workers' copy of the identity (src/claim.rs)
+    crate::claim::refresh_or_raise();
 }
 
 /// Ends any verified identity now (a no-op, with no setting written, when there is none).
 pub(crate) fn clear() {
     if stored().is_some_and(|v| !v.is_empty()) {
         write("");
+        crate::claim::refresh_or_raise();
     }
 }
 

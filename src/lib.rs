@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 mod api_key;
 mod apptables;
 mod audit;
+mod claim;
 mod cleanup;
 mod context;
 mod crypto;
@@ -52,6 +53,7 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     identity::init();
+    claim::init();
 }
 
 /// The version of the truxe library loaded in this backend (the crate version).

@@ -34,10 +34,14 @@ impl Node {
         // trust: local and loopback connections need no password, between nodes too
         init_data_dir(&bindir, &dir);
         let port = free_loopback_port();
+        // every node holds the same key file: the coordinator signs the audit claim with
+        // it, the workers verify it (src/claim.rs)
         let opts = format!(
             "-c shared_preload_libraries=citus -c listen_addresses=127.0.0.1 -p {port} -k {} \
-             -c fsync=off -c max_connections=100 -c log_min_messages=warning",
-            dir.display()
+             -c fsync=off -c max_connections=100 -c log_min_messages=warning \
+             -c truxe.encryption_key_file={}",
+            dir.display(),
+            key_file().display()
         );
         run(as_owner(&bindir.join("pg_ctl"))
             .arg("-D")
@@ -69,6 +73,27 @@ impl Node {
     }
 }
 
+/// The cluster's key file (one key, `c1`), outside every data directory, readable by the
+/// server: its path and the key's 64 hex digits.
+fn cluster_key() -> &'static (PathBuf, String) {
+    static KEYS: OnceLock<(PathBuf, String)> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("truxe-citus-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the key directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("truxe.keys");
+        let key = crate::mfa::random_key();
+        std::fs::write(&path, format!("c1:{key}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        (path, key)
+    })
+}
+
+fn key_file() -> PathBuf {
+    cluster_key().0.clone()
+}
+
 struct Cluster {
     coordinator: Node,
     workers: [Node; 2],
@@ -84,6 +109,9 @@ extern "C" fn stop_cluster() {
         for w in &c.workers {
             w.remove();
         }
+    }
+    if let Some(dir) = key_file().parent() {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -550,7 +578,15 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
     assert_eq!(seen(&ada), [acme.as_str()]);
     assert_eq!(seen(&bob), [beta.as_str()]);
     let mut a = c.acting_as(&ada);
-    let audit_of_beta: i64 = a
+    // audit_logs is distributed: its policies run on the workers, which know the identity
+    // from the claim that set_context signs for its transaction (docs/scaling.md)
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[&ada],
+    )
+    .unwrap();
+    let audit_of_beta: i64 = t
         .query_one(
             "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
             &[&beta],
@@ -558,7 +594,7 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
         .unwrap()
         .get(0);
     assert_eq!(audit_of_beta, 0, "another tenant's audit rows");
-    let own_audit: i64 = a
+    let own_audit: i64 = t
         .query_one(
             "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
             &[&acme],
@@ -566,6 +602,7 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
         .unwrap()
         .get(0);
     assert!(own_audit >= 1, "the owner reads their org's audit rows");
+    t.commit().unwrap();
 
     // has_permission: role_permissions is a reference table
     let holds = |c: &mut Client, org: &str, p: &str| -> bool {
@@ -715,4 +752,403 @@ fn cleanup_expired_data_deletes_across_shards() {
         .unwrap()
         .get(0);
     assert_eq!(kept, 1, "a live challenge stays");
+}
+
+/// Signs `message` as the coordinator signs a claim (src/claim.rs): HMAC-SHA-256 under the
+/// key derived from the key file's key with the claim label (src/crypto.rs). The test holds
+/// the key file, so it can make a claim with any expiry; a login cannot.
+fn sign_claim(message: &str) -> String {
+    use hmac::{Hmac, Mac};
+    type HmacSha256 = Hmac<sha2::Sha256>;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let raw: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&cluster_key().1[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut m = HmacSha256::new_from_slice(&raw).unwrap();
+    m.update(b"truxe/v1/citus-claim-key");
+    let derived = m.finalize().into_bytes();
+    let mut m = HmacSha256::new_from_slice(&derived).unwrap();
+    m.update(message.as_bytes());
+    format!("{message}:{}", hex(&m.finalize().into_bytes()))
+}
+
+/// Audit rows of `orgs` that `client` reads in a transaction that first runs `setup`.
+fn audit_rows_read(client: &mut Client, setup: &str, orgs: &[String]) -> Vec<(String, i64)> {
+    let mut t = client.transaction().unwrap();
+    t.batch_execute(setup).unwrap();
+    let rows = t
+        .query(
+            "SELECT org_id::text, count(*) FROM truxe.audit_logs
+              WHERE org_id::text = ANY ($1) GROUP BY 1 ORDER BY 1",
+            &[&orgs],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    t.commit().unwrap();
+    rows
+}
+
+/// A `SET LOCAL` of the claim as any login may write it (Citus passes it to the workers).
+fn set_claim(value: &str) -> String {
+    format!(
+        "SET LOCAL citus.propagate_set_commands = 'local';
+         SET LOCAL truxe.claim = '{}';",
+        value.replace('\'', "''")
+    )
+}
+
+const NIL: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Issue 22's check: 12 orgs with audit rows, each org's rows in exactly one shard (the one
+/// Citus computes for its id), the orgs over both workers; an org admin reads their org's
+/// rows and no other tenant's through the signed claim (set_context and authenticate);
+/// claims a login writes itself — garbage, altered, with a bad MAC, expired — give nothing,
+/// and replaying one's own gives nothing new; rows without an org are still written (under
+/// the nil uuid) and read by service_account; the append-only guard holds on the shards.
+#[test]
+fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim() {
+    let Some(c) = cluster() else { return };
+    assert!(c.placement.contains(&(
+        "audit_logs".to_string(),
+        "distributed by org_id".to_string()
+    )));
+    let tenants: Vec<(String, String)> = (0..12)
+        .map(|_| {
+            let (admin, _) = user(c);
+            let org = org(c, &admin);
+            (admin, org)
+        })
+        .collect();
+    let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
+    let mut su = c.superuser();
+    let total = |su: &mut Client, org: &str| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
+            &[&org],
+        )
+        .unwrap()
+        .get(0)
+    };
+
+    // where the rows are: every shard's count per org, with the shard's worker
+    let per_shard: Vec<(i64, i32, String)> = su
+        .query(
+            "SELECT r.shardid, n.nodeport, r.result
+               FROM run_command_on_shards('truxe.audit_logs',
+                      $$SELECT coalesce(string_agg(org_id::text || '=' || n, ','), '')
+                          FROM (SELECT org_id, count(*) n FROM %s GROUP BY 1) x$$) r
+               JOIN pg_dist_placement p ON p.shardid = r.shardid
+               JOIN pg_dist_node n USING (groupid)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(per_shard.len(), 32, "one row per shard");
+    let mut ports = std::collections::BTreeSet::new();
+    for org in &orgs {
+        let holding: Vec<(i64, i32, i64)> = per_shard
+            .iter()
+            .filter_map(|(shard, port, counts)| {
+                counts
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(o, _)| o == org)
+                    .map(|(_, n)| (*shard, *port, n.parse().unwrap()))
+            })
+            .collect();
+        assert_eq!(
+            holding.len(),
+            1,
+            "org {org}'s rows in one shard: {holding:?}"
+        );
+        let (shard, port, n) = holding[0];
+        let expected: i64 = su
+            .query_one(
+                "SELECT get_shard_id_for_distribution_column('truxe.audit_logs', $1::text::uuid)",
+                &[&org],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(shard, expected, "the shard of the org's id");
+        assert!(n >= 1, "create_organization's audit rows");
+        assert_eq!(n, total(&mut su, org), "all of the org's rows");
+        ports.insert(port);
+    }
+    let workers: std::collections::BTreeSet<i32> =
+        c.workers.iter().map(|w| i32::from(w.port)).collect();
+    // 12 random org ids over 32 shards on 2 workers: all on one worker has p = 2^-11
+    assert_eq!(ports, workers, "the 12 orgs spread over both workers");
+
+    // an org admin reads their org's rows and no other tenant's: set_context's claim
+    let (ada, acme) = &tenants[0];
+    let (bob, beta) = &tenants[1];
+    let mut a = c.authenticated();
+    let own = vec![(acme.clone(), total(&mut su, acme))];
+    assert_eq!(
+        audit_rows_read(
+            &mut a,
+            &format!("SELECT truxe.set_context('{ada}', NULL, true)"),
+            &orgs
+        ),
+        own
+    );
+    // … and authenticate's, for a session of another admin
+    let jti: String = c
+        .service()
+        .query_one(
+            "SELECT jti::text FROM truxe.create_session($1::text::uuid)",
+            &[bob],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        audit_rows_read(
+            &mut a,
+            &format!("SELECT FROM truxe.authenticate('{jti}')"),
+            &orgs
+        ),
+        vec![(beta.clone(), total(&mut su, beta))]
+    );
+    // in autocommit the claim reaches no worker (Citus sends SET LOCAL only inside a
+    // transaction block): a session-level context reads nothing there, fail closed
+    let none: i64 = c
+        .acting_as(ada)
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
+            &[acme],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0);
+    assert_eq!(
+        sqlstate(c.acting_as(ada).execute(
+            "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action)
+             VALUES ($1::text::uuid, $2::text::uuid, 'app.note')",
+            &[acme, ada],
+        )),
+        "42501",
+        "an autocommit append has no claim either"
+    );
+
+    // the claim ada's transaction carried, as a login could read it
+    let claim: String = {
+        let mut t = a.transaction().unwrap();
+        t.execute(
+            "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+            &[ada],
+        )
+        .unwrap();
+        let v = t
+            .query_one("SELECT current_setting('truxe.claim')", &[])
+            .unwrap()
+            .get(0);
+        t.commit().unwrap();
+        v
+    };
+    assert!(claim.starts_with("v1:c1:"), "{claim}");
+    let (message, mac) = claim.rsplit_once(':').unwrap();
+    let flipped = format!(
+        "{message}:{}{}",
+        &mac[..mac.len() - 1],
+        if mac.ends_with('0') { '1' } else { '0' }
+    );
+    let widened = claim.replacen(acme.as_str(), beta.as_str(), 2);
+    assert_ne!(widened, claim);
+    let now_micros: i64 = su
+        .query_one(
+            "SELECT ((extract(epoch FROM clock_timestamp()) - 946684800) * 1000000)::bigint",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let signed = |expiry: i64| sign_claim(&format!("v1:c1:{expiry}:{ada}:{acme}:{acme}"));
+    let expired = signed(now_micros - 1_000_000);
+    let stranger = c.authenticated();
+    let mut hostile = stranger;
+    for (what, forged) in [
+        ("garbage", "v1:c1:not-a-claim".to_string()),
+        ("another tenant's org under the same MAC", widened),
+        ("a changed MAC", flipped),
+        ("an expired claim with a valid MAC", expired),
+        ("an unknown key id", claim.replacen("v1:c1:", "v1:c2:", 1)),
+    ] {
+        assert_eq!(
+            audit_rows_read(&mut hostile, &set_claim(&forged), &orgs),
+            vec![],
+            "{what}"
+        );
+    }
+    // the same claim with a live expiry reads: the expiry alone refused it above
+    assert_eq!(
+        audit_rows_read(
+            &mut hostile,
+            &set_claim(&signed(now_micros + 30_000_000)),
+            &orgs
+        ),
+        own
+    );
+    // replaying ada's own claim (within its minute) gives what ada had, nothing more
+    assert_eq!(
+        audit_rows_read(&mut hostile, &set_claim(&claim), &orgs),
+        own
+    );
+
+    // an app appends rows in the acting user's name, for an org it may act in or for none
+    // (the nil uuid on Citus: NULL is no distribution key), inside the claim's transaction
+    let insert = |c: &mut Client, org: &str, actor: &str| {
+        let mut t = c.transaction().unwrap();
+        t.execute(
+            "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+            &[ada],
+        )
+        .unwrap();
+        let r = t.execute(
+            "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action)
+             VALUES ($1::text::uuid, $2::text::uuid, 'app.note')",
+            &[&org, &actor],
+        );
+        // after a refusal the transaction is aborted: its end is a rollback either way
+        let _ = t.commit();
+        r
+    };
+    assert_eq!(insert(&mut a, acme, ada).unwrap(), 1);
+    assert_eq!(insert(&mut a, NIL, ada).unwrap(), 1);
+    assert_eq!(sqlstate(insert(&mut a, beta, ada)), "42501");
+    assert_eq!(sqlstate(insert(&mut a, acme, bob)), "42501");
+    // the request columns stay truxe's to fill in (checked on the coordinator)
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[ada],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.execute(
+            "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, ip)
+             VALUES ($1::text::uuid, $2::text::uuid, 'app.note', '10.0.0.1')",
+            &[acme, ada],
+        )),
+        "42501"
+    );
+    drop(t);
+
+    // rows without an org: written under the nil uuid, read by service_account as before,
+    // not by an org admin
+    let email = format!("{}@citus.example", unique("orgless"));
+    let mut s = c.service();
+    let token: String = s
+        .query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
+        .unwrap()
+        .get(0);
+    let login: String = s
+        .query_one(
+            "SELECT user_id::text FROM truxe.verify_magic_link($1)",
+            &[&token],
+        )
+        .unwrap()
+        .get(0);
+    let orgless: i64 = s
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs
+              WHERE org_id = $2::text::uuid AND target_id = $1 AND action = 'user.login'",
+            &[&login, &NIL],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(orgless, 1, "the login's audit row, under the nil uuid");
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[ada],
+    )
+    .unwrap();
+    let seen: i64 = t
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
+            &[&NIL],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "an org admin does not read org-less rows");
+    t.commit().unwrap();
+
+    // append-only on the shards too
+    for sql in [
+        "UPDATE truxe.audit_logs SET details = '{}' WHERE org_id = $1::text::uuid",
+        "DELETE FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
+    ] {
+        assert_eq!(sqlstate(s.execute(sql, &[acme])), "55000", "{sql}");
+    }
+}
+
+/// What a distributed audit_logs does not support yet fails loudly, never silently
+/// (docs/scaling.md, "Not supported on Citus yet"): seal_audit_log (0A000: Citus plans no
+/// SQL function with parameters over a distributed table, which audit_rows_digest is) and
+/// purge_audit_logs (55000: the append-only guard runs on the shards, where the purge's
+/// permit does not reach). cleanup_expired_data, which leaves audit rows alone, still works.
+#[test]
+fn sealing_and_purging_a_distributed_audit_log_are_refused() {
+    let Some(c) = cluster() else { return };
+    let (ada, _) = user(c);
+    org(c, &ada);
+    let mut s = c.service();
+    assert_eq!(
+        sqlstate(s.query_one("SELECT truxe.seal_audit_log()", &[])),
+        "0A000"
+    );
+    assert_eq!(
+        sqlstate(s.query_one("SELECT truxe.purge_audit_logs('100 days')", &[])),
+        "55000"
+    );
+    let rows: i64 = s
+        .query_one("SELECT count(*) FROM truxe.cleanup_expired_data()", &[])
+        .unwrap()
+        .get(0);
+    assert!(rows > 0);
+}
+
+/// On a single node (no Citus) nothing of the Citus audit placement shows: set_context
+/// signs no claim, and a row without an org keeps a NULL org_id. Runs on every version.
+#[test]
+fn a_single_node_makes_no_claim_and_keeps_null_orgs() {
+    let db = server().fresh_db(true);
+    let mut s = db.service();
+    let email = format!("{}@single.example", unique("nocitus"));
+    let token: String = s
+        .query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email])
+        .unwrap()
+        .get(0);
+    let user: String = s
+        .query_one(
+            "SELECT user_id::text FROM truxe.verify_magic_link($1)",
+            &[&token],
+        )
+        .unwrap()
+        .get(0);
+    let null_org: i64 = s
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs
+              WHERE org_id IS NULL AND action = 'user.login' AND target_id = $1",
+            &[&user],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(null_org, 1);
+    let mut a = db.authenticated();
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[&user],
+    )
+    .unwrap();
+    let claim: Option<String> = t
+        .query_one("SELECT current_setting('truxe.claim', true)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(claim.unwrap_or_default(), "");
+    t.commit().unwrap();
 }
