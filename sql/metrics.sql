@@ -20,7 +20,29 @@ CREATE FUNCTION truxe.metrics()
 RETURNS TABLE(metric text, labels jsonb, value double precision)
 LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  -- audit rows of the last 24 hours: exact while the ids from the day's first row (the
+  -- oldest, by (created_at, id)) to the newest span fewer than 100,000, or when one of the 16
+  -- rows before that first one (in id order) is itself of the day (rows written out of date
+  -- order). Otherwise the span itself: a few index probes instead of a count of every row of
+  -- the day; it then also counts the ids of audit writes that rolled back and of rows
+  -- written since with an older date. Separate statements: Citus plans no correlated
+  -- subquery over a distributed audit_logs (docs/scaling.md).
+  day_first bigint;
+  day_rows bigint;
 BEGIN
+  SELECT a.id INTO day_first FROM truxe.audit_logs a
+   WHERE a.created_at > now() - interval '24 hours' ORDER BY a.created_at, a.id LIMIT 1;
+  day_rows := (SELECT max(a.id) FROM truxe.audit_logs a) - day_first + 1;
+  IF day_first IS NULL THEN
+    day_rows := 0;
+  ELSIF day_rows <= 100000
+        OR (SELECT max(b.created_at) FROM (
+              SELECT a.created_at FROM truxe.audit_logs a WHERE a.id < day_first
+               ORDER BY a.id DESC LIMIT 16) b) > now() - interval '24 hours' THEN
+    day_rows := (SELECT count(*) FROM truxe.audit_logs a
+                  WHERE a.created_at > now() - interval '24 hours');
+  END IF;
   RETURN QUERY
   WITH events AS MATERIALIZED (  -- one pass over the hour's audit rows, not one per metric
     SELECT a.action::text AS action, count(*) AS n
@@ -95,25 +117,7 @@ BEGIN
          (SELECT count(*) FROM truxe.rate_limits r
            WHERE r.exhausted_at IS NOT NULL AND r.window_end > now())::double precision
   UNION ALL
-  -- Exact while the ids from the day's first audit row (the oldest, by (created_at, id)) to
-  -- the newest span fewer than 100,000, or when one of the 16 rows before that first one (in
-  -- id order) is itself of the day (rows written out of date order). Otherwise the span
-  -- itself: a few index probes instead of a count of every row of the day; it then also
-  -- counts the ids of audit writes that rolled back and of rows written since with an older
-  -- date.
-  SELECT 'audit_rows_last_day', '{}'::jsonb,
-         (SELECT CASE WHEN d.first_id IS NULL THEN 0
-                      WHEN d.last_id - d.first_id < 100000
-                        OR (SELECT max(b.created_at) FROM (
-                              SELECT a.created_at FROM truxe.audit_logs a WHERE a.id < d.first_id
-                               ORDER BY a.id DESC LIMIT 16) b) > now() - interval '24 hours'
-                      THEN (SELECT count(*) FROM truxe.audit_logs a
-                             WHERE a.created_at > now() - interval '24 hours')
-                      ELSE d.last_id - d.first_id + 1 END
-            FROM (SELECT (SELECT a.id FROM truxe.audit_logs a
-                           WHERE a.created_at > now() - interval '24 hours'
-                           ORDER BY a.created_at, a.id LIMIT 1) AS first_id,
-                         (SELECT max(a.id) FROM truxe.audit_logs a) AS last_id) d)::double precision
+  SELECT 'audit_rows_last_day', '{}'::jsonb, day_rows::double precision
   UNION ALL
   SELECT 'cleanup_overdue_seconds', jsonb_build_object('table', o.tbl),
          COALESCE(GREATEST(extract(epoch FROM now() - o.due), 0), 0)::double precision
