@@ -38,13 +38,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- every function pins search_path (none resolves names through the caller's path), except
-  -- the Rust functions that resolve no name at all (the two getters, src/identity.rs, and
-  -- the audit action check, src/apptables.rs) and the SQL functions whose
+  -- the Rust functions that resolve no name at all (the two getters, src/identity.rs, the
+  -- audit action check, src/apptables.rs, and on Citus the three claim checks that
+  -- truxe.distribute() creates, src/claim.rs) and the SQL functions whose
   -- bodies qualify every name because a SET would stop inlining: the two tree walkers
   -- (sql/hierarchy.sql), the wildcard rule and the calling-role and service-caller tests
   -- (sql/orgs.sql)
   SELECT 'search_path_pinned', count(*) = 0,
-         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id, current_org_id and valid_audit_action resolve no name; org_ancestors, org_descendants, permission_matches, calling_role and caller_is_service qualify every name)'
+         CASE WHEN count(*) = 0 THEN 'every function sets search_path (current_user_id, current_org_id, valid_audit_action and the claim checks resolve no name; org_ancestors, org_descendants, permission_matches, calling_role and caller_is_service qualify every name)'
               ELSE 'no fixed search_path: ' || string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text) END
     FROM pg_proc p
    WHERE p.pronamespace = 'truxe'::regnamespace
@@ -52,7 +53,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                            'truxe.org_ancestors(uuid)', 'truxe.org_descendants(uuid)',
                                            'truxe.permission_matches(text,text)',
                                            'truxe.calling_role()', 'truxe.caller_is_service()',
-                                           'truxe.valid_audit_action(text)')
+                                           'truxe.valid_audit_action(text)',
+                                           'truxe.claim_user()', 'truxe.claim_administers(uuid)',
+                                           'truxe.claim_may_act_in(uuid)')
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- the identity mode: under `trusted`, any login that can become `authenticated` can claim

@@ -311,6 +311,16 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
     let mut workers: Vec<i32> = c.workers.iter().map(|w| i32::from(w.port)).collect();
     workers.sort_unstable();
     assert_eq!(ports, workers);
+    // the claim checks distribute() created carry no SET clause (they resolve no name): the
+    // security report knows them
+    let pinned: bool = su
+        .query_one(
+            "SELECT ok FROM truxe.security_report() WHERE check_name = 'search_path_pinned'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(pinned, "security_report flags distribute()'s functions");
 
     assert_eq!(
         sqlstate(su.query("SELECT * FROM truxe.distribute()", &[])),
