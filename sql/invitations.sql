@@ -46,8 +46,9 @@ CREATE POLICY service_all ON truxe.invitations TO service_account USING (true) W
 CREATE POLICY invitation_admin_read ON truxe.invitations FOR SELECT TO authenticated
   USING (org_id = ANY ((SELECT truxe.admin_org_ids())::uuid[]));
 
--- Whether an invitation's inviter could still send it (service_account: accept_invitation_token
--- and inspect_invitation run as their caller): an active user whom truxe.require_grant_rights
+-- Whether an invitation's inviter could still send it (accept_invitation_token and
+-- inspect_invitation answer the plain case in their own lookup and ask this function
+-- otherwise, src/invitation.rs): an active user whom truxe.require_grant_rights
 -- lets grant the invitation's role and permissions in its org today. An invitation carries
 -- its inviter's authority, as an API key its creator's: once the inviter is removed,
 -- suspended, deleted or demoted, it is revoked at its next use. False for an unknown id.

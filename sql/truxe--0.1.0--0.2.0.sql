@@ -1529,12 +1529,12 @@ $$;
 -- the token functions (src/invitation.rs), as pgrx declares them
 CREATE FUNCTION truxe.accept_invitation_token(token text, user_id uuid DEFAULT NULL)
 RETURNS TABLE(status text, org_id uuid, user_id uuid)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, truxe, pg_temp
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp
 ROWS 1 AS 'MODULE_PATHNAME', 'accept_invitation_token_wrapper';
 CREATE FUNCTION truxe.inspect_invitation(token text)
 RETURNS TABLE(status text, org_id uuid, org_name text, email citext,
               role truxe.membership_role, expires_at timestamptz)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, truxe, pg_temp
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp
 ROWS 1 AS 'MODULE_PATHNAME', 'inspect_invitation_wrapper';
 -- invite_by_email: a SQL wrapper that raises TX429 over an internal Rust function (see
 -- section "One error path (issue 16)")
@@ -1549,13 +1549,20 @@ CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
+DECLARE
+  r record;
 BEGIN
-  RETURN QUERY
-  SELECT i.invitation_id, i.token, i.expires_at
+  SELECT * INTO r
     FROM truxe.invite_by_email_internal(invite_by_email.org_id, invite_by_email.email,
                                         invite_by_email.role, invite_by_email.permissions,
-                                        invite_by_email.ttl) i
-   WHERE truxe.raise_too_many_requests(i.refused);
+                                        invite_by_email.ttl);
+  IF r.refused IS NOT NULL THEN
+    PERFORM truxe.raise_too_many_requests(r.refused);
+  END IF;
+  invitation_id := r.invitation_id;
+  token := r.token;
+  expires_at := r.expires_at;
+  RETURN NEXT;
 END
 $$;
 
@@ -1945,8 +1952,9 @@ REVOKE ALL ON FUNCTION truxe.distribute() FROM PUBLIC;
 -- == Invitations carry their inviter's authority (issue 12) ==
 -- New: an invitation whose inviter could no longer send it (removed, suspended, deleted,
 -- demoted) is revoked at its next use (src/invitation.rs); the text of sql/invitations.sql.
--- Whether an invitation's inviter could still send it (service_account: accept_invitation_token
--- and inspect_invitation run as their caller): an active user whom truxe.require_grant_rights
+-- Whether an invitation's inviter could still send it (accept_invitation_token and
+-- inspect_invitation answer the plain case in their own lookup and ask this function
+-- otherwise, src/invitation.rs): an active user whom truxe.require_grant_rights
 -- lets grant the invitation's role and permissions in its org today. An invitation carries
 -- its inviter's authority, as an API key its creator's: once the inviter is removed,
 -- suspended, deleted or demoted, it is revoked at its next use. False for an unknown id.

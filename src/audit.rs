@@ -110,22 +110,53 @@ const INSERT_TYPES: [PgOid; 12] = [
     UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID, JSONB, JSONB, TEXT,
 ];
 
+/// What every audit row takes from the moment it is written: the acting user, the API key
+/// acting (its id goes into the details), the client address and agent (given, else the
+/// request settings) and the request id. [`write`] uses it for each row; a statement that
+/// writes its audit row itself, as one of its own parts (invite_by_email), passes these
+/// values as parameters so that its row is the same as write's.
+pub(crate) struct Moment {
+    pub actor: Option<Uuid>,
+    api_key: Option<Uuid>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<Uuid>,
+}
+
+impl Moment {
+    pub(crate) fn now(request: Client) -> Moment {
+        Moment {
+            actor: crate::identity::acting_user(),
+            // an API key has no user: its id goes into the details, so that the row names
+            // who acted
+            api_key: crate::identity::verified().and_then(|v| v.api_key),
+            ip: request.ip.or_else(request_ip),
+            user_agent: request
+                .user_agent
+                .map(clip_user_agent)
+                .or_else(request_user_agent),
+            request_id: setting_text(REQUEST_ID).and_then(|r| parse_uuid(&r)),
+        }
+    }
+
+    /// `details` as the row stores them.
+    pub(crate) fn details(&self, mut details: Value) -> Value {
+        if let (Some(key), Value::Object(d)) = (self.api_key, &mut details) {
+            d.insert("api_key_id".into(), json!(key.to_string()));
+        }
+        details
+    }
+}
+
 /// Writes `events` with the acting user and request context of this moment, as the
 /// current role: the audit triggers' owner, or for application tables the extension owner
-/// (src/apptables.rs). The one writer of truxe.audit_logs.
+/// (src/apptables.rs). The one writer of truxe.audit_logs, but for the statements that
+/// write their row themselves with [`Moment`].
 pub(crate) fn write(events: Vec<Event>, request: Client) -> Result<(), TruxeError> {
     if events.is_empty() {
         return Ok(());
     }
-    let actor = crate::identity::acting_user();
-    // an API key has no user: its id goes into the details, so that the row names who acted
-    let api_key = crate::identity::verified().and_then(|v| v.api_key);
-    let ip = request.ip.or_else(request_ip);
-    let user_agent = request
-        .user_agent
-        .map(clip_user_agent)
-        .or_else(request_user_agent);
-    let request_id = setting_text(REQUEST_ID).and_then(|r| parse_uuid(&r));
+    let moment = Moment::now(request);
     // on Citus (a distributed audit_logs, src/claim.rs) a row with no org is written under
     // the nil uuid (Citus refuses a NULL distribution key), and every row as the table's
     // owner: Citus refuses a transaction that writes a shard as one role and then as another
@@ -140,24 +171,21 @@ pub(crate) fn write(events: Vec<Event>, request: Client) -> Result<(), TruxeErro
         None => DatumWithOid::null_oid(pg_sys::JSONBOID),
     };
     Spi::connect_mut(|client| {
-        for mut e in events {
-            if let (Some(key), Value::Object(details)) = (api_key, &mut e.details) {
-                details.insert("api_key_id".into(), json!(key.to_string()));
-            }
+        for e in events {
             let (insert, action) = match e.action {
                 Action::Truxe(a) => (INSERT_TRUXE, a.to_string()),
                 Action::App(a) => (INSERT_APP, a),
             };
             let args = [
                 e.org_id.or(no_org).into(),
-                actor.into(),
+                moment.actor.into(),
                 action.into(),
                 e.target_type.map(Cow::into_owned).into(),
                 e.target_id.into(),
-                JsonB(e.details).into(),
-                ip.clone().into(),
-                user_agent.clone().into(),
-                request_id.into(),
+                JsonB(moment.details(e.details)).into(),
+                moment.ip.clone().into(),
+                moment.user_agent.clone().into(),
+                moment.request_id.into(),
                 jsonb(e.old),
                 jsonb(e.new),
                 e.values_under.into(),

@@ -161,7 +161,7 @@ pgrx::extension_sql!(
     r#"
 -- Raises truxe's own SQLSTATE TX429 with `refused` as the message (at most 200
 -- characters, as every message is short) when it is not NULL; true otherwise. The one place TX429 is raised: the PL/pgSQL wrappers of the functions whose
--- Rust half answers a refusal as data (issue_magic_link, invite_by_email) filter on it.
+-- Rust half answers a refusal as data (issue_magic_link, invite_by_email) call it.
 -- Internal: only those wrappers (SECURITY DEFINER) call it (src/error.rs).
 CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

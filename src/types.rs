@@ -35,6 +35,18 @@ impl user_status {
 }
 
 impl membership_role {
+    /// The role of a label (a column read as text: no lookup of the enum type by name).
+    pub fn from_label(label: &str) -> Option<membership_role> {
+        [
+            membership_role::owner,
+            membership_role::admin,
+            membership_role::member,
+            membership_role::viewer,
+        ]
+        .into_iter()
+        .find(|r| r.label() == label)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             membership_role::owner => "owner",

@@ -724,3 +724,101 @@ fn an_invitation_ends_with_its_inviters_authority() {
     assert_eq!(inspect(&mut s, &token), "revoked");
     assert_eq!(accept(&mut s, &token, None).0, "revoked");
 }
+
+/// The inviter's authority is decided in two places that must agree: the lookup of the
+/// invitation answers the plain case (no extra permissions) itself, and
+/// inviter_still_may_invite every other one; invite_by_email likewise checks the plain case
+/// in one statement and leaves the rest to require_grant_rights. Rights through an
+/// ancestor, a permission the inviter still holds, and the owner role an owner granted
+/// before becoming an admin each get the rule's answer, whichever path decides.
+#[test]
+fn an_inviters_authority_is_the_same_whichever_check_decides() {
+    let o = org();
+    let (mut su, mut s) = (o.db.superuser(), o.db.service());
+    let mut owner = o.db.acting_as(&o.owner);
+    let child: String = owner
+        .query_one(
+            "SELECT truxe.create_organization('acme-child', 'Child', $1::text::uuid)::text",
+            &[&o.id],
+        )
+        .unwrap()
+        .get(0);
+
+    // an admin of the parent invites into the child (and may: rights through an ancestor);
+    // a member of the parent may not
+    let (_, token) = invite(
+        &mut o.db.acting_as(&o.admin),
+        &child,
+        "kid@else.example",
+        "member",
+        "[]",
+    );
+    assert_eq!(inspect(&mut s, &token), "valid");
+    let (status, org_id, _) = accept(&mut s, &token, None);
+    assert_eq!(
+        (status.as_str(), org_id.as_deref()),
+        ("accepted", Some(child.as_str()))
+    );
+    let refused = o.db.acting_as(&o.member).query_one(
+        "SELECT token FROM truxe.invite_by_email($1::text::uuid, 'no@else.example')",
+        &[&child],
+    );
+    assert_eq!(sqlstate(refused), "42501");
+
+    // a permission the inviter holds (the full check, on invite and on accept)
+    su.execute(
+        "UPDATE truxe.memberships SET permissions = '[\"billing:read\"]'
+          WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+        &[&o.id, &o.admin],
+    )
+    .unwrap();
+    let (_, token) = invite(
+        &mut o.db.acting_as(&o.admin),
+        &o.id,
+        "perm-ok@x.example",
+        "member",
+        "[\"billing:read\"]",
+    );
+    let (status, _, user) = accept(&mut s, &token, None);
+    assert_eq!(status, "accepted");
+    assert_eq!(
+        membership(&mut su, &o.id, &user.unwrap()),
+        Some(("member".into(), "[\"billing:read\"]".into(), true))
+    );
+
+    // an owner's invitation of an owner: accepted while the inviter is an owner, revoked
+    // once the inviter is only an admin (an admin may not grant the owner role)
+    let set_role = |owner: &mut Client, user: &str, role: &str| {
+        owner
+            .execute(
+                "SELECT truxe.change_role($1::text::uuid, $2::text::uuid, $3::text::truxe.membership_role)",
+                &[&o.id, &user, &role],
+            )
+            .unwrap();
+    };
+    set_role(&mut owner, &o.admin, "owner");
+    let (_, kept) = invite(
+        &mut o.db.acting_as(&o.admin),
+        &o.id,
+        "co-owner@x.example",
+        "owner",
+        "[]",
+    );
+    let (_, dropped) = invite(
+        &mut o.db.acting_as(&o.admin),
+        &o.id,
+        "would-be-owner@x.example",
+        "owner",
+        "[]",
+    );
+    assert_eq!(accept(&mut s, &kept, None).0, "accepted");
+    set_role(&mut owner, &o.admin, "admin");
+    assert_eq!(inspect(&mut s, &dropped), "revoked");
+    assert_eq!(accept(&mut s, &dropped, None).0, "revoked");
+    // and as an admin they cannot send it again
+    let refused = o.db.acting_as(&o.admin).query_one(
+        "SELECT token FROM truxe.invite_by_email($1::text::uuid, 'would-be-owner@x.example', 'owner')",
+        &[&o.id],
+    );
+    assert_eq!(sqlstate(refused), "42501");
+}
