@@ -185,12 +185,18 @@ pub(crate) fn acting_org_ids(set: OrgSet) -> Result<Vec<pgrx::Uuid>, TruxeError>
 /// none unless the user is active. One plan without a CTE or a hashed UNION: executor
 /// start-up is most of what this costs (bench/README.md, "RLS list latency").
 fn orgs_and_descendants(user: pgrx::Uuid, admin_only: bool) -> Result<Vec<pgrx::Uuid>, TruxeError> {
-    let sql = if admin_only {
-        ADMIN_FLAT
-    } else {
-        ACCESSIBLE_FLAT
+    let mut ids = match flat_org_ids_direct(user, admin_only) {
+        Some(ids) => ids,
+        None => user_org_ids(
+            if admin_only {
+                ADMIN_FLAT
+            } else {
+                ACCESSIBLE_FLAT
+            },
+            user,
+            None,
+        )?,
     };
-    let mut ids = user_org_ids(sql, user, None)?;
     ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     ids.dedup();
     Ok(ids)
@@ -217,6 +223,87 @@ macro_rules! flat_org_ids {
 }
 const ACCESSIBLE_FLAT: &str = flat_org_ids!("");
 const ADMIN_FLAT: &str = flat_org_ids!(" AND m.role IN ('owner', 'admin')");
+
+/// The rows of [`ACCESSIBLE_FLAT`] (or, `admin_only`, [`ADMIN_FLAT`]) for `user`, read
+/// through the three indexes that statement's plan uses, without SPI or the executor
+/// (src/index_read.rs): the policies call this once per statement, and through SPI it
+/// spent more time starting the plan and evaluating its quals than reading its few index
+/// pages (bench/README.md, "Performance work after the 0.2 run"). Same rows, same snapshot,
+/// same locks; may repeat an id. None when the direct read does not apply (SERIALIZABLE, no
+/// active snapshot) or a relation, index, column or enum label is not where truxe's schema
+/// puts it: the caller then runs the SQL. users, memberships and org_closure are plain
+/// tables on this node (docs/scaling.md: they stay on a Citus coordinator); a placement
+/// that moves them must come back to the SQL.
+fn flat_org_ids_direct(user: pgrx::Uuid, admin_only: bool) -> Option<Vec<pgrx::Uuid>> {
+    use crate::index_read::{self as ir, Indexed, Read};
+    if !ir::usable() {
+        return None;
+    }
+    let nsp = ir::truxe_namespace()?;
+    let users = ir::relation(nsp, c"users")?;
+    let users_pkey = ir::relation(nsp, c"users_pkey")?;
+    let memberships = ir::relation(nsp, c"memberships")?;
+    let by_user = ir::relation(nsp, c"idx_memberships_user_org")?;
+    let closure = ir::relation(nsp, c"org_closure")?;
+    let by_ancestor = ir::relation(nsp, c"org_closure_pkey")?;
+    let status = ir::column(users, c"status")? as usize;
+    let active = ir::enum_label(nsp, c"user_status", c"active")?;
+    let owner = ir::enum_label(nsp, c"membership_role", c"owner")?;
+    let admin = ir::enum_label(nsp, c"membership_role", c"admin")?;
+
+    // nothing unless the user is active: users_pkey (id), the row's status
+    let table = Indexed::open(users, users_pkey, &[c"id"])?;
+    let mut scan = table.scan_uuid(user, Read::Heap(status));
+    let mut is_active = false;
+    while scan.next() {
+        is_active |= scan.oid(status) == Some(active);
+    }
+    scan.end();
+    table.close();
+    if !is_active {
+        return Some(Vec::new());
+    }
+    // joined memberships: idx_memberships_user_org (user_id, org_id) INCLUDE (role, joined_at)
+    let table = Indexed::open(
+        memberships,
+        by_user,
+        &[c"user_id", c"org_id", c"role", c"joined_at"],
+    )?;
+    let mut scan = table.scan_uuid(user, Read::IndexOnly);
+    let mut ids = Vec::new();
+    let mut administered = Vec::new();
+    while scan.next() {
+        let (Some(org), Some(role), false) = (scan.uuid(2), scan.oid(3), scan.is_null(4)) else {
+            continue;
+        };
+        let is_admin = role == owner || role == admin;
+        if is_admin {
+            administered.push(org);
+        }
+        if is_admin || !admin_only {
+            ids.push(org);
+        }
+    }
+    scan.end();
+    table.close();
+    // their descendants: org_closure_pkey (ancestor_id, descendant_id) INCLUDE (depth)
+    if !administered.is_empty() {
+        let table = Indexed::open(
+            closure,
+            by_ancestor,
+            &[c"ancestor_id", c"descendant_id", c"depth"],
+        )?;
+        for org in administered {
+            let mut scan = table.scan_uuid(org, Read::IndexOnly);
+            while scan.next() {
+                ids.extend(scan.uuid(2));
+            }
+            scan.end();
+        }
+        table.close();
+    }
+    Some(ids)
+}
 
 /// The org ids `sql` lists for `user` (`$1`) and, when the text takes it, `org` (`$2`).
 /// Read-only, in the calling statement's snapshot.

@@ -18,6 +18,7 @@ mod error;
 mod gucs;
 mod hierarchy;
 mod identity;
+mod index_read;
 mod invitation;
 mod jsonb;
 mod magic_link;

@@ -692,3 +692,112 @@ fn a_suspended_user_opens_no_org_through_rls() {
         );
     }
 }
+
+/// accessible_org_ids() and admin_org_ids() without an acting org read users, memberships
+/// and org_closure through their indexes (src/index_read.rs), index-only where the
+/// visibility map allows. Over a tree of orgs and users in every state — rows on
+/// all-visible pages (after VACUUM), rows changed since (pages no longer all-visible, dead
+/// index entries), suspended users, pending and deleted memberships, a promoted member —
+/// they answer exactly what their SQL (the one the SERIALIZABLE fallback runs) answers, in
+/// READ COMMITTED, REPEATABLE READ and SERIALIZABLE, and a change made by the same
+/// transaction is seen.
+#[test]
+fn org_sets_read_through_the_indexes_match_their_sql() {
+    let db = server().fresh_db(true);
+    let mut su = db.superuser();
+    // 24 orgs in chains of 6; 40 users with 4 memberships each: owner, admin, 2 members
+    su.batch_execute(
+        "CREATE FUNCTION pg_temp.id(kind int, n int) RETURNS uuid LANGUAGE sql IMMUTABLE AS
+           $$ SELECT (lpad(kind::text, 8, '0') || '-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid $$;
+         INSERT INTO truxe.users (id, email, status, email_verified)
+           SELECT pg_temp.id(1, g), 'u' || g || '@x.example', 'active', true FROM generate_series(1, 40) g;
+         DO $$ BEGIN
+           FOR g IN 1..24 LOOP
+             INSERT INTO truxe.organizations (id, slug, name, parent_org_id)
+             VALUES (pg_temp.id(2, g), 'o-' || g, 'O' || g,
+                     CASE WHEN (g - 1) % 6 = 0 THEN NULL ELSE pg_temp.id(2, g - 1) END);
+           END LOOP;
+         END $$;
+         INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
+           SELECT pg_temp.id(2, 1 + (u * 5 + k) % 24), pg_temp.id(1, u),
+                  (CASE k WHEN 0 THEN 'owner' WHEN 1 THEN 'admin' ELSE 'member' END)::truxe.membership_role,
+                  now(), now()
+             FROM generate_series(1, 40) u, generate_series(0, 3) k;",
+    )
+    .unwrap();
+    su.batch_execute("VACUUM (ANALYZE) truxe.users, truxe.memberships, truxe.org_closure")
+        .unwrap();
+    // changes after VACUUM: their pages are no longer all-visible
+    su.batch_execute(
+        "UPDATE truxe.users SET status = 'suspended' WHERE id = pg_temp.id(1, 3);
+         UPDATE truxe.memberships SET joined_at = NULL WHERE user_id = pg_temp.id(1, 4) AND role = 'owner';
+         DELETE FROM truxe.memberships WHERE user_id = pg_temp.id(1, 5) AND role = 'admin';
+         UPDATE truxe.memberships SET role = 'admin'
+          WHERE user_id = pg_temp.id(1, 6) AND org_id = pg_temp.id(2, 1 + (6 * 5 + 2) % 24);
+         UPDATE truxe.organizations SET parent_org_id = NULL WHERE id = pg_temp.id(2, 10);",
+    )
+    .unwrap();
+    let compare = |su: &mut Client, isolation: &str, own_change: bool| {
+        let mut seen = 0;
+        for u in 1..=40 {
+            let mut tx = su
+                .build_transaction()
+                .isolation_level(match isolation {
+                    "serializable" => postgres::IsolationLevel::Serializable,
+                    "repeatable read" => postgres::IsolationLevel::RepeatableRead,
+                    _ => postgres::IsolationLevel::ReadCommitted,
+                })
+                .start()
+                .unwrap();
+            tx.execute(
+                "SELECT set_config('app.current_user_id', pg_temp.id(1, $1)::text, true)",
+                &[&u],
+            )
+            .unwrap();
+            if own_change {
+                // the transaction's own change: the user's first membership becomes pending
+                tx.execute(
+                    "UPDATE truxe.memberships SET joined_at = NULL
+                      WHERE user_id = pg_temp.id(1, $1) AND org_id = pg_temp.id(2, 1 + ($1 * 5) % 24)",
+                    &[&u],
+                )
+                .unwrap();
+            }
+            let row = tx
+                .query_one(
+                    "WITH flat(admin_only) AS (VALUES (false), (true))
+                     SELECT (SELECT array_agg(x ORDER BY x)::text FROM unnest(truxe.accessible_org_ids()) x),
+                            (SELECT array_agg(x ORDER BY x)::text FROM unnest(truxe.admin_org_ids()) x),
+                            array_agg((SELECT array_agg(DISTINCT s.org_id ORDER BY s.org_id)::text FROM (
+                                SELECT m.org_id FROM truxe.memberships m
+                                 WHERE m.user_id = pg_temp.id(1, $1) AND m.joined_at IS NOT NULL
+                                   AND (NOT f.admin_only OR m.role IN ('owner', 'admin'))
+                                UNION ALL
+                                SELECT c.descendant_id FROM truxe.memberships m
+                                  JOIN truxe.org_closure c ON c.ancestor_id = m.org_id
+                                 WHERE m.user_id = pg_temp.id(1, $1) AND m.joined_at IS NOT NULL
+                                   AND m.role IN ('owner', 'admin')) s
+                              WHERE EXISTS (SELECT 1 FROM truxe.users v
+                                             WHERE v.id = pg_temp.id(1, $1) AND v.status = 'active'))
+                              ORDER BY f.admin_only)
+                       FROM flat f",
+                    &[&u],
+                )
+                .unwrap();
+            let (accessible, admin): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+            seen += usize::from(admin.is_some());
+            let expected: Vec<Option<String>> = row.get(2);
+            assert_eq!(
+                vec![accessible, admin],
+                expected,
+                "user {u}, {isolation}, own change: {own_change}"
+            );
+            tx.rollback().unwrap();
+        }
+        assert!(seen >= 35, "{isolation}: admin sets for {seen} of 40 users");
+    };
+    for isolation in ["read committed", "repeatable read", "serializable"] {
+        compare(&mut su, isolation, false);
+        compare(&mut su, isolation, true);
+    }
+}
