@@ -240,27 +240,15 @@ fn flat_org_ids_direct(user: pgrx::Uuid, admin_only: bool) -> Option<Vec<pgrx::U
         return None;
     }
     let nsp = ir::truxe_namespace()?;
-    let users = ir::relation(nsp, c"users")?;
-    let users_pkey = ir::relation(nsp, c"users_pkey")?;
     let memberships = ir::relation(nsp, c"memberships")?;
     let by_user = ir::relation(nsp, c"idx_memberships_user_org")?;
     let closure = ir::relation(nsp, c"org_closure")?;
     let by_ancestor = ir::relation(nsp, c"org_closure_pkey")?;
-    let status = ir::column(users, c"status")? as usize;
-    let active = ir::enum_label(nsp, c"user_status", c"active")?;
     let owner = ir::enum_label(nsp, c"membership_role", c"owner")?;
     let admin = ir::enum_label(nsp, c"membership_role", c"admin")?;
 
-    // nothing unless the user is active: users_pkey (id), the row's status
-    let table = Indexed::open(users, users_pkey, &[c"id"])?;
-    let mut scan = table.scan_uuid(user, Read::Heap(status));
-    let mut is_active = false;
-    while scan.next() {
-        is_active |= scan.oid(status) == Some(active);
-    }
-    scan.end();
-    table.close();
-    if !is_active {
+    // nothing unless the user is active
+    if !user_is_active_direct(user)? {
         return Some(Vec::new());
     }
     // joined memberships: idx_memberships_user_org (user_id, org_id) INCLUDE (role, joined_at)
@@ -303,6 +291,31 @@ fn flat_org_ids_direct(user: pgrx::Uuid, admin_only: bool) -> Option<Vec<pgrx::U
         table.close();
     }
     Some(ids)
+}
+
+/// Whether `user` exists and is active, read through `users_pkey` in the calling
+/// statement's snapshot (src/index_read.rs: a heap read, which takes SERIALIZABLE's
+/// predicate locks itself). None when there is no active snapshot, or a relation, column
+/// or enum label is not where truxe's schema puts it.
+pub(crate) fn user_is_active_direct(user: pgrx::Uuid) -> Option<bool> {
+    use crate::index_read::{self as ir, Indexed, Read};
+    // SAFETY: backend-local state, no preconditions
+    if !unsafe { pgrx::pg_sys::ActiveSnapshotSet() } {
+        return None;
+    }
+    let nsp = ir::truxe_namespace()?;
+    let users = ir::relation(nsp, c"users")?;
+    let status = ir::column(users, c"status")? as usize;
+    let active = ir::enum_label(nsp, c"user_status", c"active")?;
+    let table = Indexed::open(users, ir::relation(nsp, c"users_pkey")?, &[c"id"])?;
+    let mut scan = table.scan_uuid(user, Read::Heap(status));
+    let mut is_active = false;
+    while scan.next() {
+        is_active |= scan.oid(status) == Some(active);
+    }
+    scan.end();
+    table.close();
+    Some(is_active)
 }
 
 /// The org ids `sql` lists for `user` (`$1`) and, when the text takes it, `org` (`$2`).

@@ -1,5 +1,6 @@
 //! Reads of a few rows through one btree index, without SPI or the executor: what the org
-//! sets under every RLS policy run once per statement (src/context.rs). Through SPI, such a
+//! sets under every RLS policy run once per statement (src/context.rs), and the session and
+//! user lookups of validate_session (src/session.rs), on every request. Through SPI, such a
 //! read pays the plan cache's revalidation, executor start-up of every plan node, the
 //! expression machinery for each qual and a result tuple per row; here it pays the index
 //! descent and, for an index-only read, the visibility map (bench/README.md, "Performance
@@ -9,8 +10,10 @@
 //! would, takes the same AccessShareLock on the table and the index, and sees exactly the
 //! rows an index (only) scan sees. Relations, types and enum labels are looked up by name in
 //! schema `truxe` on every call (catalog cache hits): nothing here resolves a name through
-//! the caller's `search_path`. Callers fall back to SQL when [`usable`] says no (under
-//! SERIALIZABLE, whose predicate locks only the executor takes here) or a lookup fails.
+//! the caller's `search_path`. The org sets fall back to SQL when [`usable`] says no (under
+//! SERIALIZABLE, whose predicate locks on heap pages an index-only read skips only the
+//! executor takes) or a lookup fails. A heap read (`Read::Heap`) takes SERIALIZABLE's
+//! predicate locks itself: the btree and the heap fetch take them, as for any index scan.
 use pgrx::pg_sys;
 use pgrx::IntoDatum;
 use std::ffi::CStr;
@@ -77,6 +80,14 @@ pub(crate) fn column(rel: pg_sys::Oid, name: &CStr) -> Option<i16> {
     (attnum > 0).then_some(attnum)
 }
 
+/// The number of column `name` of table `rel`, when it has one of type `typ`: a caller
+/// that reads the value as that type never misreads a changed column.
+pub(crate) fn typed_column(rel: pg_sys::Oid, name: &CStr, typ: pg_sys::Oid) -> Option<i16> {
+    let attnum = column(rel, name)?;
+    // SAFETY: a catalog cache lookup of an existing column
+    (unsafe { pg_sys::get_atttype(rel, attnum) } == typ).then_some(attnum)
+}
+
 /// A table and one of its btree indexes, opened with AccessShareLock (held to the end of
 /// the transaction, as the executor holds it).
 pub(crate) struct Indexed {
@@ -135,6 +146,17 @@ impl Indexed {
     /// visibility map does not mark all-visible, as an index-only scan does); with
     /// `Read::Heap(n)`, the heap rows' first `n` columns. Call [`usable`] first.
     pub(crate) fn scan_uuid(&self, key: pgrx::Uuid, read: Read) -> Scan {
+        self.scan(pg_sys::F_UUID_EQ, key.into_datum(), read)
+    }
+
+    /// As [`Indexed::scan_uuid`], for an index whose first column is a bytea.
+    pub(crate) fn scan_bytea(&self, key: &[u8], read: Read) -> Scan {
+        self.scan(pg_sys::F_BYTEAEQ, key.into_datum(), read)
+    }
+
+    /// The rows whose first index column equals `key` under the btree equality function
+    /// `eq` of its type.
+    fn scan(&self, eq: u32, key: Option<pg_sys::Datum>, read: Read) -> Scan {
         // SAFETY: the relations are open; the key datum (palloc'd in the current memory
         // context) outlives the scan, which ends in `Scan::end` within this call.
         unsafe {
@@ -156,8 +178,8 @@ impl Indexed {
                 &mut skey,
                 1,
                 pg_sys::BTEqualStrategyNumber as _,
-                pg_sys::Oid::from(pg_sys::F_UUID_EQ),
-                key.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+                pg_sys::Oid::from(eq),
+                key.unwrap_or(pg_sys::Datum::from(0)),
             );
             pg_sys::index_rescan(scan, &mut skey, 1, std::ptr::null_mut(), 0);
             Scan {
@@ -263,6 +285,17 @@ impl Scan {
         // SAFETY: a non-NULL uuid datum points to its 16 bytes, in the tuple just read
         let bytes = unsafe { *datum.cast_mut_ptr::<[u8; 16]>() };
         Some(pgrx::Uuid::from_bytes(bytes))
+    }
+
+    /// Attribute `att` of the current row, an 8-byte value such as a timestamptz (None when
+    /// NULL).
+    pub(crate) fn int8(&self, att: usize) -> Option<i64> {
+        Some(self.datum(att)?.value() as i64)
+    }
+
+    /// Attribute `att` of the current row, a smallint (None when NULL).
+    pub(crate) fn int2(&self, att: usize) -> Option<i16> {
+        Some(self.datum(att)?.value() as i16)
     }
 
     /// Attribute `att` of the current row, an oid-valued datum such as an enum (None when

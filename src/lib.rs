@@ -26,7 +26,6 @@ mod metrics;
 mod mfa;
 mod orgs;
 mod plans;
-mod probe;
 mod rate_limit;
 mod recovery_codes;
 mod seal;

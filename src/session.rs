@@ -22,7 +22,6 @@ use crate::gucs::{
 };
 use crate::jsonb::JsonbArg;
 use crate::plans::{self, BYTEA, INET, INTERVAL, JSONB, TEXT, UUID};
-use crate::probe::Probe;
 use crate::trigger::trigger_entry;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -345,73 +344,50 @@ pub(crate) struct Live {
 
 /// The live session of `jti` (validate_session's checks and its `last_used_at` touch), or
 /// None. The session and its user are read through their unique indexes in the calling
-/// statement's snapshot ([`crate::probe`]: no executor on the path every request takes);
+/// statement's snapshot (src/index_read.rs: no executor on the path every request takes);
 /// the org re-check of an org-scoped session and the once-a-minute touch are statements.
 pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     let policy = policy()?;
     // SAFETY: reads the transaction's start time (what now() returns); no preconditions.
     let now = i128::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() });
     let lifetime = policy.lifetime.as_micros();
-    let sessions = Probe::open(c"sessions", c"sessions_jti_hash_key", c"jti_hash")?;
-    let found = sessions.fetch(pg_sys::F_BYTEAEQ, datum(bearer_hash(&jti))?, |row| {
-        let ts = |name| row.get::<i64>(name, pg_sys::TIMESTAMPTZOID);
-        let (
-            Some(id),
-            Some(user),
-            org,
-            Some(expires),
-            Some(family),
-            Some(used),
-            revoked,
-            Some(aal),
-        ) = (
-            row.get::<Uuid>(c"id", pg_sys::UUIDOID)?,
-            row.get::<Uuid>(c"user_id", pg_sys::UUIDOID)?,
-            row.get::<Uuid>(c"org_id", pg_sys::UUIDOID)?,
-            ts(c"expires_at")?,
-            ts(c"family_created_at")?,
-            ts(c"last_used_at")?,
-            ts(c"revoked_at")?,
-            row.get::<i16>(c"aal", pg_sys::INT2OID)?,
-        )
-        else {
-            return fail(Sqlstate::Internal, "session row with a NULL key column");
-        };
-        let (expires, family, used) = (i128::from(expires), i128::from(family), i128::from(used));
-        let live = revoked.is_none()
-            && expires > now
-            && family > now - lifetime
-            && policy
-                .idle
-                .is_none_or(|idle| used >= now - idle.as_micros());
-        if !live {
-            return Ok(None);
-        }
-        // the family's end when it comes before the session's (infinity stays infinity)
-        let ends = expires.min(family.saturating_add(lifetime));
-        let ends = TimestampWithTimeZone::try_from(i64::try_from(ends).unwrap_or(i64::MAX))?;
-        let stale = used < now - policy.touch.as_micros();
-        Ok(Some((
-            Live {
-                id,
-                user,
-                org,
-                expires_at: ends,
-                aal,
-            },
-            stale,
-        )))
-    })?;
-    let Some((live, stale)) = found.flatten() else {
+    let Some(row) = session_row(&bearer_hash(&jti))? else {
         return Ok(None);
     };
-    let users = Probe::open(c"users", c"users_pkey", c"id")?;
-    let active = users.fetch(pg_sys::F_UUID_EQ, datum(live.user)?, |row| {
-        row.enum_is(c"status", c"active")
-    })?;
-    if active != Some(true) {
+    let (expires, family, used) = (
+        i128::from(row.expires),
+        i128::from(row.family),
+        i128::from(row.used),
+    );
+    let live = !row.revoked
+        && expires > now
+        && family > now - lifetime
+        && policy
+            .idle
+            .is_none_or(|idle| used >= now - idle.as_micros());
+    if !live {
         return Ok(None);
     }
+    match crate::context::user_is_active_direct(row.user) {
+        Some(true) => {}
+        Some(false) => return Ok(None),
+        None => {
+            return fail(
+                Sqlstate::Internal,
+                "truxe.users is not as this library reads it",
+            )
+        }
+    }
+    // the family's end when it comes before the session's (infinity stays infinity)
+    let ends = expires.min(family.saturating_add(lifetime));
+    let live = Live {
+        id: row.id,
+        user: row.user,
+        org: row.org,
+        expires_at: TimestampWithTimeZone::try_from(i64::try_from(ends).unwrap_or(i64::MAX))?,
+        aal: row.aal,
+    };
+    let stale = used < now - policy.touch.as_micros();
     // Nothing is written on a hot standby (or in any read-only transaction): there the
     // touch is skipped and last_used_at is refreshed by the next call on the primary.
     // SAFETY: both read backend-local state and have no preconditions.
@@ -447,12 +423,88 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     })
 }
 
-/// `value` as a datum in the current memory context, for a [`Probe`] key.
-fn datum(value: impl IntoDatum) -> Result<pg_sys::Datum, TruxeError> {
-    match value.into_datum() {
-        Some(d) => Ok(d),
-        None => fail(Sqlstate::Internal, "a lookup key without a value"),
+/// A session row as [`validate`] reads it (timestamps in microseconds).
+struct SessionRow {
+    id: Uuid,
+    user: Uuid,
+    org: Option<Uuid>,
+    expires: i64,
+    family: i64,
+    used: i64,
+    revoked: bool,
+    aal: i16,
+}
+
+/// The session whose `jti_hash` is `hash`, read through `sessions_jti_hash_key` in the
+/// calling statement's snapshot (src/index_read.rs). XX000 outside a statement, or when the
+/// table, the index or a column (by name and type) is not where truxe's schema puts it.
+fn session_row(hash: &[u8]) -> Result<Option<SessionRow>, TruxeError> {
+    use crate::index_read::{self as ir, Indexed, Read};
+    let changed = || {
+        TruxeError::new(
+            Sqlstate::Internal,
+            "truxe.sessions is not as this library reads it",
+        )
+    };
+    // SAFETY: backend-local state, no preconditions
+    if !unsafe { pg_sys::ActiveSnapshotSet() } {
+        return fail(
+            Sqlstate::Internal,
+            "validate_session ran outside a statement",
+        );
     }
+    let nsp = ir::truxe_namespace().ok_or_else(changed)?;
+    let table = ir::relation(nsp, c"sessions").ok_or_else(changed)?;
+    let index = ir::relation(nsp, c"sessions_jti_hash_key").ok_or_else(changed)?;
+    let col = |name, typ| {
+        ir::typed_column(table, name, typ)
+            .and_then(|att| usize::try_from(att).ok())
+            .ok_or_else(changed)
+    };
+    let (uuid, ts) = (pg_sys::UUIDOID, pg_sys::TIMESTAMPTZOID);
+    let cols = [
+        col(c"id", uuid)?,
+        col(c"user_id", uuid)?,
+        col(c"org_id", uuid)?,
+        col(c"expires_at", ts)?,
+        col(c"family_created_at", ts)?,
+        col(c"last_used_at", ts)?,
+        col(c"revoked_at", ts)?,
+        col(c"aal", pg_sys::INT2OID)?,
+    ];
+    let [id, user, org, expires, family, used, revoked, aal] = cols;
+    let last = cols.into_iter().max().unwrap_or(0);
+    let sessions = Indexed::open(table, index, &[c"jti_hash"]).ok_or_else(changed)?;
+    let mut scan = sessions.scan_bytea(hash, Read::Heap(last));
+    let row = if scan.next() {
+        match (
+            scan.uuid(id),
+            scan.uuid(user),
+            scan.int8(expires),
+            scan.int8(family),
+            scan.int8(used),
+            scan.int2(aal),
+        ) {
+            (Some(id), Some(user), Some(expires), Some(family), Some(used), Some(aal)) => {
+                Ok(Some(SessionRow {
+                    id,
+                    user,
+                    org: scan.uuid(org),
+                    expires,
+                    family,
+                    used,
+                    revoked: !scan.is_null(revoked),
+                    aal,
+                }))
+            }
+            _ => fail(Sqlstate::Internal, "session row with a NULL key column"),
+        }
+    } else {
+        Ok(None)
+    };
+    scan.end();
+    sessions.close();
+    row
 }
 
 /// Rotates a refresh token: a new session in the same family (new tokens, returned once;
