@@ -291,14 +291,12 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
     assert!(placement.contains(&"rate_limits: distributed by key_hash".to_string()));
     assert!(placement.contains(&"role_permissions: coordinator".to_string()));
     assert!(placement.contains(&"sessions: coordinator".to_string()));
-    for t in ["audit_logs", "usage_metrics", "secrets"] {
+    for t in ["audit_logs", "usage_metrics", "secrets", "invitations"] {
         assert!(
             placement.contains(&format!("{t}: distributed by org_id")),
             "{t}: {placement:?}"
         );
     }
-    // invitations stay on the coordinator (docs/scaling.md says why)
-    assert!(placement.contains(&"invitations: coordinator".to_string()));
     assert_eq!(placement.len(), 17, "every truxe table: {placement:?}");
 
     let mut su = c.superuser();
@@ -324,13 +322,16 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
     let groups: i64 = su
         .query_one(
             "SELECT count(DISTINCT colocationid) FROM pg_dist_partition
-              WHERE logicalrelid IN ('truxe.audit_logs'::regclass,
-                                     'truxe.usage_metrics'::regclass, 'truxe.secrets'::regclass)",
+              WHERE logicalrelid IN ('truxe.audit_logs'::regclass, 'truxe.usage_metrics'::regclass,
+                                     'truxe.secrets'::regclass, 'truxe.invitations'::regclass)",
             &[],
         )
         .unwrap()
         .get(0);
-    assert_eq!(groups, 1, "audit_logs, usage_metrics and secrets colocated");
+    assert_eq!(
+        groups, 1,
+        "audit_logs, usage_metrics, secrets and invitations colocated"
+    );
     // the claim checks distribute() created carry no SET clause (they resolve no name): the
     // security report knows them
     let pinned: bool = su
@@ -1087,6 +1088,201 @@ fn secrets_live_in_their_orgs_shard_and_the_vault_works_through_the_coordinator(
     );
 }
 
+/// invitations distributed by org_id: each org's invitations in the shard of its org on
+/// both workers; invite_by_email, inspect_invitation, accept_invitation_token (a new user,
+/// a pending member, a joined member), a wrong secret counted, revoke_invitation (refused
+/// without rights) all through the coordinator; an org admin reads their org's invitations
+/// through the claim and no other tenant's, a member none, autocommit none.
+#[test]
+fn invitations_live_in_their_orgs_shard_and_work_through_the_coordinator() {
+    let Some(c) = cluster() else { return };
+    let tenants = orgs_on_both_workers(c);
+    let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
+    let invite = |admin: &str, org: &str, email: &str| -> String {
+        c.acting_as(admin)
+            .query_one(
+                "SELECT token FROM truxe.invite_by_email($1::text::uuid, $2, 'member')",
+                &[&org, &email],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let mut tokens = Vec::new();
+    for (admin, org) in &tenants {
+        for _ in 0..2 {
+            let email = format!("{}@citus.example", unique("inv"));
+            tokens.push((org.clone(), email.clone(), invite(admin, org, &email)));
+        }
+    }
+    let mut su = c.superuser();
+    let ports: std::collections::BTreeSet<i32> =
+        org_rows_by_shard(&mut su, "truxe.invitations", &orgs)
+            .iter()
+            .map(|(_, port, n)| {
+                assert_eq!(*n, 2);
+                *port
+            })
+            .collect();
+    assert_eq!(ports.len(), 2, "the orgs' invitations on both workers");
+
+    let mut svc = c.service();
+    let status_of = |svc: &mut Client, sql: &str, token: &str| -> String {
+        svc.query_one(sql, &[&token]).unwrap().get(0)
+    };
+    let inspect = "SELECT status FROM truxe.inspect_invitation($1)";
+    let accept = "SELECT status FROM truxe.accept_invitation_token($1)";
+    // inspect, then a wrong secret (counted, on the shard), then accept by a new user
+    let (acme, _, token) = &tokens[0];
+    assert_eq!(status_of(&mut svc, inspect, token), "valid");
+    let (id_part, secret) = token.split_once('.').unwrap();
+    let wrong = format!(
+        "{id_part}.{}{}",
+        &secret[..secret.len() - 1],
+        if secret.ends_with('A') { 'B' } else { 'A' }
+    );
+    assert_eq!(status_of(&mut svc, inspect, &wrong), "invalid");
+    let attempts: i32 = su
+        .query_one(
+            "SELECT attempts FROM truxe.invitations WHERE org_id = $1::text::uuid
+              AND token_hash IS NOT NULL ORDER BY created_at LIMIT 1",
+            &[acme],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "the wrong secret counted");
+    let r = svc
+        .query_one(
+            "SELECT status, org_id::text, user_id::text FROM truxe.accept_invitation_token($1)",
+            &[token],
+        )
+        .unwrap();
+    let (status, org_id, new_user): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!(
+        (status.as_str(), org_id.as_str()),
+        ("accepted", acme.as_str())
+    );
+    let role: String = su
+        .query_one(
+            "SELECT role::text FROM truxe.memberships
+              WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid AND joined_at IS NOT NULL",
+            &[acme, &new_user],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(role, "member");
+    assert_eq!(status_of(&mut svc, accept, token), "used");
+    // an existing user with a pending membership joins; a joined member is told so
+    let (ada, _) = &tenants[0];
+    let (dora, dora_email) = user(c);
+    svc.execute(
+        "INSERT INTO truxe.memberships (org_id, user_id, role) VALUES ($1::text::uuid, $2::text::uuid, 'member')",
+        &[acme, &dora],
+    )
+    .unwrap();
+    let t = invite(ada, acme, &dora_email);
+    assert_eq!(status_of(&mut svc, accept, &t), "accepted");
+    let joined: bool = su
+        .query_one(
+            "SELECT joined_at IS NOT NULL FROM truxe.memberships
+              WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+            &[acme, &dora],
+        )
+        .unwrap()
+        .get(0);
+    assert!(joined);
+    let t = invite(ada, acme, &dora_email);
+    assert_eq!(status_of(&mut svc, accept, &t), "already_member");
+    // revoke_invitation: the org's admin may, another tenant's admin may not
+    let (bob, beta) = &tenants[1];
+    let (_, _, beta_token) = tokens.iter().find(|(o, _, _)| o == beta).unwrap();
+    let beta_id = beta_token.split_once('.').unwrap().0.to_string();
+    let beta_uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &beta_id[0..8],
+        &beta_id[8..12],
+        &beta_id[12..16],
+        &beta_id[16..20],
+        &beta_id[20..32]
+    );
+    let revoke = |who: &str| -> bool {
+        c.acting_as(who)
+            .query_one(
+                "SELECT truxe.revoke_invitation($1::text::uuid)",
+                &[&beta_uuid],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(!revoke(ada), "another tenant's admin");
+    assert_eq!(status_of(&mut svc, inspect, beta_token), "valid");
+    assert!(revoke(bob));
+    assert_eq!(status_of(&mut svc, inspect, beta_token), "revoked");
+
+    // reads through the claim: each admin their own org's invitations
+    let read = |client: &mut Client, setup: &str| -> Vec<(String, i64)> {
+        let mut t = client.transaction().unwrap();
+        t.batch_execute(setup).unwrap();
+        let rows = t
+            .query(
+                "SELECT org_id::text, count(*) FROM truxe.invitations
+                  WHERE org_id::text = ANY ($1) GROUP BY 1 ORDER BY 1",
+                &[&orgs],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        t.commit().unwrap();
+        rows
+    };
+    let mut a = c.authenticated();
+    for (admin, org) in &tenants {
+        let all: i64 = su
+            .query_one(
+                "SELECT count(*) FROM truxe.invitations WHERE org_id = $1::text::uuid",
+                &[org],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            read(
+                &mut a,
+                &format!("SELECT truxe.set_context('{admin}', NULL, true)")
+            ),
+            vec![(org.clone(), all)],
+            "admin of org {org}"
+        );
+    }
+    assert_eq!(
+        read(
+            &mut a,
+            &format!("SELECT truxe.set_context('{new_user}', NULL, true)")
+        ),
+        vec![],
+        "a member reads none"
+    );
+    let none: i64 = c
+        .acting_as(ada)
+        .query_one(
+            "SELECT count(*) FROM truxe.invitations WHERE org_id = $1::text::uuid",
+            &[acme],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0, "autocommit: no claim on the workers");
+    // the token hash stays unreadable
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[ada],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.query("SELECT token_hash FROM truxe.invitations", &[])),
+        "42501"
+    );
+}
+
 /// rotate_encryption_key over a distributed vault re-seals every value under the new key
 /// (no row lock across shards: it replaces a value only if it is still the one it read).
 /// In a database of its own (single-node Citus: the coordinator holds the shards), whose
@@ -1208,6 +1404,15 @@ fn cleanup_expired_data_deletes_across_shards() {
         &[],
     )
     .unwrap();
+    // invitations expired 35 days ago, in orgs all over the shards (no foreign key on Citus)
+    su.execute(
+        "INSERT INTO truxe.invitations (org_id, email, token_hash, created_at, expires_at)
+         SELECT gen_random_uuid(), 'old' || i || '@citus.example', repeat('b', 64),
+                now() - interval '40 days', now() - interval '35 days'
+           FROM generate_series(1, 20) i",
+        &[],
+    )
+    .unwrap();
     let live = format!("{}@citus.example", unique("live"));
     c.service()
         .query("SELECT * FROM truxe.issue_magic_link($1)", &[&live])
@@ -1226,10 +1431,12 @@ fn cleanup_expired_data_deletes_across_shards() {
     let of = |t: &str| deleted.iter().find(|(n, _)| n == t).map(|(_, d)| *d);
     assert!(of("rate_limits") >= Some(40), "{deleted:?}");
     assert!(of("magic_link_challenges") >= Some(30), "{deleted:?}");
+    assert!(of("invitations") >= Some(20), "{deleted:?}");
     let left: i64 = su
         .query_one(
             "SELECT (SELECT count(*) FROM truxe.rate_limits WHERE window_end < now() - interval '1 hour')
-                  + (SELECT count(*) FROM truxe.magic_link_challenges WHERE expires_at < now() - interval '1 day')",
+                  + (SELECT count(*) FROM truxe.magic_link_challenges WHERE expires_at < now() - interval '1 day')
+                  + (SELECT count(*) FROM truxe.invitations WHERE expires_at < now() - interval '30 days')",
             &[],
         )
         .unwrap()
