@@ -1192,6 +1192,45 @@ fn invitations_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     assert!(joined);
     let t = invite(ada, acme, &dora_email);
     assert_eq!(status_of(&mut svc, accept, &t), "already_member");
+    // metrics() counts the pending invitations over the shards (and its cleanup lag reads
+    // their oldest dates there)
+    let metrics: Vec<(String, f64)> = svc
+        .query("SELECT metric, value FROM truxe.metrics()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let pending = metrics
+        .iter()
+        .find(|(m, _)| m == "invitations_pending")
+        .map(|(_, v)| *v);
+    assert!(pending >= Some(7.0), "{metrics:?}");
+    // one token accepted by 6 clients at once: accepted once (the lock by (org_id, id))
+    let racer = format!("{}@citus.example", unique("race"));
+    let t = invite(ada, acme, &racer);
+    let statuses: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let t = t.clone();
+                s.spawn(move || -> String {
+                    c.service()
+                        .query_one(
+                            "SELECT status FROM truxe.accept_invitation_token($1)",
+                            &[&t],
+                        )
+                        .unwrap()
+                        .get(0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted = statuses.iter().filter(|s| *s == "accepted").count();
+    assert_eq!(accepted, 1, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| s == "accepted" || s == "used"),
+        "{statuses:?}"
+    );
     // revoke_invitation: the org's admin may, another tenant's admin may not
     let (bob, beta) = &tenants[1];
     let (_, _, beta_token) = tokens.iter().find(|(o, _, _)| o == beta).unwrap();
