@@ -7,9 +7,11 @@
 -- Placement today: the tables addressed by a bearer value or a hashed key and read only by
 -- truxe's own functions are distributed by what their lookup uses (magic_link_challenges
 -- by id: verify_magic_link is single-shard; rate_limits by key_hash: rate_limit_hit is
--- single-shard and exact under concurrency). Every other table stays on the coordinator:
--- their RLS policies and triggers are not yet in a form Citus accepts on a distributed
--- table (docs/scaling.md lists each table with its reason). role_permissions becomes a
+-- single-shard and exact under concurrency); audit_logs, usage_metrics, secrets and
+-- invitations by org_id, colocated (each org's rows in the shard of its id; their
+-- policies read the signed claim of src/claim.rs). Every other table stays on the
+-- coordinator: their RLS policies and triggers are not yet in a form Citus accepts on a
+-- distributed table (docs/scaling.md lists each table with its reason). role_permissions becomes a
 -- reference table with memberships' move, not before: joined with memberships on the
 -- coordinator, a reference table only costs has_permission (bench/citus measured 0.58x).
 
@@ -127,10 +129,48 @@ BEGIN
                      OR truxe.claim_may_act_in(org_id))
                 AND NOT truxe.is_builtin_audit_action(action::text));
 
+  -- usage_metrics by org_id, colocated with audit_logs (docs/scaling.md, "usage_metrics and
+  -- secrets on Citus"), on the empty table:
+  --  * the primary key (id), a bigserial that nothing looks up, becomes (org_id, id); the
+  --    key record_usage upserts on, (org_id, metric_type, period_start), holds org_id;
+  --  * the foreign key to organizations goes: Citus keeps none from a distributed table to
+  --    a coordinator table. record_usage checks the org itself (23503, as the key did);
+  --  * the admins' read policy reads the claim, under a name of its own (as audit_logs')
+  DROP POLICY usage_admin_read ON truxe.usage_metrics;
+  ALTER TABLE truxe.usage_metrics DROP CONSTRAINT usage_metrics_org_id_fkey;
+  ALTER TABLE truxe.usage_metrics DROP CONSTRAINT usage_metrics_pkey;
+  ALTER TABLE truxe.usage_metrics ADD CONSTRAINT usage_metrics_pkey PRIMARY KEY (org_id, id);
+  PERFORM pg_catalog.create_distributed_table('truxe.usage_metrics', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  CREATE POLICY usage_admin_read_claim ON truxe.usage_metrics FOR SELECT TO authenticated
+    USING (truxe.claim_administers(org_id));
+  -- secrets (the vault) by org_id, colocated: its keys lead with org_id already, it has no
+  -- policy and no trigger (only the vault's SECURITY DEFINER functions read it); the foreign
+  -- key to organizations goes (put_secret checks the org itself, P0002 as before)
+  ALTER TABLE truxe.secrets DROP CONSTRAINT secrets_org_id_fkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.secrets', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  -- invitations by org_id, colocated: their keys lead with org_id already; the foreign
+  -- keys to organizations and users go (an inviter gone still revokes the invitation at
+  -- its next use: inviter_still_may_invite); the admins' read policy reads the claim. On
+  -- Citus their functions (src/invitation.rs) find an invitation by id without a lock, then
+  -- lock it by (org_id, id), and read and write it as the owner
+  DROP POLICY invitation_admin_read ON truxe.invitations;
+  ALTER TABLE truxe.invitations DROP CONSTRAINT invitations_org_id_fkey;
+  ALTER TABLE truxe.invitations DROP CONSTRAINT invitations_invited_by_fkey;
+  ALTER TABLE truxe.invitations DROP CONSTRAINT invitations_accepted_by_fkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.invitations', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  CREATE POLICY invitation_admin_read_claim ON truxe.invitations FOR SELECT TO authenticated
+    USING (truxe.claim_administers(org_id));
+
   RETURN QUERY
     SELECT c.relname::text,
            CASE c.relname
              WHEN 'audit_logs' THEN 'distributed by org_id'
+             WHEN 'usage_metrics' THEN 'distributed by org_id'
+             WHEN 'secrets' THEN 'distributed by org_id'
+             WHEN 'invitations' THEN 'distributed by org_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              ELSE 'coordinator'

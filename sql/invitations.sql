@@ -75,11 +75,19 @@ CREATE FUNCTION truxe.revoke_invitation(invitation_id uuid)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   me uuid := truxe.require_user();
+  org uuid;
+  r truxe.membership_role;
 BEGIN
+  -- the rights are checked here, not in the UPDATE: on Citus the UPDATE runs on the shard,
+  -- where memberships are not (docs/scaling.md)
+  SELECT i.org_id INTO org FROM truxe.invitations i WHERE i.id = revoke_invitation.invitation_id;
+  r := truxe.effective_role(org, me);
+  IF org IS NULL OR r IS NULL OR r NOT IN ('owner', 'admin') THEN
+    RETURN false;
+  END IF;
   UPDATE truxe.invitations i SET revoked_at = now()
-   WHERE i.id = revoke_invitation.invitation_id
-     AND i.accepted_at IS NULL AND i.revoked_at IS NULL
-     AND truxe.effective_role(i.org_id, me) IN ('owner', 'admin');
+   WHERE i.org_id = org AND i.id = revoke_invitation.invitation_id
+     AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
   RETURN FOUND;
 END
 $$;

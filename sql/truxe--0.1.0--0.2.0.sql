@@ -1517,11 +1517,19 @@ CREATE FUNCTION truxe.revoke_invitation(invitation_id uuid)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   me uuid := truxe.require_user();
+  org uuid;
+  r truxe.membership_role;
 BEGIN
+  -- the rights are checked here, not in the UPDATE: on Citus the UPDATE runs on the shard,
+  -- where memberships are not (docs/scaling.md)
+  SELECT i.org_id INTO org FROM truxe.invitations i WHERE i.id = revoke_invitation.invitation_id;
+  r := truxe.effective_role(org, me);
+  IF org IS NULL OR r IS NULL OR r NOT IN ('owner', 'admin') THEN
+    RETURN false;
+  END IF;
   UPDATE truxe.invitations i SET revoked_at = now()
-   WHERE i.id = revoke_invitation.invitation_id
-     AND i.accepted_at IS NULL AND i.revoked_at IS NULL
-     AND truxe.effective_role(i.org_id, me) IN ('owner', 'admin');
+   WHERE i.org_id = org AND i.id = revoke_invitation.invitation_id
+     AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
   RETURN FOUND;
 END
 $$;
@@ -1825,7 +1833,8 @@ GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
 
 -- truxe.distribute(): the one-time conversion of a new database on a Citus coordinator
 -- (docs/scaling.md); a superuser's step, so nobody else may execute it. Its body is
--- sql/distribute.sql's: audit_logs by org_id with the claim policies (src/claim.rs) included
+-- sql/distribute.sql's: audit_logs, usage_metrics, secrets and invitations by org_id,
+-- colocated, with the claim policies (src/claim.rs) included
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -1934,10 +1943,48 @@ BEGIN
                      OR truxe.claim_may_act_in(org_id))
                 AND NOT truxe.is_builtin_audit_action(action::text));
 
+  -- usage_metrics by org_id, colocated with audit_logs (docs/scaling.md, "usage_metrics and
+  -- secrets on Citus"), on the empty table:
+  --  * the primary key (id), a bigserial that nothing looks up, becomes (org_id, id); the
+  --    key record_usage upserts on, (org_id, metric_type, period_start), holds org_id;
+  --  * the foreign key to organizations goes: Citus keeps none from a distributed table to
+  --    a coordinator table. record_usage checks the org itself (23503, as the key did);
+  --  * the admins' read policy reads the claim, under a name of its own (as audit_logs')
+  DROP POLICY usage_admin_read ON truxe.usage_metrics;
+  ALTER TABLE truxe.usage_metrics DROP CONSTRAINT usage_metrics_org_id_fkey;
+  ALTER TABLE truxe.usage_metrics DROP CONSTRAINT usage_metrics_pkey;
+  ALTER TABLE truxe.usage_metrics ADD CONSTRAINT usage_metrics_pkey PRIMARY KEY (org_id, id);
+  PERFORM pg_catalog.create_distributed_table('truxe.usage_metrics', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  CREATE POLICY usage_admin_read_claim ON truxe.usage_metrics FOR SELECT TO authenticated
+    USING (truxe.claim_administers(org_id));
+  -- secrets (the vault) by org_id, colocated: its keys lead with org_id already, it has no
+  -- policy and no trigger (only the vault's SECURITY DEFINER functions read it); the foreign
+  -- key to organizations goes (put_secret checks the org itself, P0002 as before)
+  ALTER TABLE truxe.secrets DROP CONSTRAINT secrets_org_id_fkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.secrets', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  -- invitations by org_id, colocated: their keys lead with org_id already; the foreign
+  -- keys to organizations and users go (an inviter gone still revokes the invitation at
+  -- its next use: inviter_still_may_invite); the admins' read policy reads the claim. On
+  -- Citus their functions (src/invitation.rs) find an invitation by id without a lock, then
+  -- lock it by (org_id, id), and read and write it as the owner
+  DROP POLICY invitation_admin_read ON truxe.invitations;
+  ALTER TABLE truxe.invitations DROP CONSTRAINT invitations_org_id_fkey;
+  ALTER TABLE truxe.invitations DROP CONSTRAINT invitations_invited_by_fkey;
+  ALTER TABLE truxe.invitations DROP CONSTRAINT invitations_accepted_by_fkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.invitations', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  CREATE POLICY invitation_admin_read_claim ON truxe.invitations FOR SELECT TO authenticated
+    USING (truxe.claim_administers(org_id));
+
   RETURN QUERY
     SELECT c.relname::text,
            CASE c.relname
              WHEN 'audit_logs' THEN 'distributed by org_id'
+             WHEN 'usage_metrics' THEN 'distributed by org_id'
+             WHEN 'secrets' THEN 'distributed by org_id'
+             WHEN 'invitations' THEN 'distributed by org_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              ELSE 'coordinator'

@@ -39,6 +39,9 @@ pub enum Sqlstate {
     /// XX001 data_corrupted: an encrypted value that does not decrypt (altered, or copied
     /// from another row).
     DataCorrupted,
+    /// 23503 foreign_key_violation: a row names an unknown row of another table, where a
+    /// foreign key would have refused it (usage on Citus, where the key cannot be kept).
+    ForeignKeyViolation,
     /// XX000 internal_error: a failure inside truxe (e.g. the OS random source).
     Internal,
 }
@@ -51,6 +54,7 @@ impl Sqlstate {
             Sqlstate::InsufficientPrivilege => ERRCODE_INSUFFICIENT_PRIVILEGE,
             Sqlstate::NotFound => ERRCODE_NO_DATA_FOUND,
             Sqlstate::CheckViolation => ERRCODE_CHECK_VIOLATION,
+            Sqlstate::ForeignKeyViolation => ERRCODE_FOREIGN_KEY_VIOLATION,
             Sqlstate::NotInPrerequisiteState => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Sqlstate::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
             Sqlstate::SerializationFailure => ERRCODE_T_R_SERIALIZATION_FAILURE,
@@ -68,6 +72,7 @@ impl Sqlstate {
             Sqlstate::InsufficientPrivilege => "42501",
             Sqlstate::NotFound => "P0002",
             Sqlstate::CheckViolation => "23514",
+            Sqlstate::ForeignKeyViolation => "23503",
             Sqlstate::NotInPrerequisiteState => "55000",
             Sqlstate::FeatureNotSupported => "0A000",
             Sqlstate::SerializationFailure => "40001",

@@ -20,7 +20,7 @@ use crate::magic_link::{
     citext_sql, format_token, limited_row, login_user, new_secret, parse_token, secret_matches,
     valid_email, Issued, MAX_ATTEMPTS,
 };
-use crate::plans::{self, INT4, INT8, INTERVAL, JSONB, TEXT, UUID};
+use crate::plans::{self, INT4, INT8, INTERVAL, JSONB, TEXT, TIMESTAMPTZ, UUID};
 use crate::security::sha256_hex;
 use crate::types::membership_role;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
@@ -352,8 +352,36 @@ fn find(
     let Some((id, secret)) = token.and_then(parse_token) else {
         return Ok(Err(status("invalid")));
     };
-    // with the inviter's authority in the plain case (inviter_still_may_invite below)
-    let rows = plans::run(c, FIND, &[UUID], &[id.into()])?;
+    // on Citus (invitations distributed by org_id, docs/scaling.md) a row lock across
+    // shards is refused: the org first, without a lock, then the row by (org_id, id). And
+    // the invitation is read and written as the owner, as truxe writes the org's audit
+    // rows: Citus refuses a transaction that touches one org's shards as two roles
+    let owner = crate::claim::distributed_audit_owner();
+    let _as_owner = owner.map(crate::apptables::ActingAs::switch_to);
+    // with the inviter's authority in the plain case (inviter_still_may_invite below); on
+    // Citus that question (which reads the coordinator's users and org_closure) is left to
+    // inviter_still_may_invite: column 10 is false there
+    let rows = if owner.is_some() {
+        let org = plans::first_value::<Uuid>(plans::run(
+            c,
+            "SELECT org_id FROM truxe.invitations WHERE id = $1",
+            &[UUID],
+            &[id.into()],
+        )?)?;
+        let Some(org) = org else {
+            return Ok(Err(status("invalid")));
+        };
+        plans::run(
+            c,
+            "SELECT org_id, email::text, role::text, token_hash, expires_at, expires_at <= now(),
+                    accepted_at IS NOT NULL, revoked_at IS NOT NULL, attempts, false
+               FROM truxe.invitations WHERE org_id = $2 AND id = $1 FOR UPDATE",
+            &[UUID, UUID],
+            &[id.into(), org.into()],
+        )?
+    } else {
+        plans::run(c, FIND, &[UUID], &[id.into()])?
+    };
     if rows.is_empty() {
         return Ok(Err(status("invalid")));
     }
@@ -376,9 +404,10 @@ fn find(
     if !secret_matches(&secret, &token_hash) {
         plans::run(
             c,
-            "UPDATE truxe.invitations SET attempts = attempts + 1 WHERE id = $1 AND attempts < $2",
-            &[UUID, INT4],
-            &[id.into(), MAX_ATTEMPTS.into()],
+            "UPDATE truxe.invitations SET attempts = attempts + 1
+              WHERE org_id = $3 AND id = $1 AND attempts < $2",
+            &[UUID, INT4, UUID],
+            &[id.into(), MAX_ATTEMPTS.into(), org_id.into()],
         )?;
         return Ok(Err(status("invalid")));
     }
@@ -551,7 +580,9 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
         }
         // the usual case, a new e-mail: the user created, the invitation used up and the
         // membership written in one statement (no row when the e-mail has a user)
-        if user_id.is_none() {
+        // (not on Citus: the invitation is on a worker, users and memberships on the
+        // coordinator, which one data-modifying statement cannot span)
+        if user_id.is_none() && crate::claim::distributed_audit_owner().is_none() {
             let joined = plans::run(
                 c,
                 NEW_USER_JOINS,
@@ -613,12 +644,81 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
                 "accepted",
             ),
         };
-        plans::run(
-            c,
-            sql,
-            &[UUID, UUID, UUID],
-            &[p.org_id.into(), user.into(), p.id.into()],
-        )?;
+        if let Some(owner) = crate::claim::distributed_audit_owner() {
+            // on Citus the invitation is on a worker and memberships on the coordinator,
+            // which one data-modifying statement cannot span (nor may its RETURNING cast):
+            // the invitation's values read under find()'s lock and the invitation used up,
+            // as the owner (find()'s reason), then the membership from those values
+            let (role, permissions, invited_by, invited_at) = {
+                let _as_owner = crate::apptables::ActingAs::switch_to(owner);
+                let values = plans::run(
+                    c,
+                    "SELECT role::text, permissions::text, invited_by, created_at
+                       FROM truxe.invitations WHERE org_id = $1 AND id = $2",
+                    &[UUID, UUID],
+                    &[p.org_id.into(), p.id.into()],
+                )?;
+                let row = values.first();
+                let values = (
+                    row.get::<String>(1)?,
+                    row.get::<String>(2)?,
+                    row.get::<Uuid>(3)?,
+                    row.get::<TimestampWithTimeZone>(4)?,
+                );
+                plans::run(
+                    c,
+                    "UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
+                      WHERE org_id = $1 AND id = $3",
+                    &[UUID, UUID, UUID],
+                    &[p.org_id.into(), user.into(), p.id.into()],
+                )?;
+                values
+            };
+            match joined {
+                Some(true) => {}
+                Some(false) => {
+                    plans::run(
+                        c,
+                        "UPDATE truxe.memberships
+                            SET joined_at = now(), role = $3::truxe.membership_role,
+                                permissions = $4::jsonb
+                          WHERE org_id = $1 AND user_id = $2",
+                        &[UUID, UUID, TEXT, TEXT],
+                        &[
+                            p.org_id.into(),
+                            user.into(),
+                            role.into(),
+                            permissions.into(),
+                        ],
+                    )?;
+                }
+                None => {
+                    plans::run(
+                        c,
+                        "INSERT INTO truxe.memberships (org_id, user_id, role, permissions,
+                                                        invited_by, invited_at, joined_at)
+                         VALUES ($1, $2, $3::truxe.membership_role, $4::jsonb,
+                                 CASE WHEN $5 = $2 THEN NULL ELSE $5 END, $6, now())",
+                        &[UUID, UUID, TEXT, TEXT, UUID, TIMESTAMPTZ],
+                        &[
+                            p.org_id.into(),
+                            user.into(),
+                            role.into(),
+                            permissions.into(),
+                            invited_by.into(),
+                            invited_at.into(),
+                        ],
+                    )?;
+                }
+            }
+        } else {
+            plans::run(
+                c,
+                sql,
+                &[UUID, UUID, UUID],
+                &[p.org_id.into(), user.into(), p.id.into()],
+            )?;
+        }
         accepted(org_id, &p.id, user, outcome)
     })
 }

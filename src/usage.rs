@@ -8,7 +8,8 @@ use pgrx::Uuid;
 /// Adds `amount` to the org's `metric_type` for the calendar month (UTC) of `at` and returns
 /// the new total. One upsert: concurrent calls never lose an increment. 22023 for a NULL
 /// org, an empty or over-long metric, a NULL or negative amount, or a NULL, infinite or
-/// out-of-range `at` (years 1 to 294000); an unknown org is the foreign key's 23503.
+/// out-of-range `at` (years 1 to 294000); an unknown org is the foreign key's 23503 (on
+/// Citus, where the key cannot be kept, the same check made here).
 /// service_account only.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
@@ -48,6 +49,22 @@ fn add(
             Sqlstate::InvalidParameter,
             "at must be a finite time between the years 1 and 294000",
         );
+    }
+    // on Citus the foreign key to organizations is gone (truxe.distribute(): none from a
+    // distributed table to a coordinator one): the check it made, with its lock
+    if crate::claim::audit_logs_distributed() {
+        let known = plans::run_once(
+            "SELECT 1 FROM truxe.organizations WHERE id = $1 FOR KEY SHARE",
+            &[UUID],
+            &[org_id.into()],
+            |rows| Ok(!rows.is_empty()),
+        )?;
+        if !known {
+            return fail(
+                Sqlstate::ForeignKeyViolation,
+                format!("unknown organization {org_id}"),
+            );
+        }
     }
     let total = plans::run_once(
         "INSERT INTO truxe.usage_metrics AS u (org_id, metric_type, metric_value, period_start, period_end)

@@ -281,11 +281,15 @@ fn rotate_encryption_key(batch_size: Option<i32>) -> i64 {
     rotate(batch_size).unwrap_or_raise()
 }
 
-/// One table the rotation walks: its name, the owner column, and its two statements.
+/// One table the rotation walks: its name, the owner column, and its two statements; and
+/// for a table that Citus distributes (secrets, after truxe.distribute()), the select
+/// without FOR UPDATE (Citus refuses row locks across shards) and an update that replaces
+/// the value only if it is still the one read (a put_secret in between wins).
 struct Sealable {
     table: &'static str,
     select: &'static str,
     update: &'static str,
+    distributed: Option<(&'static str, &'static str)>,
 }
 
 const SEALABLE: [Sealable; 2] = [
@@ -295,6 +299,12 @@ const SEALABLE: [Sealable; 2] = [
                   WHERE key_id <> $1 LIMIT $2 FOR UPDATE",
         update: "UPDATE truxe.secrets SET key_id = $3, nonce = $4, ciphertext = $5
                   WHERE id = $1 AND org_id = $2",
+        distributed: Some((
+            "SELECT id, org_id, key_id, nonce, ciphertext FROM truxe.secrets
+              WHERE key_id <> $1 LIMIT $2",
+            "UPDATE truxe.secrets SET key_id = $3, nonce = $4, ciphertext = $5
+              WHERE org_id = $2 AND id = $1 AND key_id = $6 AND nonce = $7 RETURNING id",
+        )),
     },
     Sealable {
         table: "mfa_factors",
@@ -302,6 +312,7 @@ const SEALABLE: [Sealable; 2] = [
                   WHERE key_id <> $1 LIMIT $2 FOR UPDATE",
         update: "UPDATE truxe.mfa_factors SET key_id = $3, nonce = $4, ciphertext = $5
                   WHERE id = $1 AND user_id = $2",
+        distributed: None,
     },
 ];
 
@@ -332,7 +343,11 @@ fn reseal(
     limit: i32,
 ) -> Result<i64, TruxeError> {
     let current = keys.current().0.to_string();
-    let rows = plans::run(c, t.select, &[TEXT, INT4], &[current.into(), limit.into()])?;
+    let distributed = t
+        .distributed
+        .filter(|_| crate::claim::audit_logs_distributed());
+    let select = distributed.map_or(t.select, |(s, _)| s);
+    let rows = plans::run(c, select, &[TEXT, INT4], &[current.into(), limit.into()])?;
     let mut stale = Vec::with_capacity(rows.len());
     for row in rows {
         match (
@@ -357,6 +372,24 @@ fn reseal(
         };
         let plain = keys.open(&b, &key_id, &nonce, &ct)?;
         let sealed = keys.seal(&b, &plain)?;
+        if let Some((_, update)) = distributed {
+            let replaced = plans::run(
+                c,
+                update,
+                &[UUID, UUID, TEXT, BYTEA, BYTEA, TEXT, BYTEA],
+                &[
+                    id.into(),
+                    owner.into(),
+                    sealed.key_id.into(),
+                    sealed.nonce.into(),
+                    sealed.ciphertext.into(),
+                    key_id.into(),
+                    nonce.into(),
+                ],
+            )?;
+            n += i64::from(!replaced.is_empty());
+            continue;
+        }
         plans::run(
             c,
             t.update,

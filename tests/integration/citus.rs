@@ -291,6 +291,12 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
     assert!(placement.contains(&"rate_limits: distributed by key_hash".to_string()));
     assert!(placement.contains(&"role_permissions: coordinator".to_string()));
     assert!(placement.contains(&"sessions: coordinator".to_string()));
+    for t in ["audit_logs", "usage_metrics", "secrets", "invitations"] {
+        assert!(
+            placement.contains(&format!("{t}: distributed by org_id")),
+            "{t}: {placement:?}"
+        );
+    }
     assert_eq!(placement.len(), 17, "every truxe table: {placement:?}");
 
     let mut su = c.superuser();
@@ -311,6 +317,21 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
     let mut workers: Vec<i32> = c.workers.iter().map(|w| i32::from(w.port)).collect();
     workers.sort_unstable();
     assert_eq!(ports, workers);
+    // the org-scoped tables are colocated: one colocation group, so an org's rows of each
+    // sit in the same shard group on the same worker
+    let groups: i64 = su
+        .query_one(
+            "SELECT count(DISTINCT colocationid) FROM pg_dist_partition
+              WHERE logicalrelid IN ('truxe.audit_logs'::regclass, 'truxe.usage_metrics'::regclass,
+                                     'truxe.secrets'::regclass, 'truxe.invitations'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        groups, 1,
+        "audit_logs, usage_metrics, secrets and invitations colocated"
+    );
     // the claim checks distribute() created carry no SET clause (they resolve no name): the
     // security report knows them
     let pinned: bool = su
@@ -705,6 +726,701 @@ fn rate_limits_and_usage_are_exact_under_four_clients() {
     assert_eq!(used, 100);
 }
 
+/// For each org of `orgs`: the shard that holds its rows of `table` (every shard's rows
+/// counted per org with run_command_on_shards), the worker port of that shard, and the
+/// count there; asserting that the org's rows are in exactly one shard, the one Citus
+/// computes for its id, and that they are all of the org's rows.
+fn org_rows_by_shard(su: &mut Client, table: &str, orgs: &[String]) -> Vec<(i64, i32, i64)> {
+    let per_shard: Vec<(i64, i32, String)> = su
+        .query(
+            &format!(
+                "SELECT r.shardid, n.nodeport, r.result
+                   FROM run_command_on_shards('{table}',
+                          $$SELECT coalesce(string_agg(org_id::text || '=' || n, ','), '')
+                              FROM (SELECT org_id, count(*) n FROM %s GROUP BY 1) x$$) r
+                   JOIN pg_dist_placement p ON p.shardid = r.shardid
+                   JOIN pg_dist_node n USING (groupid)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(per_shard.len(), 32, "{table}: one row per shard");
+    orgs.iter()
+        .map(|org| {
+            let holding: Vec<(i64, i32, i64)> = per_shard
+                .iter()
+                .filter_map(|(shard, port, counts)| {
+                    counts
+                        .split(',')
+                        .filter_map(|kv| kv.split_once('='))
+                        .find(|(o, _)| o == org)
+                        .map(|(_, n)| (*shard, *port, n.parse().unwrap()))
+                })
+                .collect();
+            assert_eq!(holding.len(), 1, "{table}: org {org}'s rows in one shard: {holding:?}");
+            let expected: i64 = su
+                .query_one(
+                    "SELECT get_shard_id_for_distribution_column($1::text::regclass, $2::text::uuid)",
+                    &[&table, org],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(holding[0].0, expected, "{table}: the shard of org {org}'s id");
+            let all: i64 = su
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE org_id = $1::text::uuid"),
+                    &[org],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(holding[0].2, all, "{table}: all of org {org}'s rows");
+            holding[0]
+        })
+        .collect()
+}
+
+/// Four orgs, at least one per worker (org ids are random: drawn until both hold one).
+fn orgs_on_both_workers(c: &Cluster) -> Vec<(String, String)> {
+    let mut su = c.superuser();
+    let mut tenants: Vec<(String, String)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    while tenants.len() < 4 || seen.len() < 2 {
+        let (admin, _) = user(c);
+        let org = org(c, &admin);
+        let port: i32 = su
+            .query_one(
+                "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+                  WHERE p.shardid = get_shard_id_for_distribution_column('truxe.audit_logs',
+                                                                          $1::text::uuid)",
+                &[&org],
+            )
+            .unwrap()
+            .get(0);
+        seen.insert(port);
+        tenants.push((admin, org));
+    }
+    tenants
+}
+
+/// usage_metrics distributed by org_id: record_usage through the coordinator writes each
+/// org's counter in the shard of its org (the shard group of its audit rows), on both
+/// workers; an org admin reads their own org's usage through the claim and no other
+/// tenant's, and nothing without a claim (autocommit) or with a forged one; an unknown org
+/// is still 23503 (the foreign key's code on a single node).
+#[test]
+fn usage_rows_live_in_their_orgs_shard_and_admins_read_them_through_the_claim() {
+    let Some(c) = cluster() else { return };
+    let tenants = orgs_on_both_workers(c);
+    let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
+    let mut svc = c.service();
+    for (i, org) in orgs.iter().enumerate() {
+        let amount = i64::try_from(i).unwrap() + 1;
+        let total: i64 = svc
+            .query_one(
+                "SELECT truxe.record_usage($1::text::uuid, 'api_requests', $2)",
+                &[org, &amount],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(total, amount);
+        svc.execute(
+            "SELECT truxe.record_usage($1::text::uuid, 'emails', 1,
+                                       now() - interval '40 days')",
+            &[org],
+        )
+        .unwrap();
+    }
+    let mut su = c.superuser();
+    let usage = org_rows_by_shard(&mut su, "truxe.usage_metrics", &orgs);
+    let audit = org_rows_by_shard(&mut su, "truxe.audit_logs", &orgs);
+    // a shard's hash range: colocated shards of one org cover the same range
+    let range = |su: &mut Client, shard: i64| -> (String, String) {
+        let r = su
+            .query_one(
+                "SELECT shardminvalue, shardmaxvalue FROM pg_dist_shard WHERE shardid = $1",
+                &[&shard],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let mut ports = std::collections::BTreeSet::new();
+    for ((u, a), org) in usage.iter().zip(&audit).zip(&orgs) {
+        assert_eq!(u.2, 2, "two counters of org {org}");
+        assert_eq!(
+            u.1, a.1,
+            "org {org}'s usage on the worker of its audit rows"
+        );
+        assert_eq!(
+            range(&mut su, u.0),
+            range(&mut su, a.0),
+            "org {org}'s usage in the shard group of its audit rows (colocated)"
+        );
+        ports.insert(u.1);
+    }
+    assert_eq!(ports.len(), 2, "the orgs' usage on both workers");
+
+    let read = |client: &mut Client, setup: &str| -> Vec<(String, i64)> {
+        let mut t = client.transaction().unwrap();
+        t.batch_execute(setup).unwrap();
+        let rows = t
+            .query(
+                "SELECT org_id::text, sum(metric_value)::bigint FROM truxe.usage_metrics
+                  WHERE org_id::text = ANY ($1) GROUP BY 1 ORDER BY 1",
+                &[&orgs],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        t.commit().unwrap();
+        rows
+    };
+    let mut a = c.authenticated();
+    for (i, (admin, org)) in tenants.iter().enumerate() {
+        let amount = i64::try_from(i).unwrap() + 1;
+        assert_eq!(
+            read(
+                &mut a,
+                &format!("SELECT truxe.set_context('{admin}', NULL, true)")
+            ),
+            vec![(org.clone(), amount + 1)],
+            "admin of org {org} reads its usage and no other tenant's"
+        );
+    }
+    // authenticate's claim, for a session of the second admin
+    let (bob, beta) = &tenants[1];
+    let jti: String = c
+        .service()
+        .query_one(
+            "SELECT jti::text FROM truxe.create_session($1::text::uuid)",
+            &[bob],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        read(&mut a, &format!("SELECT FROM truxe.authenticate('{jti}')")),
+        vec![(beta.clone(), 3)]
+    );
+    // a member who administers nothing reads nothing
+    let (carol, _) = user(c);
+    c.service()
+        .execute(
+            "INSERT INTO truxe.memberships (org_id, user_id, role)
+             VALUES ($1::text::uuid, $2::text::uuid, 'member')",
+            &[beta, &carol],
+        )
+        .unwrap();
+    assert_eq!(
+        read(
+            &mut a,
+            &format!("SELECT truxe.set_context('{carol}', NULL, true)")
+        ),
+        vec![]
+    );
+    // no claim (autocommit: Citus sends SET LOCAL only inside a transaction block), a
+    // forged one: nothing
+    let (ada, acme) = &tenants[0];
+    let none: i64 = c
+        .acting_as(ada)
+        .query_one(
+            "SELECT count(*) FROM truxe.usage_metrics WHERE org_id = $1::text::uuid",
+            &[acme],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0);
+    let forged = format!(
+        "v1:c1:9223372036854775807:{ada}:{beta}:{beta}:{}",
+        "0".repeat(64)
+    );
+    assert_eq!(read(&mut a, &set_claim(&forged)), vec![]);
+    // authenticated still writes nothing there
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[ada],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.execute(
+            "INSERT INTO truxe.usage_metrics (org_id, metric_type, period_start, period_end)
+             VALUES ($1::text::uuid, 'x', now(), now() + interval '1 day')",
+            &[acme],
+        )),
+        "42501"
+    );
+    drop(t);
+    // an unknown org: 23503, as the foreign key says on a single node
+    assert_eq!(
+        sqlstate(svc.query(
+            "SELECT truxe.record_usage(gen_random_uuid(), 'api_requests')",
+            &[]
+        )),
+        "23503"
+    );
+}
+
+/// secrets (the vault) distributed by org_id: put_secret, get_secret and delete_secret
+/// through the coordinator, each org's secrets in the shard of its org on both workers, the
+/// values bound to their row; rotate_encryption_key runs over the shards (no row lock
+/// across shards); end users still read nothing of the table.
+#[test]
+fn secrets_live_in_their_orgs_shard_and_the_vault_works_through_the_coordinator() {
+    let Some(c) = cluster() else { return };
+    let tenants = orgs_on_both_workers(c);
+    let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
+    let mut svc = c.service();
+    for org in &orgs {
+        for name in ["stripe", "webhook"] {
+            svc.execute(
+                "SELECT truxe.put_secret($1::text::uuid, $2, $3)",
+                &[org, &name, &format!("{name} of {org}")],
+            )
+            .unwrap();
+        }
+        // replacing keeps the id and the row
+        svc.execute(
+            "SELECT truxe.put_secret($1::text::uuid, 'stripe', $2, '{\"v\": 2}')",
+            &[org, &format!("new stripe of {org}")],
+        )
+        .unwrap();
+    }
+    let mut su = c.superuser();
+    let ports: std::collections::BTreeSet<i32> = org_rows_by_shard(&mut su, "truxe.secrets", &orgs)
+        .iter()
+        .map(|(_, port, n)| {
+            assert_eq!(*n, 2);
+            *port
+        })
+        .collect();
+    assert_eq!(ports.len(), 2, "the orgs' secrets on both workers");
+    for org in &orgs {
+        let v: Option<String> = svc
+            .query_one("SELECT truxe.get_secret($1::text::uuid, 'stripe')", &[org])
+            .unwrap()
+            .get(0);
+        assert_eq!(v.as_deref(), Some(format!("new stripe of {org}").as_str()));
+    }
+    // a value copied onto another org's row does not decrypt (bound to its row)
+    su.execute(
+        "UPDATE truxe.secrets s SET key_id = o.key_id, nonce = o.nonce, ciphertext = o.ciphertext
+           FROM (SELECT key_id, nonce, ciphertext FROM truxe.secrets
+                  WHERE org_id = $1::text::uuid AND name = 'webhook') o
+          WHERE s.org_id = $2::text::uuid AND s.name = 'webhook'",
+        &[&orgs[0], &orgs[1]],
+    )
+    .unwrap_or_else(|_| {
+        // Citus may refuse a join of two shards in an UPDATE: copy through the client
+        let r = su
+            .query_one(
+                "SELECT key_id, nonce, ciphertext FROM truxe.secrets
+                  WHERE org_id = $1::text::uuid AND name = 'webhook'",
+                &[&orgs[0]],
+            )
+            .unwrap();
+        let (k, n, ct): (String, Vec<u8>, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
+        su.execute(
+            "UPDATE truxe.secrets SET key_id = $2, nonce = $3, ciphertext = $4
+              WHERE org_id = $1::text::uuid AND name = 'webhook'",
+            &[&orgs[1], &k, &n, &ct],
+        )
+        .unwrap()
+    });
+    assert_eq!(
+        sqlstate(svc.query(
+            "SELECT truxe.get_secret($1::text::uuid, 'webhook')",
+            &[&orgs[1]]
+        )),
+        "XX001"
+    );
+    // the vault's audit rows, in the org's shard like the rest of its rows
+    let written: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs
+              WHERE org_id = $1::text::uuid AND action = 'secret.written'",
+            &[&orgs[2]],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 3);
+    let deleted: bool = svc
+        .query_one(
+            "SELECT truxe.delete_secret($1::text::uuid, 'webhook')",
+            &[&orgs[2]],
+        )
+        .unwrap()
+        .get(0);
+    assert!(deleted);
+    let gone: Option<String> = svc
+        .query_one(
+            "SELECT truxe.get_secret($1::text::uuid, 'webhook')",
+            &[&orgs[2]],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(gone, None);
+    // every value is under the current key: the rotation reads every shard, re-seals none
+    let rotated: i64 = svc
+        .query_one("SELECT truxe.rotate_encryption_key(100)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rotated, 0);
+    // an unknown org is P0002, as on a single node
+    assert_eq!(
+        sqlstate(svc.query("SELECT truxe.put_secret(gen_random_uuid(), 'x', 'y')", &[])),
+        "P0002"
+    );
+    // end users read nothing of the table, even an org admin with a valid claim
+    let (ada, _) = &tenants[0];
+    let mut a = c.authenticated();
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[ada],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.query("SELECT count(*) FROM truxe.secrets", &[])),
+        "42501"
+    );
+}
+
+/// invitations distributed by org_id: each org's invitations in the shard of its org on
+/// both workers; invite_by_email, inspect_invitation, accept_invitation_token (a new user,
+/// a pending member, a joined member), a wrong secret counted, revoke_invitation (refused
+/// without rights) all through the coordinator; an org admin reads their org's invitations
+/// through the claim and no other tenant's, a member none, autocommit none.
+#[test]
+fn invitations_live_in_their_orgs_shard_and_work_through_the_coordinator() {
+    let Some(c) = cluster() else { return };
+    let tenants = orgs_on_both_workers(c);
+    let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
+    let invite = |admin: &str, org: &str, email: &str| -> String {
+        c.acting_as(admin)
+            .query_one(
+                "SELECT token FROM truxe.invite_by_email($1::text::uuid, $2, 'member')",
+                &[&org, &email],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let mut tokens = Vec::new();
+    for (admin, org) in &tenants {
+        for _ in 0..2 {
+            let email = format!("{}@citus.example", unique("inv"));
+            tokens.push((org.clone(), email.clone(), invite(admin, org, &email)));
+        }
+    }
+    let mut su = c.superuser();
+    let ports: std::collections::BTreeSet<i32> =
+        org_rows_by_shard(&mut su, "truxe.invitations", &orgs)
+            .iter()
+            .map(|(_, port, n)| {
+                assert_eq!(*n, 2);
+                *port
+            })
+            .collect();
+    assert_eq!(ports.len(), 2, "the orgs' invitations on both workers");
+
+    let mut svc = c.service();
+    let status_of = |svc: &mut Client, sql: &str, token: &str| -> String {
+        svc.query_one(sql, &[&token]).unwrap().get(0)
+    };
+    let inspect = "SELECT status FROM truxe.inspect_invitation($1)";
+    let accept = "SELECT status FROM truxe.accept_invitation_token($1)";
+    // inspect, then a wrong secret (counted, on the shard), then accept by a new user
+    let (acme, _, token) = &tokens[0];
+    assert_eq!(status_of(&mut svc, inspect, token), "valid");
+    let (id_part, secret) = token.split_once('.').unwrap();
+    let wrong = format!(
+        "{id_part}.{}{}",
+        &secret[..secret.len() - 1],
+        if secret.ends_with('A') { 'B' } else { 'A' }
+    );
+    assert_eq!(status_of(&mut svc, inspect, &wrong), "invalid");
+    let attempts: i32 = su
+        .query_one(
+            "SELECT attempts FROM truxe.invitations WHERE org_id = $1::text::uuid
+              AND token_hash IS NOT NULL ORDER BY created_at LIMIT 1",
+            &[acme],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "the wrong secret counted");
+    let r = svc
+        .query_one(
+            "SELECT status, org_id::text, user_id::text FROM truxe.accept_invitation_token($1)",
+            &[token],
+        )
+        .unwrap();
+    let (status, org_id, new_user): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!(
+        (status.as_str(), org_id.as_str()),
+        ("accepted", acme.as_str())
+    );
+    let role: String = su
+        .query_one(
+            "SELECT role::text FROM truxe.memberships
+              WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid AND joined_at IS NOT NULL",
+            &[acme, &new_user],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(role, "member");
+    assert_eq!(status_of(&mut svc, accept, token), "used");
+    // an existing user with a pending membership joins; a joined member is told so
+    let (ada, _) = &tenants[0];
+    let (dora, dora_email) = user(c);
+    svc.execute(
+        "INSERT INTO truxe.memberships (org_id, user_id, role) VALUES ($1::text::uuid, $2::text::uuid, 'member')",
+        &[acme, &dora],
+    )
+    .unwrap();
+    let t = invite(ada, acme, &dora_email);
+    assert_eq!(status_of(&mut svc, accept, &t), "accepted");
+    let joined: bool = su
+        .query_one(
+            "SELECT joined_at IS NOT NULL FROM truxe.memberships
+              WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+            &[acme, &dora],
+        )
+        .unwrap()
+        .get(0);
+    assert!(joined);
+    let t = invite(ada, acme, &dora_email);
+    assert_eq!(status_of(&mut svc, accept, &t), "already_member");
+    // metrics() counts the pending invitations over the shards (and its cleanup lag reads
+    // their oldest dates there)
+    let metrics: Vec<(String, f64)> = svc
+        .query("SELECT metric, value FROM truxe.metrics()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let pending = metrics
+        .iter()
+        .find(|(m, _)| m == "invitations_pending")
+        .map(|(_, v)| *v);
+    assert!(pending >= Some(7.0), "{metrics:?}");
+    // one token accepted by 6 clients at once: accepted once (the lock by (org_id, id))
+    let racer = format!("{}@citus.example", unique("race"));
+    let t = invite(ada, acme, &racer);
+    let statuses: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let t = t.clone();
+                s.spawn(move || -> String {
+                    c.service()
+                        .query_one(
+                            "SELECT status FROM truxe.accept_invitation_token($1)",
+                            &[&t],
+                        )
+                        .unwrap()
+                        .get(0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted = statuses.iter().filter(|s| *s == "accepted").count();
+    assert_eq!(accepted, 1, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| s == "accepted" || s == "used"),
+        "{statuses:?}"
+    );
+    // revoke_invitation: the org's admin may, another tenant's admin may not
+    let (bob, beta) = &tenants[1];
+    let (_, _, beta_token) = tokens.iter().find(|(o, _, _)| o == beta).unwrap();
+    let beta_id = beta_token.split_once('.').unwrap().0.to_string();
+    let beta_uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &beta_id[0..8],
+        &beta_id[8..12],
+        &beta_id[12..16],
+        &beta_id[16..20],
+        &beta_id[20..32]
+    );
+    let revoke = |who: &str| -> bool {
+        c.acting_as(who)
+            .query_one(
+                "SELECT truxe.revoke_invitation($1::text::uuid)",
+                &[&beta_uuid],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(!revoke(ada), "another tenant's admin");
+    assert_eq!(status_of(&mut svc, inspect, beta_token), "valid");
+    assert!(revoke(bob));
+    assert_eq!(status_of(&mut svc, inspect, beta_token), "revoked");
+
+    // reads through the claim: each admin their own org's invitations
+    let read = |client: &mut Client, setup: &str| -> Vec<(String, i64)> {
+        let mut t = client.transaction().unwrap();
+        t.batch_execute(setup).unwrap();
+        let rows = t
+            .query(
+                "SELECT org_id::text, count(*) FROM truxe.invitations
+                  WHERE org_id::text = ANY ($1) GROUP BY 1 ORDER BY 1",
+                &[&orgs],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        t.commit().unwrap();
+        rows
+    };
+    let mut a = c.authenticated();
+    for (admin, org) in &tenants {
+        let all: i64 = su
+            .query_one(
+                "SELECT count(*) FROM truxe.invitations WHERE org_id = $1::text::uuid",
+                &[org],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            read(
+                &mut a,
+                &format!("SELECT truxe.set_context('{admin}', NULL, true)")
+            ),
+            vec![(org.clone(), all)],
+            "admin of org {org}"
+        );
+    }
+    assert_eq!(
+        read(
+            &mut a,
+            &format!("SELECT truxe.set_context('{new_user}', NULL, true)")
+        ),
+        vec![],
+        "a member reads none"
+    );
+    let none: i64 = c
+        .acting_as(ada)
+        .query_one(
+            "SELECT count(*) FROM truxe.invitations WHERE org_id = $1::text::uuid",
+            &[acme],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0, "autocommit: no claim on the workers");
+    // the token hash stays unreadable
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[ada],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.query("SELECT token_hash FROM truxe.invitations", &[])),
+        "42501"
+    );
+}
+
+/// rotate_encryption_key over a distributed vault re-seals every value under the new key
+/// (no row lock across shards: it replaces a value only if it is still the one it read).
+/// In a database of its own (single-node Citus: the coordinator holds the shards), whose
+/// key file, set for that database only, gains a second key: the shared database's claims
+/// keep their key.
+#[test]
+fn rotate_encryption_key_reseals_a_distributed_vault() {
+    let Some(c) = cluster() else { return };
+    use std::os::unix::fs::PermissionsExt;
+    let db = unique("rotation");
+    let keys = cluster_key().0.with_file_name(format!("{db}.keys"));
+    std::fs::write(&keys, format!("r1:{}\n", crate::mfa::random_key())).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut postgres = c.coordinator.client("postgres", "postgres");
+    postgres
+        .batch_execute(&format!("CREATE DATABASE {db} TEMPLATE template0"))
+        .unwrap();
+    postgres
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET truxe.encryption_key_file = '{}'",
+            keys.display()
+        ))
+        .unwrap();
+    let mut su = c.coordinator.client(&db, "postgres");
+    for sql in [
+        "CREATE EXTENSION citus".to_string(),
+        "CREATE EXTENSION truxe CASCADE".to_string(),
+        format!(
+            "SELECT citus_set_coordinator_host('127.0.0.1', {})",
+            c.coordinator.port
+        ),
+        format!(
+            "SELECT citus_set_node_property('127.0.0.1', {}, 'shouldhaveshards', true)",
+            c.coordinator.port
+        ),
+        "SELECT count(*) FROM truxe.distribute()".to_string(),
+    ] {
+        su.batch_execute(&sql).unwrap();
+    }
+    let shards: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'truxe.secrets'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(shards, 32, "the vault is distributed");
+    let orgs: Vec<String> = (0..6)
+        .map(|i| {
+            su.query_one(
+                "INSERT INTO truxe.organizations (slug, name) VALUES ($1, 'Rot') RETURNING id::text",
+                &[&format!("rot-{i}")],
+            )
+            .unwrap()
+            .get(0)
+        })
+        .collect();
+    let mut svc = c.coordinator.client(&db, SERVICE_LOGIN);
+    for org in &orgs {
+        svc.execute(
+            "SELECT truxe.put_secret($1::text::uuid, 'token', $2)",
+            &[org, &format!("token of {org}")],
+        )
+        .unwrap();
+    }
+    // a new last line: the current key
+    let old = std::fs::read_to_string(&keys).unwrap();
+    std::fs::write(&keys, format!("{old}r2:{}\n", crate::mfa::random_key())).unwrap();
+    let mut total = 0;
+    loop {
+        let n: i64 = svc
+            .query_one("SELECT truxe.rotate_encryption_key(4)", &[])
+            .unwrap()
+            .get(0);
+        assert!(n <= 4, "one batch at most");
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, 6, "every value re-sealed once");
+    let under: Vec<String> = su
+        .query("SELECT DISTINCT key_id FROM truxe.secrets", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(under, vec!["r2".to_string()]);
+    for org in &orgs {
+        let v: Option<String> = svc
+            .query_one("SELECT truxe.get_secret($1::text::uuid, 'token')", &[org])
+            .unwrap()
+            .get(0);
+        assert_eq!(v.as_deref(), Some(format!("token of {org}").as_str()));
+    }
+    drop((su, svc));
+    let _ = std::fs::remove_file(&keys);
+}
+
 /// cleanup_expired_data removes old rows from the distributed tables (no cross-shard
 /// FOR UPDATE) and keeps the live ones.
 #[test]
@@ -727,6 +1443,15 @@ fn cleanup_expired_data_deletes_across_shards() {
         &[],
     )
     .unwrap();
+    // invitations expired 35 days ago, in orgs all over the shards (no foreign key on Citus)
+    su.execute(
+        "INSERT INTO truxe.invitations (org_id, email, token_hash, created_at, expires_at)
+         SELECT gen_random_uuid(), 'old' || i || '@citus.example', repeat('b', 64),
+                now() - interval '40 days', now() - interval '35 days'
+           FROM generate_series(1, 20) i",
+        &[],
+    )
+    .unwrap();
     let live = format!("{}@citus.example", unique("live"));
     c.service()
         .query("SELECT * FROM truxe.issue_magic_link($1)", &[&live])
@@ -745,10 +1470,12 @@ fn cleanup_expired_data_deletes_across_shards() {
     let of = |t: &str| deleted.iter().find(|(n, _)| n == t).map(|(_, d)| *d);
     assert!(of("rate_limits") >= Some(40), "{deleted:?}");
     assert!(of("magic_link_challenges") >= Some(30), "{deleted:?}");
+    assert!(of("invitations") >= Some(20), "{deleted:?}");
     let left: i64 = su
         .query_one(
             "SELECT (SELECT count(*) FROM truxe.rate_limits WHERE window_end < now() - interval '1 hour')
-                  + (SELECT count(*) FROM truxe.magic_link_challenges WHERE expires_at < now() - interval '1 day')",
+                  + (SELECT count(*) FROM truxe.magic_link_challenges WHERE expires_at < now() - interval '1 day')
+                  + (SELECT count(*) FROM truxe.invitations WHERE expires_at < now() - interval '30 days')",
             &[],
         )
         .unwrap()
