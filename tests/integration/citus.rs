@@ -782,12 +782,14 @@ fn org_rows_by_shard(su: &mut Client, table: &str, orgs: &[String]) -> Vec<(i64,
         .collect()
 }
 
-/// Four orgs, at least one per worker (org ids are random: drawn until both hold one).
-fn orgs_on_both_workers(c: &Cluster) -> Vec<(String, String)> {
+/// `n` (at least 2) tenants, each an admin and their org, with orgs on both workers: org
+/// ids are random, so the last one is drawn again while all the others landed on one worker
+/// (the draws left over are other tenants).
+fn orgs_on_both_workers(c: &Cluster, n: usize) -> Vec<(String, String)> {
     let mut su = c.superuser();
     let mut tenants: Vec<(String, String)> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    while tenants.len() < 4 || seen.len() < 2 {
+    while tenants.len() < n {
         let (admin, _) = user(c);
         let org = org(c, &admin);
         let port: i32 = su
@@ -799,6 +801,9 @@ fn orgs_on_both_workers(c: &Cluster) -> Vec<(String, String)> {
             )
             .unwrap()
             .get(0);
+        if tenants.len() == n - 1 && seen.len() < 2 && seen.contains(&port) {
+            continue;
+        }
         seen.insert(port);
         tenants.push((admin, org));
     }
@@ -813,7 +818,7 @@ fn orgs_on_both_workers(c: &Cluster) -> Vec<(String, String)> {
 #[test]
 fn usage_rows_live_in_their_orgs_shard_and_admins_read_them_through_the_claim() {
     let Some(c) = cluster() else { return };
-    let tenants = orgs_on_both_workers(c);
+    let tenants = orgs_on_both_workers(c, 4);
     let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
     let mut svc = c.service();
     for (i, org) in orgs.iter().enumerate() {
@@ -970,7 +975,7 @@ fn usage_rows_live_in_their_orgs_shard_and_admins_read_them_through_the_claim() 
 #[test]
 fn secrets_live_in_their_orgs_shard_and_the_vault_works_through_the_coordinator() {
     let Some(c) = cluster() else { return };
-    let tenants = orgs_on_both_workers(c);
+    let tenants = orgs_on_both_workers(c, 4);
     let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
     let mut svc = c.service();
     for org in &orgs {
@@ -1096,7 +1101,7 @@ fn secrets_live_in_their_orgs_shard_and_the_vault_works_through_the_coordinator(
 #[test]
 fn invitations_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     let Some(c) = cluster() else { return };
-    let tenants = orgs_on_both_workers(c);
+    let tenants = orgs_on_both_workers(c, 4);
     let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
     let invite = |admin: &str, org: &str, email: &str| -> String {
         c.acting_as(admin)
@@ -1551,33 +1556,9 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
         "audit_logs".to_string(),
         "distributed by org_id".to_string()
     )));
-    let mut su = c.superuser();
-    let worker_of = |su: &mut Client, org: &str| -> i32 {
-        su.query_one(
-            "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
-              WHERE p.shardid = get_shard_id_for_distribution_column('truxe.audit_logs', $1::text::uuid)",
-            &[&org],
-        )
-        .unwrap()
-        .get(0)
-    };
-    let workers: std::collections::BTreeSet<i32> =
-        c.workers.iter().map(|w| i32::from(w.port)).collect();
-    // 12 tenants over both workers: org ids are random, so the twelfth is drawn again (the
-    // draws left over are other tenants) while the first eleven all landed on one worker
-    let mut tenants: Vec<(String, String)> = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    while tenants.len() < 12 {
-        let (admin, _) = user(c);
-        let org = org(c, &admin);
-        let port = worker_of(&mut su, &org);
-        if tenants.len() == 11 && seen.len() < 2 && seen.contains(&port) {
-            continue;
-        }
-        seen.insert(port);
-        tenants.push((admin, org));
-    }
+    let tenants = orgs_on_both_workers(c, 12);
     let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
+    let mut su = c.superuser();
     let total = |su: &mut Client, org: &str| -> i64 {
         su.query_one(
             "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
@@ -1587,52 +1568,14 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
         .get(0)
     };
 
-    // where the rows are: every shard's count per org, with the shard's worker
-    let per_shard: Vec<(i64, i32, String)> = su
-        .query(
-            "SELECT r.shardid, n.nodeport, r.result
-               FROM run_command_on_shards('truxe.audit_logs',
-                      $$SELECT coalesce(string_agg(org_id::text || '=' || n, ','), '')
-                          FROM (SELECT org_id, count(*) n FROM %s GROUP BY 1) x$$) r
-               JOIN pg_dist_placement p ON p.shardid = r.shardid
-               JOIN pg_dist_node n USING (groupid)",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert_eq!(per_shard.len(), 32, "one row per shard");
+    // where the rows are: each org's in the one shard of its id, all of them there
     let mut ports = std::collections::BTreeSet::new();
-    for org in &orgs {
-        let holding: Vec<(i64, i32, i64)> = per_shard
-            .iter()
-            .filter_map(|(shard, port, counts)| {
-                counts
-                    .split(',')
-                    .filter_map(|kv| kv.split_once('='))
-                    .find(|(o, _)| o == org)
-                    .map(|(_, n)| (*shard, *port, n.parse().unwrap()))
-            })
-            .collect();
-        assert_eq!(
-            holding.len(),
-            1,
-            "org {org}'s rows in one shard: {holding:?}"
-        );
-        let (shard, port, n) = holding[0];
-        let expected: i64 = su
-            .query_one(
-                "SELECT get_shard_id_for_distribution_column('truxe.audit_logs', $1::text::uuid)",
-                &[&org],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(shard, expected, "the shard of the org's id");
+    for (_, port, n) in org_rows_by_shard(&mut su, "truxe.audit_logs", &orgs) {
         assert!(n >= 1, "create_organization's audit rows");
-        assert_eq!(n, total(&mut su, org), "all of the org's rows");
         ports.insert(port);
     }
+    let workers: std::collections::BTreeSet<i32> =
+        c.workers.iter().map(|w| i32::from(w.port)).collect();
     assert_eq!(ports, workers, "the 12 orgs spread over both workers");
 
     // an org admin reads their org's rows and no other tenant's: set_context's claim

@@ -97,6 +97,26 @@ fn accept(
     (r.get(0), r.get(1), r.get(2))
 }
 
+/// The owner (`owner`'s client) changes `user`'s role in `org`.
+fn set_role(owner: &mut Client, org: &str, user: &str, role: &str) {
+    owner
+        .execute(
+            "SELECT truxe.change_role($1::text::uuid, $2::text::uuid, $3::text::truxe.membership_role)",
+            &[&org, &user, &role],
+        )
+        .unwrap();
+}
+
+/// `user`'s extra permissions in `org` become `perms` (a JSON array), written directly.
+fn set_permissions(su: &mut Client, org: &str, user: &str, perms: &str) {
+    su.execute(
+        "UPDATE truxe.memberships SET permissions = $3::text::jsonb
+          WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+        &[&org, &user, &perms],
+    )
+    .unwrap();
+}
+
 /// (role, permissions, joined) of `user`'s membership of `org`, if any.
 fn membership(su: &mut Client, org: &str, user: &str) -> Option<(String, String, bool)> {
     su.query_opt(
@@ -617,14 +637,6 @@ fn an_invitation_ends_with_its_inviters_authority() {
     let o = org();
     let (mut su, mut s) = (o.db.superuser(), o.db.service());
     let mut owner = o.db.acting_as(&o.owner);
-    let set_role = |owner: &mut Client, user: &str, role: &str| {
-        owner
-            .execute(
-                "SELECT truxe.change_role($1::text::uuid, $2::text::uuid, $3::text::truxe.membership_role)",
-                &[&o.id, &user, &role],
-            )
-            .unwrap();
-    };
 
     // the control: the inviter still an admin, the invitation works
     let (_, token) = invite(
@@ -673,7 +685,7 @@ fn an_invitation_ends_with_its_inviters_authority() {
 
     // demoted to member: an admin's invitation is no longer one they could send
     let promoted = o.member.clone();
-    set_role(&mut owner, &promoted, "admin");
+    set_role(&mut owner, &o.id, &promoted, "admin");
     let (_, token) = invite(
         &mut o.db.acting_as(&promoted),
         &o.id,
@@ -681,18 +693,13 @@ fn an_invitation_ends_with_its_inviters_authority() {
         "member",
         "[]",
     );
-    set_role(&mut owner, &promoted, "member");
+    set_role(&mut owner, &o.id, &promoted, "member");
     assert_eq!(inspect(&mut s, &token), "revoked");
     assert_eq!(accept(&mut s, &token, None).0, "revoked");
 
     // an extra permission the inviter no longer holds
-    set_role(&mut owner, &promoted, "admin");
-    su.execute(
-        "UPDATE truxe.memberships SET permissions = '[\"billing:read\"]'
-          WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
-        &[&o.id, &promoted],
-    )
-    .unwrap();
+    set_role(&mut owner, &o.id, &promoted, "admin");
+    set_permissions(&mut su, &o.id, &promoted, r#"["billing:read"]"#);
     let (_, token) = invite(
         &mut o.db.acting_as(&promoted),
         &o.id,
@@ -700,12 +707,7 @@ fn an_invitation_ends_with_its_inviters_authority() {
         "member",
         "[\"billing:read\"]",
     );
-    su.execute(
-        "UPDATE truxe.memberships SET permissions = '[]'
-          WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
-        &[&o.id, &promoted],
-    )
-    .unwrap();
+    set_permissions(&mut su, &o.id, &promoted, "[]");
     assert_eq!(accept(&mut s, &token, None).0, "revoked");
 
     // suspended
@@ -766,12 +768,7 @@ fn an_inviters_authority_is_the_same_whichever_check_decides() {
     assert_eq!(sqlstate(refused), "42501");
 
     // a permission the inviter holds (the full check, on invite and on accept)
-    su.execute(
-        "UPDATE truxe.memberships SET permissions = '[\"billing:read\"]'
-          WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
-        &[&o.id, &o.admin],
-    )
-    .unwrap();
+    set_permissions(&mut su, &o.id, &o.admin, r#"["billing:read"]"#);
     let (_, token) = invite(
         &mut o.db.acting_as(&o.admin),
         &o.id,
@@ -788,15 +785,7 @@ fn an_inviters_authority_is_the_same_whichever_check_decides() {
 
     // an owner's invitation of an owner: accepted while the inviter is an owner, revoked
     // once the inviter is only an admin (an admin may not grant the owner role)
-    let set_role = |owner: &mut Client, user: &str, role: &str| {
-        owner
-            .execute(
-                "SELECT truxe.change_role($1::text::uuid, $2::text::uuid, $3::text::truxe.membership_role)",
-                &[&o.id, &user, &role],
-            )
-            .unwrap();
-    };
-    set_role(&mut owner, &o.admin, "owner");
+    set_role(&mut owner, &o.id, &o.admin, "owner");
     let (_, kept) = invite(
         &mut o.db.acting_as(&o.admin),
         &o.id,
@@ -812,7 +801,7 @@ fn an_inviters_authority_is_the_same_whichever_check_decides() {
         "[]",
     );
     assert_eq!(accept(&mut s, &kept, None).0, "accepted");
-    set_role(&mut owner, &o.admin, "admin");
+    set_role(&mut owner, &o.id, &o.admin, "admin");
     assert_eq!(inspect(&mut s, &dropped), "revoked");
     assert_eq!(accept(&mut s, &dropped, None).0, "revoked");
     // and as an admin they cannot send it again
