@@ -322,6 +322,9 @@ struct Pending {
     email: String,
     role: Option<membership_role>,
     expires_at: Option<TimestampWithTimeZone>,
+    /// On Citus, the owner of the distributed tables (find()'s reason to act as them);
+    /// None on a single node.
+    citus_owner: Option<pg_sys::Oid>,
 }
 
 /// The invitation, locked, and (column 10) whether its inviter plainly may still send it:
@@ -450,6 +453,7 @@ fn find(
         email,
         role,
         expires_at,
+        citus_owner: owner,
     }))
 }
 
@@ -582,7 +586,7 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
         // membership written in one statement (no row when the e-mail has a user)
         // (not on Citus: the invitation is on a worker, users and memberships on the
         // coordinator, which one data-modifying statement cannot span)
-        if user_id.is_none() && crate::claim::distributed_audit_owner().is_none() {
+        if user_id.is_none() && p.citus_owner.is_none() {
             let joined = plans::run(
                 c,
                 NEW_USER_JOINS,
@@ -644,7 +648,7 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
                 "accepted",
             ),
         };
-        if let Some(owner) = crate::claim::distributed_audit_owner() {
+        if let Some(owner) = p.citus_owner {
             // on Citus the invitation is on a worker and memberships on the coordinator,
             // which one data-modifying statement cannot span (nor may its RETURNING cast):
             // the invitation's values read under find()'s lock and the invitation used up,
