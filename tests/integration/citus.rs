@@ -611,12 +611,7 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
     let mut a = c.acting_as(&ada);
     // audit_logs is distributed: its policies run on the workers, which know the identity
     // from the claim that set_context signs for its transaction (docs/scaling.md)
-    let mut t = a.transaction().unwrap();
-    t.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-        &[&ada],
-    )
-    .unwrap();
+    let mut t = in_context(&mut a, &ada);
     let audit_of_beta: i64 = t
         .query_one(
             "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
@@ -724,6 +719,18 @@ fn rate_limits_and_usage_are_exact_under_four_clients() {
         .unwrap()
         .get(0);
     assert_eq!(used, 100);
+}
+
+/// A transaction of `client` in which `user` acts (set_context, transaction-local): the
+/// claim reaches the workers only inside a transaction block.
+fn in_context<'a>(client: &'a mut Client, user: &str) -> postgres::Transaction<'a> {
+    let mut t = client.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[&user],
+    )
+    .unwrap();
+    t
 }
 
 /// For each org of `orgs`: the shard that holds its rows of `table` (every shard's rows
@@ -943,12 +950,7 @@ fn usage_rows_live_in_their_orgs_shard_and_admins_read_them_through_the_claim() 
     );
     assert_eq!(read(&mut a, &set_claim(&forged)), vec![]);
     // authenticated still writes nothing there
-    let mut t = a.transaction().unwrap();
-    t.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-        &[ada],
-    )
-    .unwrap();
+    let mut t = in_context(&mut a, ada);
     assert_eq!(
         sqlstate(t.execute(
             "INSERT INTO truxe.usage_metrics (org_id, metric_type, period_start, period_end)
@@ -1081,12 +1083,7 @@ fn secrets_live_in_their_orgs_shard_and_the_vault_works_through_the_coordinator(
     // end users read nothing of the table, even an org admin with a valid claim
     let (ada, _) = &tenants[0];
     let mut a = c.authenticated();
-    let mut t = a.transaction().unwrap();
-    t.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-        &[ada],
-    )
-    .unwrap();
+    let mut t = in_context(&mut a, ada);
     assert_eq!(
         sqlstate(t.query("SELECT count(*) FROM truxe.secrets", &[])),
         "42501"
@@ -1315,12 +1312,7 @@ fn invitations_live_in_their_orgs_shard_and_work_through_the_coordinator() {
         .get(0);
     assert_eq!(none, 0, "autocommit: no claim on the workers");
     // the token hash stays unreadable
-    let mut t = a.transaction().unwrap();
-    t.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-        &[ada],
-    )
-    .unwrap();
+    let mut t = in_context(&mut a, ada);
     assert_eq!(
         sqlstate(t.query("SELECT token_hash FROM truxe.invitations", &[])),
         "42501"
@@ -1631,12 +1623,7 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
 
     // the claim ada's transaction carried, as a login could read it
     let claim: String = {
-        let mut t = a.transaction().unwrap();
-        t.execute(
-            "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-            &[ada],
-        )
-        .unwrap();
+        let mut t = in_context(&mut a, ada);
         let v = t
             .query_one("SELECT current_setting('truxe.claim')", &[])
             .unwrap()
@@ -1695,12 +1682,7 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
     // an app appends rows in the acting user's name, for an org it may act in or for none
     // (the nil uuid on Citus: NULL is no distribution key), inside the claim's transaction
     let insert = |c: &mut Client, org: &str, actor: &str| {
-        let mut t = c.transaction().unwrap();
-        t.execute(
-            "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-            &[ada],
-        )
-        .unwrap();
+        let mut t = in_context(c, ada);
         let r = t.execute(
             "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action)
              VALUES ($1::text::uuid, $2::text::uuid, 'app.note')",
@@ -1715,12 +1697,7 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
     assert_eq!(sqlstate(insert(&mut a, beta, ada)), "42501");
     assert_eq!(sqlstate(insert(&mut a, acme, bob)), "42501");
     // the request columns stay truxe's to fill in (checked on the coordinator)
-    let mut t = a.transaction().unwrap();
-    t.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-        &[ada],
-    )
-    .unwrap();
+    let mut t = in_context(&mut a, ada);
     assert_eq!(
         sqlstate(t.execute(
             "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, ip)
@@ -1755,12 +1732,7 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
         .unwrap()
         .get(0);
     assert_eq!(orgless, 1, "the login's audit row, under the nil uuid");
-    let mut t = a.transaction().unwrap();
-    t.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-        &[ada],
-    )
-    .unwrap();
+    let mut t = in_context(&mut a, ada);
     let seen: i64 = t
         .query_one(
             "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
@@ -1834,12 +1806,7 @@ fn a_single_node_makes_no_claim_and_keeps_null_orgs() {
         .get(0);
     assert_eq!(null_org, 1);
     let mut a = db.authenticated();
-    let mut t = a.transaction().unwrap();
-    t.execute(
-        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-        &[&user],
-    )
-    .unwrap();
+    let mut t = in_context(&mut a, &user);
     let claim: Option<String> = t
         .query_one("SELECT current_setting('truxe.claim', true)", &[])
         .unwrap()
