@@ -2207,3 +2207,52 @@ fn sessions_live_in_their_jti_shards_and_work_through_the_coordinator() {
         .get(0);
     assert!(live >= 10.0, "{live}");
 }
+
+/// A limit of Citus, pinned down: authenticate's once-a-minute touch of `last_used_at`
+/// writes the session's shard as the table owner, and Citus then refuses the caller's own
+/// read of that shard in the same transaction (25001); a new transaction, whose
+/// authenticate does not write again within the minute, lists the sessions
+/// (docs/scaling.md, "sessions on Citus").
+#[test]
+fn listing_sessions_after_a_touch_needs_a_transaction_of_its_own() {
+    let Some(c) = cluster() else { return };
+    let (u, _) = user(c);
+    let jti: String = c
+        .service()
+        .query_one(
+            "SELECT jti::text FROM truxe.create_session($1::text::uuid)",
+            &[&u],
+        )
+        .unwrap()
+        .get(0);
+    c.superuser()
+        .execute(
+            "UPDATE truxe.sessions SET last_used_at = now() - interval '5 minutes'
+              WHERE jti_hash = sha256(uuid_send($1::text::uuid))",
+            &[&jti],
+        )
+        .unwrap();
+    let mut a = c.authenticated();
+    let mut t = a.transaction().unwrap();
+    t.query_one("SELECT user_id FROM truxe.authenticate($1)", &[&jti])
+        .unwrap();
+    assert_eq!(
+        sqlstate(t.query("SELECT count(*) FROM truxe.sessions", &[])),
+        "25001"
+    );
+    t.rollback().unwrap();
+    // the rollback undid the touch: the next authenticate writes it again, and commits
+    let mut t = a.transaction().unwrap();
+    t.query_one("SELECT user_id FROM truxe.authenticate($1)", &[&jti])
+        .unwrap();
+    t.commit().unwrap();
+    let mut t = a.transaction().unwrap();
+    t.query_one("SELECT user_id FROM truxe.authenticate($1)", &[&jti])
+        .unwrap();
+    let own: i64 = t
+        .query_one("SELECT count(*) FROM truxe.sessions", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(own, 1);
+    t.commit().unwrap();
+}
