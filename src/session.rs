@@ -464,7 +464,9 @@ pub(crate) struct Live {
 /// The live session of `jti` (validate_session's checks and its `last_used_at` touch), or
 /// None. The session and its user are read through their unique indexes in the calling
 /// statement's snapshot (src/index_read.rs: no executor on the path every request takes);
-/// the org re-check of an org-scoped session and the once-a-minute touch are statements.
+/// on Citus the session is read by `jti_hash` through SQL instead (one shard,
+/// [`citus_owner`]). The org re-check of an org-scoped session and the once-a-minute touch
+/// are statements.
 pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     let policy = policy()?;
     // SAFETY: reads the transaction's start time (what now() returns); no preconditions.

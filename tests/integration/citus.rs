@@ -2256,3 +2256,73 @@ fn listing_sessions_after_a_touch_needs_a_transaction_of_its_own() {
     assert_eq!(own, 1);
     t.commit().unwrap();
 }
+
+/// elevate_session on Citus: the factor checked on the coordinator, the session locked and
+/// raised to aal 2 in its shard; another user's factor `invalid`; a refresh keeps aal 2
+/// (the child inserted with the values read); authenticate reports it.
+#[test]
+fn elevate_session_raises_a_distributed_session() {
+    let Some(c) = cluster() else { return };
+    let (alice, _) = user(c);
+    let (bob, _) = user(c);
+    let mut s = c.service();
+    let enroll = |s: &mut Client, u: &str| -> (String, String) {
+        let r = s
+            .query_one(
+                "SELECT factor_id::text, secret FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+                &[&u],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let (factor, secret) = enroll(&mut s, &alice);
+    let (bob_factor, bob_secret) = enroll(&mut s, &bob);
+    let r = s
+        .query_one(
+            "SELECT jti::text, refresh_jti::text FROM truxe.create_session($1::text::uuid)",
+            &[&alice],
+        )
+        .unwrap();
+    let (jti, refresh): (String, String) = (r.get(0), r.get(1));
+    let elevate = |s: &mut Client, factor: &str, code: &str| -> String {
+        s.query_one(
+            "SELECT truxe.elevate_session($1::text::uuid, $2::text::uuid, $3)",
+            &[&jti, &factor, &code],
+        )
+        .unwrap()
+        .get(0)
+    };
+    crate::mfa::leave_step_margin(5);
+    assert_eq!(
+        elevate(&mut s, &bob_factor, &crate::mfa::python_code(&bob_secret)),
+        "invalid"
+    );
+    assert_eq!(
+        elevate(&mut s, &factor, &crate::mfa::python_code(&secret)),
+        "verified"
+    );
+    let aal: i16 = c
+        .superuser()
+        .query_one(
+            "SELECT aal FROM truxe.sessions WHERE jti_hash = sha256(uuid_send($1::text::uuid))",
+            &[&jti],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(aal, 2);
+    let new_jti: String = s
+        .query_one(
+            "SELECT jti::text FROM truxe.refresh_session($1::text::uuid)",
+            &[&refresh],
+        )
+        .unwrap()
+        .get(0);
+    let mut a = c.authenticated();
+    let mut t = a.transaction().unwrap();
+    let aal: i16 = t
+        .query_one("SELECT aal FROM truxe.authenticate($1)", &[&new_jti])
+        .unwrap()
+        .get(0);
+    assert_eq!(aal, 2, "the family keeps its level");
+    t.commit().unwrap();
+}
