@@ -2326,3 +2326,55 @@ fn elevate_session_raises_a_distributed_session() {
     assert_eq!(aal, 2, "the family keeps its level");
     t.commit().unwrap();
 }
+
+/// One refresh token presented by 4 clients at once through the coordinator (two tabs
+/// refreshing together, within the default grace): the row lock is taken in the session's
+/// shard (found first on every shard without a lock), so exactly one rotates it and the
+/// others, waiting on that lock, get sessions of the same family (within the grace); the
+/// family then holds 5 sessions, 4 of them live, and the parent is `rotated` once.
+#[test]
+fn concurrent_refreshes_of_one_token_rotate_it_once() {
+    let Some(c) = cluster() else { return };
+    let (u, _) = user(c);
+    let r = c
+        .service()
+        .query_one(
+            "SELECT jti::text, refresh_jti::text FROM truxe.create_session($1::text::uuid)",
+            &[&u],
+        )
+        .unwrap();
+    let (jti, refresh): (String, String) = (r.get(0), r.get(1));
+    let barrier = std::sync::Barrier::new(4);
+    let got: Vec<usize> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (refresh, barrier) = (&refresh, &barrier);
+                s.spawn(move || {
+                    let mut svc = c.service();
+                    barrier.wait();
+                    svc.query(
+                        "SELECT jti FROM truxe.refresh_session($1::text::uuid)",
+                        &[refresh],
+                    )
+                    .unwrap()
+                    .len()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(got, vec![1, 1, 1, 1], "every tab gets a session");
+    let mut su = c.superuser();
+    let r = su
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE revoked_at IS NULL),
+                    count(*) FILTER (WHERE revoked_reason = 'rotated')
+               FROM truxe.sessions
+              WHERE family_id = (SELECT family_id FROM truxe.sessions
+                                  WHERE jti_hash = sha256(uuid_send($1::text::uuid)))",
+            &[&jti],
+        )
+        .unwrap();
+    let counts: (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!(counts, (5, 4, 1), "(sessions, live, rotated)");
+}
