@@ -7,9 +7,10 @@
 -- Placement today: the tables addressed by a bearer value or a hashed key and read only by
 -- truxe's own functions are distributed by what their lookup uses (magic_link_challenges
 -- by id: verify_magic_link is single-shard; rate_limits by key_hash: rate_limit_hit is
--- single-shard and exact under concurrency); audit_logs, usage_metrics, secrets and
+-- single-shard and exact under concurrency; sessions by jti_hash: validate_session and
+-- authenticate are single-shard); audit_logs, usage_metrics, secrets and
 -- invitations by org_id, colocated (each org's rows in the shard of its id; their
--- policies read the signed claim of src/claim.rs). Every other table stays on the
+-- policies, and the sessions' one, read the signed claim of src/claim.rs). Every other table stays on the
 -- coordinator: their RLS policies and triggers are not yet in a form Citus accepts on a
 -- distributed table (docs/scaling.md lists each table with its reason). role_permissions becomes a
 -- reference table with memberships' move, not before: joined with memberships on the
@@ -164,6 +165,30 @@ BEGIN
   CREATE POLICY invitation_admin_read_claim ON truxe.invitations FOR SELECT TO authenticated
     USING (truxe.claim_administers(org_id));
 
+  -- sessions by jti_hash, what validate_session and authenticate look up: one shard each
+  -- (docs/scaling.md, "sessions on Citus"), on the empty table:
+  --  * the keys without jti_hash go: the primary key (id) and the unique refresh_jti_hash
+  --    become plain indexes (both are SHA-256 or random uuids; refresh_session finds a
+  --    refresh token on every shard, then locks its row by jti_hash);
+  --  * the foreign keys to users and organizations go: deleting a user or an org no
+  --    longer deletes its sessions (they stop validating and refreshing, since the user's
+  --    status and the org access are read on the coordinator; cleanup removes them);
+  --  * the audit trigger goes (a shard cannot write audit_logs): on Citus the session
+  --    functions write session.created and session.revoked themselves (src/session.rs);
+  --  * the user's read policy reads the claim, under a name of its own (as audit_logs')
+  DROP POLICY session_read ON truxe.sessions;
+  DROP TRIGGER audit_sessions ON truxe.sessions;
+  ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_user_id_fkey;
+  ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_org_id_fkey;
+  ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_pkey;
+  ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_refresh_jti_hash_key;
+  CREATE INDEX sessions_id_idx ON truxe.sessions (id);
+  CREATE INDEX sessions_refresh_jti_hash_idx ON truxe.sessions (refresh_jti_hash);
+  PERFORM pg_catalog.create_distributed_table('truxe.sessions', 'jti_hash',
+                                              colocate_with => 'none');
+  CREATE POLICY session_read_claim ON truxe.sessions FOR SELECT TO authenticated
+    USING (user_id = truxe.claim_user());
+
   RETURN QUERY
     SELECT c.relname::text,
            CASE c.relname
@@ -173,6 +198,7 @@ BEGIN
              WHEN 'invitations' THEN 'distributed by org_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
+             WHEN 'sessions' THEN 'distributed by jti_hash'
              ELSE 'coordinator'
            END
       FROM pg_catalog.pg_class c

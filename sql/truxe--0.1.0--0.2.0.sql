@@ -1834,7 +1834,8 @@ GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
 -- truxe.distribute(): the one-time conversion of a new database on a Citus coordinator
 -- (docs/scaling.md); a superuser's step, so nobody else may execute it. Its body is
 -- sql/distribute.sql's: audit_logs, usage_metrics, secrets and invitations by org_id,
--- colocated, with the claim policies (src/claim.rs) included
+-- colocated, and sessions by jti_hash (validate_session and authenticate single-shard),
+-- with the claim policies (src/claim.rs) included
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -1978,6 +1979,30 @@ BEGIN
   CREATE POLICY invitation_admin_read_claim ON truxe.invitations FOR SELECT TO authenticated
     USING (truxe.claim_administers(org_id));
 
+  -- sessions by jti_hash, what validate_session and authenticate look up: one shard each
+  -- (docs/scaling.md, "sessions on Citus"), on the empty table:
+  --  * the keys without jti_hash go: the primary key (id) and the unique refresh_jti_hash
+  --    become plain indexes (both are SHA-256 or random uuids; refresh_session finds a
+  --    refresh token on every shard, then locks its row by jti_hash);
+  --  * the foreign keys to users and organizations go: deleting a user or an org no
+  --    longer deletes its sessions (they stop validating and refreshing, since the user's
+  --    status and the org access are read on the coordinator; cleanup removes them);
+  --  * the audit trigger goes (a shard cannot write audit_logs): on Citus the session
+  --    functions write session.created and session.revoked themselves (src/session.rs);
+  --  * the user's read policy reads the claim, under a name of its own (as audit_logs')
+  DROP POLICY session_read ON truxe.sessions;
+  DROP TRIGGER audit_sessions ON truxe.sessions;
+  ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_user_id_fkey;
+  ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_org_id_fkey;
+  ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_pkey;
+  ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_refresh_jti_hash_key;
+  CREATE INDEX sessions_id_idx ON truxe.sessions (id);
+  CREATE INDEX sessions_refresh_jti_hash_idx ON truxe.sessions (refresh_jti_hash);
+  PERFORM pg_catalog.create_distributed_table('truxe.sessions', 'jti_hash',
+                                              colocate_with => 'none');
+  CREATE POLICY session_read_claim ON truxe.sessions FOR SELECT TO authenticated
+    USING (user_id = truxe.claim_user());
+
   RETURN QUERY
     SELECT c.relname::text,
            CASE c.relname
@@ -1987,6 +2012,7 @@ BEGIN
              WHEN 'invitations' THEN 'distributed by org_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
+             WHEN 'sessions' THEN 'distributed by jti_hash'
              ELSE 'coordinator'
            END
       FROM pg_catalog.pg_class c

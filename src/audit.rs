@@ -504,6 +504,40 @@ fn audit_sessions<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     finish(events()?)
 }
 
+/// A session row as the audit trigger of sessions sees it: (id, user_id, org_id,
+/// family_id or revoked_reason). For the functions that write sessions on Citus, where
+/// the trigger cannot run (it would write audit_logs from a shard).
+pub(crate) type SessionAudit = (Uuid, Option<Uuid>, Option<Uuid>, Option<String>);
+
+/// On Citus: `session.created` for each inserted session (`family` in the last field), as
+/// [`audit_sessions`] writes it on a single node.
+pub(crate) fn sessions_created(rows: Vec<SessionAudit>) -> Result<(), TruxeError> {
+    session_events(rows, "session.created", "family_id")
+}
+
+/// On Citus: `session.revoked` for each revoked session (the reason in the last field), as
+/// [`audit_sessions`] writes it on a single node.
+pub(crate) fn sessions_revoked(rows: Vec<SessionAudit>) -> Result<(), TruxeError> {
+    session_events(rows, "session.revoked", "reason")
+}
+
+fn session_events(
+    rows: Vec<SessionAudit>,
+    action: &'static str,
+    field: &'static str,
+) -> Result<(), TruxeError> {
+    let events = rows
+        .into_iter()
+        .map(|(id, user, org, extra)| {
+            events_of(org, "session", id.to_string())(
+                action,
+                json!({ "user_id": uuid_text(user), field: extra }),
+            )
+        })
+        .collect();
+    write(events, Client::default())
+}
+
 // The trigger functions' C entry points (src/trigger.rs): called as a plain function, each
 // raises 0A000 instead of panicking.
 trigger_entry!(

@@ -1,6 +1,7 @@
 //! Reads of a few rows through one btree index, without SPI or the executor: what the org
 //! sets under every RLS policy run once per statement (src/context.rs), and the session and
-//! user lookups of validate_session (src/session.rs), on every request. Through SPI, such a
+//! user lookups of validate_session (src/session.rs), on every request (the session's on a
+//! single node only: on Citus, where sessions are distributed, it is read through SQL). Through SPI, such a
 //! read pays the plan cache's revalidation, executor start-up of every plan node, the
 //! expression machinery for each qual and a result tuple per row; here it pays the index
 //! descent and, for an index-only read, the visibility map (bench/README.md, "Performance

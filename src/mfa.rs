@@ -450,18 +450,44 @@ fn elevate(
     let Some(live) = crate::session::validate(jti)? else {
         return Ok("invalid".into());
     };
+    // on Citus (sessions distributed by jti_hash, docs/scaling.md) the factor is checked on
+    // the coordinator and the session locked and raised in its shard, as the owner
+    let citus = crate::claim::distributed_audit_owner();
+    let hash = crate::session::bearer_hash(&jti);
     let outcome = Spi::connect_mut(|c| -> Result<_, TruxeError> {
         // locked, and not revoked since validate read it (a revocation that commits while
         // this waits for the lock is seen here)
-        let session = plans::run(
-            c,
-            "SELECT s.id, s.org_id FROM truxe.sessions s
-               JOIN truxe.mfa_factors f ON f.user_id = s.user_id AND f.id = $2
-              WHERE s.id = $1 AND s.revoked_at IS NULL
-              FOR NO KEY UPDATE OF s",
-            &[UUID, UUID],
-            &[live.id.into(), factor_id.into()],
-        )?;
+        let session = match citus {
+            None => plans::run(
+                c,
+                "SELECT s.id, s.org_id FROM truxe.sessions s
+                   JOIN truxe.mfa_factors f ON f.user_id = s.user_id AND f.id = $2
+                  WHERE s.id = $1 AND s.revoked_at IS NULL
+                  FOR NO KEY UPDATE OF s",
+                &[UUID, UUID],
+                &[live.id.into(), factor_id.into()],
+            )?,
+            Some(owner) => {
+                let factor = plans::run(
+                    c,
+                    "SELECT 1 FROM truxe.mfa_factors f WHERE f.user_id = $1 AND f.id = $2",
+                    &[UUID, UUID],
+                    &[live.user.into(), factor_id.into()],
+                )?;
+                if factor.is_empty() {
+                    return Ok(("invalid", None));
+                }
+                let _as_owner = crate::apptables::ActingAs::switch_to(owner);
+                plans::run(
+                    c,
+                    "SELECT s.id, s.org_id FROM truxe.sessions s
+                      WHERE s.jti_hash = $2 AND s.id = $1 AND s.revoked_at IS NULL
+                      FOR NO KEY UPDATE",
+                    &[UUID, plans::BYTEA],
+                    &[live.id.into(), hash.clone().into()],
+                )?
+            }
+        };
         if session.is_empty() {
             return Ok(("invalid", None));
         }
@@ -470,12 +496,22 @@ fn elevate(
         };
         let (status, _) = check(c, factor_id, code.as_deref())?;
         if status == "verified" {
-            plans::run(
-                c,
-                "UPDATE truxe.sessions SET aal = 2 WHERE id = $1",
-                &[UUID],
-                &[session_id.into()],
-            )?;
+            if let Some(owner) = citus {
+                let _as_owner = crate::apptables::ActingAs::switch_to(owner);
+                plans::run(
+                    c,
+                    "UPDATE truxe.sessions SET aal = 2 WHERE jti_hash = $2 AND id = $1",
+                    &[UUID, plans::BYTEA],
+                    &[session_id.into(), hash.clone().into()],
+                )?;
+            } else {
+                plans::run(
+                    c,
+                    "UPDATE truxe.sessions SET aal = 2 WHERE id = $1",
+                    &[UUID],
+                    &[session_id.into()],
+                )?;
+            }
             return Ok((status, Some((session_id, org_id))));
         }
         Ok((status, None))

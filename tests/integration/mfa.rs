@@ -134,7 +134,7 @@ fn failed_attempts(c: &mut Client, factor: &str) -> i32 {
 
 /// Waits, if needed, until at least `need` seconds remain in the current 30-second step,
 /// so that codes computed now for the steps around it stay around it.
-fn leave_step_margin(need: u64) {
+pub(crate) fn leave_step_margin(need: u64) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
@@ -176,7 +176,7 @@ for secret, offset in zip(args[0::2], args[1::2]):
         .collect()
 }
 
-fn python_code(secret: &str) -> String {
+pub(crate) fn python_code(secret: &str) -> String {
     python_codes(&[(secret.to_string(), 0)]).remove(0)
 }
 
