@@ -124,63 +124,30 @@ fn inserted(
     }
 }
 
-/// On Citus (after `truxe.distribute()`, which distributes `sessions` by `jti_hash` along
-/// with `audit_logs`: docs/scaling.md), the owner of the distributed tables; None on a
-/// single node. There every statement on `sessions` runs as that owner (Citus refuses a
-/// transaction that touches a shard as two roles), the session and its user are read
-/// through SQL (the coordinator's own `sessions` is an empty shell: no index read), no
-/// statement locks rows across shards, and the functions write the `session.created` /
-/// `session.revoked` audit rows that the trigger writes on a single node (a trigger on a
-/// shard cannot write `audit_logs`, another distributed table).
-fn citus_owner() -> Option<pg_sys::Oid> {
-    crate::claim::distributed_audit_owner()
-}
-
-/// A revoking UPDATE of sessions, with the columns its audit rows need (Citus form).
-macro_rules! returning_revoked {
+/// A revoking UPDATE of sessions, written once: `.0` as a single node runs it (the audit
+/// trigger writes `session.revoked`), `.1` returning what [`citus::revoke`] audits.
+macro_rules! revoking {
     ($sql:literal) => {
-        concat!($sql, " RETURNING id, user_id, org_id, revoked_reason")
+        (
+            $sql,
+            concat!($sql, " RETURNING id, user_id, org_id, revoked_reason"),
+        )
     };
 }
 
-/// On Citus: runs `sql` (a statement on sessions returning id, user_id, org_id and a
-/// fourth text column) as `owner`; its rows, for the audit.
-fn audited(
-    owner: pg_sys::Oid,
-    sql: &'static str,
-    types: &[PgOid],
-    args: &[pgrx::datum::DatumWithOid<'_>],
-) -> Result<Vec<crate::audit::SessionAudit>, TruxeError> {
-    let _as_owner = crate::apptables::ActingAs::switch_to(owner);
-    Ok(plans::run_once(sql, types, args, |t| {
-        let mut rows = Vec::with_capacity(t.len());
-        for row in t {
-            if let Some(id) = row.get::<Uuid>(1)? {
-                rows.push((
-                    id,
-                    row.get::<Uuid>(2)?,
-                    row.get::<Uuid>(3)?,
-                    row.get::<String>(4)?,
-                ));
-            }
-        }
-        Ok(rows)
-    })?)
+/// The INSERT of a new session (create_session); on Citus also returning the family for
+/// the audit row (`citus::create`).
+macro_rules! insert_session {
+    () => {
+        "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash, family_id,
+                                     device_info, ip, user_agent, expires_at, family_created_at)
+         VALUES ($1, $2, $3, $4, gen_random_uuid(), coalesce($5, '{}'), $6, $7,
+                 least(now() + $8, now() + $9), now())
+         RETURNING id, expires_at"
+    };
 }
 
-/// On Citus: runs the revoking `sql` (a [`returning_revoked`] form) as `owner` and writes a
-/// `session.revoked` row per session it revoked; returns how many.
-fn revoke_audited(
-    owner: pg_sys::Oid,
-    sql: &'static str,
-    types: &[PgOid],
-    args: &[pgrx::datum::DatumWithOid<'_>],
-) -> Result<usize, TruxeError> {
-    let rows = audited(owner, sql, types, args)?;
-    let n = rows.len();
-    crate::audit::sessions_revoked(rows)?;
-    Ok(n)
-}
+mod citus;
 
 /// Creates a session for an active user (42501 otherwise; P0002 unknown user or org); with
 /// `org_id`, the user must be a joined member of it or a joined owner/admin of one of its
@@ -287,68 +254,24 @@ fn create(
             make_room(c, user_id, limit, &policy)?;
         }
         let (jti, refresh_jti) = new_pair()?;
-        if let Some(owner) = citus_owner() {
-            // one shard (the new jti_hash's), as the owner; the audit row written here
-            let (row, family) = {
-                let _as_owner = crate::apptables::ActingAs::switch_to(owner);
-                let rows = plans::run(
-                    c,
-                    "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash, family_id,
-                                                 device_info, ip, user_agent, expires_at, family_created_at)
-                     VALUES ($1, $2, $3, $4, gen_random_uuid(), coalesce($5, '{}'), $6, $7,
-                             least(now() + $8, now() + $9), now())
-                     RETURNING id, expires_at, family_id::text",
-                    &[
-                        BYTEA, UUID, UUID, BYTEA, JSONB, INET, TEXT, INTERVAL, INTERVAL,
-                    ],
-                    &[
-                        bearer_hash(&jti).into(),
-                        user_id.into(),
-                        org_id.into(),
-                        bearer_hash(&refresh_jti).into(),
-                        device_info.param(),
-                        ip.into(),
-                        user_agent.into(),
-                        ttl.into(),
-                        policy.lifetime.into(),
-                    ],
-                )?;
-                match rows.into_iter().next() {
-                    Some(r) => (
-                        r.get::<Uuid>(1)?.zip(r.get::<TimestampWithTimeZone>(2)?),
-                        r.get::<String>(3)?,
-                    ),
-                    None => (None, None),
-                }
-            };
-            let Some((id, expires_at)) = row else {
-                return Ok(Vec::new());
-            };
-            crate::audit::sessions_created(vec![(id, Some(user_id), org_id, family)])?;
-            return Ok(vec![(jti, refresh_jti, expires_at)]);
-        }
-        let row = inserted(plans::run(
-            c,
-            "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash, family_id,
-                                         device_info, ip, user_agent, expires_at, family_created_at)
-             VALUES ($1, $2, $3, $4, gen_random_uuid(), coalesce($5, '{}'), $6, $7,
-                     least(now() + $8, now() + $9), now())
-             RETURNING id, expires_at",
-            &[
-                BYTEA, UUID, UUID, BYTEA, JSONB, INET, TEXT, INTERVAL, INTERVAL,
-            ],
-            &[
-                bearer_hash(&jti).into(),
-                user_id.into(),
-                org_id.into(),
-                bearer_hash(&refresh_jti).into(),
-                device_info.param(),
-                ip.into(),
-                user_agent.into(),
-                ttl.into(),
-                policy.lifetime.into(),
-            ],
-        )?)?;
+        let types = [
+            BYTEA, UUID, UUID, BYTEA, JSONB, INET, TEXT, INTERVAL, INTERVAL,
+        ];
+        let args = [
+            bearer_hash(&jti).into(),
+            user_id.into(),
+            org_id.into(),
+            bearer_hash(&refresh_jti).into(),
+            device_info.param(),
+            ip.into(),
+            user_agent.into(),
+            ttl.into(),
+            policy.lifetime.into(),
+        ];
+        let row = match citus::owner() {
+            None => inserted(plans::run(c, insert_session!(), &types, &args)?)?,
+            Some(owner) => citus::create(c, owner, &types, &args, user_id, org_id)?,
+        };
         Ok(row
             .map(|(_, expires_at)| (jti, refresh_jti, expires_at))
             .into_iter()
@@ -381,29 +304,10 @@ fn make_room(
         policy.idle.into(),
     ];
     let types = [UUID, plans::INT8, INTERVAL, INTERVAL];
-    if let Some(owner) = citus_owner() {
-        // Citus plans the subquery first (it has an OFFSET), then updates by id on every shard
-        revoke_audited(
-            owner,
-            returning_revoked!(
-                "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'session_limit'
-                  WHERE id IN (SELECT s.id FROM truxe.sessions s
-                                WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
-                                  AND s.family_created_at > now() - $3
-                                  AND ($4 IS NULL OR s.last_used_at >= now() - $4)
-                                ORDER BY s.last_used_at DESC, s.created_at DESC, s.id DESC
-                                OFFSET $2)
-                    AND revoked_at IS NULL"
-            ),
-            &types,
-            &args,
-        )?;
-        return Ok(());
-    }
-    plans::run(
-        c,
-        // greatest(): a session a concurrent transaction created after ours began (and
-        // committed before this statement) must not look revoked before it was created
+    // greatest(): a session a concurrent transaction created after ours began (and
+    // committed before this statement) must not look revoked before it was created. On
+    // Citus the subquery (it has an OFFSET) is planned first, then ids updated on every shard
+    let (sql, on_citus) = revoking!(
         "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'session_limit'
           WHERE id IN (SELECT s.id FROM truxe.sessions s
                         WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
@@ -411,10 +315,16 @@ fn make_room(
                           AND ($4 IS NULL OR s.last_used_at >= now() - $4)
                         ORDER BY s.last_used_at DESC, s.created_at DESC, s.id DESC
                         OFFSET $2)
-            AND revoked_at IS NULL",
-        &types,
-        &args,
-    )?;
+            AND revoked_at IS NULL"
+    );
+    match citus::owner() {
+        None => {
+            plans::run(c, sql, &types, &args)?;
+        }
+        Some(owner) => {
+            citus::revoke(owner, on_citus, &types, &args)?;
+        }
+    }
     Ok(())
 }
 
@@ -465,7 +375,7 @@ pub(crate) struct Live {
 /// None. The session and its user are read through their unique indexes in the calling
 /// statement's snapshot (src/index_read.rs: no executor on the path every request takes);
 /// on Citus the session is read by `jti_hash` through SQL instead (one shard,
-/// [`citus_owner`]). The org re-check of an org-scoped session and the once-a-minute touch
+/// [`citus::owner`]). The org re-check of an org-scoped session and the once-a-minute touch
 /// are statements.
 pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     let policy = policy()?;
@@ -473,10 +383,10 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     let now = i128::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() });
     let lifetime = policy.lifetime.as_micros();
     let hash = bearer_hash(&jti);
-    let owner = citus_owner();
+    let owner = citus::owner();
     let row = match owner {
         None => session_row(&hash)?,
-        Some(owner) => session_row_sql(owner, &hash)?,
+        Some(owner) => citus::session_row(owner, &hash)?,
     };
     let Some(row) = row else {
         return Ok(None);
@@ -537,24 +447,19 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
                 return Ok(None);
             }
         }
-        if let (true, Some(owner)) = (touch, owner) {
-            // on Citus, in the session's shard (by jti_hash), as the owner
-            let _as_owner = crate::apptables::ActingAs::switch_to(owner);
-            plans::run(
-                c,
-                "UPDATE truxe.sessions SET last_used_at = now()
-                  WHERE jti_hash = $3 AND id = $1 AND last_used_at < now() - $2",
-                &[UUID, INTERVAL, BYTEA],
-                &[live.id.into(), policy.touch.into(), hash.clone().into()],
-            )?;
-        } else if touch {
-            plans::run(
-                c,
-                "UPDATE truxe.sessions SET last_used_at = now()
-                  WHERE id = $1 AND last_used_at < now() - $2",
-                &[UUID, INTERVAL],
-                &[live.id.into(), policy.touch.into()],
-            )?;
+        if touch {
+            match owner {
+                None => {
+                    plans::run(
+                        c,
+                        "UPDATE truxe.sessions SET last_used_at = now()
+                          WHERE id = $1 AND last_used_at < now() - $2",
+                        &[UUID, INTERVAL],
+                        &[live.id.into(), policy.touch.into()],
+                    )?;
+                }
+                Some(owner) => citus::touch(c, owner, live.id, policy.touch, &hash)?,
+            }
         }
         Ok(Some(live))
     })
@@ -644,52 +549,6 @@ fn session_row(hash: &[u8]) -> Result<Option<SessionRow>, TruxeError> {
     row
 }
 
-/// On Citus: the session whose `jti_hash` is `hash`, read through SQL as `owner` (one
-/// shard), in the calling statement's snapshot.
-fn session_row_sql(owner: pg_sys::Oid, hash: &[u8]) -> Result<Option<SessionRow>, TruxeError> {
-    let _as_owner = crate::apptables::ActingAs::switch_to(owner);
-    Spi::connect(|c| {
-        let rows = plans::read(
-            c,
-            "SELECT id, user_id, org_id, expires_at, family_created_at, last_used_at,
-                    revoked_at IS NOT NULL, aal
-               FROM truxe.sessions WHERE jti_hash = $1",
-            &[BYTEA],
-            &[hash.to_vec().into()],
-        )?;
-        let Some(row) = rows.into_iter().next() else {
-            return Ok(None);
-        };
-        let ts = |i: usize| -> Result<Option<i64>, TruxeError> {
-            Ok(row
-                .get::<TimestampWithTimeZone>(i)?
-                .map(TimestampWithTimeZone::into_inner))
-        };
-        match (
-            row.get::<Uuid>(1)?,
-            row.get::<Uuid>(2)?,
-            ts(4)?,
-            ts(5)?,
-            ts(6)?,
-            row.get::<i16>(8)?,
-        ) {
-            (Some(id), Some(user), Some(expires), Some(family), Some(used), Some(aal)) => {
-                Ok(Some(SessionRow {
-                    id,
-                    user,
-                    org: row.get::<Uuid>(3)?,
-                    expires,
-                    family,
-                    used,
-                    revoked: row.get::<bool>(7)? == Some(true),
-                    aal,
-                }))
-            }
-            _ => fail(Sqlstate::Internal, "session row with a NULL key column"),
-        }
-    })
-}
-
 /// Rotates a refresh token: a new session in the same family (new tokens, returned once;
 /// the old session's assurance level `aal` carried over, so a second factor verified once
 /// holds for the family), the old one revoked with reason `rotated`. Presenting an
@@ -734,8 +593,8 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
     // an interval computed here: no function call that a caller's schema could shadow
     let grace = micros(grace_secs * 1_000_000)?;
     let policy = policy()?;
-    if let Some(owner) = citus_owner() {
-        return refresh_on_citus(
+    if let Some(owner) = citus::owner() {
+        return citus::refresh(
             owner,
             bearer_hash(&refresh_jti),
             grace_secs,
@@ -891,213 +750,13 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
     })
 }
 
-/// refresh_session on Citus (sessions distributed by `jti_hash`): the same answers as on a
-/// single node, in statements Citus accepts. The refresh token's row is found on every
-/// shard without a lock (Citus refuses `FOR UPDATE` across shards), then locked in its
-/// shard by `jti_hash`; the user's right to go on is read on the coordinator; the new
-/// session is inserted with the values read (one shard), the old one revoked by its
-/// `jti_hash` (one shard); reuse revokes the family on every shard. As the owner; the
-/// audit rows written here.
-fn refresh_on_citus(
-    owner: pg_sys::Oid,
-    refresh_hash: Vec<u8>,
-    grace_secs: i64,
-    grace: Interval,
-    policy: &Policy,
-    ttl: Interval,
-) -> Result<Vec<Issued>, TruxeError> {
-    let _as_owner = crate::apptables::ActingAs::switch_to(owner);
-    Spi::connect_mut(|c| {
-        let key = plans::first_value::<Vec<u8>>(plans::run(
-            c,
-            "SELECT jti_hash FROM truxe.sessions WHERE refresh_jti_hash = $1",
-            &[BYTEA],
-            &[refresh_hash.clone().into()],
-        )?)?;
-        let Some(key) = key else {
-            return Ok(Vec::new());
-        };
-        let rows = plans::run(
-            c,
-            "SELECT s.id, s.family_id, s.org_id,
-                    s.revoked_at IS NULL AND s.expires_at > now()
-                      AND s.family_created_at > now() - $3
-                      AND ($4 IS NULL OR s.last_used_at >= now() - $4),
-                    s.revoked_reason, s.revoked_at >= now() - $2, s.replaced_by,
-                    s.user_id, s.family_created_at > now() - $3, s.device_info::text, s.ip::text,
-                    s.user_agent, s.aal::int4, s.family_created_at
-               FROM truxe.sessions s WHERE s.jti_hash = $5 AND s.refresh_jti_hash = $1 FOR UPDATE",
-            &[BYTEA, INTERVAL, INTERVAL, INTERVAL, BYTEA],
-            &[
-                refresh_hash.clone().into(),
-                grace.into(),
-                policy.lifetime.into(),
-                policy.idle.into(),
-                key.clone().into(),
-            ],
-        )?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let row = rows.first();
-        let (Some(id), family, org) = (
-            row.get::<Uuid>(1)?,
-            row.get::<Uuid>(2)?,
-            row.get::<Uuid>(3)?,
-        ) else {
-            return fail(Sqlstate::Internal, "session row without id");
-        };
-        let live = row.get::<bool>(4)? == Some(true);
-        let reason = row.get::<String>(5)?;
-        let within_grace = grace_secs > 0 && row.get::<bool>(6)? == Some(true);
-        let replaced_by = row.get::<Uuid>(7)?;
-        let user = row.get::<Uuid>(8)?;
-        let family_ok = row.get::<bool>(9)? == Some(true);
-        let device_info = row.get::<String>(10)?;
-        let ip = row.get::<String>(11)?;
-        let user_agent = row.get::<String>(12)?;
-        let aal = row.get::<i32>(13)?;
-        let family_created_at = row.get::<TimestampWithTimeZone>(14)?;
-        let rotate = live || (reason.as_deref() == Some("rotated") && within_grace);
-        if rotate {
-            let allowed = plans::first_value::<bool>(plans::run(
-                c,
-                concat!(
-                    "SELECT ",
-                    still_allowed!(),
-                    " FROM (SELECT $1::uuid AS user_id, $2::uuid AS org_id) s"
-                ),
-                &[UUID, UUID],
-                &[user.into(), org.into()],
-            )?)? == Some(true);
-            if !allowed || !family_ok {
-                return Ok(Vec::new());
-            }
-            // the grace holds while the first rotation's session is live (every shard)
-            if !live
-                && plans::run(
-                    c,
-                    "SELECT 1 FROM truxe.sessions
-                      WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()
-                        AND family_created_at > now() - $2
-                        AND ($3 IS NULL OR last_used_at >= now() - $3)",
-                    &[UUID, INTERVAL, INTERVAL],
-                    &[
-                        replaced_by.into(),
-                        policy.lifetime.into(),
-                        policy.idle.into(),
-                    ],
-                )?
-                .is_empty()
-            {
-                return Ok(Vec::new());
-            }
-            let (jti, new_refresh) = new_pair()?;
-            let child = plans::run(
-                c,
-                "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
-                                             family_id, device_info, ip, user_agent, expires_at, aal,
-                                             family_created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::inet, $8,
-                         least(now() + $9, $10 + $11), $12, $10)
-                 RETURNING id, expires_at",
-                &[
-                    BYTEA,
-                    UUID,
-                    UUID,
-                    BYTEA,
-                    UUID,
-                    TEXT,
-                    TEXT,
-                    TEXT,
-                    INTERVAL,
-                    plans::TIMESTAMPTZ,
-                    INTERVAL,
-                    plans::INT4,
-                ],
-                &[
-                    bearer_hash(&jti).into(),
-                    user.into(),
-                    org.into(),
-                    bearer_hash(&new_refresh).into(),
-                    family.into(),
-                    device_info.into(),
-                    ip.into(),
-                    user_agent.into(),
-                    ttl.into(),
-                    family_created_at.into(),
-                    policy.lifetime.into(),
-                    aal.into(),
-                ],
-            )?;
-            let Some((child_id, expires_at)) = inserted(child)? else {
-                return Ok(Vec::new());
-            };
-            crate::audit::sessions_created(vec![(
-                child_id,
-                user,
-                org,
-                family.map(|f| f.to_string()),
-            )])?;
-            if live {
-                revoke_audited(
-                    owner,
-                    returning_revoked!(
-                        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'rotated',
-                                replaced_by = $2
-                          WHERE jti_hash = $1"
-                    ),
-                    &[BYTEA, UUID],
-                    &[key.into(), child_id.into()],
-                )?;
-            }
-            crate::audit::record(
-                org,
-                "session.refreshed",
-                "session",
-                &child_id.to_string(),
-                serde_json::json!({
-                    "rotated_from": id.to_string(),
-                    "family_id": family.map(|f| f.to_string()),
-                    "within_grace": !live,
-                }),
-                &Default::default(),
-            )?;
-            return Ok(vec![(jti, new_refresh, expires_at)]);
-        }
-        if reason.as_deref() != Some("rotated") {
-            return Ok(Vec::new());
-        }
-        let revoked = revoke_audited(
-            owner,
-            returning_revoked!(
-                "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'refresh_token_reuse'
-                  WHERE family_id = $1 AND revoked_at IS NULL"
-            ),
-            &[UUID],
-            &[family.into()],
-        )?;
-        crate::audit::record(
-            org,
-            "session.reuse_detected",
-            "session",
-            &id.to_string(),
-            serde_json::json!({ "family_id": family.map(|f| f.to_string()), "revoked": revoked }),
-            &Default::default(),
-        )?;
-        Ok(Vec::new())
-    })
-}
-
 /// Revokes one live session by its access token (`reason` is kept in revoked_reason);
 /// true when it was live. service_account only. NULL or blank reason: 22023.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn revoke_session(jti: Option<Uuid>, reason: default!(Option<String>, "'logout'")) -> bool {
     revoke(
-        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = $2
-          WHERE jti_hash = $1 AND revoked_at IS NULL",
-        returning_revoked!(
+        revoking!(
             "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = $2
               WHERE jti_hash = $1 AND revoked_at IS NULL"
         ),
@@ -1118,9 +777,7 @@ fn revoke_user_sessions(
     reason: default!(Option<String>, "'logout'"),
 ) -> i32 {
     revoke(
-        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = $2
-          WHERE user_id = $1 AND revoked_at IS NULL",
-        returning_revoked!(
+        revoking!(
             "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = $2
               WHERE user_id = $1 AND revoked_at IS NULL"
         ),
@@ -1131,11 +788,10 @@ fn revoke_user_sessions(
     .unwrap_or_raise() as i32
 }
 
-/// Runs one revoking UPDATE (`$1` the key, `$2` the reason; `on_citus`, its
-/// [`returning_revoked`] form, there); returns how many rows it revoked.
+/// Runs one [`revoking`] UPDATE (`$1` the key, `$2` the reason); returns how many rows it
+/// revoked.
 fn revoke(
-    sql: &'static str,
-    on_citus: &'static str,
+    sql: (&'static str, &'static str),
     key_type: PgOid,
     key: pgrx::datum::DatumWithOid<'_>,
     reason: Option<String>,
@@ -1146,15 +802,21 @@ fn revoke(
             "reason must be a non-empty text",
         );
     };
-    if let Some(owner) = citus_owner() {
-        return revoke_audited(owner, on_citus, &[key_type, TEXT], &[key, reason.into()]);
+    run_revoking(sql, &[key_type, TEXT], &[key, reason.into()])
+}
+
+/// Runs a [`revoking`] UPDATE in a connection of its own; on Citus through
+/// [`citus::revoke`], which writes the audit rows the trigger writes on a single node.
+/// Returns how many sessions it revoked.
+fn run_revoking(
+    sql: (&'static str, &'static str),
+    types: &[PgOid],
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Result<usize, TruxeError> {
+    match citus::owner() {
+        None => Ok(plans::run_once(sql.0, types, args, |t| Ok(t.len()))?),
+        Some(owner) => citus::revoke(owner, sql.1, types, args),
     }
-    Ok(plans::run_once(
-        sql,
-        &[key_type, TEXT],
-        &[key, reason.into()],
-        |t| Ok(t.len()),
-    )?)
 }
 
 /// "Sign out that device": revokes the live session with public id `session_id` (reason
@@ -1177,46 +839,26 @@ fn revoke_by_id(session_id: Option<Uuid>) -> Result<bool, TruxeError> {
     let Some(session_id) = session_id else {
         return Ok(false);
     };
-    let owner = citus_owner();
-    let revoked = if let (true, Some(owner)) = (crate::context::service_caller(), owner) {
-        revoke_audited(
-            owner,
-            returning_revoked!(
+    let revoked = if crate::context::service_caller() {
+        run_revoking(
+            revoking!(
                 "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout'
                   WHERE id = $1 AND revoked_at IS NULL"
             ),
             &[UUID],
             &[session_id.into()],
         )?
-    } else if crate::context::service_caller() {
-        plans::run_once(
-            "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout'
-              WHERE id = $1 AND revoked_at IS NULL",
-            &[UUID],
-            &[session_id.into()],
-            |t| Ok(t.len()),
-        )?
     } else {
         let Some(me) = crate::identity::acting_user() else {
             return Ok(false);
         };
-        if let Some(owner) = owner {
-            return Ok(revoke_audited(
-                owner,
-                returning_revoked!(
-                    "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout'
-                      WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL"
-                ),
-                &[UUID, UUID],
-                &[session_id.into(), me.into()],
-            )? > 0);
-        }
-        plans::run_once(
-            "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout'
-              WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        run_revoking(
+            revoking!(
+                "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout'
+                  WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL"
+            ),
             &[UUID, UUID],
             &[session_id.into(), me.into()],
-            |t| Ok(t.len()),
         )?
     };
     Ok(revoked > 0)
@@ -1266,25 +908,14 @@ fn revoke_others(jti: Option<Uuid>) -> Result<i32, TruxeError> {
             ),
         };
     };
-    if let Some(owner) = citus_owner() {
-        let revoked = revoke_audited(
-            owner,
-            returning_revoked!(
-                "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout_others'
-                  WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > now()"
-            ),
-            &[UUID, UUID],
-            &[live.user.into(), live.id.into()],
-        )?;
-        return Ok(i32::try_from(revoked).unwrap_or(i32::MAX));
-    }
-    let revoked = plans::run_once(
-        // greatest(): as in make_room (a session created by a later, committed transaction)
-        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout_others'
-          WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > now()",
+    // greatest(): as in make_room (a session created by a later, committed transaction)
+    let revoked = run_revoking(
+        revoking!(
+            "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'logout_others'
+              WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > now()"
+        ),
         &[UUID, UUID],
         &[live.user.into(), live.id.into()],
-        |t| Ok(t.len()),
     )?;
     Ok(i32::try_from(revoked).unwrap_or(i32::MAX))
 }
@@ -1303,32 +934,8 @@ fn end_sessions_on_membership_delete<'a>(
         };
         let org: Option<Uuid> = old.get_by_name("org_id")?;
         let user: Option<Uuid> = old.get_by_name("user_id")?;
-        if let Some(owner) = citus_owner() {
-            // on Citus the orgs are decided on the coordinator (org_closure, memberships),
-            // then the sessions revoked on every shard by those orgs
-            let orgs = plans::run_once(
-                concat!(
-                    "SELECT array_agg(o) FROM (SELECT $1::uuid AS o
-                      UNION SELECT c.descendant_id FROM truxe.org_closure c
-                             WHERE c.ancestor_id = $1 AND NOT ",
-                    org_access!("$2", "c.descendant_id"),
-                    ") x"
-                ),
-                &[UUID, UUID],
-                &[org.into(), user.into()],
-                |t| t.first().get_one::<Vec<Uuid>>(),
-            )?
-            .unwrap_or_default();
-            revoke_audited(
-                owner,
-                returning_revoked!(
-                    "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'membership_removed'
-                      WHERE user_id = $2 AND revoked_at IS NULL AND org_id = ANY ($1)"
-                ),
-                &[plans::UUID_ARRAY, UUID],
-                &[orgs.into(), user.into()],
-            )?;
-            return Ok(());
+        if let Some(owner) = citus::owner() {
+            return citus::end_membership_sessions(owner, org, user);
         }
         plans::run_once(
             concat!(
@@ -1363,26 +970,8 @@ fn end_sessions_on_status_change<'a>(
             return Ok(());
         };
         let user: Option<Uuid> = new.get_by_name("id")?;
-        if let Some(owner) = citus_owner() {
-            // on Citus the status is read on the coordinator, the sessions revoked on every shard
-            let status = plans::run_once(
-                "SELECT u.status::text FROM truxe.users u WHERE u.id = $1 AND u.status <> 'active'",
-                &[UUID],
-                &[user.into()],
-                plans::first_value::<String>,
-            )?;
-            if let Some(status) = status {
-                revoke_audited(
-                    owner,
-                    returning_revoked!(
-                        "UPDATE truxe.sessions SET revoked_at = greatest(now(), created_at), revoked_reason = 'user_' || $2
-                          WHERE user_id = $1 AND revoked_at IS NULL"
-                    ),
-                    &[UUID, TEXT],
-                    &[user.into(), status.into()],
-                )?;
-            }
-            return Ok(());
+        if let Some(owner) = citus::owner() {
+            return citus::end_user_sessions(owner, user);
         }
         // the status is read back as text: no enum type to resolve by name
         plans::run_once(
