@@ -1988,7 +1988,7 @@ BEGIN
   --    longer deletes its sessions (they stop validating and refreshing, since the user's
   --    status and the org access are read on the coordinator; cleanup removes them);
   --  * the audit trigger goes (a shard cannot write audit_logs): on Citus the session
-  --    functions write session.created and session.revoked themselves (src/session.rs);
+  --    functions write session.created and session.revoked themselves (src/session/citus.rs);
   --  * the user's read policy reads the claim, under a name of its own (as audit_logs')
   DROP POLICY session_read ON truxe.sessions;
   DROP TRIGGER audit_sessions ON truxe.sessions;
