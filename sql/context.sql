@@ -11,24 +11,11 @@ RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The request settings app.ip, app.user_agent and app.request_id as the audit trail records
--- them (the Rust audit triggers parse them the same way): NULL when unset, empty or
--- invalid, never an error. They are the defaults of audit_logs.ip, user_agent and
--- request_id, which `authenticated` cannot set itself (sql/grants.sql), so an audit row an
--- application writes carries the same request context as the rows truxe writes.
-
--- app.ip when it is a single IP address (no prefix length), else NULL.
-CREATE FUNCTION truxe.request_ip()
-RETURNS inet LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE v text := btrim(current_setting('app.ip', true));
-BEGIN
-  IF v IS NULL OR v = '' OR length(v) > 64 OR v !~ '^[0-9A-Fa-f:.]+$' THEN
-    RETURN NULL;
-  END IF;
-  RETURN v::inet;
-EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value THEN
-  RETURN NULL;
-END
-$$;
+-- them: NULL when unset, empty or invalid, never an error. They are the defaults of
+-- audit_logs.ip, user_agent and request_id, which `authenticated` cannot set itself
+-- (sql/grants.sql), so an audit row an application writes carries the same request
+-- context as the rows truxe writes. request_ip() and request_id() are Rust
+-- (src/audit.rs): the parsers truxe's own audit rows use, without an exception block.
 
 -- app.user_agent, clipped to 512 characters; NULL when unset or empty.
 CREATE FUNCTION truxe.request_user_agent()
@@ -36,22 +23,3 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
   SELECT left(nullif(current_setting('app.user_agent', true), ''), 512);
 $$;
 
--- app.request_id when it is a uuid, else NULL.
-CREATE FUNCTION truxe.request_id()
-RETURNS uuid LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE v text := btrim(current_setting('app.request_id', true));
-BEGIN
-  IF v IS NULL OR v = '' OR length(v) > 45 THEN
-    RETURN NULL;
-  END IF;
-  IF starts_with(v, 'urn:uuid:') THEN
-    v := substr(v, 10);
-  END IF;
-  IF v = '' THEN
-    RETURN NULL;
-  END IF;
-  RETURN v::uuid;
-EXCEPTION WHEN invalid_text_representation THEN
-  RETURN NULL;
-END
-$$;

@@ -270,18 +270,10 @@ $$;
 
 -- New: the request settings as audit rows record them; defaults of audit_logs' request
 -- columns, evaluated as the inserting role.
-CREATE FUNCTION truxe.request_ip()
-RETURNS inet LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE v text := btrim(current_setting('app.ip', true));
-BEGIN
-  IF v IS NULL OR v = '' OR length(v) > 64 OR v !~ '^[0-9A-Fa-f:.]+$' THEN
-    RETURN NULL;
-  END IF;
-  RETURN v::inet;
-EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value THEN
-  RETURN NULL;
-END
-$$;
+-- request_ip() and request_id() are Rust (src/audit.rs): the parsers of truxe's own audit
+-- rows, without an exception block (Citus refuses a subtransaction per row of a bulk insert)
+CREATE FUNCTION truxe.request_ip() RETURNS inet
+LANGUAGE c STABLE SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'request_ip_setting_wrapper';
 REVOKE ALL ON FUNCTION truxe.request_ip() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.request_ip() TO service_account, authenticated;
 
@@ -292,24 +284,8 @@ $$;
 REVOKE ALL ON FUNCTION truxe.request_user_agent() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.request_user_agent() TO service_account, authenticated;
 
-CREATE FUNCTION truxe.request_id()
-RETURNS uuid LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE v text := btrim(current_setting('app.request_id', true));
-BEGIN
-  IF v IS NULL OR v = '' OR length(v) > 45 THEN
-    RETURN NULL;
-  END IF;
-  IF starts_with(v, 'urn:uuid:') THEN
-    v := substr(v, 10);
-  END IF;
-  IF v = '' THEN
-    RETURN NULL;
-  END IF;
-  RETURN v::uuid;
-EXCEPTION WHEN invalid_text_representation THEN
-  RETURN NULL;
-END
-$$;
+CREATE FUNCTION truxe.request_id() RETURNS uuid
+LANGUAGE c STABLE SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'request_id_setting_wrapper';
 REVOKE ALL ON FUNCTION truxe.request_id() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.request_id() TO service_account, authenticated;
 

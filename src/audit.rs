@@ -75,6 +75,34 @@ fn request_ip() -> Option<String> {
         .map(|a| a.to_string())
 }
 
+/// `truxe.request_ip()`: [`request_ip`] as SQL, the default of `audit_logs.ip`, so that a
+/// row an application inserts records the address as truxe's own rows do. No exception
+/// block, so no subtransaction per row: Citus refuses one inside a bulk insert into a
+/// distributed table.
+#[pg_extern(sql = r#"
+CREATE FUNCTION truxe.request_ip() RETURNS inet
+LANGUAGE c STABLE SET search_path = pg_catalog, pg_temp AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#)]
+fn request_ip_setting() -> Option<pgrx::Inet> {
+    request_ip().map(pgrx::Inet)
+}
+
+/// `truxe.request_id()`: `app.request_id` when it is a uuid (also as `urn:uuid:…`), else
+/// NULL, as [`Moment`] reads it; the default of `audit_logs.request_id` (no subtransaction,
+/// as [`request_ip_setting`]).
+#[pg_extern(sql = r#"
+CREATE FUNCTION truxe.request_id() RETURNS uuid
+LANGUAGE c STABLE SET search_path = pg_catalog, pg_temp AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+"#)]
+fn request_id_setting() -> Option<Uuid> {
+    request_id()
+}
+
+/// `app.request_id` when it is a uuid, else None.
+fn request_id() -> Option<Uuid> {
+    setting_text(REQUEST_ID).and_then(|r| parse_uuid(&r))
+}
+
 /// A user agent as stored in audit rows: at most 512 characters.
 fn clip_user_agent(ua: String) -> String {
     ua.chars().take(512).collect()
@@ -135,7 +163,7 @@ impl Moment {
                 .user_agent
                 .map(clip_user_agent)
                 .or_else(request_user_agent),
-            request_id: setting_text(REQUEST_ID).and_then(|r| parse_uuid(&r)),
+            request_id: request_id(),
         }
     }
 

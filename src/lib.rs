@@ -45,7 +45,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/rls.sql",
     name = "rls",
-    requires = ["schema", "context"]
+    requires = [
+        "schema",
+        "context",
+        audit::request_ip_setting,
+        audit::request_id_setting
+    ]
 );
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

@@ -1780,6 +1780,68 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
     }
 }
 
+/// A bulk INSERT … SELECT into the distributed audit_logs (as bench/data.sql loads it) takes
+/// the request settings from the columns' defaults, request_ip() and request_id(), for
+/// every row: they have no exception block, whose subtransaction per row Citus refused
+/// ("another command is already in progress") while streaming the rows to the workers.
+#[test]
+fn a_bulk_insert_into_the_distributed_audit_log_takes_the_request_settings() {
+    let Some(c) = cluster() else { return };
+    let tenants = orgs_on_both_workers(c, 2);
+    let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
+    let mut su = c.superuser();
+    let request = "7d444840-9dc0-11d1-b245-5ffdce74fad2";
+    let mut t = su.transaction().unwrap();
+    t.batch_execute(&format!(
+        "SET LOCAL app.ip = '203.0.113.9'; SET LOCAL app.request_id = 'urn:uuid:{request}';"
+    ))
+    .unwrap();
+    let n = t
+        .execute(
+            "INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)
+             SELECT o::uuid, 'app.bulk', 'thing', g::text
+               FROM unnest($1::text[]) o, generate_series(1, 50) g",
+            &[&orgs],
+        )
+        .unwrap();
+    t.commit().unwrap();
+    assert_eq!(n, 100);
+    let rows: Vec<(String, i64)> = su
+        .query(
+            "SELECT host(ip) || ' ' || request_id::text, count(*) FROM truxe.audit_logs
+              WHERE action = 'app.bulk' AND org_id::text = ANY ($1) GROUP BY 1",
+            &[&orgs],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(format!("203.0.113.9 {request}"), 100)]);
+    // garbage in the settings is NULL, never an error, in bulk too
+    let mut t = su.transaction().unwrap();
+    t.batch_execute("SET LOCAL app.ip = '1.2.3.4.5'; SET LOCAL app.request_id = 'nope';")
+        .unwrap();
+    let n = t
+        .execute(
+            "INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)
+             SELECT o::uuid, 'app.bulk_garbage', 'thing', g::text
+               FROM unnest($1::text[]) o, generate_series(1, 5) g",
+            &[&orgs],
+        )
+        .unwrap();
+    t.commit().unwrap();
+    assert_eq!(n, 10);
+    let nulls: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs
+              WHERE action = 'app.bulk_garbage' AND ip IS NULL AND request_id IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(nulls, 10);
+}
+
 /// What a distributed audit_logs does not support yet fails loudly, never silently
 /// (docs/scaling.md, "Not supported on Citus yet"): seal_audit_log (0A000: Citus plans no
 /// SQL function with parameters over a distributed table, which audit_rows_digest is) and
