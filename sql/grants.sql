@@ -37,6 +37,7 @@ REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(
   truxe.caller_is_service(),
   truxe.permission_matches(text, text), truxe.user_holds_permission(uuid, text, uuid),
   truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb, boolean),
+  truxe.inviter_still_may_invite(uuid),
   -- the Rust halves of the functions that raise TX429 and the helper that raises it
   -- (src/error.rs): their SQL wrappers (SECURITY DEFINER) call them
   truxe.raise_too_many_requests(text),

@@ -2020,8 +2020,8 @@ BEGIN
   RETURN truxe.require_grant_rights(i.org_id, i.invited_by, i.role, i.permissions, true) IS NOT NULL;
 END
 $$;
+-- an internal helper: only the SECURITY DEFINER token functions call it, as the owner
 REVOKE ALL ON FUNCTION truxe.inviter_still_may_invite(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION truxe.inviter_still_may_invite(uuid) TO service_account;
 
 -- == Performance (issues 12, 15, 16, 20) ==
 -- Measured misses of bench/run (bench/README.md, "Performance work after the 0.2 run"):
