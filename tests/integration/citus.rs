@@ -16,21 +16,33 @@ use crate::harness::{
 };
 use postgres::{Client, NoTls};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, Once, OnceLock};
 
 const DB: &str = "truxe_citus";
 
-/// One PostgreSQL of the cluster, listening on 127.0.0.1:`port` (and a private socket).
+/// One PostgreSQL of the cluster, listening on 127.0.0.1:`port` (and a private socket);
+/// removed at exit ([`STARTED`]).
 struct Node {
-    dir: PathBuf,
-    bindir: PathBuf,
     port: u16,
 }
 
+/// Every node this process started (bindir, directory): the exit hook removes them all,
+/// those of a cluster whose start-up panicked too.
+static STARTED: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+
 impl Node {
     fn start(tag: &str) -> Node {
+        static HOOK: Once = Once::new();
+        // SAFETY: registering a plain extern "C" fn; it runs once at process exit.
+        HOOK.call_once(|| unsafe {
+            libc::atexit(stop_cluster);
+        });
         let bindir = PathBuf::from(Server::pg_config("bindir"));
         let dir = std::env::temp_dir().join(format!("truxe-citus-{tag}-{}", std::process::id()));
+        STARTED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((bindir.clone(), dir.clone()));
         // trust: local and loopback connections need no password, between nodes too
         init_data_dir(&bindir, &dir);
         let port = free_loopback_port();
@@ -49,7 +61,7 @@ impl Node {
             .arg("-l")
             .arg(dir.join("server.log"))
             .args(["-w", "-o", &opts, "start"]));
-        Node { dir, bindir, port }
+        Node { port }
     }
 
     fn client(&self, dbname: &str, user: &str) -> Client {
@@ -62,15 +74,16 @@ impl Node {
             .connect(NoTls)
             .unwrap_or_else(|e| panic!("connect to {dbname} on :{} as {user}: {e}", self.port))
     }
+}
 
-    fn remove(&self) {
-        let _ = as_owner(&self.bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Stops the node in `dir` (if it runs) and deletes its directory.
+fn remove_node(bindir: &std::path::Path, dir: &std::path::Path) {
+    let _ = as_owner(&bindir.join("pg_ctl"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-m", "immediate", "-w", "stop"])
+        .output();
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The cluster's key file (one key, `c1`), outside every data directory, readable by the
@@ -104,11 +117,8 @@ struct Cluster {
 static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
 
 extern "C" fn stop_cluster() {
-    if let Some(Some(c)) = CLUSTER.get() {
-        c.coordinator.remove();
-        for w in &c.workers {
-            w.remove();
-        }
+    for (bindir, dir) in STARTED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        remove_node(bindir, dir);
     }
     if let Some(dir) = key_file().parent() {
         let _ = std::fs::remove_dir_all(dir);
@@ -146,8 +156,6 @@ fn cluster() -> Option<&'static Cluster> {
                 return None;
             }
             let coordinator = Node::start("coord");
-            // SAFETY: registering a plain extern "C" fn; it runs once at process exit.
-            unsafe { libc::atexit(stop_cluster) };
             let workers = [Node::start("w1"), Node::start("w2")];
             // databases are not propagated: one on every node, each with Citus
             for n in std::iter::once(&coordinator).chain(&workers) {
