@@ -8,8 +8,8 @@
 -- truxe's own functions are distributed by what their lookup uses (magic_link_challenges
 -- by id: verify_magic_link is single-shard; rate_limits by key_hash: rate_limit_hit is
 -- single-shard and exact under concurrency; sessions by jti_hash: validate_session and
--- authenticate are single-shard); audit_logs, usage_metrics, secrets and
--- invitations by org_id, colocated (each org's rows in the shard of its id; their
+-- authenticate are single-shard); audit_logs, usage_metrics, secrets, invitations
+-- and api_keys by org_id, colocated (each org's rows in the shard of its id; their
 -- policies, and the sessions' one, read the signed claim of src/claim.rs). Every other table stays on the
 -- coordinator: their RLS policies and triggers are not yet in a form Citus accepts on a
 -- distributed table (docs/scaling.md lists each table with its reason). role_permissions becomes a
@@ -165,6 +165,23 @@ BEGIN
   CREATE POLICY invitation_admin_read_claim ON truxe.invitations FOR SELECT TO authenticated
     USING (truxe.claim_administers(org_id));
 
+  -- api_keys by org_id, colocated with audit_logs (docs/scaling.md, "api_keys on Citus"),
+  -- on the empty table: its primary key (org_id, id) holds org_id already;
+  --  * the foreign keys to organizations and users go: deleting an org or a user no
+  --    longer deletes its keys or clears created_by (authenticate_api_key reads the
+  --    creator's status and org access on the coordinator, so such a key authenticates
+  --    nothing);
+  --  * the admins' read policy reads the claim, under a name of its own (as audit_logs').
+  -- On Citus authenticate_api_key finds a key by its id on every shard (a key does not
+  -- carry its org), then checks the creator on the coordinator (src/api_key.rs)
+  DROP POLICY api_key_admin_read ON truxe.api_keys;
+  ALTER TABLE truxe.api_keys DROP CONSTRAINT api_keys_org_id_fkey;
+  ALTER TABLE truxe.api_keys DROP CONSTRAINT api_keys_created_by_fkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.api_keys', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  CREATE POLICY api_key_admin_read_claim ON truxe.api_keys FOR SELECT TO authenticated
+    USING (truxe.claim_administers(org_id));
+
   -- sessions by jti_hash, what validate_session and authenticate look up: one shard each
   -- (docs/scaling.md, "sessions on Citus"), on the empty table:
   --  * the keys without jti_hash go: the primary key (id) and the unique refresh_jti_hash
@@ -196,6 +213,7 @@ BEGIN
              WHEN 'usage_metrics' THEN 'distributed by org_id'
              WHEN 'secrets' THEN 'distributed by org_id'
              WHEN 'invitations' THEN 'distributed by org_id'
+             WHEN 'api_keys' THEN 'distributed by org_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              WHEN 'sessions' THEN 'distributed by jti_hash'

@@ -291,7 +291,13 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
     assert!(placement.contains(&"rate_limits: distributed by key_hash".to_string()));
     assert!(placement.contains(&"role_permissions: coordinator".to_string()));
     assert!(placement.contains(&"sessions: distributed by jti_hash".to_string()));
-    for t in ["audit_logs", "usage_metrics", "secrets", "invitations"] {
+    for t in [
+        "audit_logs",
+        "usage_metrics",
+        "secrets",
+        "invitations",
+        "api_keys",
+    ] {
         assert!(
             placement.contains(&format!("{t}: distributed by org_id")),
             "{t}: {placement:?}"
@@ -323,14 +329,15 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
         .query_one(
             "SELECT count(DISTINCT colocationid) FROM pg_dist_partition
               WHERE logicalrelid IN ('truxe.audit_logs'::regclass, 'truxe.usage_metrics'::regclass,
-                                     'truxe.secrets'::regclass, 'truxe.invitations'::regclass)",
+                                     'truxe.secrets'::regclass, 'truxe.invitations'::regclass,
+                                     'truxe.api_keys'::regclass)",
             &[],
         )
         .unwrap()
         .get(0);
     assert_eq!(
         groups, 1,
-        "audit_logs, usage_metrics, secrets and invitations colocated"
+        "audit_logs, usage_metrics, secrets, invitations and api_keys colocated"
     );
     // the claim checks distribute() created carry no SET clause (they resolve no name): the
     // security report knows them
@@ -2377,4 +2384,266 @@ fn concurrent_refreshes_of_one_token_rotate_it_once() {
         .unwrap();
     let counts: (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
     assert_eq!(counts, (5, 4, 1), "(sessions, live, rotated)");
+}
+
+/// `create_api_key` as `user` (in a transaction acting as them): (key id, key).
+fn create_key(c: &Cluster, user: &str, org: &str, scopes: &[&str]) -> (String, String) {
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, user);
+    let r = t
+        .query_one(
+            "SELECT key_id::text, key FROM truxe.create_api_key($1::text::uuid, 'ci', $2)",
+            &[&org, &scopes],
+        )
+        .unwrap();
+    t.commit().unwrap();
+    (r.get(0), r.get(1))
+}
+
+/// `revoke_api_key` as `user` (in a transaction acting as them).
+fn revoke_key_as(c: &Cluster, user: &str, key_id: &str) -> bool {
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, user);
+    let revoked: bool = t
+        .query_one("SELECT truxe.revoke_api_key($1::text::uuid)", &[&key_id])
+        .unwrap()
+        .get(0);
+    t.commit().unwrap();
+    revoked
+}
+
+/// authenticate_api_key through the coordinator, in a transaction of its own: the org of
+/// the identity it established, or None for no row.
+fn key_org(c: &Cluster, key: &str) -> Option<String> {
+    let mut a = c.authenticated();
+    let mut t = a.transaction().unwrap();
+    let org = t
+        .query_opt(
+            "SELECT org_id::text FROM truxe.authenticate_api_key($1)",
+            &[&key],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    t.commit().unwrap();
+    org
+}
+
+/// api_keys distributed by org_id, colocated with audit_logs: keys of orgs on both workers,
+/// each org's keys in its shard; an org admin lists their org's keys (never the hash) and
+/// no other tenant's through the claim, none in autocommit; authenticate_api_key finds a
+/// key through the coordinator (by id on every shard, the creator checked on the
+/// coordinator) and refuses a mistyped, unknown or wrong-secret key; the key identity's
+/// has_permission (its scopes, its org only); revocation by an outsider (false), by an
+/// admin, by the creator; the creator's removal revoking their keys in the org and in a
+/// descendant they lose (the memberships trigger on the coordinator), audited; a suspended
+/// creator's key refused; metrics() counting live keys over the shards.
+#[test]
+fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
+    let Some(c) = cluster() else { return };
+    let tenants = orgs_on_both_workers(c, 4);
+    let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
+    let mut su = c.superuser();
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for (admin, org) in &tenants {
+        keys.push(create_key(c, admin, org, &["users:read"]));
+        create_key(c, admin, org, &[]);
+    }
+    let placed = org_rows_by_shard(&mut su, "truxe.api_keys", &orgs);
+    let ports: std::collections::BTreeSet<i32> = placed.iter().map(|p| p.1).collect();
+    assert_eq!(ports.len(), 2, "keys on both workers: {placed:?}");
+    assert!(
+        placed.iter().all(|p| p.2 == 2),
+        "two keys per org: {placed:?}"
+    );
+    // in the shard group of the org's audit rows
+    for (org, p) in orgs.iter().zip(&placed) {
+        let audit_port: i32 = org_rows_by_shard(&mut su, "truxe.audit_logs", &[org.clone()])[0].1;
+        assert_eq!(audit_port, p.1, "colocated with the org's audit rows");
+    }
+
+    // an admin lists their org's keys through the claim, and no other tenant's
+    let (admin, org) = tenants[0].clone();
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, &admin);
+    let listed: Vec<String> = t
+        .query("SELECT org_id::text FROM truxe.api_keys", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(listed, vec![org.clone(), org.clone()], "own org's two keys");
+    assert_eq!(
+        sqlstate(t.query("SELECT key_hash FROM truxe.api_keys", &[])),
+        "42501"
+    );
+    t.rollback().unwrap();
+    let seen: i64 = a
+        .query_one("SELECT count(*) FROM truxe.api_keys", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "no claim in autocommit: nothing");
+
+    // authenticate_api_key through the coordinator, and the key identity's rights
+    let (key_id, key) = keys[0].clone();
+    let mut t = a.transaction().unwrap();
+    let r = t
+        .query_one(
+            "SELECT key_id::text, org_id::text, scopes FROM truxe.authenticate_api_key($1)",
+            &[&key],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, Vec<String>>(2)
+        ),
+        (key_id.clone(), org.clone(), vec!["users:read".to_string()])
+    );
+    let r = t
+        .query_one(
+            "SELECT truxe.current_org_id()::text, truxe.current_api_key_id()::text,
+                    truxe.has_permission($1::text::uuid, 'users:read'),
+                    truxe.has_permission($1::text::uuid, 'users:write'),
+                    truxe.has_permission($2::text::uuid, 'users:read')",
+            &[&org, &orgs[1]],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, bool>(2),
+            r.get::<_, bool>(3),
+            r.get::<_, bool>(4)
+        ),
+        (org.clone(), key_id.clone(), true, false, false),
+        "(org, key, its scope, another permission, another org)"
+    );
+    t.commit().unwrap();
+    let touched: bool = su
+        .query_one(
+            "SELECT last_used_at IS NOT NULL FROM truxe.api_keys WHERE id = $1::text::uuid",
+            &[&key_id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(touched, "last_used_at touched in the key's shard");
+    let mut typo = key.clone().into_bytes();
+    typo[50] = if typo[50] == b'0' { b'1' } else { b'0' };
+    assert_eq!(
+        key_org(c, &String::from_utf8(typo).unwrap()),
+        None,
+        "a typo"
+    );
+    // a well-formed key of an unknown id, and a known id with another secret
+    let forged = |id: &str, secret_byte: &str| -> String {
+        let body = format!("trx_{}{}", id.replace('-', ""), secret_byte.repeat(64));
+        let crc = crc32fast::hash(body.as_bytes());
+        format!("{body}{crc:08x}")
+    };
+    assert_eq!(
+        key_org(c, &forged("6b0f1c2e-0000-4000-8000-000000000000", "a")),
+        None
+    );
+    assert_eq!(key_org(c, &forged(&key_id, "b")), None, "a wrong secret");
+    for (k, (_, o)) in keys.iter().zip(&tenants) {
+        assert_eq!(key_org(c, &k.1).as_deref(), Some(o.as_str()));
+    }
+
+    // revocation: an outsider's is false; an admin's and the creator's revoke
+    let (other_admin, _) = tenants[1].clone();
+    assert!(
+        !revoke_key_as(c, &other_admin, &key_id),
+        "another tenant's admin"
+    );
+    let (co_admin, _) = user(c);
+    su.execute(
+        "INSERT INTO truxe.memberships (org_id, user_id, role, joined_at)
+         VALUES ($1::text::uuid, $2::text::uuid, 'admin', now())",
+        &[&org, &co_admin],
+    )
+    .unwrap();
+    assert!(revoke_key_as(c, &co_admin, &key_id), "an admin of the org");
+    assert!(!revoke_key_as(c, &co_admin, &key_id), "already revoked");
+    assert_eq!(key_org(c, &key), None, "a revoked key");
+    let (own_id, own_key) = create_key(c, &co_admin, &org, &[]);
+    assert!(revoke_key_as(c, &co_admin, &own_id), "its creator");
+    assert_eq!(key_org(c, &own_key), None);
+    let audited: Vec<String> = su
+        .query(
+            "SELECT target_id FROM truxe.audit_logs
+              WHERE org_id = $1::text::uuid AND action = 'api_key.revoked' ORDER BY id",
+            &[&org],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        audited,
+        vec![key_id.clone(), own_id.clone()],
+        "in the org's shard"
+    );
+
+    // the creator's removal revokes their keys there and in a descendant they lose
+    let child: String = c
+        .acting_as(&admin)
+        .query_one(
+            "SELECT truxe.create_organization($1::text::public.citext, 'Child', $2::text::uuid)::text",
+            &[&unique("child-"), &org],
+        )
+        .unwrap()
+        .get(0);
+    let (in_org, in_org_key) = create_key(c, &co_admin, &org, &[]);
+    let (in_child, in_child_key) = create_key(c, &co_admin, &child, &[]);
+    assert_eq!(key_org(c, &in_child_key).as_deref(), Some(child.as_str()));
+    su.execute(
+        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+        &[&org, &co_admin],
+    )
+    .unwrap();
+    assert_eq!(key_org(c, &in_org_key), None, "a removed creator's key");
+    assert_eq!(
+        key_org(c, &in_child_key),
+        None,
+        "and in the descendant they lost"
+    );
+    let mut removed: Vec<String> = su
+        .query(
+            "SELECT target_id FROM truxe.audit_logs
+              WHERE action = 'api_key.revoked' AND details ->> 'reason' = 'creator_removed'
+                AND org_id IN ($1::text::uuid, $2::text::uuid)",
+            &[&org, &child],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    removed.sort();
+    let mut expected = vec![in_org, in_child];
+    expected.sort();
+    assert_eq!(removed, expected);
+
+    // a suspended creator's key stops at once (the creator is read on the coordinator)
+    let (admin2, org2) = tenants[2].clone();
+    let (_, key2) = keys[2].clone();
+    assert_eq!(key_org(c, &key2).as_deref(), Some(org2.as_str()));
+    su.execute(
+        "UPDATE truxe.users SET status = 'suspended' WHERE id = $1::text::uuid",
+        &[&admin2],
+    )
+    .unwrap();
+    assert_eq!(key_org(c, &key2), None, "a suspended creator's key");
+
+    // metrics() counts live keys over the shards
+    let live: f64 = c
+        .service()
+        .query_one(
+            "SELECT value FROM truxe.metrics() WHERE metric = 'api_keys_live'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(live >= 6.0, "{live}");
 }
