@@ -303,6 +303,12 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
             "{t}: {placement:?}"
         );
     }
+    for t in ["mfa_factors", "mfa_recovery_codes"] {
+        assert!(
+            placement.contains(&format!("{t}: distributed by user_id")),
+            "{t}: {placement:?}"
+        );
+    }
     assert_eq!(placement.len(), 17, "every truxe table: {placement:?}");
 
     let mut su = c.superuser();
@@ -1143,12 +1149,9 @@ fn invitations_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     // inspect, then a wrong secret (counted, on the shard), then accept by a new user
     let (acme, _, token) = &tokens[0];
     assert_eq!(status_of(&mut svc, inspect, token), "valid");
-    let (id_part, secret) = token.split_once('.').unwrap();
-    let wrong = format!(
-        "{id_part}.{}{}",
-        &secret[..secret.len() - 1],
-        if secret.ends_with('A') { 'B' } else { 'A' }
-    );
+    // (its first character changed: a changed last one may be a non-canonical base64 end,
+    // refused before the row is read, and then counts nothing)
+    let wrong = wrong_secret(token);
     assert_eq!(status_of(&mut svc, inspect, &wrong), "invalid");
     let attempts: i32 = su
         .query_one(
@@ -1391,6 +1394,22 @@ fn rotate_encryption_key_reseals_a_distributed_vault() {
         )
         .unwrap();
     }
+    // a second factor, in the distributed mfa_factors
+    let u: String = su
+        .query_one(
+            "INSERT INTO truxe.users (email, status) VALUES ('rot@citus.example', 'active')
+             RETURNING id::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let r = svc
+        .query_one(
+            "SELECT factor_id::text, secret FROM truxe.enroll_totp($1::text::uuid, 'Rot')",
+            &[&u],
+        )
+        .unwrap();
+    let (factor, seed): (String, String) = (r.get(0), r.get(1));
     // a new last line: the current key
     let old = std::fs::read_to_string(&keys).unwrap();
     std::fs::write(&keys, format!("{old}r2:{}\n", crate::mfa::random_key())).unwrap();
@@ -1406,7 +1425,7 @@ fn rotate_encryption_key_reseals_a_distributed_vault() {
         }
         total += n;
     }
-    assert_eq!(total, 6, "every value re-sealed once");
+    assert_eq!(total, 7, "every value (6 secrets, 1 factor) re-sealed once");
     let under: Vec<String> = su
         .query("SELECT DISTINCT key_id FROM truxe.secrets", &[])
         .unwrap()
@@ -1414,6 +1433,20 @@ fn rotate_encryption_key_reseals_a_distributed_vault() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(under, vec!["r2".to_string()]);
+    let under: String = su
+        .query_one("SELECT key_id FROM truxe.mfa_factors", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(under, "r2", "the factor re-sealed in its shard");
+    crate::mfa::leave_step_margin(5);
+    let status: String = svc
+        .query_one(
+            "SELECT truxe.verify_totp($1::text::uuid, $2)",
+            &[&factor, &crate::mfa::python_code(&seed)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "verified", "the re-sealed seed opens");
     for org in &orgs {
         let v: Option<String> = svc
             .query_one("SELECT truxe.get_secret($1::text::uuid, 'token')", &[org])
@@ -2646,4 +2679,228 @@ fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
         .unwrap()
         .get(0);
     assert!(live >= 6.0, "{live}");
+}
+
+/// For each of `users`: the shard of `table` that holds their rows (every shard's rows
+/// counted per user with run_command_on_shards) and its worker port, asserting that the
+/// user's rows are in exactly one shard, the one Citus computes for their id.
+fn user_rows_by_shard(su: &mut Client, table: &str, users: &[String]) -> Vec<(i64, i32)> {
+    let per_shard: Vec<(i64, i32, String)> = su
+        .query(
+            &format!(
+                "SELECT r.shardid, n.nodeport, r.result
+                   FROM run_command_on_shards('{table}',
+                          $$SELECT coalesce(string_agg(DISTINCT user_id::text, ','), '') FROM %s$$) r
+                   JOIN pg_dist_placement p ON p.shardid = r.shardid
+                   JOIN pg_dist_node n USING (groupid)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(per_shard.len(), 32, "{table}: one row per shard");
+    users
+        .iter()
+        .map(|u| {
+            let holding: Vec<(i64, i32)> = per_shard
+                .iter()
+                .filter(|(_, _, ids)| ids.split(',').any(|i| i == u))
+                .map(|(s, p, _)| (*s, *p))
+                .collect();
+            assert_eq!(holding.len(), 1, "{table}: user {u}'s rows in one shard");
+            let expected: i64 = su
+                .query_one(
+                    "SELECT get_shard_id_for_distribution_column($1::text::regclass, $2::text::uuid)",
+                    &[&table, u],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(holding[0].0, expected, "{table}: the shard of user {u}'s id");
+            holding[0]
+        })
+        .collect()
+}
+
+/// mfa_factors and mfa_recovery_codes distributed by user_id, colocated with each other:
+/// factors and codes of 8 users on both workers, each user's in the shard of their id;
+/// verify_totp through the coordinator (wrong code counted, right code verified once, then
+/// replayed; five wrong codes lock), a user listing their own factors' metadata and no
+/// other user's through the claim, none in autocommit, the sealed seed refused (42501);
+/// recovery codes single use; unenroll; metrics(). elevate_session over a distributed
+/// factor is `citus::elevate_session_raises_a_distributed_session`.
+#[test]
+fn mfa_factors_live_in_their_users_shard_and_work_through_the_coordinator() {
+    let Some(c) = cluster() else { return };
+    let mut s = c.service();
+    let mut su = c.superuser();
+    let mut users: Vec<(String, String, String)> = Vec::new();
+    for _ in 0..8 {
+        let (u, _) = user(c);
+        let r = s
+            .query_one(
+                "SELECT factor_id::text, secret FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+                &[&u],
+            )
+            .unwrap();
+        let codes = s
+            .query(
+                "SELECT truxe.generate_recovery_codes($1::text::uuid, 3)",
+                &[&u],
+            )
+            .unwrap();
+        assert_eq!(codes.len(), 3);
+        users.push((u, r.get(0), r.get(1)));
+    }
+    let ids: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
+    let factors = user_rows_by_shard(&mut su, "truxe.mfa_factors", &ids);
+    let codes = user_rows_by_shard(&mut su, "truxe.mfa_recovery_codes", &ids);
+    let ports: std::collections::BTreeSet<i32> = factors.iter().map(|f| f.1).collect();
+    assert_eq!(ports.len(), 2, "factors on both workers: {factors:?}");
+    let colocated: i64 = su
+        .query_one(
+            "SELECT count(DISTINCT colocationid) FROM pg_dist_partition
+              WHERE logicalrelid IN ('truxe.mfa_factors'::regclass,
+                                     'truxe.mfa_recovery_codes'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(colocated, 1, "factors and codes colocated");
+    for (f, r) in factors.iter().zip(&codes) {
+        assert_eq!(f.1, r.1, "a user's factors and codes on one worker");
+    }
+
+    // verify_totp: a wrong code is counted, the right one verifies once
+    let verify = |s: &mut Client, factor: &str, code: &str| -> String {
+        s.query_one(
+            "SELECT truxe.verify_totp($1::text::uuid, $2)",
+            &[&factor, &code],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (alice, factor, secret) = users[0].clone();
+    crate::mfa::leave_step_margin(8);
+    assert_eq!(
+        verify(&mut s, &factor, &crate::mfa::wrong_code(&secret)),
+        "invalid"
+    );
+    let failed: i32 = su
+        .query_one(
+            "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
+            &[&factor],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 1, "the failure persisted in the factor's shard");
+    let code = crate::mfa::python_code(&secret);
+    assert_eq!(verify(&mut s, &factor, &code), "verified");
+    assert_eq!(verify(&mut s, &factor, &code), "replayed");
+    let status: String = su
+        .query_one(
+            "SELECT status FROM truxe.mfa_factors WHERE id = $1::text::uuid",
+            &[&factor],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "verified");
+    assert_eq!(
+        verify(&mut s, "6b0f1c2e-0000-4000-8000-000000000000", &code),
+        "invalid",
+        "an unknown factor"
+    );
+    // five wrong codes lock another user's factor
+    let (_, b_factor, b_secret) = users[1].clone();
+    let wrong = crate::mfa::wrong_code(&b_secret);
+    for _ in 0..5 {
+        assert_eq!(verify(&mut s, &b_factor, &wrong), "invalid");
+    }
+    assert_eq!(
+        verify(&mut s, &b_factor, &crate::mfa::python_code(&b_secret)),
+        "locked"
+    );
+
+    // a user lists their own factors' metadata through the claim, and no other user's
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, &alice);
+    let own: Vec<String> = t
+        .query("SELECT id::text FROM truxe.mfa_factors", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(own, vec![factor.clone()]);
+    assert_eq!(
+        sqlstate(t.query("SELECT ciphertext FROM truxe.mfa_factors", &[])),
+        "42501"
+    );
+    t.rollback().unwrap();
+    let seen: i64 = a
+        .query_one("SELECT count(*) FROM truxe.mfa_factors", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "no claim in autocommit: nothing");
+
+    // recovery codes: single use, in the user's shard
+    let (carol, _, _) = users[2].clone();
+    let codes: Vec<String> = s
+        .query(
+            "SELECT truxe.generate_recovery_codes($1::text::uuid, 2)",
+            &[&carol],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let use_code = |s: &mut Client, u: &str, code: &str| -> bool {
+        s.query_one(
+            "SELECT truxe.use_recovery_code($1::text::uuid, $2)",
+            &[&u, &code],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(!use_code(&mut s, &alice, &codes[0]), "another user's code");
+    assert!(use_code(&mut s, &carol, &codes[0].to_uppercase()));
+    assert!(!use_code(&mut s, &carol, &codes[0]), "used once");
+    let left: String = su
+        .query_one(
+            "SELECT details->>'codes_left' FROM truxe.audit_logs
+              WHERE action = 'mfa.recovery_code_used' AND target_id = $1",
+            &[&carol],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, "1");
+    let live: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.mfa_recovery_codes
+              WHERE user_id = $1::text::uuid AND used_at IS NULL",
+            &[&carol],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 1, "the new set replaced the old one");
+
+    // unenroll, once
+    let (_, d_factor, _) = users[3].clone();
+    let unenroll = |s: &mut Client, f: &str| -> bool {
+        s.query_one("SELECT truxe.unenroll_factor($1::text::uuid)", &[&f])
+            .unwrap()
+            .get(0)
+    };
+    assert!(unenroll(&mut s, &d_factor));
+    assert!(!unenroll(&mut s, &d_factor));
+
+    // metrics() counts verified factors over the shards
+    let verified: f64 = s
+        .query_one(
+            "SELECT value FROM truxe.metrics() WHERE metric = 'mfa_factors_verified'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(verified >= 1.0, "{verified}");
 }
