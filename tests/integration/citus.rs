@@ -2904,3 +2904,61 @@ fn mfa_factors_live_in_their_users_shard_and_work_through_the_coordinator() {
         .get(0);
     assert!(verified >= 1.0, "{verified}");
 }
+
+/// A limit of Citus, pinned down (docs/scaling.md, "api_keys" and "mfa_factors" on Citus):
+/// truxe writes a key or a factor as the table's owner, and Citus then refuses the
+/// caller's own read of that shard in the same transaction (25001); a transaction of its
+/// own reads it. An org admin listing keys after creating one; service_account listing a
+/// user's factors after enrolling one.
+#[test]
+fn reading_a_key_or_factor_truxe_wrote_needs_a_transaction_of_its_own() {
+    let Some(c) = cluster() else { return };
+    let (admin, _) = user(c);
+    let org = org(c, &admin);
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, &admin);
+    t.query_one(
+        "SELECT key_id FROM truxe.create_api_key($1::text::uuid, 'ci')",
+        &[&org],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.query("SELECT id FROM truxe.api_keys", &[])),
+        "25001"
+    );
+    t.rollback().unwrap();
+    create_key(c, &admin, &org, &[]);
+    let mut t = in_context(&mut a, &admin);
+    let listed = t.query("SELECT id FROM truxe.api_keys", &[]).unwrap();
+    assert_eq!(listed.len(), 1);
+    t.commit().unwrap();
+
+    let (u, _) = user(c);
+    let mut s = c.service();
+    let mut t = s.transaction().unwrap();
+    t.query_one(
+        "SELECT factor_id FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+        &[&u],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.query(
+            "SELECT id FROM truxe.mfa_factors WHERE user_id = $1::text::uuid",
+            &[&u]
+        )),
+        "25001"
+    );
+    t.rollback().unwrap();
+    s.query_one(
+        "SELECT factor_id FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+        &[&u],
+    )
+    .unwrap();
+    let listed = s
+        .query(
+            "SELECT id FROM truxe.mfa_factors WHERE user_id = $1::text::uuid",
+            &[&u],
+        )
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+}
