@@ -8,8 +8,9 @@
 -- truxe's own functions are distributed by what their lookup uses (magic_link_challenges
 -- by id: verify_magic_link is single-shard; rate_limits by key_hash: rate_limit_hit is
 -- single-shard and exact under concurrency; sessions by jti_hash: validate_session and
--- authenticate are single-shard); audit_logs, usage_metrics, secrets and
--- invitations by org_id, colocated (each org's rows in the shard of its id; their
+-- authenticate are single-shard); audit_logs, usage_metrics, secrets, invitations
+-- and api_keys by org_id, colocated; mfa_factors and mfa_recovery_codes by user_id,
+-- colocated with each other (each org's rows in the shard of its id; their
 -- policies, and the sessions' one, read the signed claim of src/claim.rs). Every other table stays on the
 -- coordinator: their RLS policies and triggers are not yet in a form Citus accepts on a
 -- distributed table (docs/scaling.md lists each table with its reason). role_permissions becomes a
@@ -165,6 +166,44 @@ BEGIN
   CREATE POLICY invitation_admin_read_claim ON truxe.invitations FOR SELECT TO authenticated
     USING (truxe.claim_administers(org_id));
 
+  -- api_keys by org_id, colocated with audit_logs (docs/scaling.md, "api_keys on Citus"),
+  -- on the empty table: its primary key (org_id, id) holds org_id already;
+  --  * the foreign keys to organizations and users go: deleting an org or a user no
+  --    longer deletes its keys or clears created_by (authenticate_api_key reads the
+  --    creator's status and org access on the coordinator, so such a key authenticates
+  --    nothing);
+  --  * the admins' read policy reads the claim, under a name of its own (as audit_logs').
+  -- On Citus authenticate_api_key finds a key by its id on every shard (a key does not
+  -- carry its org), then checks the creator on the coordinator (src/api_key.rs)
+  DROP POLICY api_key_admin_read ON truxe.api_keys;
+  ALTER TABLE truxe.api_keys DROP CONSTRAINT api_keys_org_id_fkey;
+  ALTER TABLE truxe.api_keys DROP CONSTRAINT api_keys_created_by_fkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.api_keys', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  CREATE POLICY api_key_admin_read_claim ON truxe.api_keys FOR SELECT TO authenticated
+    USING (truxe.claim_administers(org_id));
+
+  -- mfa_factors and mfa_recovery_codes by user_id, colocated with each other (a user's
+  -- factors and codes in one shard group; users stay on the coordinator), on the empty
+  -- tables (docs/scaling.md, "mfa on Citus"):
+  --  * mfa_factors' primary key (id) becomes (user_id, id): ids are random uuids, and
+  --    verify_totp, which has only the id, finds the factor on every shard, then writes it
+  --    by (user_id, id) in its own; mfa_recovery_codes' key leads with user_id already;
+  --  * the foreign keys to users go: deleting a user row no longer deletes its factors and
+  --    codes (enroll_totp and generate_recovery_codes check the user on the coordinator);
+  --  * a user's read of their factors reads the claim, under a name of its own
+  DROP POLICY factor_self_read ON truxe.mfa_factors;
+  ALTER TABLE truxe.mfa_factors DROP CONSTRAINT mfa_factors_user_id_fkey;
+  ALTER TABLE truxe.mfa_factors DROP CONSTRAINT mfa_factors_pkey;
+  ALTER TABLE truxe.mfa_factors ADD CONSTRAINT mfa_factors_pkey PRIMARY KEY (user_id, id);
+  ALTER TABLE truxe.mfa_recovery_codes DROP CONSTRAINT mfa_recovery_codes_user_id_fkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.mfa_factors', 'user_id',
+                                              colocate_with => 'none');
+  PERFORM pg_catalog.create_distributed_table('truxe.mfa_recovery_codes', 'user_id',
+                                              colocate_with => 'truxe.mfa_factors');
+  CREATE POLICY factor_self_read_claim ON truxe.mfa_factors FOR SELECT TO authenticated
+    USING (user_id = truxe.claim_user());
+
   -- sessions by jti_hash, what validate_session and authenticate look up: one shard each
   -- (docs/scaling.md, "sessions on Citus"), on the empty table:
   --  * the keys without jti_hash go: the primary key (id) and the unique refresh_jti_hash
@@ -196,6 +235,9 @@ BEGIN
              WHEN 'usage_metrics' THEN 'distributed by org_id'
              WHEN 'secrets' THEN 'distributed by org_id'
              WHEN 'invitations' THEN 'distributed by org_id'
+             WHEN 'api_keys' THEN 'distributed by org_id'
+             WHEN 'mfa_factors' THEN 'distributed by user_id'
+             WHEN 'mfa_recovery_codes' THEN 'distributed by user_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              WHEN 'sessions' THEN 'distributed by jti_hash'

@@ -377,15 +377,22 @@ $$;
 CREATE FUNCTION truxe.has_permission(org_id uuid, permission text,
                                      user_id uuid DEFAULT truxe.current_user_id())
 RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  acting_key uuid;
+  key_creator uuid;
 BEGIN
   IF has_permission.user_id IS NULL AND truxe.current_api_key_id() IS NOT NULL THEN
-    RETURN EXISTS (
-      SELECT 1 FROM truxe.api_keys k
-       WHERE k.id = truxe.current_api_key_id() AND k.org_id = has_permission.org_id
-         AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
-         AND EXISTS (SELECT 1 FROM unnest(k.scopes) s
-                      WHERE truxe.permission_matches(s, has_permission.permission))
-         AND truxe.user_holds_permission(k.org_id, has_permission.permission, k.created_by));
+    -- the live key's row by its org and id, then its creator's rights apart: on Citus
+    -- api_keys is distributed by org_id, so the row is read in one shard, where neither
+    -- the identity (a variable here, sent as a value) nor the memberships are
+    acting_key := truxe.current_api_key_id();
+    SELECT k.created_by INTO key_creator FROM truxe.api_keys k
+     WHERE k.org_id = has_permission.org_id AND k.id = acting_key
+       AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+       AND EXISTS (SELECT 1 FROM unnest(k.scopes) s
+                    WHERE truxe.permission_matches(s, has_permission.permission));
+    RETURN FOUND AND truxe.user_holds_permission(has_permission.org_id, has_permission.permission,
+                                                 key_creator);
   END IF;
   -- (nested: the outer test stays a simple expression, cheap for the common callers)
   IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id() AND NOT truxe.caller_is_service() THEN

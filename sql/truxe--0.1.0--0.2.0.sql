@@ -1809,8 +1809,8 @@ GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
 
 -- truxe.distribute(): the one-time conversion of a new database on a Citus coordinator
 -- (docs/scaling.md); a superuser's step, so nobody else may execute it. Its body is
--- sql/distribute.sql's: audit_logs, usage_metrics, secrets and invitations by org_id,
--- colocated, and sessions by jti_hash (validate_session and authenticate single-shard),
+-- sql/distribute.sql's: audit_logs, usage_metrics, secrets, invitations and api_keys
+-- by org_id, colocated, mfa_factors and mfa_recovery_codes by user_id, and sessions by jti_hash (validate_session and authenticate single-shard),
 -- with the claim policies (src/claim.rs) included
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
@@ -1955,6 +1955,44 @@ BEGIN
   CREATE POLICY invitation_admin_read_claim ON truxe.invitations FOR SELECT TO authenticated
     USING (truxe.claim_administers(org_id));
 
+  -- api_keys by org_id, colocated with audit_logs (docs/scaling.md, "api_keys on Citus"),
+  -- on the empty table: its primary key (org_id, id) holds org_id already;
+  --  * the foreign keys to organizations and users go: deleting an org or a user no
+  --    longer deletes its keys or clears created_by (authenticate_api_key reads the
+  --    creator's status and org access on the coordinator, so such a key authenticates
+  --    nothing);
+  --  * the admins' read policy reads the claim, under a name of its own (as audit_logs').
+  -- On Citus authenticate_api_key finds a key by its id on every shard (a key does not
+  -- carry its org), then checks the creator on the coordinator (src/api_key.rs)
+  DROP POLICY api_key_admin_read ON truxe.api_keys;
+  ALTER TABLE truxe.api_keys DROP CONSTRAINT api_keys_org_id_fkey;
+  ALTER TABLE truxe.api_keys DROP CONSTRAINT api_keys_created_by_fkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.api_keys', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  CREATE POLICY api_key_admin_read_claim ON truxe.api_keys FOR SELECT TO authenticated
+    USING (truxe.claim_administers(org_id));
+
+  -- mfa_factors and mfa_recovery_codes by user_id, colocated with each other (a user's
+  -- factors and codes in one shard group; users stay on the coordinator), on the empty
+  -- tables (docs/scaling.md, "mfa on Citus"):
+  --  * mfa_factors' primary key (id) becomes (user_id, id): ids are random uuids, and
+  --    verify_totp, which has only the id, finds the factor on every shard, then writes it
+  --    by (user_id, id) in its own; mfa_recovery_codes' key leads with user_id already;
+  --  * the foreign keys to users go: deleting a user row no longer deletes its factors and
+  --    codes (enroll_totp and generate_recovery_codes check the user on the coordinator);
+  --  * a user's read of their factors reads the claim, under a name of its own
+  DROP POLICY factor_self_read ON truxe.mfa_factors;
+  ALTER TABLE truxe.mfa_factors DROP CONSTRAINT mfa_factors_user_id_fkey;
+  ALTER TABLE truxe.mfa_factors DROP CONSTRAINT mfa_factors_pkey;
+  ALTER TABLE truxe.mfa_factors ADD CONSTRAINT mfa_factors_pkey PRIMARY KEY (user_id, id);
+  ALTER TABLE truxe.mfa_recovery_codes DROP CONSTRAINT mfa_recovery_codes_user_id_fkey;
+  PERFORM pg_catalog.create_distributed_table('truxe.mfa_factors', 'user_id',
+                                              colocate_with => 'none');
+  PERFORM pg_catalog.create_distributed_table('truxe.mfa_recovery_codes', 'user_id',
+                                              colocate_with => 'truxe.mfa_factors');
+  CREATE POLICY factor_self_read_claim ON truxe.mfa_factors FOR SELECT TO authenticated
+    USING (user_id = truxe.claim_user());
+
   -- sessions by jti_hash, what validate_session and authenticate look up: one shard each
   -- (docs/scaling.md, "sessions on Citus"), on the empty table:
   --  * the keys without jti_hash go: the primary key (id) and the unique refresh_jti_hash
@@ -1986,6 +2024,9 @@ BEGIN
              WHEN 'usage_metrics' THEN 'distributed by org_id'
              WHEN 'secrets' THEN 'distributed by org_id'
              WHEN 'invitations' THEN 'distributed by org_id'
+             WHEN 'api_keys' THEN 'distributed by org_id'
+             WHEN 'mfa_factors' THEN 'distributed by user_id'
+             WHEN 'mfa_recovery_codes' THEN 'distributed by user_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              WHEN 'sessions' THEN 'distributed by jti_hash'
@@ -1997,6 +2038,52 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION truxe.distribute() FROM PUBLIC;
+
+-- == API keys on Citus (issue 22) ==
+-- has_permission under an API key identity reads the key's row by (org_id, id) and asks
+-- for its creator's rights apart: on Citus, where distribute() places api_keys by org_id,
+-- the row is read in one shard, which can see neither the identity nor the memberships
+-- (the single-node answer is unchanged). Same text as sql/orgs.sql.
+-- Whether user_id holds `permission` ('resource:action') on org_id
+-- (truxe.user_holds_permission). False (never NULL) for unknown users/orgs. Callable by
+-- authenticated and service_account; a caller that is not a superuser or service_account
+-- member may ask only about itself (the current user) or about a user with a joined
+-- membership in an org where the caller is owner or admin (directly or through an
+-- ancestor): for anyone else the answer is false, without reading their rights. Under an
+-- API key identity (user_id NULL): true exactly when org_id is the key's org, a scope of
+-- the live key matches, and the key's creator still holds the permission there.
+CREATE OR REPLACE FUNCTION truxe.has_permission(org_id uuid, permission text,
+                                     user_id uuid DEFAULT truxe.current_user_id())
+RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  acting_key uuid;
+  key_creator uuid;
+BEGIN
+  IF has_permission.user_id IS NULL AND truxe.current_api_key_id() IS NOT NULL THEN
+    -- the live key's row by its org and id, then its creator's rights apart: on Citus
+    -- api_keys is distributed by org_id, so the row is read in one shard, where neither
+    -- the identity (a variable here, sent as a value) nor the memberships are
+    acting_key := truxe.current_api_key_id();
+    SELECT k.created_by INTO key_creator FROM truxe.api_keys k
+     WHERE k.org_id = has_permission.org_id AND k.id = acting_key
+       AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+       AND EXISTS (SELECT 1 FROM unnest(k.scopes) s
+                    WHERE truxe.permission_matches(s, has_permission.permission));
+    RETURN FOUND AND truxe.user_holds_permission(has_permission.org_id, has_permission.permission,
+                                                 key_creator);
+  END IF;
+  -- (nested: the outer test stays a simple expression, cheap for the common callers)
+  IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id() AND NOT truxe.caller_is_service() THEN
+    IF NOT EXISTS (SELECT 1 FROM truxe.memberships m
+                    WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
+                      AND m.org_id = ANY (truxe.admin_org_ids())) THEN
+      RETURN false;
+    END IF;
+  END IF;
+  RETURN truxe.user_holds_permission(has_permission.org_id, has_permission.permission,
+                                     has_permission.user_id);
+END
+$$;
 
 -- == Invitations carry their inviter's authority (issue 12) ==
 -- New: an invitation whose inviter could no longer send it (removed, suspended, deleted,

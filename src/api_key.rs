@@ -232,6 +232,9 @@ fn authenticate(
     id: Uuid,
     secret: &[u8; 32],
 ) -> Result<Option<(Uuid, Uuid, Vec<String>)>, TruxeError> {
+    if crate::claim::audit_logs_distributed() {
+        return authenticate_on_citus(id, secret);
+    }
     Spi::connect_mut(|c| {
         let rows = plans::read(
             c,
@@ -261,6 +264,70 @@ fn authenticate(
             return fail(Sqlstate::Internal, "api key row without org or hash");
         };
         if !constant_time_eq(sha256_hex(secret).as_bytes(), stored.as_bytes()) {
+            return Ok(None);
+        }
+        // SAFETY: both read backend-local state and have no preconditions.
+        let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
+        if writable && stale == Some(true) {
+            plans::run(
+                c,
+                "UPDATE truxe.api_keys SET last_used_at = now()
+                  WHERE org_id = $1 AND id = $2
+                    AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+                &[UUID, UUID],
+                &[org.into(), id.into()],
+            )?;
+        }
+        crate::identity::establish(&crate::identity::Verified {
+            org: Some(org),
+            api_key: Some(id),
+            ..Default::default()
+        });
+        Ok(Some((id, org, scopes.unwrap_or_default())))
+    })
+}
+
+/// [`authenticate`] on Citus, where `api_keys` is distributed by `org_id`
+/// (docs/scaling.md, "api_keys on Citus") and the key does not carry its org: the key is
+/// found by its id on every shard (one index probe each), its secret compared, then its
+/// creator's status and org access read on the coordinator (a query on a shard cannot read
+/// them); the touch updates the key in its org's shard. Runs as the owner (SECURITY
+/// DEFINER), like every statement truxe makes on the table.
+fn authenticate_on_citus(
+    id: Uuid,
+    secret: &[u8; 32],
+) -> Result<Option<(Uuid, Uuid, Vec<String>)>, TruxeError> {
+    Spi::connect_mut(|c| {
+        let rows = plans::read(
+            c,
+            "SELECT k.org_id, k.key_hash, k.scopes, k.created_by,
+                    k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'
+               FROM truxe.api_keys k
+              WHERE k.id = $1 AND k.revoked_at IS NULL
+                AND (k.expires_at IS NULL OR k.expires_at > now())",
+            &[UUID],
+            &[id.into()],
+        )?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let row = rows.first();
+        let (Some(org), Some(stored), scopes, creator, stale) = (
+            row.get::<Uuid>(1)?,
+            row.get::<String>(2)?,
+            row.get::<Vec<String>>(3)?,
+            row.get::<Uuid>(4)?,
+            row.get::<bool>(5)?,
+        ) else {
+            return fail(Sqlstate::Internal, "api key row without org or hash");
+        };
+        if !constant_time_eq(sha256_hex(secret).as_bytes(), stored.as_bytes()) {
+            return Ok(None);
+        }
+        let Some(creator) = creator else {
+            return Ok(None);
+        };
+        if !crate::context::may_act_in(creator, org)? {
             return Ok(None);
         }
         // SAFETY: both read backend-local state and have no preconditions.
@@ -344,7 +411,34 @@ fn revoke_api_keys_on_membership_delete<'a>(
     };
     let column = |name: &str| -> Result<Option<Uuid>, TruxeError> { Ok(old.get_by_name(name)?) };
     let (org, user) = (column("org_id")?, column("user_id")?);
-    let revoked: Vec<(Option<Uuid>, Option<Uuid>)> = plans::run_once(
+    let revoked = if crate::claim::audit_logs_distributed() {
+        revoke_creators_keys_on_citus(org, user)?
+    } else {
+        revoke_creators_keys(org, user)?
+    };
+    for (id, org) in revoked {
+        crate::audit::record(
+            org,
+            "api_key.revoked",
+            "api_key",
+            &id.map(|i| i.to_string()).unwrap_or_default(),
+            serde_json::json!({ "reason": "creator_removed" }),
+            &crate::audit::Client::default(),
+        )?;
+    }
+    Ok(None)
+}
+
+/// A revoked key: (id, org).
+type RevokedKey = (Option<Uuid>, Option<Uuid>);
+
+/// The keys of creator `user` in `org`, or in a descendant they may no longer act in,
+/// revoked: (id, org) of each. One statement on a single node.
+fn revoke_creators_keys(
+    org: Option<Uuid>,
+    user: Option<Uuid>,
+) -> Result<Vec<RevokedKey>, TruxeError> {
+    Ok(plans::run_once(
         concat!(
             "UPDATE truxe.api_keys k SET revoked_at = now()
               WHERE k.created_by = $2 AND k.revoked_at IS NULL
@@ -363,18 +457,46 @@ fn revoke_api_keys_on_membership_delete<'a>(
                 .map(|r| Ok((r.get::<Uuid>(1)?, r.get::<Uuid>(2)?)))
                 .collect()
         },
+    )?)
+}
+
+/// [`revoke_creators_keys`] on Citus (`api_keys` distributed by `org_id`): the orgs whose
+/// keys go are decided on the coordinator (the org itself, and its descendants the user
+/// may no longer act in, from `org_closure` and `memberships`), then one UPDATE revokes
+/// the user's keys there, on those orgs' shards only (a query on a shard cannot read the
+/// coordinator's tables). Runs as the owner (the trigger is SECURITY DEFINER).
+fn revoke_creators_keys_on_citus(
+    org: Option<Uuid>,
+    user: Option<Uuid>,
+) -> Result<Vec<RevokedKey>, TruxeError> {
+    let orgs: Vec<Uuid> = plans::run_once(
+        concat!(
+            "SELECT $1::uuid
+             UNION
+             SELECT c.descendant_id FROM truxe.org_closure c
+              WHERE c.ancestor_id = $1 AND NOT ",
+            org_access!("$2", "c.descendant_id")
+        ),
+        &[UUID, UUID],
+        &[org.into(), user.into()],
+        |t| {
+            t.into_iter()
+                .filter_map(|r| r.get::<Uuid>(1).transpose())
+                .collect::<Result<Vec<_>, _>>()
+        },
     )?;
-    for (id, org) in revoked {
-        crate::audit::record(
-            org,
-            "api_key.revoked",
-            "api_key",
-            &id.map(|i| i.to_string()).unwrap_or_default(),
-            serde_json::json!({ "reason": "creator_removed" }),
-            &crate::audit::Client::default(),
-        )?;
-    }
-    Ok(None)
+    Ok(plans::run_once(
+        "UPDATE truxe.api_keys k SET revoked_at = now()
+          WHERE k.created_by = $2 AND k.revoked_at IS NULL AND k.org_id = ANY ($1)
+          RETURNING k.id, k.org_id",
+        &[UUID_ARRAY, UUID],
+        &[orgs.into(), user.into()],
+        |t| {
+            t.into_iter()
+                .map(|r| Ok((r.get::<Uuid>(1)?, r.get::<Uuid>(2)?)))
+                .collect()
+        },
+    )?)
 }
 
 trigger_entry!(

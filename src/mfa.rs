@@ -15,7 +15,7 @@
 use crate::audit;
 use crate::crypto::{self, Binding};
 use crate::error::{fail, quote_input, Sqlstate, TruxeError, UnwrapOrRaise};
-use crate::plans::{self, BYTEA, INT4, INT8, TEXT, UUID};
+use crate::plans::{self, BYTEA, INT4, INT8, TEXT, TIMESTAMPTZ, UUID};
 use data_encoding::BASE32_NOPAD;
 use hmac::{Hmac, Mac};
 use pgrx::prelude::*;
@@ -301,21 +301,26 @@ fn check(
         c,
         "UPDATE truxe.mfa_factors
             SET last_used_step = $2, failed_attempts = 0, locked_until = NULL,
-                status = 'verified', verified_at = coalesce(verified_at, now())
-          WHERE id = $1 AND (last_used_step IS NULL OR last_used_step < $2)
+                status = 'verified', verified_at = coalesce(verified_at, $4)
+          WHERE user_id = $3 AND id = $1 AND (last_used_step IS NULL OR last_used_step < $2)
             AND (locked_until IS NULL OR locked_until <= now())
          RETURNING 1",
-        &[UUID, INT8],
-        &[factor_id.into(), matched.into()],
+        &[UUID, INT8, UUID, TIMESTAMPTZ],
+        &[
+            factor_id.into(),
+            matched.into(),
+            user_id.into(),
+            transaction_start()?.into(),
+        ],
     )?;
     if !accepted.is_empty() {
         return Ok(("verified", Some(user_id)));
     }
     let locked = plans::run(
         c,
-        "SELECT 1 FROM truxe.mfa_factors WHERE id = $1 AND locked_until > now()",
-        &[UUID],
-        &[factor_id.into()],
+        "SELECT 1 FROM truxe.mfa_factors WHERE user_id = $2 AND id = $1 AND locked_until > now()",
+        &[UUID, UUID],
+        &[factor_id.into(), user_id.into()],
     )?;
     Ok((
         if locked.is_empty() {
@@ -326,6 +331,28 @@ fn check(
         Some(user_id),
     ))
 }
+
+/// The transaction's start, what now() returns, as a parameter for the factor's writes:
+/// Citus refuses a function that is not IMMUTABLE inside CASE or COALESCE in an UPDATE of a
+/// distributed table (docs/scaling.md, "mfa on Citus"); the value is the same.
+fn transaction_start() -> Result<pgrx::datum::TimestampWithTimeZone, TruxeError> {
+    // SAFETY: reads the current transaction's start time.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    pgrx::datum::TimestampWithTimeZone::try_from(now)
+        .map_err(|_| TruxeError::new(Sqlstate::Internal, "transaction start out of range"))
+}
+
+/// now() + 15 minutes, the end of a lock, as a parameter (timestamptz + interval is not
+/// IMMUTABLE either: [`transaction_start`]).
+fn lock_end() -> Result<pgrx::datum::TimestampWithTimeZone, TruxeError> {
+    // SAFETY: reads the current transaction's start time.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    pgrx::datum::TimestampWithTimeZone::try_from(now + LOCK_MICROS)
+        .map_err(|_| TruxeError::new(Sqlstate::Internal, "lock end out of range"))
+}
+
+/// How long 5 wrong codes in a row lock a factor: 15 minutes.
+const LOCK_MICROS: i64 = 15 * 60 * 1_000_000;
 
 /// Counts a wrong code: the fifth in a row locks the factor for 15 minutes (`mfa.locked`).
 /// After a lock has expired the count starts again at 1.
@@ -338,12 +365,17 @@ fn failed(
         c,
         "UPDATE truxe.mfa_factors
             SET failed_attempts = CASE WHEN failed_attempts >= $2 THEN 1 ELSE failed_attempts + 1 END,
-                locked_until = CASE WHEN failed_attempts = $2 - 1 THEN now() + interval '15 minutes'
+                locked_until = CASE WHEN failed_attempts = $2 - 1 THEN $4
                                     ELSE locked_until END
-          WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())
+          WHERE user_id = $3 AND id = $1 AND (locked_until IS NULL OR locked_until <= now())
          RETURNING failed_attempts",
-        &[UUID, INT4],
-        &[factor_id.into(), MAX_FAILURES.into()],
+        &[UUID, INT4, UUID, TIMESTAMPTZ],
+        &[
+            factor_id.into(),
+            MAX_FAILURES.into(),
+            user_id.into(),
+            lock_end()?.into(),
+        ],
     )?;
     if rows.is_empty() {
         // locked by a concurrent failure meanwhile

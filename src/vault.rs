@@ -312,7 +312,13 @@ const SEALABLE: [Sealable; 2] = [
                   WHERE key_id <> $1 LIMIT $2 FOR UPDATE",
         update: "UPDATE truxe.mfa_factors SET key_id = $3, nonce = $4, ciphertext = $5
                   WHERE id = $1 AND user_id = $2",
-        distributed: None,
+        // on Citus (distributed by user_id, docs/scaling.md) as the secrets' form
+        distributed: Some((
+            "SELECT id, user_id, key_id, nonce, ciphertext FROM truxe.mfa_factors
+              WHERE key_id <> $1 LIMIT $2",
+            "UPDATE truxe.mfa_factors SET key_id = $3, nonce = $4, ciphertext = $5
+              WHERE user_id = $2 AND id = $1 AND key_id = $6 AND nonce = $7 RETURNING id",
+        )),
     },
 ];
 

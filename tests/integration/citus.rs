@@ -299,9 +299,21 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
     assert!(placement.contains(&"rate_limits: distributed by key_hash".to_string()));
     assert!(placement.contains(&"role_permissions: coordinator".to_string()));
     assert!(placement.contains(&"sessions: distributed by jti_hash".to_string()));
-    for t in ["audit_logs", "usage_metrics", "secrets", "invitations"] {
+    for t in [
+        "audit_logs",
+        "usage_metrics",
+        "secrets",
+        "invitations",
+        "api_keys",
+    ] {
         assert!(
             placement.contains(&format!("{t}: distributed by org_id")),
+            "{t}: {placement:?}"
+        );
+    }
+    for t in ["mfa_factors", "mfa_recovery_codes"] {
+        assert!(
+            placement.contains(&format!("{t}: distributed by user_id")),
             "{t}: {placement:?}"
         );
     }
@@ -331,14 +343,15 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
         .query_one(
             "SELECT count(DISTINCT colocationid) FROM pg_dist_partition
               WHERE logicalrelid IN ('truxe.audit_logs'::regclass, 'truxe.usage_metrics'::regclass,
-                                     'truxe.secrets'::regclass, 'truxe.invitations'::regclass)",
+                                     'truxe.secrets'::regclass, 'truxe.invitations'::regclass,
+                                     'truxe.api_keys'::regclass)",
             &[],
         )
         .unwrap()
         .get(0);
     assert_eq!(
         groups, 1,
-        "audit_logs, usage_metrics, secrets and invitations colocated"
+        "audit_logs, usage_metrics, secrets, invitations and api_keys colocated"
     );
     // the claim checks distribute() created carry no SET clause (they resolve no name): the
     // security report knows them
@@ -1144,12 +1157,9 @@ fn invitations_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     // inspect, then a wrong secret (counted, on the shard), then accept by a new user
     let (acme, _, token) = &tokens[0];
     assert_eq!(status_of(&mut svc, inspect, token), "valid");
-    let (id_part, secret) = token.split_once('.').unwrap();
-    let wrong = format!(
-        "{id_part}.{}{}",
-        &secret[..secret.len() - 1],
-        if secret.ends_with('A') { 'B' } else { 'A' }
-    );
+    // (its first character changed: a changed last one may be a non-canonical base64 end,
+    // refused before the row is read, and then counts nothing)
+    let wrong = wrong_secret(token);
     assert_eq!(status_of(&mut svc, inspect, &wrong), "invalid");
     let attempts: i32 = su
         .query_one(
@@ -1392,6 +1402,22 @@ fn rotate_encryption_key_reseals_a_distributed_vault() {
         )
         .unwrap();
     }
+    // a second factor, in the distributed mfa_factors
+    let u: String = su
+        .query_one(
+            "INSERT INTO truxe.users (email, status) VALUES ('rot@citus.example', 'active')
+             RETURNING id::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let r = svc
+        .query_one(
+            "SELECT factor_id::text, secret FROM truxe.enroll_totp($1::text::uuid, 'Rot')",
+            &[&u],
+        )
+        .unwrap();
+    let (factor, seed): (String, String) = (r.get(0), r.get(1));
     // a new last line: the current key
     let old = std::fs::read_to_string(&keys).unwrap();
     std::fs::write(&keys, format!("{old}r2:{}\n", crate::mfa::random_key())).unwrap();
@@ -1407,7 +1433,7 @@ fn rotate_encryption_key_reseals_a_distributed_vault() {
         }
         total += n;
     }
-    assert_eq!(total, 6, "every value re-sealed once");
+    assert_eq!(total, 7, "every value (6 secrets, 1 factor) re-sealed once");
     let under: Vec<String> = su
         .query("SELECT DISTINCT key_id FROM truxe.secrets", &[])
         .unwrap()
@@ -1415,6 +1441,20 @@ fn rotate_encryption_key_reseals_a_distributed_vault() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(under, vec!["r2".to_string()]);
+    let under: String = su
+        .query_one("SELECT key_id FROM truxe.mfa_factors", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(under, "r2", "the factor re-sealed in its shard");
+    crate::mfa::leave_step_margin(5);
+    let status: String = svc
+        .query_one(
+            "SELECT truxe.verify_totp($1::text::uuid, $2)",
+            &[&factor, &crate::mfa::python_code(&seed)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "verified", "the re-sealed seed opens");
     for org in &orgs {
         let v: Option<String> = svc
             .query_one("SELECT truxe.get_secret($1::text::uuid, 'token')", &[org])
@@ -2447,4 +2487,548 @@ fn concurrent_refreshes_of_one_token_rotate_it_once() {
         .unwrap();
     let counts: (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
     assert_eq!(counts, (5, 4, 1), "(sessions, live, rotated)");
+}
+
+/// `create_api_key` as `user` (in a transaction acting as them): (key id, key).
+fn create_key(c: &Cluster, user: &str, org: &str, scopes: &[&str]) -> (String, String) {
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, user);
+    let r = t
+        .query_one(
+            "SELECT key_id::text, key FROM truxe.create_api_key($1::text::uuid, 'ci', $2)",
+            &[&org, &scopes],
+        )
+        .unwrap();
+    t.commit().unwrap();
+    (r.get(0), r.get(1))
+}
+
+/// `revoke_api_key` as `user` (in a transaction acting as them).
+fn revoke_key_as(c: &Cluster, user: &str, key_id: &str) -> bool {
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, user);
+    let revoked: bool = t
+        .query_one("SELECT truxe.revoke_api_key($1::text::uuid)", &[&key_id])
+        .unwrap()
+        .get(0);
+    t.commit().unwrap();
+    revoked
+}
+
+/// authenticate_api_key through the coordinator, in a transaction of its own: the org of
+/// the identity it established, or None for no row.
+fn key_org(c: &Cluster, key: &str) -> Option<String> {
+    let mut a = c.authenticated();
+    let mut t = a.transaction().unwrap();
+    let org = t
+        .query_opt(
+            "SELECT org_id::text FROM truxe.authenticate_api_key($1)",
+            &[&key],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    t.commit().unwrap();
+    org
+}
+
+/// api_keys distributed by org_id, colocated with audit_logs: keys of orgs on both workers,
+/// each org's keys in its shard; an org admin lists their org's keys (never the hash) and
+/// no other tenant's through the claim, none in autocommit; authenticate_api_key finds a
+/// key through the coordinator (by id on every shard, the creator checked on the
+/// coordinator) and refuses a mistyped, unknown or wrong-secret key; the key identity's
+/// has_permission (its scopes, its org only); revocation by an outsider (false), by an
+/// admin, by the creator; the creator's removal revoking their keys in the org and in a
+/// descendant they lose (the memberships trigger on the coordinator), audited; a suspended
+/// creator's key refused; metrics() counting live keys over the shards.
+#[test]
+fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
+    let Some(c) = cluster() else { return };
+    let tenants = orgs_on_both_workers(c, 4);
+    let orgs: Vec<String> = tenants.iter().map(|(_, o)| o.clone()).collect();
+    let mut su = c.superuser();
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for (admin, org) in &tenants {
+        keys.push(create_key(c, admin, org, &["users:read"]));
+        create_key(c, admin, org, &[]);
+    }
+    let placed = org_rows_by_shard(&mut su, "truxe.api_keys", &orgs);
+    let ports: std::collections::BTreeSet<i32> = placed.iter().map(|p| p.1).collect();
+    assert_eq!(ports.len(), 2, "keys on both workers: {placed:?}");
+    assert!(
+        placed.iter().all(|p| p.2 == 2),
+        "two keys per org: {placed:?}"
+    );
+    // in the shard group of the org's audit rows
+    for (org, p) in orgs.iter().zip(&placed) {
+        let audit_port: i32 = org_rows_by_shard(&mut su, "truxe.audit_logs", &[org.clone()])[0].1;
+        assert_eq!(audit_port, p.1, "colocated with the org's audit rows");
+    }
+
+    // an admin lists their org's keys through the claim, and no other tenant's
+    let (admin, org) = tenants[0].clone();
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, &admin);
+    let listed: Vec<String> = t
+        .query("SELECT org_id::text FROM truxe.api_keys", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(listed, vec![org.clone(), org.clone()], "own org's two keys");
+    assert_eq!(
+        sqlstate(t.query("SELECT key_hash FROM truxe.api_keys", &[])),
+        "42501"
+    );
+    t.rollback().unwrap();
+    let seen: i64 = a
+        .query_one("SELECT count(*) FROM truxe.api_keys", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "no claim in autocommit: nothing");
+
+    // authenticate_api_key through the coordinator, and the key identity's rights
+    let (key_id, key) = keys[0].clone();
+    let mut t = a.transaction().unwrap();
+    let r = t
+        .query_one(
+            "SELECT key_id::text, org_id::text, scopes FROM truxe.authenticate_api_key($1)",
+            &[&key],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, Vec<String>>(2)
+        ),
+        (key_id.clone(), org.clone(), vec!["users:read".to_string()])
+    );
+    let r = t
+        .query_one(
+            "SELECT truxe.current_org_id()::text, truxe.current_api_key_id()::text,
+                    truxe.has_permission($1::text::uuid, 'users:read'),
+                    truxe.has_permission($1::text::uuid, 'users:write'),
+                    truxe.has_permission($2::text::uuid, 'users:read')",
+            &[&org, &orgs[1]],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, bool>(2),
+            r.get::<_, bool>(3),
+            r.get::<_, bool>(4)
+        ),
+        (org.clone(), key_id.clone(), true, false, false),
+        "(org, key, its scope, another permission, another org)"
+    );
+    t.commit().unwrap();
+    let touched: bool = su
+        .query_one(
+            "SELECT last_used_at IS NOT NULL FROM truxe.api_keys WHERE id = $1::text::uuid",
+            &[&key_id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(touched, "last_used_at touched in the key's shard");
+    let mut typo = key.clone().into_bytes();
+    typo[50] = if typo[50] == b'0' { b'1' } else { b'0' };
+    assert_eq!(
+        key_org(c, &String::from_utf8(typo).unwrap()),
+        None,
+        "a typo"
+    );
+    // a well-formed key of an unknown id, and a known id with another secret
+    let forged = |id: &str, secret_byte: &str| -> String {
+        let body = format!("trx_{}{}", id.replace('-', ""), secret_byte.repeat(64));
+        let crc = crc32fast::hash(body.as_bytes());
+        format!("{body}{crc:08x}")
+    };
+    assert_eq!(
+        key_org(c, &forged("6b0f1c2e-0000-4000-8000-000000000000", "a")),
+        None
+    );
+    assert_eq!(key_org(c, &forged(&key_id, "b")), None, "a wrong secret");
+    for (k, (_, o)) in keys.iter().zip(&tenants) {
+        assert_eq!(key_org(c, &k.1).as_deref(), Some(o.as_str()));
+    }
+
+    // revocation: an outsider's is false; an admin's and the creator's revoke
+    let (other_admin, _) = tenants[1].clone();
+    assert!(
+        !revoke_key_as(c, &other_admin, &key_id),
+        "another tenant's admin"
+    );
+    let (co_admin, _) = user(c);
+    su.execute(
+        "INSERT INTO truxe.memberships (org_id, user_id, role, joined_at)
+         VALUES ($1::text::uuid, $2::text::uuid, 'admin', now())",
+        &[&org, &co_admin],
+    )
+    .unwrap();
+    assert!(revoke_key_as(c, &co_admin, &key_id), "an admin of the org");
+    assert!(!revoke_key_as(c, &co_admin, &key_id), "already revoked");
+    assert_eq!(key_org(c, &key), None, "a revoked key");
+    let (own_id, own_key) = create_key(c, &co_admin, &org, &[]);
+    assert!(revoke_key_as(c, &co_admin, &own_id), "its creator");
+    assert_eq!(key_org(c, &own_key), None);
+    let audited: Vec<String> = su
+        .query(
+            "SELECT target_id FROM truxe.audit_logs
+              WHERE org_id = $1::text::uuid AND action = 'api_key.revoked' ORDER BY id",
+            &[&org],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        audited,
+        vec![key_id.clone(), own_id.clone()],
+        "in the org's shard"
+    );
+
+    // the creator's removal revokes their keys there and in a descendant they lose
+    let child: String = c
+        .acting_as(&admin)
+        .query_one(
+            "SELECT truxe.create_organization($1::text::public.citext, 'Child', $2::text::uuid)::text",
+            &[&unique("child-"), &org],
+        )
+        .unwrap()
+        .get(0);
+    let (in_org, in_org_key) = create_key(c, &co_admin, &org, &[]);
+    let (in_child, in_child_key) = create_key(c, &co_admin, &child, &[]);
+    assert_eq!(key_org(c, &in_child_key).as_deref(), Some(child.as_str()));
+    su.execute(
+        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+        &[&org, &co_admin],
+    )
+    .unwrap();
+    assert_eq!(key_org(c, &in_org_key), None, "a removed creator's key");
+    assert_eq!(
+        key_org(c, &in_child_key),
+        None,
+        "and in the descendant they lost"
+    );
+    let mut removed: Vec<String> = su
+        .query(
+            "SELECT target_id FROM truxe.audit_logs
+              WHERE action = 'api_key.revoked' AND details ->> 'reason' = 'creator_removed'
+                AND org_id IN ($1::text::uuid, $2::text::uuid)",
+            &[&org, &child],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    removed.sort();
+    let mut expected = vec![in_org, in_child];
+    expected.sort();
+    assert_eq!(removed, expected);
+
+    // a suspended creator's key stops at once (the creator is read on the coordinator)
+    let (admin2, org2) = tenants[2].clone();
+    let (_, key2) = keys[2].clone();
+    assert_eq!(key_org(c, &key2).as_deref(), Some(org2.as_str()));
+    su.execute(
+        "UPDATE truxe.users SET status = 'suspended' WHERE id = $1::text::uuid",
+        &[&admin2],
+    )
+    .unwrap();
+    assert_eq!(key_org(c, &key2), None, "a suspended creator's key");
+
+    // metrics() counts live keys over the shards
+    let live: f64 = c
+        .service()
+        .query_one(
+            "SELECT value FROM truxe.metrics() WHERE metric = 'api_keys_live'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(live >= 6.0, "{live}");
+}
+
+/// For each of `users`: the shard of `table` that holds their rows (every shard's rows
+/// counted per user with run_command_on_shards) and its worker port, asserting that the
+/// user's rows are in exactly one shard, the one Citus computes for their id.
+fn user_rows_by_shard(su: &mut Client, table: &str, users: &[String]) -> Vec<(i64, i32)> {
+    let per_shard: Vec<(i64, i32, String)> = su
+        .query(
+            &format!(
+                "SELECT r.shardid, n.nodeport, r.result
+                   FROM run_command_on_shards('{table}',
+                          $$SELECT coalesce(string_agg(DISTINCT user_id::text, ','), '') FROM %s$$) r
+                   JOIN pg_dist_placement p ON p.shardid = r.shardid
+                   JOIN pg_dist_node n USING (groupid)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(per_shard.len(), 32, "{table}: one row per shard");
+    users
+        .iter()
+        .map(|u| {
+            let holding: Vec<(i64, i32)> = per_shard
+                .iter()
+                .filter(|(_, _, ids)| ids.split(',').any(|i| i == u))
+                .map(|(s, p, _)| (*s, *p))
+                .collect();
+            assert_eq!(holding.len(), 1, "{table}: user {u}'s rows in one shard");
+            let expected: i64 = su
+                .query_one(
+                    "SELECT get_shard_id_for_distribution_column($1::text::regclass, $2::text::uuid)",
+                    &[&table, u],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(holding[0].0, expected, "{table}: the shard of user {u}'s id");
+            holding[0]
+        })
+        .collect()
+}
+
+/// mfa_factors and mfa_recovery_codes distributed by user_id, colocated with each other:
+/// factors and codes of 8 users on both workers, each user's in the shard of their id;
+/// verify_totp through the coordinator (wrong code counted, right code verified once, then
+/// replayed; five wrong codes lock), a user listing their own factors' metadata and no
+/// other user's through the claim, none in autocommit, the sealed seed refused (42501);
+/// recovery codes single use; unenroll; metrics(). elevate_session over a distributed
+/// factor is `citus::elevate_session_raises_a_distributed_session`.
+#[test]
+fn mfa_factors_live_in_their_users_shard_and_work_through_the_coordinator() {
+    let Some(c) = cluster() else { return };
+    let mut s = c.service();
+    let mut su = c.superuser();
+    let mut users: Vec<(String, String, String)> = Vec::new();
+    for _ in 0..8 {
+        let (u, _) = user(c);
+        let r = s
+            .query_one(
+                "SELECT factor_id::text, secret FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+                &[&u],
+            )
+            .unwrap();
+        let codes = s
+            .query(
+                "SELECT truxe.generate_recovery_codes($1::text::uuid, 3)",
+                &[&u],
+            )
+            .unwrap();
+        assert_eq!(codes.len(), 3);
+        users.push((u, r.get(0), r.get(1)));
+    }
+    let ids: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
+    let factors = user_rows_by_shard(&mut su, "truxe.mfa_factors", &ids);
+    let codes = user_rows_by_shard(&mut su, "truxe.mfa_recovery_codes", &ids);
+    let ports: std::collections::BTreeSet<i32> = factors.iter().map(|f| f.1).collect();
+    assert_eq!(ports.len(), 2, "factors on both workers: {factors:?}");
+    let colocated: i64 = su
+        .query_one(
+            "SELECT count(DISTINCT colocationid) FROM pg_dist_partition
+              WHERE logicalrelid IN ('truxe.mfa_factors'::regclass,
+                                     'truxe.mfa_recovery_codes'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(colocated, 1, "factors and codes colocated");
+    for (f, r) in factors.iter().zip(&codes) {
+        assert_eq!(f.1, r.1, "a user's factors and codes on one worker");
+    }
+
+    // verify_totp: a wrong code is counted, the right one verifies once
+    let verify = |s: &mut Client, factor: &str, code: &str| -> String {
+        s.query_one(
+            "SELECT truxe.verify_totp($1::text::uuid, $2)",
+            &[&factor, &code],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (alice, factor, secret) = users[0].clone();
+    crate::mfa::leave_step_margin(8);
+    assert_eq!(
+        verify(&mut s, &factor, &crate::mfa::wrong_code(&secret)),
+        "invalid"
+    );
+    let failed: i32 = su
+        .query_one(
+            "SELECT failed_attempts FROM truxe.mfa_factors WHERE id = $1::text::uuid",
+            &[&factor],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 1, "the failure persisted in the factor's shard");
+    let code = crate::mfa::python_code(&secret);
+    assert_eq!(verify(&mut s, &factor, &code), "verified");
+    assert_eq!(verify(&mut s, &factor, &code), "replayed");
+    let status: String = su
+        .query_one(
+            "SELECT status FROM truxe.mfa_factors WHERE id = $1::text::uuid",
+            &[&factor],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "verified");
+    assert_eq!(
+        verify(&mut s, "6b0f1c2e-0000-4000-8000-000000000000", &code),
+        "invalid",
+        "an unknown factor"
+    );
+    // five wrong codes lock another user's factor
+    let (_, b_factor, b_secret) = users[1].clone();
+    let wrong = crate::mfa::wrong_code(&b_secret);
+    for _ in 0..5 {
+        assert_eq!(verify(&mut s, &b_factor, &wrong), "invalid");
+    }
+    assert_eq!(
+        verify(&mut s, &b_factor, &crate::mfa::python_code(&b_secret)),
+        "locked"
+    );
+
+    // a user lists their own factors' metadata through the claim, and no other user's
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, &alice);
+    let own: Vec<String> = t
+        .query("SELECT id::text FROM truxe.mfa_factors", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(own, vec![factor.clone()]);
+    assert_eq!(
+        sqlstate(t.query("SELECT ciphertext FROM truxe.mfa_factors", &[])),
+        "42501"
+    );
+    t.rollback().unwrap();
+    let seen: i64 = a
+        .query_one("SELECT count(*) FROM truxe.mfa_factors", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "no claim in autocommit: nothing");
+
+    // recovery codes: single use, in the user's shard
+    let (carol, _, _) = users[2].clone();
+    let codes: Vec<String> = s
+        .query(
+            "SELECT truxe.generate_recovery_codes($1::text::uuid, 2)",
+            &[&carol],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let use_code = |s: &mut Client, u: &str, code: &str| -> bool {
+        s.query_one(
+            "SELECT truxe.use_recovery_code($1::text::uuid, $2)",
+            &[&u, &code],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(!use_code(&mut s, &alice, &codes[0]), "another user's code");
+    assert!(use_code(&mut s, &carol, &codes[0].to_uppercase()));
+    assert!(!use_code(&mut s, &carol, &codes[0]), "used once");
+    let left: String = su
+        .query_one(
+            "SELECT details->>'codes_left' FROM truxe.audit_logs
+              WHERE action = 'mfa.recovery_code_used' AND target_id = $1",
+            &[&carol],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, "1");
+    let live: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.mfa_recovery_codes
+              WHERE user_id = $1::text::uuid AND used_at IS NULL",
+            &[&carol],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 1, "the new set replaced the old one");
+
+    // unenroll, once
+    let (_, d_factor, _) = users[3].clone();
+    let unenroll = |s: &mut Client, f: &str| -> bool {
+        s.query_one("SELECT truxe.unenroll_factor($1::text::uuid)", &[&f])
+            .unwrap()
+            .get(0)
+    };
+    assert!(unenroll(&mut s, &d_factor));
+    assert!(!unenroll(&mut s, &d_factor));
+
+    // metrics() counts verified factors over the shards
+    let verified: f64 = s
+        .query_one(
+            "SELECT value FROM truxe.metrics() WHERE metric = 'mfa_factors_verified'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(verified >= 1.0, "{verified}");
+}
+
+/// A limit of Citus, pinned down (docs/scaling.md, "api_keys" and "mfa_factors" on Citus):
+/// truxe writes a key or a factor as the table's owner, and Citus then refuses the
+/// caller's own read of that shard in the same transaction (25001); a transaction of its
+/// own reads it. An org admin listing keys after creating one; service_account listing a
+/// user's factors after enrolling one.
+#[test]
+fn reading_a_key_or_factor_truxe_wrote_needs_a_transaction_of_its_own() {
+    let Some(c) = cluster() else { return };
+    let (admin, _) = user(c);
+    let org = org(c, &admin);
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, &admin);
+    t.query_one(
+        "SELECT key_id FROM truxe.create_api_key($1::text::uuid, 'ci')",
+        &[&org],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.query("SELECT id FROM truxe.api_keys", &[])),
+        "25001"
+    );
+    t.rollback().unwrap();
+    create_key(c, &admin, &org, &[]);
+    let mut t = in_context(&mut a, &admin);
+    let listed = t.query("SELECT id FROM truxe.api_keys", &[]).unwrap();
+    assert_eq!(listed.len(), 1);
+    t.commit().unwrap();
+
+    let (u, _) = user(c);
+    let mut s = c.service();
+    let mut t = s.transaction().unwrap();
+    t.query_one(
+        "SELECT factor_id FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+        &[&u],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.query(
+            "SELECT id FROM truxe.mfa_factors WHERE user_id = $1::text::uuid",
+            &[&u]
+        )),
+        "25001"
+    );
+    t.rollback().unwrap();
+    s.query_one(
+        "SELECT factor_id FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+        &[&u],
+    )
+    .unwrap();
+    let listed = s
+        .query(
+            "SELECT id FROM truxe.mfa_factors WHERE user_id = $1::text::uuid",
+            &[&u],
+        )
+        .unwrap();
+    assert_eq!(listed.len(), 1);
 }

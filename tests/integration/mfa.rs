@@ -181,7 +181,7 @@ pub(crate) fn python_code(secret: &str) -> String {
 }
 
 /// A code for the current step that is not `secret`'s code for any step within ±1.
-fn wrong_code(secret: &str) -> String {
+pub(crate) fn wrong_code(secret: &str) -> String {
     let near = python_codes(&[
         (secret.to_string(), -1),
         (secret.to_string(), 0),
