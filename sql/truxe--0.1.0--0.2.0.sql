@@ -721,15 +721,22 @@ $$;
 CREATE OR REPLACE FUNCTION truxe.has_permission(org_id uuid, permission text,
                                      user_id uuid DEFAULT truxe.current_user_id())
 RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  acting_key uuid;
+  key_creator uuid;
 BEGIN
   IF has_permission.user_id IS NULL AND truxe.current_api_key_id() IS NOT NULL THEN
-    RETURN EXISTS (
-      SELECT 1 FROM truxe.api_keys k
-       WHERE k.id = truxe.current_api_key_id() AND k.org_id = has_permission.org_id
-         AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
-         AND EXISTS (SELECT 1 FROM unnest(k.scopes) s
-                      WHERE truxe.permission_matches(s, has_permission.permission))
-         AND truxe.user_holds_permission(k.org_id, has_permission.permission, k.created_by));
+    -- the live key's row by its org and id, then its creator's rights apart: on Citus
+    -- api_keys is distributed by org_id, so the row is read in one shard, where neither
+    -- the identity (a variable here, sent as a value) nor the memberships are
+    acting_key := truxe.current_api_key_id();
+    SELECT k.created_by INTO key_creator FROM truxe.api_keys k
+     WHERE k.org_id = has_permission.org_id AND k.id = acting_key
+       AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+       AND EXISTS (SELECT 1 FROM unnest(k.scopes) s
+                    WHERE truxe.permission_matches(s, has_permission.permission));
+    RETURN FOUND AND truxe.user_holds_permission(has_permission.org_id, has_permission.permission,
+                                                 key_creator);
   END IF;
   -- (nested: the outer test stays a simple expression, cheap for the common callers)
   IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id() AND NOT truxe.caller_is_service() THEN
@@ -2038,52 +2045,6 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION truxe.distribute() FROM PUBLIC;
-
--- == API keys on Citus (issue 22) ==
--- has_permission under an API key identity reads the key's row by (org_id, id) and asks
--- for its creator's rights apart: on Citus, where distribute() places api_keys by org_id,
--- the row is read in one shard, which can see neither the identity nor the memberships
--- (the single-node answer is unchanged). Same text as sql/orgs.sql.
--- Whether user_id holds `permission` ('resource:action') on org_id
--- (truxe.user_holds_permission). False (never NULL) for unknown users/orgs. Callable by
--- authenticated and service_account; a caller that is not a superuser or service_account
--- member may ask only about itself (the current user) or about a user with a joined
--- membership in an org where the caller is owner or admin (directly or through an
--- ancestor): for anyone else the answer is false, without reading their rights. Under an
--- API key identity (user_id NULL): true exactly when org_id is the key's org, a scope of
--- the live key matches, and the key's creator still holds the permission there.
-CREATE OR REPLACE FUNCTION truxe.has_permission(org_id uuid, permission text,
-                                     user_id uuid DEFAULT truxe.current_user_id())
-RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  acting_key uuid;
-  key_creator uuid;
-BEGIN
-  IF has_permission.user_id IS NULL AND truxe.current_api_key_id() IS NOT NULL THEN
-    -- the live key's row by its org and id, then its creator's rights apart: on Citus
-    -- api_keys is distributed by org_id, so the row is read in one shard, where neither
-    -- the identity (a variable here, sent as a value) nor the memberships are
-    acting_key := truxe.current_api_key_id();
-    SELECT k.created_by INTO key_creator FROM truxe.api_keys k
-     WHERE k.org_id = has_permission.org_id AND k.id = acting_key
-       AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
-       AND EXISTS (SELECT 1 FROM unnest(k.scopes) s
-                    WHERE truxe.permission_matches(s, has_permission.permission));
-    RETURN FOUND AND truxe.user_holds_permission(has_permission.org_id, has_permission.permission,
-                                                 key_creator);
-  END IF;
-  -- (nested: the outer test stays a simple expression, cheap for the common callers)
-  IF has_permission.user_id IS DISTINCT FROM truxe.current_user_id() AND NOT truxe.caller_is_service() THEN
-    IF NOT EXISTS (SELECT 1 FROM truxe.memberships m
-                    WHERE m.user_id = has_permission.user_id AND m.joined_at IS NOT NULL
-                      AND m.org_id = ANY (truxe.admin_org_ids())) THEN
-      RETURN false;
-    END IF;
-  END IF;
-  RETURN truxe.user_holds_permission(has_permission.org_id, has_permission.permission,
-                                     has_permission.user_id);
-END
-$$;
 
 -- == Invitations carry their inviter's authority (issue 12) ==
 -- New: an invitation whose inviter could no longer send it (removed, suspended, deleted,
