@@ -1,0 +1,23 @@
+-- 0.1.0's data set for the rows bench/run compares with 0.1.0 in the same run (bench/v010),
+-- loaded into the 0.1.0 server with psql variables U (users) and S (sessions). The users
+-- and sessions of bench/data.sql, with the same ids, written for 0.1.0's schema
+-- (sql/truxe--0.1.0.sql): 0.1.0 stores the access token `jti` and the refresh token
+-- `refresh_jti` in clear, and a family is named after its first jti. 0.1.0's
+-- validate_session reads sessions only; create_session reads users (and, with an org,
+-- organizations and memberships: the benchmark passes none); refresh_session reads and
+-- writes sessions and writes an audit row.
+CREATE SCHEMA bench;
+CREATE FUNCTION bench.uid(kind int, n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT (lpad(to_hex(kind), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
+
+-- bulk load as a replica: no audit rows, no FK check
+SET session_replication_role = replica;
+INSERT INTO truxe.users (id, email, status, email_verified)
+  SELECT bench.uid(1, g), 'user' || g || '@bench.example', 'active', true FROM generate_series(1, :U) g;
+-- access token bench.uid(3, n), refresh token bench.uid(4, n), as in bench/data.sql
+INSERT INTO truxe.sessions (jti, user_id, refresh_jti, family_id, expires_at)
+  SELECT bench.uid(3, g), bench.uid(1, 1 + g % :U), bench.uid(4, g), bench.uid(3, g),
+         now() + interval '30 days'
+    FROM generate_series(1, :S) g;
+RESET session_replication_role;
+VACUUM ANALYZE;
