@@ -64,6 +64,15 @@ macro_rules! trigger_entry {
             })
         }
 
+        $crate::trigger::v1_finfo!($finfo);
+    };
+}
+pub(crate) use trigger_entry;
+
+/// The `pg_finfo_<symbol>` function that tells PostgreSQL a hand-written C entry point
+/// (a trigger's, validate_session's) uses the version-1 calling convention.
+macro_rules! v1_finfo {
+    ($finfo:ident) => {
         #[unsafe(no_mangle)]
         #[doc(hidden)]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
@@ -73,4 +82,4 @@ macro_rules! trigger_entry {
         }
     };
 }
-pub(crate) use trigger_entry;
+pub(crate) use v1_finfo;
