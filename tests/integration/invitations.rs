@@ -217,8 +217,8 @@ fn a_new_email_is_invited_and_accepted_the_user_is_created_and_joined() {
         actions,
         [
             "invitation.sent",
-            "membership.joined",
-            "invitation.accepted"
+            "invitation.accepted",
+            "membership.joined"
         ]
     );
     let sent_by: Option<String> = su
@@ -810,4 +810,108 @@ fn an_inviters_authority_is_the_same_whichever_check_decides() {
         &[&o.id],
     );
     assert_eq!(sqlstate(refused), "42501");
+}
+
+/// `invitation.accepted` is the row every other audit row of a function is (the acting user,
+/// the details, the request's address, agent and id), in each single-node form of an
+/// acceptance: a new e-mail, an existing user without a membership, a pending membership, a
+/// joined member. It is written by the statement that uses the invitation up, so it comes
+/// before the memberships trigger's `membership.joined`, which that statement's end writes.
+#[test]
+fn the_accepted_row_carries_the_request_and_precedes_membership_joined_in_every_form() {
+    let o = org();
+    let (mut su, mut s) = (o.db.superuser(), o.db.service());
+    let mut admin = o.db.acting_as(&o.admin);
+    s.batch_execute(
+        "SET app.ip = '203.0.113.7'; SET app.user_agent = 'fold/1.0';
+         SET app.request_id = '11111111-2222-3333-4444-555555555555';",
+    )
+    .unwrap();
+    s.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, false)",
+        &[&o.owner],
+    )
+    .unwrap();
+    let bob = user(&mut su, "bob@else.example");
+    let carol = user(&mut su, "carol@else.example");
+    admin
+        .execute(
+            "SELECT truxe.invite_member($1::text::uuid, $2::text::uuid, 'viewer')",
+            &[&o.id, &carol],
+        )
+        .unwrap();
+    for (email, status, joins) in [
+        ("new.person@else.example", "accepted", true),
+        ("bob@else.example", "accepted", true),
+        ("carol@else.example", "accepted", true),
+        ("member@acme.example", "already_member", false),
+    ] {
+        let (id, token) = invite(&mut admin, &o.id, email, "member", "[]");
+        let (st, _, who) = accept(&mut s, &token, None);
+        assert_eq!(st, status, "{email}");
+        let who = who.unwrap();
+        if email == "bob@else.example" {
+            assert_eq!(who, bob);
+        }
+        let r = su
+            .query_one(
+                "SELECT org_id::text, actor_user_id::text, target_type, details::text, host(ip),
+                        user_agent, request_id::text
+                   FROM truxe.audit_logs
+                  WHERE action = 'invitation.accepted' AND target_id = $1",
+                &[&id],
+            )
+            .unwrap();
+        let row: (
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ) = (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+        );
+        assert_eq!(
+            row,
+            (
+                o.id.clone(),
+                Some(o.owner.clone()),
+                "invitation".into(),
+                format!(r#"{{"status": "{status}", "user_id": "{who}"}}"#),
+                "203.0.113.7".into(),
+                "fold/1.0".into(),
+                "11111111-2222-3333-4444-555555555555".into()
+            ),
+            "{email}"
+        );
+        // the trail of this acceptance, in order
+        let actions: Vec<String> = su
+            .query(
+                "SELECT action::text FROM truxe.audit_logs
+                  WHERE id >= (SELECT id FROM truxe.audit_logs
+                                WHERE action = 'invitation.accepted' AND target_id = $1)
+                    AND action IN ('invitation.accepted', 'membership.joined')
+                    AND org_id = $2::text::uuid
+                  ORDER BY id",
+                &[&id, &o.id],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let expected: &[&str] = if joins {
+            &["invitation.accepted", "membership.joined"]
+        } else {
+            &["invitation.accepted"]
+        };
+        assert_eq!(actions, expected, "{email}");
+    }
 }
