@@ -2560,7 +2560,8 @@ fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     );
     // in the shard group of the org's audit rows
     for (org, p) in orgs.iter().zip(&placed) {
-        let audit_port: i32 = org_rows_by_shard(&mut su, "truxe.audit_logs", &[org.clone()])[0].1;
+        let audit_port: i32 =
+            org_rows_by_shard(&mut su, "truxe.audit_logs", std::slice::from_ref(org))[0].1;
         assert_eq!(audit_port, p.1, "colocated with the org's audit rows");
     }
 
