@@ -266,25 +266,39 @@ fn authenticate(
         if !constant_time_eq(sha256_hex(secret).as_bytes(), stored.as_bytes()) {
             return Ok(None);
         }
-        // SAFETY: both read backend-local state and have no preconditions.
-        let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
-        if writable && stale == Some(true) {
-            plans::run(
-                c,
-                "UPDATE truxe.api_keys SET last_used_at = now()
-                  WHERE org_id = $1 AND id = $2
-                    AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-                &[UUID, UUID],
-                &[org.into(), id.into()],
-            )?;
-        }
-        crate::identity::establish(&crate::identity::Verified {
-            org: Some(org),
-            api_key: Some(id),
-            ..Default::default()
-        });
-        Ok(Some((id, org, scopes.unwrap_or_default())))
+        accepted(c, id, org, stale == Some(true), scopes)
     })
+}
+
+/// A key whose secret matched and whose creator may still act: its `last_used_at`
+/// touched when `stale` (at most once a minute, never in a read-only transaction or on a
+/// standby) and its identity established for the transaction; the key's id, org and
+/// scopes.
+fn accepted(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    id: Uuid,
+    org: Uuid,
+    stale: bool,
+    scopes: Option<Vec<String>>,
+) -> Result<Option<(Uuid, Uuid, Vec<String>)>, TruxeError> {
+    // SAFETY: both read backend-local state and have no preconditions.
+    let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
+    if writable && stale {
+        plans::run(
+            c,
+            "UPDATE truxe.api_keys SET last_used_at = now()
+              WHERE org_id = $1 AND id = $2
+                AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+            &[UUID, UUID],
+            &[org.into(), id.into()],
+        )?;
+    }
+    crate::identity::establish(&crate::identity::Verified {
+        org: Some(org),
+        api_key: Some(id),
+        ..Default::default()
+    });
+    Ok(Some((id, org, scopes.unwrap_or_default())))
 }
 
 /// [`authenticate`] on Citus, where `api_keys` is distributed by `org_id`
@@ -330,24 +344,7 @@ fn authenticate_on_citus(
         if !crate::context::may_act_in(creator, org)? {
             return Ok(None);
         }
-        // SAFETY: both read backend-local state and have no preconditions.
-        let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
-        if writable && stale == Some(true) {
-            plans::run(
-                c,
-                "UPDATE truxe.api_keys SET last_used_at = now()
-                  WHERE org_id = $1 AND id = $2
-                    AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-                &[UUID, UUID],
-                &[org.into(), id.into()],
-            )?;
-        }
-        crate::identity::establish(&crate::identity::Verified {
-            org: Some(org),
-            api_key: Some(id),
-            ..Default::default()
-        });
-        Ok(Some((id, org, scopes.unwrap_or_default())))
+        accepted(c, id, org, stale == Some(true), scopes)
     })
 }
 

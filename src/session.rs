@@ -637,6 +637,30 @@ fn refresh_session(
     TableIterator::new(refresh(refresh_jti, ttl).unwrap_or_raise())
 }
 
+/// Whether the session a rotation created (`replaced_by`) is live as refresh_session
+/// requires for a grace (not revoked, not expired, within the family's lifetime and the
+/// idle timeout), read in a new snapshot (single node) or on every shard (Citus).
+fn rotation_live(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    replaced_by: Option<Uuid>,
+    policy: &Policy,
+) -> Result<bool, TruxeError> {
+    Ok(!plans::run(
+        c,
+        "SELECT 1 FROM truxe.sessions
+          WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()
+            AND family_created_at > now() - $2
+            AND ($3 IS NULL OR last_used_at >= now() - $3)",
+        &[UUID, INTERVAL, INTERVAL],
+        &[
+            replaced_by.into(),
+            policy.lifetime.into(),
+            policy.idle.into(),
+        ],
+    )?
+    .is_empty())
+}
+
 fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issued>, TruxeError> {
     let ttl = check_ttl(ttl)?;
     let Some(refresh_jti) = refresh_jti else {
@@ -699,22 +723,7 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
             }
             // the grace holds while the first rotation's session is live; read in a new
             // snapshot: a rotation this call waited for (FOR UPDATE) committed after ours
-            if !live
-                && plans::run(
-                    c,
-                    "SELECT 1 FROM truxe.sessions
-                      WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()
-                        AND family_created_at > now() - $2
-                        AND ($3 IS NULL OR last_used_at >= now() - $3)",
-                    &[UUID, INTERVAL, INTERVAL],
-                    &[
-                        replaced_by.into(),
-                        policy.lifetime.into(),
-                        policy.idle.into(),
-                    ],
-                )?
-                .is_empty()
-            {
+            if !live && !rotation_live(c, replaced_by, &policy)? {
                 return Ok(Vec::new());
             }
             let (jti, new_refresh) = new_pair()?;

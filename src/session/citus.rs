@@ -9,7 +9,7 @@
 //! `session.revoked` audit rows that the trigger writes on a single node (a trigger on a
 //! shard cannot write `audit_logs`, another distributed table). On a single node nothing
 //! here runs: [`owner`] is None.
-use super::{bearer_hash, inserted, new_pair, Issued, Policy, SessionRow};
+use super::{bearer_hash, inserted, new_pair, rotation_live, Issued, Policy, SessionRow};
 use crate::apptables::ActingAs;
 use crate::context::org_access;
 use crate::error::{fail, Sqlstate, TruxeError};
@@ -236,22 +236,7 @@ pub(super) fn refresh(
                 return Ok(Vec::new());
             }
             // the grace holds while the first rotation's session is live (every shard)
-            if !live
-                && plans::run(
-                    c,
-                    "SELECT 1 FROM truxe.sessions
-                      WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()
-                        AND family_created_at > now() - $2
-                        AND ($3 IS NULL OR last_used_at >= now() - $3)",
-                    &[UUID, INTERVAL, INTERVAL],
-                    &[
-                        replaced_by.into(),
-                        policy.lifetime.into(),
-                        policy.idle.into(),
-                    ],
-                )?
-                .is_empty()
-            {
+            if !live && !rotation_live(c, replaced_by, policy)? {
                 return Ok(Vec::new());
             }
             let (jti, new_refresh) = new_pair()?;
