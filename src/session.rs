@@ -637,6 +637,47 @@ fn refresh_session(
     TableIterator::new(refresh(refresh_jti, ttl).unwrap_or_raise())
 }
 
+/// refresh_session's `session.refreshed` row for the session `child` that rotated `id`
+/// (`within_grace`: a second use of an already-rotated token).
+fn audit_refreshed(
+    org: Option<Uuid>,
+    child: Uuid,
+    id: Uuid,
+    family: Option<Uuid>,
+    within_grace: bool,
+) -> Result<(), TruxeError> {
+    crate::audit::record(
+        org,
+        "session.refreshed",
+        "session",
+        &child.to_string(),
+        serde_json::json!({
+            "rotated_from": id.to_string(),
+            "family_id": family.map(|f| f.to_string()),
+            "within_grace": within_grace,
+        }),
+        &Default::default(),
+    )
+}
+
+/// refresh_session's `session.reuse_detected` row: the reused session `id`, its family and
+/// how many of the family's sessions were revoked.
+fn audit_reuse(
+    org: Option<Uuid>,
+    id: Uuid,
+    family: Option<Uuid>,
+    revoked: usize,
+) -> Result<(), TruxeError> {
+    crate::audit::record(
+        org,
+        "session.reuse_detected",
+        "session",
+        &id.to_string(),
+        serde_json::json!({ "family_id": family.map(|f| f.to_string()), "revoked": revoked }),
+        &Default::default(),
+    )
+}
+
 /// Whether the session a rotation created (`replaced_by`) is live as refresh_session
 /// requires for a grace (not revoked, not expired, within the family's lifetime and the
 /// idle timeout), read in a new snapshot (single node) or on every shard (Citus).
@@ -775,18 +816,7 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
             let Some((child_id, expires_at)) = child else {
                 return Ok(Vec::new());
             };
-            crate::audit::record(
-                org,
-                "session.refreshed",
-                "session",
-                &child_id.to_string(),
-                serde_json::json!({
-                    "rotated_from": id.to_string(),
-                    "family_id": family.map(|f| f.to_string()),
-                    "within_grace": !live,
-                }),
-                &Default::default(),
-            )?;
+            audit_refreshed(org, child_id, id, family, !live)?;
             return Ok(vec![(jti, new_refresh, expires_at)]);
         }
         if reason.as_deref() != Some("rotated") {
@@ -800,14 +830,7 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
             &[family.into()],
         )?
         .len();
-        crate::audit::record(
-            org,
-            "session.reuse_detected",
-            "session",
-            &id.to_string(),
-            serde_json::json!({ "family_id": family.map(|f| f.to_string()), "revoked": revoked }),
-            &Default::default(),
-        )?;
+        audit_reuse(org, id, family, revoked)?;
         Ok(Vec::new())
     })
 }

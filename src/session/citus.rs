@@ -9,7 +9,10 @@
 //! `session.revoked` audit rows that the trigger writes on a single node (a trigger on a
 //! shard cannot write `audit_logs`, another distributed table). On a single node nothing
 //! here runs: [`owner`] is None.
-use super::{bearer_hash, inserted, new_pair, rotation_live, Issued, Policy, SessionRow};
+use super::{
+    audit_refreshed, audit_reuse, bearer_hash, inserted, new_pair, rotation_live, Issued, Policy,
+    SessionRow,
+};
 use crate::apptables::ActingAs;
 use crate::context::org_access;
 use crate::error::{fail, Sqlstate, TruxeError};
@@ -298,18 +301,7 @@ pub(super) fn refresh(
                     &[key.into(), child_id.into()],
                 )?;
             }
-            crate::audit::record(
-                org,
-                "session.refreshed",
-                "session",
-                &child_id.to_string(),
-                serde_json::json!({
-                    "rotated_from": id.to_string(),
-                    "family_id": family.map(|f| f.to_string()),
-                    "within_grace": !live,
-                }),
-                &Default::default(),
-            )?;
+            audit_refreshed(org, child_id, id, family, !live)?;
             return Ok(vec![(jti, new_refresh, expires_at)]);
         }
         if reason.as_deref() != Some("rotated") {
@@ -324,14 +316,7 @@ pub(super) fn refresh(
             &[UUID],
             &[family.into()],
         )?;
-        crate::audit::record(
-            org,
-            "session.reuse_detected",
-            "session",
-            &id.to_string(),
-            serde_json::json!({ "family_id": family.map(|f| f.to_string()), "revoked": revoked }),
-            &Default::default(),
-        )?;
+        audit_reuse(org, id, family, revoked)?;
         Ok(Vec::new())
     })
 }
