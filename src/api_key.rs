@@ -466,22 +466,7 @@ fn revoke_creators_keys_on_citus(
     org: Option<Uuid>,
     user: Option<Uuid>,
 ) -> Result<Vec<RevokedKey>, TruxeError> {
-    let orgs: Vec<Uuid> = plans::run_once(
-        concat!(
-            "SELECT $1::uuid
-             UNION
-             SELECT c.descendant_id FROM truxe.org_closure c
-              WHERE c.ancestor_id = $1 AND NOT ",
-            org_access!("$2", "c.descendant_id")
-        ),
-        &[UUID, UUID],
-        &[org.into(), user.into()],
-        |t| {
-            t.into_iter()
-                .filter_map(|r| r.get::<Uuid>(1).transpose())
-                .collect::<Result<Vec<_>, _>>()
-        },
-    )?;
+    let orgs = crate::context::orgs_lost_with(org, user)?;
     Ok(plans::run_once(
         "UPDATE truxe.api_keys k SET revoked_at = now()
           WHERE k.created_by = $2 AND k.revoked_at IS NULL AND k.org_id = ANY ($1)

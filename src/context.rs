@@ -411,6 +411,32 @@ pub(crate) fn may_act_in(user: pgrx::Uuid, org: pgrx::Uuid) -> Result<bool, Trux
     })
 }
 
+/// The orgs `user` loses when their membership of `org` ends: `org` itself and each
+/// descendant they may no longer act in ([`org_access`], read in the statement's snapshot,
+/// where the membership is already gone). What the access-ending triggers revoke on Citus,
+/// decided on the coordinator (a query on a shard cannot read memberships or org_closure).
+pub(crate) fn orgs_lost_with(
+    org: Option<pgrx::Uuid>,
+    user: Option<pgrx::Uuid>,
+) -> Result<Vec<pgrx::Uuid>, TruxeError> {
+    Ok(plans::run_once(
+        concat!(
+            "SELECT $1::uuid
+             UNION
+             SELECT c.descendant_id FROM truxe.org_closure c
+              WHERE c.ancestor_id = $1 AND NOT ",
+            org_access!("$2", "c.descendant_id")
+        ),
+        &[plans::UUID, plans::UUID],
+        &[org.into(), user.into()],
+        |t| {
+            t.into_iter()
+                .filter_map(|r| r.get::<pgrx::Uuid>(1).transpose())
+                .collect::<Result<Vec<_>, _>>()
+        },
+    )?)
+}
+
 /// The acting user, who must be active: truxe.require_user() (sql/orgs.sql), the one place
 /// that states the 42501 "no current user" error and its hint.
 pub(crate) fn require_user() -> Result<pgrx::Uuid, TruxeError> {

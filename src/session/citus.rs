@@ -322,25 +322,14 @@ pub(super) fn refresh(
 }
 
 /// The membership trigger's Citus form: the orgs whose sessions end are decided on the
-/// coordinator (org_closure, memberships), then the sessions revoked on every shard.
+/// coordinator ([`crate::context::orgs_lost_with`]), then the sessions revoked on every
+/// shard.
 pub(super) fn end_membership_sessions(
     owner: pg_sys::Oid,
     org: Option<Uuid>,
     user: Option<Uuid>,
 ) -> Result<(), TruxeError> {
-    let orgs = plans::run_once(
-        concat!(
-            "SELECT array_agg(o) FROM (SELECT $1::uuid AS o
-              UNION SELECT c.descendant_id FROM truxe.org_closure c
-                     WHERE c.ancestor_id = $1 AND NOT ",
-            org_access!("$2", "c.descendant_id"),
-            ") x"
-        ),
-        &[UUID, UUID],
-        &[org.into(), user.into()],
-        |t| t.first().get_one::<Vec<Uuid>>(),
-    )?
-    .unwrap_or_default();
+    let orgs = crate::context::orgs_lost_with(org, user)?;
     revoke(
         owner,
         revoking!(
