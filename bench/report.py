@@ -75,14 +75,19 @@ def round_count(name, r):
 
 
 def vs_v010(run):
-    """The TPS ratio over all rounds, 0.1.0's TPS, and in how many rounds truxe's run did
-    at least as many transactions as 0.1.0's beside it."""
+    """The TPS ratio over all rounds, 0.1.0's TPS, in how many rounds truxe's run did at
+    least as many transactions as 0.1.0's beside it, and the median of the rounds' ratios
+    (a slow moment of the machine moves one round, not the median)."""
     name = "v010_" + run.removeprefix("truxe_")
     v, s = stats(name), stats(run)
     if not (s and v):
         return ""
-    won = sum(1 for r in range(1, rounds + 1) if round_count(run, r) >= round_count(name, r))
-    return f"{ratio(s, v)} ({v['tps']:.0f}; ≥ in {won}/{rounds} rounds)"
+    pairs = [(round_count(run, r), round_count(name, r)) for r in range(1, rounds + 1)]
+    won = sum(1 for t, o in pairs if t >= o)
+    per_round = sorted(t / o for t, o in pairs if o)
+    mid = len(per_round) // 2
+    median = (per_round[mid] + per_round[~mid]) / 2 if per_round else 0.0
+    return f"{ratio(s, v)} ({v['tps']:.0f}; ≥ in {won}/{rounds} rounds; median round {median:.2f}×)"
 
 
 def with_v010_target(run, target):
