@@ -1991,9 +1991,9 @@ fn single_node_digest(su: &mut Client, after_id: i64, to_id: i64) -> (i64, Vec<u
 /// row digest (distribute()'s form, hashed on the shards, folded in id order on the
 /// coordinator) equals the single-node digest of the same rows, also for created_at values
 /// with and without fractions, before year 1 and at infinity; HMAC seals (the cluster has
-/// a key file), several of them with a small max_rows, verified; then a sealed row changed
-/// by a superuser directly on its worker's shard (the guard disabled there) is found, and
-/// its seal named.
+/// a key file), several of them with a small max_rows, verified; a backdated row found
+/// before and after it is sealed; then a sealed row changed by a superuser directly on its
+/// worker's shard (the guard disabled there) is found, and its seal named.
 #[test]
 fn sealing_and_verifying_a_distributed_audit_log() {
     let Some(c) = cluster() else { return };
@@ -2102,6 +2102,32 @@ fn sealing_and_verifying_a_distributed_audit_log() {
     let (ok, checked, reason): (bool, i64, String) = (r.get(0), r.get(1), r.get(3));
     assert!(ok, "{reason}");
     assert_eq!(checked, seals, "{reason}");
+
+    // a backdated row: found after the latest seal, and once sealed (the floor checks
+    // read the distributed rows too)
+    svc.execute(
+        "INSERT INTO truxe.audit_logs (org_id, action, created_at)
+         VALUES ($1::text::uuid, 'app.backdated', now() - interval '1 day')",
+        &[&orgs[2]],
+    )
+    .unwrap();
+    let backdated = |svc: &mut Client| -> (bool, String) {
+        let r = svc
+            .query_one("SELECT ok, reason FROM truxe.verify_audit_log()", &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let (ok, reason) = backdated(&mut svc);
+    assert!(
+        !ok && reason.starts_with("a backdated row was written after seal"),
+        "{reason}"
+    );
+    svc.query_one("SELECT truxe.seal_audit_log()", &[]).unwrap();
+    let (ok, reason) = backdated(&mut svc);
+    assert!(
+        !ok && reason.starts_with("a backdated row was sealed"),
+        "{reason}"
+    );
 
     // a sealed row changed on its worker's shard, bypassing the guard: found
     let target = &orgs[1];
