@@ -733,6 +733,10 @@ ALTER TABLE truxe.audit_logs ENABLE ALWAYS TRIGGER audit_logs_append_only;
 
 /// Deletes audit rows older than `older_than` and returns how many; the only way rows leave
 /// truxe.audit_logs. Refuses anything younger than 90 days (22023). service_account only.
+/// On Citus (audit_logs distributed) it deletes as the table's owner with
+/// `truxe.audit_purge` on, which the guard on the shards asks for (docs/scaling.md, "The
+/// sealed audit log on Citus"); purge in a transaction of its own there (Citus then refuses
+/// the caller's own audit reads in that transaction, 25001).
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn purge_audit_logs(older_than: Interval) -> i64 {
@@ -768,7 +772,9 @@ fn purge(older_than: Interval) -> Result<i64, TruxeError> {
     // truxe.audit_purge on, which Citus passes to the workers of this transaction. Citus
     // propagates a SET LOCAL only in a transaction block or a DO block (not from a C
     // function in autocommit), hence the DO blocks. The setting goes off again after the
-    // DELETE (an error aborts the transaction, and the setting with it).
+    // DELETE (an error aborts the transaction, and the setting with it). All of it as the
+    // owner: the DO blocks need no right of the caller's (USAGE on plpgsql).
+    let _as_owner = crate::apptables::ActingAs::switch_to(owner);
     Spi::connect_mut(|client| {
         client.update(
             "DO $purge$BEGIN SET LOCAL citus.propagate_set_commands = 'local'; \
@@ -776,16 +782,13 @@ fn purge(older_than: Interval) -> Result<i64, TruxeError> {
             None,
             &[],
         )?;
-        let deleted = {
-            let _as_owner = crate::apptables::ActingAs::switch_to(owner);
-            client
-                .update(
-                    "DELETE FROM truxe.audit_logs WHERE created_at < pg_catalog.now() - $1",
-                    None,
-                    &[older_than.into()],
-                )
-                .map(|t| t.len() as i64)?
-        };
+        let deleted = client
+            .update(
+                "DELETE FROM truxe.audit_logs WHERE created_at < pg_catalog.now() - $1",
+                None,
+                &[older_than.into()],
+            )
+            .map(|t| t.len() as i64)?;
         client.update(
             "DO $purge$BEGIN SET LOCAL truxe.audit_purge = off; END$purge$",
             None,
