@@ -2006,6 +2006,20 @@ fn sealing_and_verifying_a_distributed_audit_log() {
     let orgs = orgs_in(c, &db, 8);
     let mut su = c.coordinator.client(&db, "postgres");
     let mut svc = c.coordinator.client(&db, SERVICE_LOGIN);
+    let styles: Vec<String> = su
+        .query(
+            "SELECT result FROM run_command_on_workers('SELECT current_setting(''DateStyle'') || '' '' || current_setting(''TimeZone'')')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        styles,
+        vec!["SQL, DMY Asia/Kathmandu"; 2],
+        "the workers' connections print timestamps otherwise"
+    );
     // rows of the trusted backend's own, with created_at values whose text the settings
     // would change, in orgs on both workers and under the nil uuid (no org)
     for (i, at) in [
