@@ -1818,7 +1818,8 @@ GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
 -- (docs/scaling.md); a superuser's step, so nobody else may execute it. Its body is
 -- sql/distribute.sql's: audit_logs, usage_metrics, secrets, invitations and api_keys
 -- by org_id, colocated, mfa_factors and mfa_recovery_codes by user_id, and sessions by jti_hash (validate_session and authenticate single-shard),
--- with the claim policies (src/claim.rs) included
+-- with the claim policies (src/claim.rs) included, and the row digest of the sealed audit
+-- log in a form Citus can plan (sealing on Citus, issue 22)
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -1875,6 +1876,51 @@ BEGIN
     truxe.claim_may_act_in(uuid) FROM PUBLIC;
   GRANT EXECUTE ON FUNCTION truxe.claim_user(), truxe.claim_administers(uuid),
     truxe.claim_may_act_in(uuid) TO authenticated, service_account;
+
+  -- the sealed audit log's row digest (sql/seal.sql) in a form Citus can plan: the SQL
+  -- function there (a statement with parameters over audit_logs) cannot be planned once
+  -- audit_logs is distributed (0A000). Same result for the same rows, same signature,
+  -- settings and grants; only the body changes, in this database only (a single-node
+  -- install keeps the SQL function and its speed). The shards hash their rows (the query
+  -- has no parameter: the ids are written into it as numbers), the coordinator folds the
+  -- hashes in id order (a materialized CTE: Citus gathers the shards' rows into an
+  -- intermediate result, then the aggregate runs on the coordinator). A row's text is the
+  -- single-node one: its created_at is written out as the ISO style in UTC gives it
+  -- (DateStyle 'ISO, MDY', TimeZone 'UTC', which the function pins on the coordinator
+  -- but Citus does not pass to the workers), by to_char, which no setting changes.
+  CREATE OR REPLACE FUNCTION truxe.audit_rows_digest(after_id bigint, to_id bigint,
+                                          OUT row_count bigint, OUT rows_hash bytea,
+                                          OUT min_created_at timestamptz, OUT max_created_at timestamptz)
+  LANGUAGE plpgsql STABLE
+  SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC' AS $digest$
+  BEGIN
+    IF audit_rows_digest.after_id IS NULL OR audit_rows_digest.to_id IS NULL THEN
+      SELECT 0, sha256(''::bytea), NULL, NULL
+        INTO row_count, rows_hash, min_created_at, max_created_at;
+      RETURN;
+    END IF;
+    EXECUTE format($q$
+      WITH r AS MATERIALIZED (
+        SELECT a.id, a.created_at,
+               sha256(textsend(ROW(
+                 a.id, a.org_id, a.actor_user_id, a.action, a.target_type, a.target_id,
+                 a.details, a.ip, a.user_agent, a.request_id,
+                 CASE WHEN isfinite(a.created_at) THEN
+                   to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+                   || coalesce('.' || nullif(rtrim(to_char(a.created_at AT TIME ZONE 'UTC', 'US'),
+                                                   '0'), ''), '')
+                   || '+00'
+                   || CASE WHEN a.created_at < '0001-01-01 00:00:00+00'::timestamptz
+                           THEN ' BC' ELSE '' END
+                 ELSE a.created_at::text END)::text)) AS h
+          FROM truxe.audit_logs a
+         WHERE a.id > %s AND a.id <= %s)
+      SELECT count(*), sha256(coalesce(string_agg(r.h, ''::bytea ORDER BY r.id), ''::bytea)),
+             min(r.created_at), max(r.created_at)
+        FROM r$q$, audit_rows_digest.after_id, audit_rows_digest.to_id)
+      INTO row_count, rows_hash, min_created_at, max_created_at;
+  END
+  $digest$;
 
   -- by the hash of the key: its primary key (a bigserial id, used by nothing) cannot hold
   -- the distribution column, and (key_hash, window_start), the key rate_limit_hit

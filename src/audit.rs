@@ -9,7 +9,7 @@ use crate::types::{membership_role, user_status};
 use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone};
 use pgrx::htup::heap_getattr_raw;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgOid, PgTupleDesc, Uuid};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, JsonB, PgOid, PgTupleDesc, Uuid};
 use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -650,9 +650,60 @@ impl Drop for PurgeWindow {
     }
 }
 
-/// Statement-level guard: UPDATE, DELETE and TRUNCATE on truxe.audit_logs raise 55000.
+/// `truxe.audit_purge`: on only while purge_audit_logs runs its DELETE of a distributed
+/// truxe.audit_logs. Set with `SET LOCAL` and passed by Citus to the workers, where the guard
+/// runs on the shards; it counts there only for a DELETE that runs as the table's owner
+/// (see [`shard_purge`]), so a login that sets it itself gains nothing.
+static AUDIT_PURGE: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// Registers `truxe.audit_purge` (called by `_PG_init`). Any role may set it: Citus sets it
+/// on the workers as the current role.
+pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"truxe.audit_purge",
+        c"Set by truxe.purge_audit_logs on a Citus cluster while it deletes (docs/scaling.md).",
+        c"Lets a DELETE of an audit_logs shard that runs as the table's owner pass the append-only guard; nothing else.",
+        &AUDIT_PURGE,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
+    );
+}
+
+/// Whether the guard lets this statement through as purge_audit_logs' DELETE on a Citus
+/// shard: a DELETE, with Citus loaded, of a shard of audit_logs (`audit_logs_<shard id>` in
+/// schema truxe), run as the owner of that shard (the table's owner: purge_audit_logs
+/// deletes as the owner, a tenant's login never is it), with `truxe.audit_purge` on. The
+/// setting alone is nothing: any login may set it (Citus sets it on the workers as the
+/// current role), but none runs a statement as the owner.
+fn shard_purge(trigger: &PgTrigger<'_>) -> bool {
+    if !AUDIT_PURGE.get() || !matches!(trigger.op(), Ok(PgTriggerOperation::Delete)) {
+        return false;
+    }
+    // SAFETY: a settings lookup by a NUL-terminated name, missing_ok
+    let citus = unsafe {
+        !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
+    };
+    if !citus {
+        return false;
+    }
+    let Ok(rel) = trigger.relation() else {
+        return false;
+    };
+    let shard_name = rel
+        .name()
+        .strip_prefix("audit_logs_")
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+    // SAFETY: the trigger's open relation; GetUserId reads the backend's current user
+    unsafe {
+        shard_name && rel.namespace() == "truxe" && (*rel.rd_rel).relowner == pg_sys::GetUserId()
+    }
+}
+
+/// Statement-level guard: UPDATE, DELETE and TRUNCATE on truxe.audit_logs raise 55000,
+/// except purge_audit_logs' own DELETE (on a single node: [`PURGING`]; on the shards of a
+/// distributed audit_logs: [`shard_purge`]).
 fn audit_logs_append_only<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    if PURGING.with(|p| p.get()) {
+    if PURGING.with(|p| p.get()) || shard_purge(trigger) {
         return Ok(None);
     }
     let op = trigger.op().map(|o| o.to_string()).unwrap_or_default();
@@ -682,6 +733,10 @@ ALTER TABLE truxe.audit_logs ENABLE ALWAYS TRIGGER audit_logs_append_only;
 
 /// Deletes audit rows older than `older_than` and returns how many; the only way rows leave
 /// truxe.audit_logs. Refuses anything younger than 90 days (22023). service_account only.
+/// On Citus (audit_logs distributed) it deletes as the table's owner with
+/// `truxe.audit_purge` on, which the guard on the shards asks for (docs/scaling.md, "The
+/// sealed audit log on Citus"); purge in a transaction of its own there (Citus then refuses
+/// the caller's own audit reads in that transaction, 25001).
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn purge_audit_logs(older_than: Interval) -> i64 {
@@ -701,16 +756,47 @@ fn purge(older_than: Interval) -> Result<i64, TruxeError> {
         );
     }
     let _window = PurgeWindow::open();
-    let deleted = Spi::connect_mut(|client| {
-        client
+    let Some(owner) = crate::claim::distributed_audit_owner() else {
+        return Ok(Spi::connect_mut(|client| {
+            client
+                .update(
+                    "DELETE FROM truxe.audit_logs WHERE created_at < pg_catalog.now() - $1",
+                    None,
+                    &[older_than.into()],
+                )
+                .map(|t| t.len() as i64)
+        })?);
+    };
+    // On Citus the guard runs on the shards, in the workers' backends, where PURGING is not
+    // seen: the DELETE runs as the table's owner (Citus connects to the workers as it) with
+    // truxe.audit_purge on, which Citus passes to the workers of this transaction. Citus
+    // propagates a SET LOCAL only in a transaction block or a DO block (not from a C
+    // function in autocommit), hence the DO blocks. The setting goes off again after the
+    // DELETE (an error aborts the transaction, and the setting with it). All of it as the
+    // owner: the DO blocks need no right of the caller's (USAGE on plpgsql).
+    let _as_owner = crate::apptables::ActingAs::switch_to(owner);
+    Spi::connect_mut(|client| {
+        client.update(
+            "DO $purge$BEGIN SET LOCAL citus.propagate_set_commands = 'local'; \
+             SET LOCAL truxe.audit_purge = on; END$purge$",
+            None,
+            &[],
+        )?;
+        let deleted = client
             .update(
                 "DELETE FROM truxe.audit_logs WHERE created_at < pg_catalog.now() - $1",
                 None,
                 &[older_than.into()],
             )
-            .map(|t| t.len() as i64)
-    })?;
-    Ok(deleted)
+            .map(|t| t.len() as i64)?;
+        client.update(
+            "DO $purge$BEGIN SET LOCAL truxe.audit_purge = off; END$purge$",
+            None,
+            &[],
+        )?;
+        Ok::<i64, pgrx::spi::SpiError>(deleted)
+    })
+    .map_err(Into::into)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

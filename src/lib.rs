@@ -59,6 +59,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     identity::init();
     claim::init();
+    audit::init();
 }
 
 /// The version of the truxe library loaded in this backend (the crate version).

@@ -168,6 +168,29 @@ fn audit_log_is_append_only_for_every_role() {
             "service: {sql}"
         );
     }
+    // truxe.audit_purge (what purge_audit_logs sets on a Citus cluster, for the shards)
+    // opens nothing on a single node, for the owner either
+    for sql in [
+        "UPDATE truxe.audit_logs SET details = '{}'",
+        "DELETE FROM truxe.audit_logs",
+    ] {
+        let mut t = c.transaction().unwrap();
+        t.batch_execute("SET LOCAL truxe.audit_purge = on").unwrap();
+        assert_eq!(
+            sqlstate(t.execute(sql, &[])),
+            "55000",
+            "superuser with truxe.audit_purge: {sql}"
+        );
+        drop(t);
+        let mut s = db.service();
+        let mut t = s.transaction().unwrap();
+        t.batch_execute("SET LOCAL truxe.audit_purge = on").unwrap();
+        assert_eq!(
+            sqlstate(t.execute(sql, &[])),
+            "55000",
+            "service with truxe.audit_purge: {sql}"
+        );
+    }
     // not even as a replica (pg_restore's mode): the guard is ENABLE ALWAYS
     c.batch_execute("SET session_replication_role = replica")
         .unwrap();
