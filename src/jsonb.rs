@@ -15,6 +15,12 @@ impl JsonbArg {
         JsonbArg(arg.map(|a| a.datum()))
     }
 
+    /// `datum` must be an argument the SQL signature declares `jsonb` (None: NULL), as a
+    /// hand-written entry point reads it (src/srf.rs).
+    pub fn of_datum(datum: Option<pg_sys::Datum>) -> Self {
+        JsonbArg(datum)
+    }
+
     /// 22023 `<what> must be a JSON object` unless NULL or an object at its top level,
     /// read from the value's root header: no statement, no parsing.
     pub fn require_object(&self, what: &str) -> Result<(), TruxeError> {

@@ -31,6 +31,7 @@ mod recovery_codes;
 mod seal;
 mod security;
 mod session;
+mod srf;
 mod trigger;
 mod types;
 mod usage;

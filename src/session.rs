@@ -25,7 +25,7 @@ use crate::plans::{self, BYTEA, INET, INTERVAL, JSONB, TEXT, UUID};
 use crate::trigger::trigger_entry;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
-use pgrx::{AnyElement, Inet, PgOid, Uuid};
+use pgrx::{Inet, PgOid, Uuid};
 use sha2::{Digest, Sha256};
 
 type Issued = (
@@ -149,57 +149,81 @@ macro_rules! insert_session {
 
 mod citus;
 
-/// Creates a session for an active user (42501 otherwise; P0002 unknown user or org); with
-/// `org_id`, the user must be a joined member of it or a joined owner/admin of one of its
-/// ancestors (42501). Returns the access token (`jti`), the refresh token (`refresh_jti`)
-/// and the expiry — the only time the tokens are shown: the row keeps their SHA-256. A new
-/// family starts, with a random `family_id` of its own and `family_created_at` = now; the
-/// expiry is now + ttl, or now + `truxe.session_max_lifetime` when that is sooner. With
-/// `truxe.max_sessions_per_user` = n > 0, the user's live sessions beyond the n - 1 most
-/// recently used are revoked first (reason `session_limit`), under a lock on the user's
-/// row, so concurrent creates for one user queue there. ttl outside (0, 366 days] or a
-/// device_info that is not an object: 22023. service_account only (SECURITY DEFINER: it
-/// reads truxe.org_closure, which no role may read).
-#[pg_extern(sql = r#"
+// truxe.create_session: SQL here, C entry point below (doc comment there).
+pgrx::extension_sql!(
+    r#"
 CREATE FUNCTION truxe.create_session(user_id uuid, org_id uuid DEFAULT NULL, ttl interval DEFAULT '7 days',
                                      device_info jsonb DEFAULT '{}', ip inet DEFAULT NULL,
                                      user_agent text DEFAULT NULL)
 RETURNS TABLE(jti uuid, refresh_jti uuid, expires_at timestamptz)
 LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
-"#)]
-fn create_session(
-    user_id: Option<Uuid>,
-    org_id: Option<Uuid>,
-    ttl: Option<Interval>,
-    device_info: Option<AnyElement>,
-    ip: Option<Inet>,
-    user_agent: Option<String>,
-) -> TableIterator<
-    'static,
-    (
-        name!(jti, Uuid),
-        name!(refresh_jti, Uuid),
-        name!(expires_at, TimestampWithTimeZone),
-    ),
-> {
-    TableIterator::new(create(user_id, org_id, ttl, device_info, ip, user_agent).unwrap_or_raise())
+ROWS 1 AS 'MODULE_PATHNAME', 'create_session_wrapper';
+"#,
+    name = "create_session",
+    requires = ["schema"]
+);
+
+crate::srf::one_row_entry!(
+    /// Creates a session for an active user (42501 otherwise; P0002 unknown user or org); with
+    /// `org_id`, the user must be a joined member of it or a joined owner/admin of one of its
+    /// ancestors (42501). Returns the access token (`jti`), the refresh token (`refresh_jti`)
+    /// and the expiry — the only time the tokens are shown: the row keeps their SHA-256. A new
+    /// family starts, with a random `family_id` of its own and `family_created_at` = now; the
+    /// expiry is now + ttl, or now + `truxe.session_max_lifetime` when that is sooner. With
+    /// `truxe.max_sessions_per_user` = n > 0, the user's live sessions beyond the n - 1 most
+    /// recently used are revoked first (reason `session_limit`), under a lock on the user's
+    /// row, so concurrent creates for one user queue there. ttl outside (0, 366 days] or a
+    /// device_info that is not an object: 22023. service_account only (SECURITY DEFINER: it
+    /// reads truxe.org_closure, which no role may read). One materialized row (src/srf.rs).
+    create_session_wrapper,
+    pg_finfo_create_session_wrapper,
+    create_session
+);
+
+/// create_session's call: its six arguments (each may be NULL), its row materialized.
+///
+/// # Safety
+/// `fcinfo` must be the executor's call of truxe.create_session.
+unsafe fn create_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    use pgrx::fcinfo::{pg_getarg, pg_getarg_datum};
+    // SAFETY: the six arguments of truxe.create_session, read as their SQL types
+    unsafe {
+        crate::srf::one_row(fcinfo, || {
+            let issued = create(
+                pg_getarg::<Uuid>(fcinfo, 0),
+                pg_getarg::<Uuid>(fcinfo, 1),
+                pg_getarg::<Interval>(fcinfo, 2),
+                JsonbArg::of_datum(pg_getarg_datum(fcinfo, 3)),
+                pg_getarg::<Inet>(fcinfo, 4),
+                pg_getarg::<String>(fcinfo, 5),
+            );
+            issued.unwrap_or_raise().map(issued_row)
+        })
+    }
+}
+
+/// A (jti, refresh_jti, expires_at) row as datums.
+fn issued_row((jti, refresh_jti, expires_at): Issued) -> [Option<pg_sys::Datum>; 3] {
+    [
+        jti.into_datum(),
+        refresh_jti.into_datum(),
+        expires_at.into_datum(),
+    ]
 }
 
 fn create(
     user_id: Option<Uuid>,
     org_id: Option<Uuid>,
     ttl: Option<Interval>,
-    device_info: Option<AnyElement>,
+    device_info: JsonbArg,
     ip: Option<Inet>,
     user_agent: Option<String>,
-) -> Result<Vec<Issued>, TruxeError> {
+) -> Result<Option<Issued>, TruxeError> {
     let Some(user_id) = user_id else {
         return fail(Sqlstate::InvalidParameter, "user_id must not be NULL");
     };
     let ttl = check_ttl(ttl)?;
-    // NULL means '{}'
-    let device_info = JsonbArg::new(device_info);
+    // device_info NULL means '{}' (the INSERT's coalesce)
     Spi::connect_mut(|c| {
         device_info.require_object("device_info")?;
         // (status, org exists, may use the org): two texts, so that each keeps one generic
@@ -272,10 +296,7 @@ fn create(
             None => inserted(plans::run(c, insert_session!(), &types, &args)?)?,
             Some(owner) => citus::create(c, owner, &types, &args, user_id, org_id)?,
         };
-        Ok(row
-            .map(|(_, expires_at)| (jti, refresh_jti, expires_at))
-            .into_iter()
-            .collect())
+        Ok(row.map(|(_, expires_at)| (jti, refresh_jti, expires_at)))
     })
 }
 
@@ -340,78 +361,44 @@ ROWS 1 AS 'MODULE_PATHNAME', 'validate_session_wrapper';
     requires = ["schema"]
 );
 
-/// The user, org and expiry of a live session; no row when the jti is unknown, expired or
-/// revoked, when its user is no longer active, or when an org-scoped session's user may no
-/// longer use that org (not a joined member, nor a joined owner/admin of an ancestor), when
-/// its family began longer ago than `truxe.session_max_lifetime` (the expiry returned is
-/// never later than that end), or when it went unused for longer than
-/// `truxe.session_idle_timeout` (if set). All in the one read of the session row.
-/// Writes `last_used_at` at most once a minute, or every quarter of the idle timeout when
-/// that is shorter (most calls write nothing), and never in a
-/// read-only transaction, so it also answers on a hot standby. Callable by
-/// authenticated and service_account (SECURITY DEFINER: RLS would hide the row). Never
-/// raises for an unknown jti.
-///
-/// The C entry point (the symbol 0.1.0's install script names too) materializes the set,
-/// at most one row, in one call instead of a value-per-call set function's two: each call
-/// passes through the `SET search_path` clause, whose save and restore of the setting was
-/// a sixth of the read path's CPU.
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub unsafe extern "C-unwind" fn validate_session_wrapper(
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> pg_sys::Datum {
-    pg_sys::submodules::panic::pgrx_extern_c_guard(move || {
-        // SAFETY: fcinfo is the executor's call of this function
-        unsafe { validate_session(fcinfo) }
-    })
-}
-crate::trigger::v1_finfo!(pg_finfo_validate_session_wrapper);
+crate::srf::one_row_entry!(
+    /// The user, org and expiry of a live session; no row when the jti is unknown, expired or
+    /// revoked, when its user is no longer active, or when an org-scoped session's user may no
+    /// longer use that org (not a joined member, nor a joined owner/admin of an ancestor), when
+    /// its family began longer ago than `truxe.session_max_lifetime` (the expiry returned is
+    /// never later than that end), or when it went unused for longer than
+    /// `truxe.session_idle_timeout` (if set). All in the one read of the session row.
+    /// Writes `last_used_at` at most once a minute, or every quarter of the idle timeout when
+    /// that is shorter (most calls write nothing), and never in a
+    /// read-only transaction, so it also answers on a hot standby. Callable by
+    /// authenticated and service_account (SECURITY DEFINER: RLS would hide the row). Never
+    /// raises for an unknown jti.
+    ///
+    /// The C entry point (the symbol 0.1.0's install script names too) materializes the set,
+    /// at most one row, in one call instead of a value-per-call set function's two: each call
+    /// passes through the `SET search_path` clause, whose save and restore of the setting was
+    /// a sixth of the read path's CPU.
+    validate_session_wrapper,
+    pg_finfo_validate_session_wrapper,
+    validate_session
+);
 
-/// Materializes validate_session's row (or none) into the caller's tuplestore; 0A000 (from
-/// PostgreSQL) where the caller cannot take a materialized set.
+/// validate_session's call: its row (or none) materialized.
 ///
 /// # Safety
 /// `fcinfo` must be the executor's call of truxe.validate_session (one uuid argument).
 unsafe fn validate_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: per the contract above; the result info is read only once its node tag says
-    // it is a ReturnSetInfo, and InitMaterializedSRF checks the modes the caller allows
+    // SAFETY: the uuid argument of truxe.validate_session (STRICT: never NULL here)
     unsafe {
-        let info = (*fcinfo).resultinfo;
-        let rsinfo = info.cast::<pg_sys::ReturnSetInfo>();
-        // the caller's tuple descriptor where it gives one (a function scan does): no
-        // catalog lookups to build it again
-        let expected = !info.is_null()
-            && pgrx::is_a(info, pg_sys::NodeTag::T_ReturnSetInfo)
-            && !(*rsinfo).expectedDesc.is_null();
-        pg_sys::InitMaterializedSRF(
-            fcinfo,
-            if expected {
-                pg_sys::MAT_SRF_USE_EXPECTED_DESC
-            } else {
-                0
-            },
-        );
-        // STRICT: never NULL here
-        let live = match pgrx::fcinfo::pg_getarg::<Uuid>(fcinfo, 0) {
-            Some(jti) => validate(jti).unwrap_or_raise(),
-            None => None,
-        };
-        if let Some(s) = live {
-            let mut values = [
-                s.user.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-                s.org.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-                s.expires_at.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-            ];
-            let mut nulls = [false, s.org.is_none(), false];
-            pg_sys::tuplestore_putvalues(
-                (*rsinfo).setResult,
-                (*rsinfo).setDesc,
-                values.as_mut_ptr(),
-                nulls.as_mut_ptr(),
-            );
-        }
-        pg_sys::Datum::from(0)
+        crate::srf::one_row(fcinfo, || {
+            let jti = pgrx::fcinfo::pg_getarg::<Uuid>(fcinfo, 0)?;
+            let s = validate(jti).unwrap_or_raise()?;
+            Some([
+                s.user.into_datum(),
+                s.org.into_datum(),
+                s.expires_at.into_datum(),
+            ])
+        })
     }
 }
 
@@ -602,39 +589,59 @@ fn session_row(hash: &[u8]) -> Result<Option<SessionRow>, TruxeError> {
     row
 }
 
-/// Rotates a refresh token: a new session in the same family (new tokens, returned once;
-/// the old session's assurance level `aal` carried over, so a second factor verified once
-/// holds for the family), the old one revoked with reason `rotated`. Presenting an
-/// already-rotated refresh_jti within `truxe.refresh_reuse_grace` of its rotation, while the session that rotation
-/// created is live, gives a new session of the same family (two tabs refreshing at once
-/// both stay signed in; truxe cannot hand out the first rotation's tokens again, it does
-/// not keep them); a grace of 0 means none, even within the rotating transaction. Later,
-/// it revokes every live session of the family (reason `refresh_token_reuse`, audit
-/// `session.reuse_detected`) and returns no row. Unknown, expired or otherwise revoked, a
-/// user no longer active, or an org the user may no longer use: no row. The session
-/// policies hold as in validate_session: a family older than `truxe.session_max_lifetime`
-/// or a session unused for longer than `truxe.session_idle_timeout` is not refreshed (no
-/// row), and the new session inherits `family_created_at` and expires at now + ttl or at
-/// the family's end, whichever is sooner. ttl outside
-/// (0, 366 days]: 22023. service_account only (SECURITY DEFINER, as create_session).
-#[pg_extern(sql = r#"
+// truxe.refresh_session: SQL here, C entry point below (doc comment there).
+pgrx::extension_sql!(
+    r#"
 CREATE FUNCTION truxe.refresh_session(refresh_jti uuid, ttl interval DEFAULT '7 days')
 RETURNS TABLE(jti uuid, refresh_jti uuid, expires_at timestamptz)
 LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
-"#)]
-fn refresh_session(
-    refresh_jti: Option<Uuid>,
-    ttl: Option<Interval>,
-) -> TableIterator<
-    'static,
-    (
-        name!(jti, Uuid),
-        name!(refresh_jti, Uuid),
-        name!(expires_at, TimestampWithTimeZone),
-    ),
-> {
-    TableIterator::new(refresh(refresh_jti, ttl).unwrap_or_raise())
+ROWS 1 AS 'MODULE_PATHNAME', 'refresh_session_wrapper';
+"#,
+    name = "refresh_session",
+    requires = ["schema"]
+);
+
+crate::srf::one_row_entry!(
+    /// Rotates a refresh token: a new session in the same family (new tokens, returned once;
+    /// the old session's assurance level `aal` carried over, so a second factor verified once
+    /// holds for the family), the old one revoked with reason `rotated`. Presenting an
+    /// already-rotated refresh_jti within `truxe.refresh_reuse_grace` of its rotation, while the session that rotation
+    /// created is live, gives a new session of the same family (two tabs refreshing at once
+    /// both stay signed in; truxe cannot hand out the first rotation's tokens again, it does
+    /// not keep them); a grace of 0 means none, even within the rotating transaction. Later,
+    /// it revokes every live session of the family (reason `refresh_token_reuse`, audit
+    /// `session.reuse_detected`) and returns no row. Unknown, expired or otherwise revoked, a
+    /// user no longer active, or an org the user may no longer use: no row. The session
+    /// policies hold as in validate_session: a family older than `truxe.session_max_lifetime`
+    /// or a session unused for longer than `truxe.session_idle_timeout` is not refreshed (no
+    /// row), and the new session inherits `family_created_at` and expires at now + ttl or at
+    /// the family's end, whichever is sooner. ttl outside
+    /// (0, 366 days]: 22023. service_account only (SECURITY DEFINER, as create_session). One materialized row (src/srf.rs).
+    refresh_session_wrapper,
+    pg_finfo_refresh_session_wrapper,
+    refresh_session
+);
+
+/// refresh_session's call: its two arguments (each may be NULL), its row (or none)
+/// materialized.
+///
+/// # Safety
+/// `fcinfo` must be the executor's call of truxe.refresh_session.
+unsafe fn refresh_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    use pgrx::fcinfo::pg_getarg;
+    // SAFETY: the two arguments of truxe.refresh_session, read as their SQL types
+    unsafe {
+        crate::srf::one_row(fcinfo, || {
+            refresh(
+                pg_getarg::<Uuid>(fcinfo, 0),
+                pg_getarg::<Interval>(fcinfo, 1),
+            )
+            .unwrap_or_raise()
+            .into_iter()
+            .next()
+            .map(issued_row)
+        })
+    }
 }
 
 /// refresh_session's `session.refreshed` row for the session `child` that rotated `id`

@@ -814,3 +814,84 @@ fn jsonb_arguments_must_be_objects() {
         }
     }
 }
+
+/// create_session, refresh_session and validate_session are one-row materialized set
+/// functions (src/srf.rs): they answer in a FROM clause, in a select list (expanded or as a
+/// composite), with the default ttl, and with NULL arguments as their documentation says
+/// (22023 for a NULL user, no row for a NULL refresh token), through real service_account
+/// and authenticated logins; a refused call leaves no session behind.
+#[test]
+fn session_functions_answer_in_every_calling_form() {
+    let db = populated();
+    let mut s = db.service();
+    // FROM clause, default ttl and device_info: the row's three columns, typed
+    let r = s
+        .query_one(
+            "SELECT jti::text, refresh_jti::text, expires_at > now() + interval '6 days'
+               FROM truxe.create_session($1::text::uuid)",
+            &[&OWNER],
+        )
+        .unwrap();
+    let (jti, rjti): (String, String) = (r.get(0), r.get(1));
+    assert!(r.get::<_, bool>(2), "the default ttl is 7 days");
+    // select list, expanded
+    let r = s
+        .query_one(
+            "SELECT x.jti::text FROM (SELECT (truxe.refresh_session($1::text::uuid)).*) x",
+            &[&rjti],
+        )
+        .unwrap();
+    let new_jti: String = r.get(0);
+    assert_ne!(new_jti, jti, "a rotation gives a new access token");
+    // select list, as a composite; a NULL and an unknown token give no row
+    let n = s
+        .query(
+            "SELECT truxe.refresh_session(NULL) UNION ALL SELECT truxe.refresh_session(gen_random_uuid())",
+            &[],
+        )
+        .unwrap()
+        .len();
+    assert_eq!(n, 0);
+    let row: String = s
+        .query_one(
+            "SELECT truxe.validate_session($1::text::uuid)::text",
+            &[&new_jti],
+        )
+        .unwrap()
+        .get(0);
+    assert!(row.starts_with(&format!("({OWNER},,")), "{row}");
+    // as an authenticated login, in a FROM clause with the org scope
+    let (scoped, _) = create(&mut s, MEMBER, Some(ORG));
+    let mut a = db.authenticated();
+    let r = a
+        .query_one(
+            "SELECT user_id::text, org_id::text FROM truxe.validate_session($1::text::uuid)",
+            &[&scoped],
+        )
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, String>(1)),
+        (MEMBER.to_string(), ORG.to_string())
+    );
+    // errors raised inside the materializing call keep their SQLSTATE
+    assert_eq!(
+        sqlstate(s.query("SELECT * FROM truxe.create_session(NULL)", &[])),
+        "22023"
+    );
+    assert_eq!(
+        sqlstate(s.query(
+            "SELECT truxe.create_session($1::text::uuid, $2::text::uuid)",
+            &[&OTHER, &ORG]
+        )),
+        "42501"
+    );
+    let mut su = db.superuser();
+    let n: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.sessions WHERE user_id = $1::text::uuid",
+            &[&OTHER],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a refused create leaves no session");
+}
