@@ -1,11 +1,13 @@
 -- 0.1.0's data set for the rows bench/run compares with 0.1.0 in the same run (bench/v010),
--- loaded into the 0.1.0 server with psql variables U (users) and S (sessions). The users
--- and sessions of bench/data.sql, with the same ids, written for 0.1.0's schema
+-- loaded into the 0.1.0 server with psql variables U (users), O (orgs), S (sessions) and A
+-- (audit rows). The users, sessions and audit rows of bench/data.sql, with the same ids,
+-- written for 0.1.0's schema
 -- (sql/truxe--0.1.0.sql): 0.1.0 stores the access token `jti` and the refresh token
 -- `refresh_jti` in clear, and a family is named after its first jti. 0.1.0's
 -- validate_session reads sessions only; create_session reads users (and, with an org,
 -- organizations and memberships: the benchmark passes none); refresh_session reads and
--- writes sessions and writes an audit row.
+-- writes sessions and writes an audit row. The audit log holds as many rows as truxe's
+-- (both sides append to it, and its indexes' size is part of what an append costs).
 CREATE SCHEMA bench;
 CREATE FUNCTION bench.uid(kind int, n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
 $$ SELECT (lpad(to_hex(kind), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
@@ -19,5 +21,7 @@ INSERT INTO truxe.sessions (jti, user_id, refresh_jti, family_id, expires_at)
   SELECT bench.uid(3, g), bench.uid(1, 1 + g % :U), bench.uid(4, g), bench.uid(3, g),
          now() + interval '30 days'
     FROM generate_series(1, :S) g;
+INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)
+  SELECT bench.uid(2, 1 + g % :O), 'org.updated', 'organization', g::text FROM generate_series(1, :A) g;
 RESET session_replication_role;
 VACUUM ANALYZE;
