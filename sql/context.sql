@@ -1,14 +1,7 @@
 -- Request context. The getters current_user_id()/current_org_id() are Rust
--- (src/identity.rs), as are set_context and the org sets accessible_org_ids()/
--- admin_org_ids()/invited_org_ids() (src/context.rs). Trust model: docs/security.md,
--- "Verified identity".
-
--- Clears both settings (session and transaction values).
-CREATE FUNCTION truxe.clear_context()
-RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT pg_catalog.set_config('app.current_user_id', '', false),
-         pg_catalog.set_config('app.current_org_id', '', false);
-$$;
+-- (src/identity.rs), as are set_context, clear_context and the org sets
+-- accessible_org_ids()/admin_org_ids()/invited_org_ids() (src/context.rs). Trust model:
+-- docs/security.md, "Verified identity".
 
 -- The request settings app.ip, app.user_agent and app.request_id as the audit trail records
 -- them: NULL when unset, empty or invalid, never an error. They are the defaults of

@@ -2092,6 +2092,14 @@ END
 $$;
 REVOKE ALL ON FUNCTION truxe.distribute() FROM PUBLIC;
 
+-- clear_context() also withdraws the signed claim on Citus (src/context.rs): Rust, SECURITY
+-- DEFINER as set_context, since the claim's org sets are read past RLS.
+CREATE OR REPLACE FUNCTION truxe.clear_context() RETURNS void
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'clear_context_wrapper';
+
 -- == Invitations carry their inviter's authority (issue 12) ==
 -- New: an invitation whose inviter could no longer send it (removed, suspended, deleted,
 -- demoted) is revoked at its next use (src/invitation.rs); the text of sql/invitations.sql.

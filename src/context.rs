@@ -1,7 +1,6 @@
 //! Request context: the request settings, `set_context`, and the org sets every RLS policy
 //! is built on — which organisations the acting identity (src/identity.rs) may see. The org
-//! sets run one cached plan each; clear_context and the request-metadata getters are SQL
-//! (sql/context.sql).
+//! sets run one cached plan each; the request-metadata getters are SQL (sql/context.sql).
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans;
 use pgrx::pg_sys;
@@ -37,11 +36,10 @@ pub(crate) fn is_trusted_role(role: pg_sys::Oid) -> bool {
 }
 
 /// The request settings (docs/reference.md, "Settings"), named here once for the Rust code.
-/// sql/context.sql names them too (clear_context, the request_* getters); tests hold both
-/// to the documented names: `set_context_then_clear_context` below (set here, cleared
-/// there), `audit::every_event_writes_exactly_one_row` (truxe's rows, parsed here) and
-/// `rls::app_audit_rows_take_the_request_context_from_the_settings` (an app's rows, parsed
-/// by SQL).
+/// sql/context.sql names them too (the request_* getters); tests hold both to the
+/// documented names: `audit::every_event_writes_exactly_one_row` (truxe's rows, parsed
+/// here) and `rls::app_audit_rows_take_the_request_context_from_the_settings` (an app's
+/// rows, parsed by SQL).
 pub(crate) const CURRENT_USER_ID: &CStr = c"app.current_user_id";
 pub(crate) const CURRENT_ORG_ID: &CStr = c"app.current_org_id";
 pub(crate) const REQUEST_IP: &CStr = c"app.ip";
@@ -511,6 +509,20 @@ fn set_context(
     set_setting(CURRENT_USER_ID, user_id, local);
     set_setting(CURRENT_ORG_ID, org_id, local);
     // on Citus, the workers' copy of the identity, for this transaction (src/claim.rs)
+    crate::claim::refresh_or_raise();
+}
+
+/// Clears both settings (`app.current_user_id`, `app.current_org_id`), for the session and
+/// the transaction, as `set_config(…, false)` does. On Citus it also makes this transaction's
+/// signed claim (src/claim.rs) that of whoever still acts (none, unless a verified identity
+/// or JWT claims do), on the workers too, so that reads there end with the context. Never
+/// raises for the caller's input. Callable by authenticated and service_account (SECURITY
+/// DEFINER, as set_context: the claim's org sets are read past RLS).
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn clear_context() {
+    set_setting(CURRENT_USER_ID, None, false);
+    set_setting(CURRENT_ORG_ID, None, false);
     crate::claim::refresh_or_raise();
 }
 

@@ -1832,6 +1832,42 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
 /// the request settings from the columns' defaults, request_ip() and request_id(), for
 /// every row: they have no exception block, whose subtransaction per row Citus refused
 /// ("another command is already in progress") while streaming the rows to the workers.
+/// clear_context() withdraws the signed claim for the rest of the transaction, on the
+/// workers too: an org admin's reads of the org's distributed audit rows end with the
+/// context (before, the claim set_context made held until the transaction's end).
+#[test]
+fn clear_context_withdraws_the_claim_on_the_workers() {
+    let Some(c) = cluster() else { return };
+    let (ada, _) = user(c);
+    let acme = org(c, &ada);
+    let mut a = c.authenticated();
+    let mut t = in_context(&mut a, &ada);
+    let rows = |t: &mut postgres::Transaction<'_>| -> i64 {
+        t.query_one(
+            "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
+            &[&acme],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(rows(&mut t) >= 1, "org.created, read through the claim");
+    t.execute("SELECT truxe.clear_context()", &[]).unwrap();
+    let claim: String = t
+        .query_one("SELECT current_setting('truxe.claim')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(claim, "", "no one acts: no claim");
+    assert_eq!(rows(&mut t), 0, "the workers no longer hold ada's claim");
+    // a new context in the same transaction signs a new claim
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[&ada],
+    )
+    .unwrap();
+    assert!(rows(&mut t) >= 1);
+    t.commit().unwrap();
+}
+
 #[test]
 fn a_bulk_insert_into_the_distributed_audit_log_takes_the_request_settings() {
     let Some(c) = cluster() else { return };
