@@ -415,20 +415,24 @@ unsafe fn jsonb_is_empty_array(datum: pg_sys::Datum) -> bool {
 /// hyphenated). tests/integration/invitations.rs
 /// (`the_direct_rights_path_takes_the_same_org_lock`) holds the two keys together.
 fn lock_org_direct(org: Uuid) {
+    // SAFETY: PostgreSQL's own function, called with what SQL would pass it
+    unsafe {
+        pgrx::fcinfo::direct_function_call_as_datum(
+            pg_sys::pg_advisory_xact_lock_int8,
+            &[Some(pg_sys::Datum::from(org_lock_key(org) as usize))],
+        );
+    }
+}
+
+/// `hashtextextended(org::text, 7331)` (see [`lock_org_direct`]).
+fn org_lock_key(org: Uuid) -> i64 {
     // hash_any_extended (common/hashfn.h) is this as a Datum; pgrx's bindings have neither
     unsafe extern "C" {
         fn hash_bytes_extended(k: *const u8, keylen: std::ffi::c_int, seed: u64) -> u64;
     }
     let text = org.to_string();
-    // SAFETY: PostgreSQL's own functions, called with what SQL would pass them
-    unsafe {
-        let key =
-            pg_sys::Datum::from(hash_bytes_extended(text.as_ptr(), text.len() as _, 7331) as usize);
-        pgrx::fcinfo::direct_function_call_as_datum(
-            pg_sys::pg_advisory_xact_lock_int8,
-            &[Some(key)],
-        );
-    }
+    // SAFETY: reads `text`'s bytes only
+    unsafe { hash_bytes_extended(text.as_ptr(), text.len() as _, 7331) as i64 }
 }
 
 /// What checking an invitation token found.
@@ -1009,5 +1013,52 @@ mod unit {
     fn ttl_bounds_are_one_hour_and_thirty_days() {
         assert_eq!(super::MIN_TTL_MICROS, 3_600_000_000);
         assert_eq!(super::MAX_TTL_MICROS, 2_592_000_000_000);
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// The direct lock key is the SQL path's (LOCK_ORG), for a few orgs.
+    #[pg_test]
+    fn the_direct_org_lock_key_is_lock_orgs() {
+        for _ in 0..20 {
+            let org = crate::crypto::new_uuid().unwrap();
+            let sql = Spi::get_one_with_args::<i64>(
+                "SELECT pg_catalog.hashtextextended($1::text, 7331)",
+                &[org.into()],
+            )
+            .unwrap();
+            assert_eq!(sql, Some(super::org_lock_key(org)));
+        }
+    }
+
+    /// `$4 = '[]'::jsonb`, as the direct rights check reads it.
+    #[pg_test]
+    fn only_the_empty_array_is_the_empty_array() {
+        for (json, empty) in [
+            ("[]", true),
+            ("[ ]", true),
+            ("[1]", false),
+            ("[[]]", false),
+            ("{}", false),
+            ("5", false),
+            ("\"[]\"", false),
+            ("null", false),
+        ] {
+            let datum = Spi::get_one_with_args::<pgrx::JsonB>("SELECT $1::jsonb", &[json.into()])
+                .unwrap()
+                .unwrap()
+                .into_datum()
+                .unwrap();
+            // SAFETY: a jsonb datum, alive for this iteration
+            assert_eq!(
+                unsafe { super::jsonb_is_empty_array(datum) },
+                empty,
+                "{json}"
+            );
+        }
     }
 }
