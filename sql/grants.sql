@@ -37,12 +37,7 @@ REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(
   truxe.caller_is_service(),
   truxe.permission_matches(text, text), truxe.user_holds_permission(uuid, text, uuid),
   truxe.require_grant_rights(uuid, uuid, truxe.membership_role, jsonb, boolean),
-  truxe.inviter_still_may_invite(uuid),
-  -- the Rust halves of the functions that raise TX429 and the helper that raises it
-  -- (src/error.rs): their SQL wrappers (SECURITY DEFINER) call them
-  truxe.raise_too_many_requests(text),
-  truxe.issue_magic_link_internal(citext, citext, interval, inet, text),
-  truxe.invite_by_email_internal(uuid, citext, truxe.membership_role, jsonb, interval)
+  truxe.inviter_still_may_invite(uuid)
   FROM service_account;
 -- … and except truxe.distribute(): a superuser's one-time step on a Citus coordinator
 REVOKE EXECUTE ON FUNCTION truxe.distribute() FROM service_account;

@@ -1281,46 +1281,19 @@ REVOKE EXECUTE ON FUNCTION truxe.effective_role(uuid, uuid), truxe.require_user(
 
 
 -- == One error path (issue 16) ==
--- truxe's own SQLSTATE TX429 cannot be raised from Rust (pgrx reports a code Postgres does
--- not define as XX000, src/error.rs): the functions that raise it become a SQL wrapper
--- over an internal Rust function that answers a refusal as data, and one helper raises it.
--- The wrappers are SECURITY DEFINER so that they may call their internal half and the
--- helper, which only the owner executes (like the other internal helpers).
-CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-  IF refused IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = left(refused, 200);
-  END IF;
-  RETURN true;
-END
-$$;
-REVOKE ALL ON FUNCTION truxe.raise_too_many_requests(text) FROM PUBLIC;
--- issue_magic_link: the 0.1.0 function is dropped (a different org_slug type and
--- language), created again, granted again. (invite_by_email is new in 0.2: its section
--- creates the pair.)
+-- truxe's own SQLSTATE TX429 cannot be raised through pgrx (it reports a code Postgres does
+-- not define as XX000, src/error.rs): the functions that raise it have a hand-written C
+-- entry point that raises it itself. issue_magic_link: the 0.1.0 function is dropped (a
+-- different org_slug type; its C symbol raises 53400, kept for 0.1.0 schemas), created
+-- again on the new symbol, SECURITY DEFINER with a pinned search_path, granted again.
 DROP FUNCTION truxe.issue_magic_link(citext, text, interval, inet, text);
-CREATE FUNCTION truxe.issue_magic_link_internal(email citext, org_slug citext, ttl interval,
-                                                ip inet, user_agent text)
-RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz, refused text)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_internal_wrapper';
 CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
                                        ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
                                        user_agent text DEFAULT NULL)
 RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
-BEGIN
-  RETURN QUERY
-  SELECT i.challenge_id, i.token, i.expires_at
-    FROM truxe.issue_magic_link_internal(issue_magic_link.email, issue_magic_link.org_slug,
-                                         issue_magic_link.ttl, issue_magic_link.ip,
-                                         issue_magic_link.user_agent) i
-   WHERE truxe.raise_too_many_requests(i.refused);
-END
-$$;
-REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text),
-  truxe.issue_magic_link_internal(citext, citext, interval, inet, text) FROM PUBLIC;
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_limited_wrapper';
+REVOKE ALL ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.issue_magic_link(citext, citext, interval, inet, text)
   TO service_account;
 
@@ -1527,35 +1500,14 @@ RETURNS TABLE(status text, org_id uuid, org_name text, email citext,
               role truxe.membership_role, expires_at timestamptz)
 LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, truxe, pg_temp
 ROWS 1 AS 'MODULE_PATHNAME', 'inspect_invitation_wrapper';
--- invite_by_email: a SQL wrapper that raises TX429 over an internal Rust function (see
--- section "One error path (issue 16)")
-CREATE FUNCTION truxe.invite_by_email_internal(org_id uuid, email citext,
-                                               role truxe.membership_role, permissions jsonb,
-                                               ttl interval)
-RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz, refused text)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-ROWS 1 AS 'MODULE_PATHNAME', 'invite_by_email_internal_wrapper';
+-- invite_by_email: a C entry point that raises TX429 itself (section "One error path
+-- (issue 16)"), SECURITY DEFINER: the acting user's rights are checked in its body
 CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
-DECLARE
-  r record;
-BEGIN
-  SELECT * INTO r
-    FROM truxe.invite_by_email_internal(invite_by_email.org_id, invite_by_email.email,
-                                        invite_by_email.role, invite_by_email.permissions,
-                                        invite_by_email.ttl);
-  IF r.refused IS NOT NULL THEN
-    PERFORM truxe.raise_too_many_requests(r.refused);
-  END IF;
-  invitation_id := r.invitation_id;
-  token := r.token;
-  expires_at := r.expires_at;
-  RETURN NEXT;
-END
-$$;
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'invite_by_email_wrapper';
 
 -- privileges as sql/grants.sql gives them: service_account everything; an org's
 -- owners/admins read every column but the hash (policy invitation_admin_read) and invite or
@@ -1565,7 +1517,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON truxe.invitations TO service_account;
 GRANT SELECT (id, org_id, email, role, permissions, invited_by, created_at, expires_at,
   accepted_at, accepted_by, revoked_at, attempts) ON truxe.invitations TO authenticated;
 REVOKE ALL ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_role, jsonb, interval),
-  truxe.invite_by_email_internal(uuid, citext, truxe.membership_role, jsonb, interval),
   truxe.revoke_invitation(uuid), truxe.inspect_invitation(text),
   truxe.accept_invitation_token(text, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION truxe.invite_by_email(uuid, citext, truxe.membership_role, jsonb, interval),

@@ -6,13 +6,16 @@
 //!
 //! truxe's own SQLSTATE `TX429` is not among them: pgrx's `PgSqlErrorCode` is a closed enum
 //! of Postgres' codes, and pgrx reports any other code as `XX000` (also when it re-raises an
-//! error that SQL inside a Rust function raised). A rate-limited function is therefore two
-//! halves, as pg_graphql does it: an internal Rust function that returns a [`Limited`]
-//! refusal as data, and a thin PL/pgSQL wrapper with the public name that raises it with
-//! `ERRCODE = 'TX429'` through `truxe.raise_too_many_requests` (README, "Developer notes").
+//! error that SQL inside a Rust function raised). A rate-limited function (issue_magic_link,
+//! invite_by_email) therefore has a hand-written C entry point
+//! (src/magic_link.rs, `limited_issuer`): its Rust body runs inside pgrx's guard and answers
+//! a refusal as data ([`Limited`]); once the guard has returned (every Rust value of the
+//! body dropped), the entry point raises the refusal as `TX429` through
+//! [`raise_too_many_requests`], the one place TX429 is raised (README, "Developer notes").
 use pgrx::heap_tuple::PgHeapTupleError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use std::ffi::CStr;
 
 /// The SQLSTATEs truxe raises from Rust.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,33 +157,72 @@ internal_from!(
     pgrx::datetime::FromTimeError => "a timestamp out of range",
 );
 
-/// The outcome of a rate-limited call: what it made, or its refusal's message. The
-/// function's PL/pgSQL wrapper raises a refusal as `TX429` through
-/// `truxe.raise_too_many_requests` (see the module doc).
+/// The outcome of a rate-limited call: what it made, or its refusal's message, which the
+/// function's C entry point raises as `TX429` through [`raise_too_many_requests`] (see the
+/// module doc).
 pub enum Limited<T> {
     Done(T),
-    TooManyRequests(&'static str),
+    TooManyRequests(&'static CStr),
 }
 
-pgrx::extension_sql!(
-    r#"
--- Raises truxe's own SQLSTATE TX429 with `refused` as the message (at most 200
--- characters, as every message is short) when it is not NULL; true otherwise. The one place TX429 is raised: the PL/pgSQL wrappers of the functions whose
--- Rust half answers a refusal as data (issue_magic_link, invite_by_email) call it.
--- Internal: only those wrappers (SECURITY DEFINER) call it (src/error.rs).
-CREATE FUNCTION truxe.raise_too_many_requests(refused text) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-  IF refused IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'TX429', MESSAGE = left(refused, 200);
-  END IF;
-  RETURN true;
-END
-$$;
-"#,
-    name = "raise_too_many_requests",
-    requires = ["schema"]
-);
+/// truxe's own SQLSTATE `TX429` as PostgreSQL encodes one (`MAKE_SQLSTATE`: six bits per
+/// character, the first in the lowest bits).
+const TX429: std::ffi::c_int = {
+    let code = *b"TX429";
+    let mut value = 0;
+    let mut i = 0;
+    while i < 5 {
+        value |= ((code[i] as std::ffi::c_int - b'0' as std::ffi::c_int) & 0x3F) << (6 * i);
+        i += 1;
+    }
+    value
+};
+
+/// Raises `message` as `ERROR` with SQLSTATE `TX429`: the one place truxe raises TX429.
+///
+/// PostgreSQL's own `ereport` sequence (`errstart`, `errcode`, `errmsg("%s", …)`,
+/// `errfinish`), which pgrx's `do_ereport` declares the same way for its closed set of
+/// codes; `errmsg` copies the message into the error's own memory, and `errfinish` leaves
+/// by `longjmp` to the nearest `PG_TRY` (the caller's executor, a PL/pgSQL exception block,
+/// a savepoint's rollback), never returning.
+///
+/// # Safety
+/// The `longjmp` skips every frame between here and that `PG_TRY` without running
+/// destructors, so the caller must be a C entry point's own frame, **outside**
+/// `pgrx_extern_c_guard`, that holds nothing needing a drop (no `String`, `Vec`, `Box`,
+/// SPI connection or pgrx guard: only pointers, integers and `&'static` data), on the
+/// backend's main thread. `limited_issuer` (src/magic_link.rs) is that caller: its guard
+/// has returned, so every Rust value of the function's body is already dropped, and what it
+/// holds is the `&'static CStr` of the refusal and `fcinfo`.
+pub unsafe fn raise_too_many_requests(message: &'static CStr) -> ! {
+    // declared here as pgrx declares them (its bindings leave them out): PostgreSQL's
+    // error functions, called from the backend's main thread
+    unsafe extern "C-unwind" {
+        fn errstart(elevel: std::ffi::c_int, domain: *const std::ffi::c_char) -> bool;
+        fn errcode(sqlerrcode: std::ffi::c_int) -> std::ffi::c_int;
+        fn errmsg(fmt: *const std::ffi::c_char, ...) -> std::ffi::c_int;
+        fn errfinish(
+            filename: *const std::ffi::c_char,
+            lineno: std::ffi::c_int,
+            funcname: *const std::ffi::c_char,
+        );
+    }
+    // SAFETY: per the contract above; the message is NUL-terminated and static, and is
+    // passed as the argument of a "%s" format, never as a format itself
+    unsafe {
+        if errstart(PgLogLevel::ERROR as std::ffi::c_int, std::ptr::null()) {
+            errcode(TX429);
+            errmsg(c"%s".as_ptr(), message.as_ptr());
+            errfinish(
+                c"src/error.rs".as_ptr(),
+                line!() as std::ffi::c_int,
+                c"raise_too_many_requests".as_ptr(),
+            );
+        }
+    }
+    // errstart() at ERROR always returns true and errfinish() at ERROR never returns
+    std::process::abort()
+}
 
 /// How many characters of an input value an error message quotes.
 pub const QUOTED_CHARS: usize = 64;

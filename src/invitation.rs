@@ -17,8 +17,8 @@
 use crate::audit;
 use crate::error::{fail, Limited, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::magic_link::{
-    citext_sql, format_token, limited_row, login_user, new_secret, parse_token, secret_matches,
-    valid_email, Issued, MAX_ATTEMPTS,
+    citext_sql, format_token, login_user, new_secret, parse_token, secret_matches, valid_email,
+    Issued, MAX_ATTEMPTS,
 };
 use crate::plans::{self, INT4, INT8, INTERVAL, JSONB, TEXT, TIMESTAMPTZ, UUID};
 use crate::security::sha256_hex;
@@ -26,7 +26,7 @@ use crate::types::membership_role;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{AnyElement, JsonB, Uuid};
+use pgrx::{JsonB, Uuid};
 use serde_json::json;
 
 pgrx::extension_sql_file!(
@@ -126,69 +126,58 @@ const CREATE: &str = "WITH recent AS (
 /// than 100 invitations within the hour. Writes `invitation.sent`. authenticated and
 /// service_account (acting for a user).
 ///
-/// Two halves, as issue_magic_link (src/magic_link.rs): this internal function, executable
-/// by the owner only, answers a refusal as data; the SQL wrapper `truxe.invite_by_email`
-/// raises it as TX429. (New in 0.2: no 0.1.0 entry point to keep.) The wrapper is PL/pgSQL,
-/// not SQL: a SECURITY DEFINER SQL function is never inlined, and PostgreSQL 16 parses and
-/// plans its body at every call; PL/pgSQL keeps the plan for the session (bench/README.md).
-#[pg_extern(
-    sql = r#"
-CREATE FUNCTION truxe.invite_by_email_internal(org_id uuid, email citext,
-                                               role truxe.membership_role, permissions jsonb,
-                                               ttl interval)
-RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz, refused text)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
+/// A hand-written C entry point (`limited_issuer`, src/magic_link.rs): pgrx cannot raise
+/// truxe's own TX429 (src/error.rs). It was a PL/pgSQL wrapper raising over an internal
+/// Rust function: one call, one statement and one `SET search_path` pass more per invite
+/// (bench/README.md). SECURITY DEFINER as that wrapper was (rights are the acting user's,
+/// checked in the body). (New in 0.2: no 0.1.0 entry point to keep.)
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub unsafe extern "C-unwind" fn invite_by_email_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: the executor's call of truxe.invite_by_email (declared below)
+    unsafe { crate::magic_link::limited_issuer(fcinfo, invite_args) }
+}
+crate::trigger::v1_finfo!(pg_finfo_invite_by_email_wrapper);
+
+pgrx::extension_sql!(
+    r#"
 CREATE FUNCTION truxe.invite_by_email(org_id uuid, email citext,
                                       role truxe.membership_role DEFAULT 'member',
                                       permissions jsonb DEFAULT '[]', ttl interval DEFAULT '7 days')
 RETURNS TABLE(invitation_id uuid, token text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
-DECLARE
-  r record;
-BEGIN
-  SELECT * INTO r
-    FROM truxe.invite_by_email_internal(invite_by_email.org_id, invite_by_email.email,
-                                        invite_by_email.role, invite_by_email.permissions,
-                                        invite_by_email.ttl);
-  IF r.refused IS NOT NULL THEN
-    PERFORM truxe.raise_too_many_requests(r.refused);
-  END IF;
-  invitation_id := r.invitation_id;
-  token := r.token;
-  expires_at := r.expires_at;
-  RETURN NEXT;
-END
-$$;
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'invite_by_email_wrapper';
 "#,
-    requires = ["invitations", "raise_too_many_requests"]
-)]
-#[allow(clippy::type_complexity)]
-fn invite_by_email_internal(
-    org_id: Option<Uuid>,
-    email: Option<String>,
-    role: Option<membership_role>,
-    permissions: Option<AnyElement>,
-    ttl: Option<Interval>,
-) -> TableIterator<
-    'static,
-    (
-        name!(invitation_id, Option<Uuid>),
-        name!(token, Option<String>),
-        name!(expires_at, Option<TimestampWithTimeZone>),
-        name!(refused, Option<String>),
-    ),
-> {
-    TableIterator::once(limited_row(
-        invite(org_id, email, role, permissions, ttl).unwrap_or_raise(),
-    ))
+    name = "invite_by_email",
+    requires = ["invitations"]
+);
+
+/// invite_by_email's arguments, then its work.
+///
+/// # Safety
+/// `fcinfo` must be a call of truxe.invite_by_email (uuid, citext, truxe.membership_role,
+/// jsonb, interval).
+unsafe fn invite_args(fcinfo: pg_sys::FunctionCallInfo) -> Result<Limited<Issued>, TruxeError> {
+    use pgrx::fcinfo::{pg_getarg, pg_getarg_datum};
+    // SAFETY: per the contract above (each argument may be NULL)
+    unsafe {
+        invite(
+            pg_getarg::<Uuid>(fcinfo, 0),
+            pg_getarg::<String>(fcinfo, 1),
+            pg_getarg::<membership_role>(fcinfo, 2),
+            pg_getarg_datum(fcinfo, 3),
+            pg_getarg::<Interval>(fcinfo, 4),
+        )
+    }
 }
 
 fn invite(
     org_id: Option<Uuid>,
     email: Option<String>,
     role: Option<membership_role>,
-    permissions: Option<AnyElement>,
+    permissions: Option<pg_sys::Datum>,
     ttl: Option<Interval>,
 ) -> Result<Limited<Issued>, TruxeError> {
     let Some(email) = email.filter(|e| valid_email(e)) else {
@@ -203,11 +192,11 @@ fn invite(
             )
         }
     };
-    // jsonb kept as a datum (AnyElement), never through serde (a deeply nested document
+    // jsonb kept as the argument's datum, never through serde (a deeply nested document
     // must be refused as 22023 by SQL, not make serde fail)
-    let permissions = permissions.map(|p| p.datum());
     // SAFETY: the argument's jsonb datum, alive for the whole call
-    let permissions = || unsafe { pgrx::datum::DatumWithOid::new(permissions, pg_sys::JSONBOID) };
+    let jsonb = permissions;
+    let permissions = || unsafe { pgrx::datum::DatumWithOid::new(jsonb, pg_sys::JSONBOID) };
     let mut secret = new_secret()?;
     let token_hash = sha256_hex(&secret);
     let issued = Spi::connect_mut(|c| -> Result<_, TruxeError> {
@@ -217,19 +206,22 @@ fn invite(
         // in one statement in which require_user() (the FROM item) runs first
         let acting = crate::identity::acting_user();
         let plain = match acting {
-            Some(me) => {
-                plans::first_value::<bool>(plans::run(
-                    c,
-                    MAY_GRANT_PLAINLY_THEN_LOCK,
-                    &[UUID, UUID, TEXT, JSONB],
-                    &[
-                        me.into(),
-                        org_id.into(),
-                        role.map(|r| r.label()).into(),
-                        permissions(),
-                    ],
-                )?)? == Some(true)
-            }
+            Some(me) => match may_grant_plainly_direct(me, org_id, role, jsonb) {
+                Some(plain) => plain,
+                None => {
+                    plans::first_value::<bool>(plans::run(
+                        c,
+                        MAY_GRANT_PLAINLY_THEN_LOCK,
+                        &[UUID, UUID, TEXT, JSONB],
+                        &[
+                            me.into(),
+                            org_id.into(),
+                            role.map(|r| r.label()).into(),
+                            permissions(),
+                        ],
+                    )?)? == Some(true)
+                }
+            },
             None => false,
         };
         let me = if plain {
@@ -288,12 +280,159 @@ fn invite(
     let Some((id, expires_at)) = issued else {
         secret.fill(0);
         return Ok(Limited::TooManyRequests(
-            "too many invitations for this organization; try again within the hour",
+            c"too many invitations for this organization; try again within the hour",
         ));
     };
     let token = format_token(&id, &secret);
     secret.fill(0);
     Ok(Limited::Done((id, token, expires_at)))
+}
+
+/// [`MAY_GRANT_PLAINLY_THEN_LOCK`] without SPI or the executor: whether `me` plainly may
+/// invite to `org` with `role` and `permissions` (an active user, no extra permissions,
+/// a joined owner or admin of the org or of an ancestor, the owner role only from an
+/// owner), and then, only then, the org's invitation lock (the same advisory lock key as
+/// [`LOCK_ORG`]). The three reads go through the indexes that statement's plan uses
+/// (src/index_read.rs: users_pkey, idx_org_closure_descendant, idx_memberships_user_org),
+/// in a snapshot taken now, as the statement's own would be. That statement was a tenth of
+/// the invite + accept pair's CPU (bench/README.md). None when a direct read does not
+/// apply (SERIALIZABLE, a relation or index not where truxe's schema puts it): the caller
+/// then runs the statement. Some(false) decides nothing: the caller's general path
+/// (require_user, require_grant_rights) decides and raises.
+fn may_grant_plainly_direct(
+    me: Uuid,
+    org: Option<Uuid>,
+    role: Option<membership_role>,
+    permissions: Option<pg_sys::Datum>,
+) -> Option<bool> {
+    use crate::index_read as ir;
+    if !ir::usable() {
+        return None;
+    }
+    let (Some(org), Some(role), Some(permissions)) = (org, role, permissions) else {
+        return Some(false);
+    };
+    // SAFETY: the argument's jsonb datum, alive for the whole call
+    if !unsafe { jsonb_is_empty_array(permissions) } {
+        return Some(false);
+    }
+    // a snapshot of now, as the statement would have run in (a volatile function's SPI
+    // statement sees the transaction's latest changes): pushed for the reads, then popped
+    // SAFETY: backend-local state; pushed and popped in this frame (an error on the way
+    // aborts the transaction, which resets the snapshot stack)
+    let plain = unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let plain = grants_plainly_direct(me, org, role);
+        pg_sys::PopActiveSnapshot();
+        plain?
+    };
+    if plain {
+        lock_org_direct(org);
+    }
+    Some(plain)
+}
+
+/// The reads of [`may_grant_plainly_direct`], in the active snapshot.
+fn grants_plainly_direct(me: Uuid, org: Uuid, role: membership_role) -> Option<bool> {
+    use crate::index_read::{self as ir, Indexed, Read};
+    let nsp = ir::truxe_namespace()?;
+    let memberships = ir::relation(nsp, c"memberships")?;
+    let by_user = ir::relation(nsp, c"idx_memberships_user_org")?;
+    let closure = ir::relation(nsp, c"org_closure")?;
+    let by_descendant = ir::relation(nsp, c"idx_org_closure_descendant")?;
+    let owner = ir::enum_label(nsp, c"membership_role", c"owner")?;
+    let admin = ir::enum_label(nsp, c"membership_role", c"admin")?;
+    if !crate::context::user_is_active_direct(me)? {
+        return Some(false);
+    }
+    // the org's ancestors: idx_org_closure_descendant (descendant_id, ancestor_id) INCLUDE
+    // (depth)
+    let table = Indexed::open(
+        closure,
+        by_descendant,
+        &[c"descendant_id", c"ancestor_id", c"depth"],
+    )?;
+    let mut scan = table.scan_uuid(org, Read::IndexOnly);
+    let mut ancestors = Vec::new();
+    while scan.next() {
+        ancestors.extend(scan.uuid(2));
+    }
+    scan.end();
+    table.close();
+    // me's joined memberships there (effective_role's rows: the org itself, or an
+    // ancestor as owner or admin): idx_memberships_user_org (user_id, org_id) INCLUDE
+    // (role, joined_at)
+    let table = Indexed::open(
+        memberships,
+        by_user,
+        &[c"user_id", c"org_id", c"role", c"joined_at"],
+    )?;
+    let mut scan = table.scan_uuid(me, Read::IndexOnly);
+    let (mut is_owner, mut is_admin) = (false, false);
+    while scan.next() {
+        let (Some(at), Some(held), false) = (scan.uuid(2), scan.oid(3), scan.is_null(4)) else {
+            continue;
+        };
+        if at == org || ancestors.contains(&at) {
+            is_owner |= held == owner;
+            is_admin |= held == admin;
+        }
+    }
+    scan.end();
+    table.close();
+    // effective_role's minimum: owner if any row is; admin invites anything but an owner
+    Some(is_owner || (is_admin && role != membership_role::owner))
+}
+
+/// Whether a jsonb datum is the empty array (`$4 = '[]'::jsonb`).
+///
+/// # Safety
+/// `datum` must be a jsonb datum (possibly toasted or with a short header).
+unsafe fn jsonb_is_empty_array(datum: pg_sys::Datum) -> bool {
+    // the root container's header (JB_CMASK, JB_FSCALAR, JB_FARRAY of jsonb.h) after the
+    // varlena's 4-byte header of the detoasted value
+    const JB_CMASK: u32 = 0x0FFF_FFFF;
+    const JB_FSCALAR: u32 = 0x1000_0000;
+    const JB_FARRAY: u32 = 0x4000_0000;
+    // SAFETY: per the contract above; pg_detoast_datum returns a plain 4-byte-header
+    // varlena (a copy in the current memory context when it had to expand it)
+    unsafe {
+        let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr());
+        let len = (*jb.cast::<u32>() >> 2) as usize; // VARSIZE of a 4-byte header
+        if len < 8 {
+            return false;
+        }
+        let header = jb.cast::<u8>().add(4).cast::<u32>().read_unaligned();
+        header & JB_CMASK == 0 && header & JB_FARRAY != 0 && header & JB_FSCALAR == 0
+    }
+}
+
+/// The org's invitation lock, as [`LOCK_ORG`] takes it:
+/// `pg_advisory_xact_lock(hashtextextended(org::text, 7331))`. hashtextextended under a
+/// deterministic collation (`$1::text` has the database's default collation, which always
+/// is) is `hash_any_extended` of the text's bytes; the text is uuid_out's form (lowercase,
+/// hyphenated). tests/integration/invitations.rs
+/// (`the_direct_rights_path_takes_the_same_org_lock`) holds the two keys together.
+fn lock_org_direct(org: Uuid) {
+    // SAFETY: PostgreSQL's own function, called with what SQL would pass it
+    unsafe {
+        pgrx::fcinfo::direct_function_call_as_datum(
+            pg_sys::pg_advisory_xact_lock_int8,
+            &[Some(pg_sys::Datum::from(org_lock_key(org) as usize))],
+        );
+    }
+}
+
+/// `hashtextextended(org::text, 7331)` (see [`lock_org_direct`]).
+fn org_lock_key(org: Uuid) -> i64 {
+    // hash_any_extended (common/hashfn.h) is this as a Datum; pgrx's bindings have neither
+    unsafe extern "C" {
+        fn hash_bytes_extended(k: *const u8, keylen: std::ffi::c_int, seed: u64) -> u64;
+    }
+    let text = org.to_string();
+    // SAFETY: reads `text`'s bytes only
+    unsafe { hash_bytes_extended(text.as_ptr(), text.len() as _, 7331) as i64 }
 }
 
 /// What checking an invitation token found.
@@ -874,5 +1013,52 @@ mod unit {
     fn ttl_bounds_are_one_hour_and_thirty_days() {
         assert_eq!(super::MIN_TTL_MICROS, 3_600_000_000);
         assert_eq!(super::MAX_TTL_MICROS, 2_592_000_000_000);
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// The direct lock key is the SQL path's (LOCK_ORG), for a few orgs.
+    #[pg_test]
+    fn the_direct_org_lock_key_is_lock_orgs() {
+        for _ in 0..20 {
+            let org = crate::crypto::new_uuid().unwrap();
+            let sql = Spi::get_one_with_args::<i64>(
+                "SELECT pg_catalog.hashtextextended($1::text, 7331)",
+                &[org.into()],
+            )
+            .unwrap();
+            assert_eq!(sql, Some(super::org_lock_key(org)));
+        }
+    }
+
+    /// `$4 = '[]'::jsonb`, as the direct rights check reads it.
+    #[pg_test]
+    fn only_the_empty_array_is_the_empty_array() {
+        for (json, empty) in [
+            ("[]", true),
+            ("[ ]", true),
+            ("[1]", false),
+            ("[[]]", false),
+            ("{}", false),
+            ("5", false),
+            ("\"[]\"", false),
+            ("null", false),
+        ] {
+            let datum = Spi::get_one_with_args::<pgrx::JsonB>("SELECT $1::jsonb", &[json.into()])
+                .unwrap()
+                .unwrap()
+                .into_datum()
+                .unwrap();
+            // SAFETY: a jsonb datum, alive for this iteration
+            assert_eq!(
+                unsafe { super::jsonb_is_empty_array(datum) },
+                empty,
+                "{json}"
+            );
+        }
     }
 }

@@ -7,7 +7,9 @@
 //! learns more than `invalid` (or `locked`): a wrong secret counts an attempt, and that
 //! increment commits with the caller's transaction because the function returns normally.
 use crate::audit;
-use crate::error::{fail, quote_input, Limited, Sqlstate, TruxeError, UnwrapOrRaise};
+use crate::error::{
+    fail, quote_input, raise_too_many_requests, Limited, Sqlstate, TruxeError, UnwrapOrRaise,
+};
 use crate::plans::{self, INET, INT4, INTERVAL, TEXT, UUID};
 use crate::security::{constant_time_eq, sha256_hex, to_hex};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,6 +22,7 @@ use rand::TryRngCore;
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::CStr;
 
 const SECRET_LEN: usize = 32;
 const TOKEN_LEN: usize = 32 + 1 + 43;
@@ -144,85 +147,127 @@ pub fn valid_slug(slug: &str) -> bool {
 /// A token issued (magic link or e-mail invitation): its row id, the token, its expiry.
 pub(crate) type Issued = (Uuid, String, TimestampWithTimeZone);
 
-/// The row of a rate-limited issuer's internal half (issue_magic_link_internal,
-/// invite_by_email_internal): the issued token, or NULLs and the refusal that its SQL
-/// wrapper raises as TX429 (src/error.rs, `Limited`).
-#[allow(clippy::type_complexity)]
-pub(crate) fn limited_row(
-    outcome: Limited<Issued>,
-) -> (
-    Option<Uuid>,
-    Option<String>,
-    Option<TimestampWithTimeZone>,
-    Option<String>,
-) {
-    match outcome {
-        Limited::Done((id, token, expires_at)) => (Some(id), Some(token), Some(expires_at), None),
-        Limited::TooManyRequests(why) => (None, None, None, Some(why.to_string())),
+/// The C entry point of a rate-limited issuer (issue_magic_link, invite_by_email):
+/// materializes the issued row into the caller's tuplestore, or raises the refusal as
+/// `TX429` (src/error.rs). `body` reads the arguments and does the work inside pgrx's guard,
+/// which turns its errors and panics into PostgreSQL errors as every `#[pg_extern]`'s does;
+/// a refusal comes back out of the guard as its `&'static` message only, every Rust value
+/// of the body already dropped, so that [`raise_too_many_requests`] may `longjmp` from this
+/// frame. One C function where there were two (a PL/pgSQL wrapper raising over an internal
+/// Rust function): one call, one pass through `SET search_path`, no statement of its own
+/// (bench/README.md).
+///
+/// # Safety
+/// `fcinfo` must be the executor's call of a function declared `RETURNS TABLE(uuid, text,
+/// timestamptz)` whose arguments `body` reads as declared.
+pub(crate) unsafe fn limited_issuer(
+    fcinfo: pg_sys::FunctionCallInfo,
+    body: unsafe fn(pg_sys::FunctionCallInfo) -> Result<Limited<Issued>, TruxeError>,
+) -> pg_sys::Datum {
+    // SAFETY: per the contract above; the body runs inside the guard as a #[pg_extern]'s
+    // does; the result info is read only once its node tag says it is a ReturnSetInfo, and
+    // InitMaterializedSRF checks the modes the caller allows (0A000 from PostgreSQL where
+    // it cannot take a materialized set) before any work
+    let refused: Option<&'static CStr> = unsafe {
+        pg_sys::submodules::panic::pgrx_extern_c_guard(move || {
+            let info = (*fcinfo).resultinfo;
+            let rsinfo = info.cast::<pg_sys::ReturnSetInfo>();
+            let expected = !info.is_null()
+                && pgrx::is_a(info, pg_sys::NodeTag::T_ReturnSetInfo)
+                && !(*rsinfo).expectedDesc.is_null();
+            pg_sys::InitMaterializedSRF(
+                fcinfo,
+                if expected {
+                    pg_sys::MAT_SRF_USE_EXPECTED_DESC
+                } else {
+                    0
+                },
+            );
+            match body(fcinfo).unwrap_or_raise() {
+                Limited::Done((id, token, expires_at)) => {
+                    let mut values = [
+                        id.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+                        token.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+                        expires_at.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+                    ];
+                    let mut nulls = [false; 3];
+                    pg_sys::tuplestore_putvalues(
+                        (*rsinfo).setResult,
+                        (*rsinfo).setDesc,
+                        values.as_mut_ptr(),
+                        nulls.as_mut_ptr(),
+                    );
+                    None
+                }
+                Limited::TooManyRequests(why) => Some(why),
+            }
+        })
+    };
+    match refused {
+        None => pg_sys::Datum::from(0),
+        // SAFETY: outside the guard, in the C entry point's frame, holding only `fcinfo`
+        // and the static message (raise_too_many_requests' contract)
+        Some(why) => unsafe { raise_too_many_requests(why) },
     }
 }
+
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
+                                       ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
+                                       user_agent text DEFAULT NULL)
+RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1 AS 'MODULE_PATHNAME', 'issue_magic_link_limited_wrapper';
+"#,
+    name = "issue_magic_link_limited",
+    requires = ["schema"]
+);
 
 /// Issues a magic link for `email` (optionally for the org `org_slug`, which must exist)
 /// valid for `ttl` (1 minute to 24 hours). Returns the challenge id, the token to e-mail
 /// (never stored) and its expiry. 22023 for an invalid e-mail, org slug or ttl; P0002 for
 /// an unknown org slug; TX429 when more than 5 links were issued for the e-mail within 15
-/// minutes. Writes `magic_link.sent`. service_account only.
+/// minutes. Writes `magic_link.sent`. service_account only; SECURITY DEFINER (since 0.2, when
+/// it called an owner-only internal half; unchanged so that it keeps the owner's rights).
 ///
-/// Two halves, because pgrx cannot raise truxe's own TX429 (src/error.rs): this internal
-/// function, executable by the owner only, answers a refusal as data, and the PL/pgSQL wrapper
-/// `truxe.issue_magic_link` (SECURITY DEFINER, so that it may call it) raises it.
-/// Hand-written SQL: pgrx has no citext type; citext's own `=` is reached through
-/// `citext_sql`, so the pinned search_path needs no citext schema.
-#[pg_extern(
-    sql = r#"
-CREATE FUNCTION truxe.issue_magic_link_internal(email citext, org_slug citext, ttl interval,
-                                                ip inet, user_agent text)
-RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz, refused text)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-ROWS 1 AS '@MODULE_PATHNAME@', '@FUNCTION_NAME@';
-CREATE FUNCTION truxe.issue_magic_link(email citext, org_slug citext DEFAULT NULL,
-                                       ttl interval DEFAULT '15 minutes', ip inet DEFAULT NULL,
-                                       user_agent text DEFAULT NULL)
-RETURNS TABLE(challenge_id uuid, token text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1 AS $$
-BEGIN
-  RETURN QUERY
-  SELECT i.challenge_id, i.token, i.expires_at
-    FROM truxe.issue_magic_link_internal(issue_magic_link.email, issue_magic_link.org_slug,
-                                         issue_magic_link.ttl, issue_magic_link.ip,
-                                         issue_magic_link.user_agent) i
-   WHERE truxe.raise_too_many_requests(i.refused);
-END
-$$;
-"#,
-    requires = ["raise_too_many_requests"]
-)]
-#[allow(clippy::type_complexity)]
-fn issue_magic_link_internal(
-    email: Option<String>,
-    org_slug: Option<String>,
-    ttl: Option<Interval>,
-    ip: Option<Inet>,
-    user_agent: Option<String>,
-) -> TableIterator<
-    'static,
-    (
-        name!(challenge_id, Option<Uuid>),
-        name!(token, Option<String>),
-        name!(expires_at, Option<TimestampWithTimeZone>),
-        name!(refused, Option<String>),
-    ),
-> {
-    TableIterator::once(limited_row(
-        issue(email, org_slug, ttl, ip, user_agent).unwrap_or_raise(),
-    ))
+/// A hand-written C entry point ([`limited_issuer`]), because pgrx cannot raise truxe's
+/// own TX429 (src/error.rs); the symbol is new in 0.2 (0.1.0's, `issue_magic_link_wrapper`,
+/// stays below). Hand-written SQL: pgrx has no citext type; citext's own `=` is reached
+/// through `citext_sql`, so the pinned search_path needs no citext schema.
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub unsafe extern "C-unwind" fn issue_magic_link_limited_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: the executor's call of truxe.issue_magic_link (declared above)
+    unsafe { limited_issuer(fcinfo, issue_args) }
+}
+crate::trigger::v1_finfo!(pg_finfo_issue_magic_link_limited_wrapper);
+
+/// issue_magic_link's arguments, then its work.
+///
+/// # Safety
+/// `fcinfo` must be a call of truxe.issue_magic_link (citext, citext, interval, inet, text).
+unsafe fn issue_args(fcinfo: pg_sys::FunctionCallInfo) -> Result<Limited<Issued>, TruxeError> {
+    use pgrx::fcinfo::pg_getarg;
+    // SAFETY: per the contract above (each argument may be NULL)
+    unsafe {
+        issue(
+            pg_getarg::<String>(fcinfo, 0),
+            pg_getarg::<String>(fcinfo, 1),
+            pg_getarg::<Interval>(fcinfo, 2),
+            pg_getarg::<Inet>(fcinfo, 3),
+            pg_getarg::<String>(fcinfo, 4),
+        )
+    }
 }
 
 /// 0.1.0's issue_magic_link, kept as the C symbol `issue_magic_link_wrapper` that the frozen
 /// 0.1.0 install script declares (org_slug text, the same result): a database still on
 /// schema 0.1.0 with this library runs it until `ALTER EXTENSION truxe UPDATE` replaces the
-/// function (0.2.0 declares no SQL for it: `sql = false`). The same work as
-/// issue_magic_link_internal, but it cannot raise TX429 (src/error.rs): past the limit it
+/// function (0.2.0 declares no SQL for it: `sql = false`). The same work as 0.2's
+/// `issue_magic_link_limited_wrapper`, but it cannot raise TX429 (src/error.rs): past the limit it
 /// raises 53400 (configuration_limit_exceeded) with the same message.
 #[pg_extern(sql = false)]
 fn issue_magic_link(
@@ -241,9 +286,11 @@ fn issue_magic_link(
 > {
     match issue(email, org_slug, ttl, ip, user_agent).unwrap_or_raise() {
         Limited::Done(issued) => TableIterator::once(issued),
-        Limited::TooManyRequests(why) => {
-            TruxeError::new(Sqlstate::ConfigurationLimitExceeded, why).raise()
-        }
+        Limited::TooManyRequests(why) => TruxeError::new(
+            Sqlstate::ConfigurationLimitExceeded,
+            why.to_string_lossy().into_owned(),
+        )
+        .raise(),
     }
 }
 
@@ -330,7 +377,7 @@ fn issue(
     let Some((id, expires_at)) = issued else {
         secret.fill(0);
         return Ok(Limited::TooManyRequests(
-            "too many magic links for this e-mail address; try again in 15 minutes",
+            c"too many magic links for this e-mail address; try again in 15 minutes",
         ));
     };
     audit::record(

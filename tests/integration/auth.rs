@@ -39,12 +39,19 @@ fn issuance_limit_reaches_the_client_as_tx429() {
     for _ in 0..5 {
         issue(&mut c, "limit@example.com");
     }
-    assert_eq!(
-        sqlstate(c.query(
+    // raised by the function's own C entry point: TX429 at ERROR with its message
+    let e = c
+        .query(
             "SELECT * FROM truxe.issue_magic_link('LIMIT@example.com')",
-            &[]
-        )),
-        "TX429"
+            &[],
+        )
+        .unwrap_err();
+    let db_error = e.as_db_error().expect("a server error");
+    assert_eq!(db_error.code().code(), "TX429", "{e}");
+    assert_eq!(db_error.severity(), "ERROR");
+    assert_eq!(
+        db_error.message(),
+        "too many magic links for this e-mail address; try again in 15 minutes"
     );
     assert_eq!(
         sqlstate(c.query("SELECT * FROM truxe.issue_magic_link('nope')", &[])),

@@ -915,3 +915,123 @@ fn the_accepted_row_carries_the_request_and_precedes_membership_joined_in_every_
         assert_eq!(actions, expected, "{email}");
     }
 }
+
+/// TX429 comes from invite_by_email's own C entry point (no PL/pgSQL wrapper raises it
+/// any more): the client sees TX429 at ERROR with the refusal's message, never XX000; the
+/// transaction behaves as after any error (a savepoint's rollback lets it go on, the
+/// refusal repeats, a PL/pgSQL handler catches it by its code, other calls work), and a
+/// call in the select list takes the same path.
+#[test]
+fn tx429_from_the_entry_point_leaves_the_transaction_usable() {
+    let o = org();
+    let mut su = o.db.superuser();
+    // the org sent 100 invitations within the hour
+    su.execute(
+        "INSERT INTO truxe.invitations (org_id, email, role, permissions, token_hash,
+                                        invited_by, expires_at)
+         SELECT $1::text::uuid, 'n' || g || '@else.example', 'member', '[]',
+                lpad(g::text, 64, '0'), $2::text::uuid, now() + interval '7 days'
+           FROM generate_series(1, 100) g",
+        &[&o.id, &o.owner],
+    )
+    .unwrap();
+    let mut owner = o.db.acting_as(&o.owner);
+    let mut t = owner.transaction().unwrap();
+    let refused = |t: &mut postgres::Transaction<'_>| {
+        t.batch_execute("SAVEPOINT s").unwrap();
+        let e = t
+            .query(
+                "SELECT * FROM truxe.invite_by_email($1::text::uuid, 'late@else.example')",
+                &[&o.id],
+            )
+            .unwrap_err();
+        let db = e.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "TX429", "{e}");
+        assert_eq!(db.severity(), "ERROR");
+        assert_eq!(
+            db.message(),
+            "too many invitations for this organization; try again within the hour"
+        );
+        t.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    };
+    refused(&mut t);
+    refused(&mut t);
+    // the transaction goes on: other calls, a handler catching the code, the select list
+    let me: String = t
+        .query_one("SELECT truxe.current_user_id()::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(me, o.owner);
+    t.batch_execute("SAVEPOINT s").unwrap();
+    assert_eq!(
+        sqlstate(t.query(
+            "SELECT (truxe.invite_by_email($1::text::uuid, 'late@else.example')).token",
+            &[&o.id]
+        )),
+        "TX429"
+    );
+    t.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    t.commit().unwrap();
+    // a PL/pgSQL handler catches it by its code (the handler re-raises what it caught
+    // under another code, so that the client sees that the handler ran)
+    let e = owner
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+               PERFORM * FROM truxe.invite_by_email('{}'::uuid, 'late@else.example');
+             EXCEPTION WHEN SQLSTATE 'TX429' THEN
+               RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = SQLSTATE || ': ' || SQLERRM;
+             END $$",
+            o.id
+        ))
+        .unwrap_err();
+    assert_eq!(code_of(&e), "P0001");
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "TX429: too many invitations for this organization; try again within the hour"
+    );
+    // below the limit (an hour later) the same session invites, in the select list too
+    su.execute(
+        "UPDATE truxe.invitations SET created_at = created_at - interval '61 minutes'",
+        &[],
+    )
+    .unwrap();
+    let token: String = owner
+        .query_one(
+            "SELECT (truxe.invite_by_email($1::text::uuid, 'late@else.example')).token",
+            &[&o.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(token.len(), 76);
+}
+
+/// invite_by_email's common case (an owner or admin, no extra permissions) reads the rights
+/// and takes the org's invitation lock without SQL (src/invitation.rs,
+/// `may_grant_plainly_direct`); that lock must be the very key the SQL path takes, or two
+/// inviters could count the hourly limit at once. While another transaction holds the SQL
+/// key, the owner's invite (and an admin's) waits for it.
+#[test]
+fn the_direct_rights_path_takes_the_same_org_lock() {
+    let o = org();
+    let mut holder = o.db.superuser();
+    for who in [&o.owner, &o.admin] {
+        let mut t = holder.transaction().unwrap();
+        t.execute(
+            "SELECT pg_catalog.pg_advisory_xact_lock(
+                      pg_catalog.hashtextextended($1::text::uuid::text, 7331))",
+            &[&o.id],
+        )
+        .unwrap();
+        let mut c = o.db.acting_as(who);
+        c.batch_execute("SET lock_timeout = '300ms'").unwrap();
+        let invite = |c: &mut Client| {
+            c.query(
+                "SELECT * FROM truxe.invite_by_email($1::text::uuid, 'wait@else.example')",
+                &[&o.id],
+            )
+        };
+        assert_eq!(sqlstate(invite(&mut c)), "55P03", "{who}");
+        t.rollback().unwrap();
+        assert_eq!(invite(&mut c).unwrap().len(), 1);
+    }
+}

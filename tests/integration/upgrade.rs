@@ -575,8 +575,9 @@ fn a_populated_first_release_database_survives_the_update() {
 /// A database still on schema 0.1.0 with the current library loaded (between installing
 /// the new library and `ALTER EXTENSION truxe UPDATE`): 0.1.0's issue_magic_link still runs
 /// through its C entry point, whose signature the frozen 0.1.0 script declares. Past the
-/// limit it raises 53400 (the library cannot raise TX429 from Rust; the 0.2 function is a
-/// SQL wrapper that does), with the same message; after the update it is TX429.
+/// limit it raises 53400 (that entry point keeps 0.1.0's behaviour; the 0.2 function is
+/// declared on a new one that raises TX429), with the same message; after the update it is
+/// TX429.
 #[test]
 fn first_release_issue_magic_link_runs_on_the_new_library() {
     let s = server();
