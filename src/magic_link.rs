@@ -164,43 +164,22 @@ pub(crate) unsafe fn limited_issuer(
     fcinfo: pg_sys::FunctionCallInfo,
     body: unsafe fn(pg_sys::FunctionCallInfo) -> Result<Limited<Issued>, TruxeError>,
 ) -> pg_sys::Datum {
-    // SAFETY: per the contract above; the body runs inside the guard as a #[pg_extern]'s
-    // does; the result info is read only once its node tag says it is a ReturnSetInfo, and
-    // InitMaterializedSRF checks the modes the caller allows (0A000 from PostgreSQL where
-    // it cannot take a materialized set) before any work
+    // SAFETY: per the contract above, which is srf::one_row's (one_row makes the call a
+    // materialized set before the body does any work); the body runs inside the guard as a
+    // #[pg_extern]'s does
     let refused: Option<&'static CStr> = unsafe {
         pg_sys::submodules::panic::pgrx_extern_c_guard(move || {
-            let info = (*fcinfo).resultinfo;
-            let rsinfo = info.cast::<pg_sys::ReturnSetInfo>();
-            let expected = !info.is_null()
-                && pgrx::is_a(info, pg_sys::NodeTag::T_ReturnSetInfo)
-                && !(*rsinfo).expectedDesc.is_null();
-            pg_sys::InitMaterializedSRF(
-                fcinfo,
-                if expected {
-                    pg_sys::MAT_SRF_USE_EXPECTED_DESC
-                } else {
-                    0
-                },
-            );
-            match body(fcinfo).unwrap_or_raise() {
+            let mut refused = None;
+            crate::srf::one_row(fcinfo, || match body(fcinfo).unwrap_or_raise() {
                 Limited::Done((id, token, expires_at)) => {
-                    let mut values = [
-                        id.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-                        token.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-                        expires_at.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-                    ];
-                    let mut nulls = [false; 3];
-                    pg_sys::tuplestore_putvalues(
-                        (*rsinfo).setResult,
-                        (*rsinfo).setDesc,
-                        values.as_mut_ptr(),
-                        nulls.as_mut_ptr(),
-                    );
+                    Some([id.into_datum(), token.into_datum(), expires_at.into_datum()])
+                }
+                Limited::TooManyRequests(why) => {
+                    refused = Some(why);
                     None
                 }
-                Limited::TooManyRequests(why) => Some(why),
-            }
+            });
+            refused
         })
     };
     match refused {

@@ -1,6 +1,6 @@
 //! Hand-written C entry points for the set-returning functions on a request's path
-//! (create_session, validate_session, refresh_session: at most one row each), in
-//! materialize mode. A pgrx `TableIterator` function is value-per-call: the executor calls
+//! (create_session, validate_session, refresh_session, and the rate-limited issuers of
+//! src/magic_link.rs, `limited_issuer`: at most one row each), in materialize mode. A pgrx `TableIterator` function is value-per-call: the executor calls
 //! it twice for one row (the row, then "done"), each call passing through the function's
 //! `SET search_path` clause (a save and a restore of the setting), and the first call
 //! builds the result's tuple descriptor from the catalog. Here the one call fills the
