@@ -66,10 +66,12 @@ fn add(
             );
         }
     }
+    // VALUES, not INSERT … SELECT: on Citus a SELECT (even from a function) makes it an
+    // INSERT … SELECT through the coordinator, a VALUES row goes straight to its shard
     let total = plans::run_once(
         "INSERT INTO truxe.usage_metrics AS u (org_id, metric_type, metric_value, period_start, period_end)
-         SELECT $1, $2, $3, p, (p AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'
-           FROM date_trunc('month', $4, 'UTC') p
+         VALUES ($1, $2, $3, date_trunc('month', $4, 'UTC'),
+                 (date_trunc('month', $4, 'UTC') AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC')
          ON CONFLICT (org_id, metric_type, period_start)
          DO UPDATE SET metric_value = u.metric_value + EXCLUDED.metric_value
          RETURNING metric_value",
