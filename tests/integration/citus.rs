@@ -810,6 +810,20 @@ fn org_rows_by_shard(su: &mut Client, table: &str, orgs: &[String]) -> Vec<(i64,
         .collect()
 }
 
+/// The shard of `truxe.audit_logs` that holds `org`'s rows (and of every table colocated
+/// with it), and the port of the worker that holds that shard.
+fn audit_shard(su: &mut Client, org: &str) -> (i64, i32) {
+    let r = su
+        .query_one(
+            "SELECT p.shardid, n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+              WHERE p.shardid = get_shard_id_for_distribution_column('truxe.audit_logs',
+                                                                      $1::text::uuid)",
+            &[&org],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
 /// `n` (at least 2) tenants, each an admin and their org, with orgs on both workers: org
 /// ids are random, so the last one is drawn again while all the others landed on one worker
 /// (the draws left over are other tenants).
@@ -820,15 +834,7 @@ fn orgs_on_both_workers(c: &Cluster, n: usize) -> Vec<(String, String)> {
     while tenants.len() < n {
         let (admin, _) = user(c);
         let org = org(c, &admin);
-        let port: i32 = su
-            .query_one(
-                "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
-                  WHERE p.shardid = get_shard_id_for_distribution_column('truxe.audit_logs',
-                                                                          $1::text::uuid)",
-                &[&org],
-            )
-            .unwrap()
-            .get(0);
+        let (_, port) = audit_shard(&mut su, &org);
         if tenants.len() == n - 1 && seen.len() < 2 && seen.contains(&port) {
             continue;
         }
@@ -1982,15 +1988,7 @@ fn orgs_in(c: &Cluster, db: &str, n: usize) -> Vec<String> {
             )
             .unwrap()
             .get(0);
-        let port: i32 = su
-            .query_one(
-                "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
-                  WHERE p.shardid = get_shard_id_for_distribution_column('truxe.audit_logs',
-                                                                          $1::text::uuid)",
-                &[&org],
-            )
-            .unwrap()
-            .get(0);
+        let (_, port) = audit_shard(&mut su, &org);
         ports.insert(port);
         orgs.push(org);
     }
@@ -2181,17 +2179,7 @@ fn sealing_and_verifying_a_distributed_audit_log() {
 
     // a sealed row changed on its worker's shard, bypassing the guard: found
     let target = &orgs[1];
-    let (shard, port): (i64, i32) = {
-        let r = su
-            .query_one(
-                "SELECT p.shardid, n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
-                  WHERE p.shardid = get_shard_id_for_distribution_column('truxe.audit_logs',
-                                                                          $1::text::uuid)",
-                &[target],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    let (shard, port) = audit_shard(&mut su, target);
     let row_id: i64 = su
         .query_one(
             "SELECT min(id) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
