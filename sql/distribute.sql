@@ -13,7 +13,9 @@
 -- colocated with each other (each org's rows in the shard of its id; their
 -- policies, and the sessions' one, read the signed claim of src/claim.rs). Every other table stays on the
 -- coordinator: their RLS policies and triggers are not yet in a form Citus accepts on a
--- distributed table (docs/scaling.md lists each table with its reason). role_permissions becomes a
+-- distributed table (docs/scaling.md lists each table with its reason). The foreign keys
+-- from distributed tables to organizations and users go; two statement triggers on those
+-- coordinator tables do their ON DELETE work instead. role_permissions becomes a
 -- reference table with memberships' move, not before: joined with memberships on the
 -- coordinator, a reference table only costs has_permission (bench/citus measured 0.58x).
 
@@ -79,6 +81,73 @@ BEGIN
     truxe.claim_may_act_in(uuid) FROM PUBLIC;
   GRANT EXECUTE ON FUNCTION truxe.claim_user(), truxe.claim_administers(uuid),
     truxe.claim_may_act_in(uuid) TO authenticated, service_account;
+
+  -- what the foreign keys that the conversion drops below did (sql/schema.sql,
+  -- sql/vault.sql, sql/invitations.sql, sql/api_keys.sql, sql/mfa.sql): organizations and
+  -- users stay plain tables on the coordinator, where a trigger may write a distributed
+  -- table. After a DELETE of organizations, the orgs' rows of the distributed tables whose
+  -- key to organizations was ON DELETE CASCADE go (sessions, usage_metrics, secrets,
+  -- invitations, api_keys; audit_logs had no key: its rows stay, as on a single node).
+  -- After a DELETE of users, their sessions, factors and recovery codes go (CASCADE), and
+  -- invitations.invited_by/accepted_by and api_keys.created_by become NULL (SET NULL).
+  -- One statement per table for the whole DELETE (a statement trigger with the deleted
+  -- rows' transition table), at the end of the statement like the foreign keys' actions;
+  -- a DELETE that removes no row changes nothing. The functions run as the owner of the
+  -- tables (SECURITY DEFINER, owned below by audit_logs' owner), the role truxe writes
+  -- every distributed row as (Citus refuses a transaction that writes a shard as two
+  -- roles, 25001); nobody else may execute them. Created before any parallel operation,
+  -- like the claim functions
+  CREATE FUNCTION truxe.citus_organizations_deleted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cascade$
+  DECLARE
+    ids uuid[];
+  BEGIN
+    SELECT pg_catalog.array_agg(g.id) INTO ids FROM gone g;
+    IF ids IS NULL THEN
+      RETURN NULL;
+    END IF;
+    DELETE FROM truxe.sessions s WHERE s.org_id = ANY (ids);
+    DELETE FROM truxe.usage_metrics u WHERE u.org_id = ANY (ids);
+    DELETE FROM truxe.secrets s WHERE s.org_id = ANY (ids);
+    DELETE FROM truxe.invitations i WHERE i.org_id = ANY (ids);
+    DELETE FROM truxe.api_keys k WHERE k.org_id = ANY (ids);
+    RETURN NULL;
+  END
+  $cascade$;
+  CREATE FUNCTION truxe.citus_users_deleted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cascade$
+  DECLARE
+    ids uuid[];
+  BEGIN
+    SELECT pg_catalog.array_agg(g.id) INTO ids FROM gone g;
+    IF ids IS NULL THEN
+      RETURN NULL;
+    END IF;
+    DELETE FROM truxe.sessions s WHERE s.user_id = ANY (ids);
+    DELETE FROM truxe.mfa_factors f WHERE f.user_id = ANY (ids);
+    DELETE FROM truxe.mfa_recovery_codes r WHERE r.user_id = ANY (ids);
+    UPDATE truxe.invitations i
+       SET invited_by = CASE WHEN i.invited_by = ANY (ids) THEN NULL ELSE i.invited_by END,
+           accepted_by = CASE WHEN i.accepted_by = ANY (ids) THEN NULL ELSE i.accepted_by END
+     WHERE i.invited_by = ANY (ids) OR i.accepted_by = ANY (ids);
+    UPDATE truxe.api_keys k SET created_by = NULL WHERE k.created_by = ANY (ids);
+    RETURN NULL;
+  END
+  $cascade$;
+  REVOKE ALL ON FUNCTION truxe.citus_organizations_deleted(), truxe.citus_users_deleted()
+    FROM PUBLIC;
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_organizations_deleted() OWNER TO %I',
+                            (SELECT c.relowner::regrole::text FROM pg_catalog.pg_class c
+                              WHERE c.oid = 'truxe.audit_logs'::regclass));
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_users_deleted() OWNER TO %I',
+                            (SELECT c.relowner::regrole::text FROM pg_catalog.pg_class c
+                              WHERE c.oid = 'truxe.audit_logs'::regclass));
+  CREATE TRIGGER organizations_citus_cascade AFTER DELETE ON truxe.organizations
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_organizations_deleted();
+  CREATE TRIGGER users_citus_cascade AFTER DELETE ON truxe.users
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_users_deleted();
 
   -- the sealed audit log's row digest (sql/seal.sql) in a form Citus can plan: the SQL
   -- function there (a statement with parameters over audit_logs) cannot be planned once
