@@ -3773,3 +3773,79 @@ fn deleting_a_user_deletes_their_sessions_and_factors_and_clears_their_ids() {
         .get(0);
     assert_eq!(alpha_left, 1);
 }
+
+/// The dropped foreign keys' other half: an UPDATE that changes the id of an org or a user
+/// whom distributed rows still name is refused with 23503 and the key's name, as on a
+/// single node (there the keys are NO ACTION on update), instead of leaving those rows
+/// naming an id that no longer exists; an id that nothing names still changes. (The
+/// coordinator's own keys, from memberships, refuse first when the org or user has one:
+/// these cases have none.)
+#[test]
+fn changing_an_id_that_distributed_rows_name_is_refused() {
+    let Some(c) = cluster() else { return };
+    let mut svc = c.service();
+    let mut su = c.superuser();
+    let (alice, _) = user(c);
+    let alpha = org(c, &alice);
+    svc.execute(
+        "SELECT truxe.put_secret($1::text::uuid, 'stripe', 'sk_live')",
+        &[&alpha],
+    )
+    .unwrap();
+    svc.execute(
+        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid",
+        &[&alpha],
+    )
+    .unwrap();
+    let change_org =
+        "UPDATE truxe.organizations SET id = gen_random_uuid() WHERE id = $1::text::uuid";
+    let e = svc.execute(change_org, &[&alpha]).unwrap_err();
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "23503", "{db:?}");
+    assert!(
+        db.message().contains("secrets_org_id_fkey"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(
+        rows_on_shards(&mut su, "truxe.secrets", "org_id", &alpha),
+        1
+    );
+
+    // a user with no membership and one session (on the shard of its token), then a
+    // factor only
+    let (bob, _) = user(c);
+    svc.query_one(
+        "SELECT jti FROM truxe.create_session($1::text::uuid)",
+        &[&bob],
+    )
+    .unwrap();
+    let change_user = "UPDATE truxe.users SET id = gen_random_uuid() WHERE id = $1::text::uuid";
+    let e = svc.execute(change_user, &[&bob]).unwrap_err();
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "23503", "{db:?}");
+    assert!(
+        db.message().contains("sessions_user_id_fkey"),
+        "{}",
+        db.message()
+    );
+    let (carol, _) = user(c);
+    svc.query_one(
+        "SELECT factor_id FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+        &[&carol],
+    )
+    .unwrap();
+    assert_eq!(sqlstate(svc.execute(change_user, &[&carol])), "23503");
+
+    // nothing names them: the ids change
+    let (dave, _) = user(c);
+    assert_eq!(svc.execute(change_user, &[&dave]).unwrap(), 1);
+    let (eve, _) = user(c);
+    let beta = org(c, &eve);
+    svc.execute(
+        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid",
+        &[&beta],
+    )
+    .unwrap();
+    assert_eq!(svc.execute(change_org, &[&beta]).unwrap(), 1);
+}
