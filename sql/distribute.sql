@@ -13,7 +13,9 @@
 -- colocated with each other (each org's rows in the shard of its id; their
 -- policies, and the sessions' one, read the signed claim of src/claim.rs). Every other table stays on the
 -- coordinator: their RLS policies and triggers are not yet in a form Citus accepts on a
--- distributed table (docs/scaling.md lists each table with its reason). role_permissions becomes a
+-- distributed table (docs/scaling.md lists each table with its reason). The foreign keys
+-- from distributed tables to organizations and users go; two statement triggers on those
+-- coordinator tables do their ON DELETE work instead. role_permissions becomes a
 -- reference table with memberships' move, not before: joined with memberships on the
 -- coordinator, a reference table only costs has_permission (bench/citus measured 0.58x).
 
@@ -31,6 +33,7 @@ DECLARE
   has_rows boolean;
   is_coordinator boolean;
   propagate text;
+  tables_owner name;
 BEGIN
   IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
     RAISE EXCEPTION 'truxe.distribute() must be run by a superuser' USING ERRCODE = '42501';
@@ -79,6 +82,165 @@ BEGIN
     truxe.claim_may_act_in(uuid) FROM PUBLIC;
   GRANT EXECUTE ON FUNCTION truxe.claim_user(), truxe.claim_administers(uuid),
     truxe.claim_may_act_in(uuid) TO authenticated, service_account;
+
+  -- what the foreign keys that the conversion drops below did (sql/schema.sql,
+  -- sql/vault.sql, sql/invitations.sql, sql/api_keys.sql, sql/mfa.sql): organizations and
+  -- users stay plain tables on the coordinator, where a trigger may write a distributed
+  -- table. After a DELETE of organizations, the orgs' rows of the distributed tables whose
+  -- key to organizations was ON DELETE CASCADE go (sessions, usage_metrics, secrets,
+  -- invitations, api_keys; audit_logs had no key: its rows stay, as on a single node).
+  -- After a DELETE of users, their sessions, factors and recovery codes go (CASCADE), and
+  -- invitations.invited_by/accepted_by and api_keys.created_by become NULL (SET NULL).
+  -- One statement per table for the whole DELETE (a statement trigger with the deleted
+  -- rows' transition table), at the end of the statement like the foreign keys' actions;
+  -- a DELETE that removes no row changes nothing. The functions run as the owner of the
+  -- tables (SECURITY DEFINER, owned below by audit_logs' owner), the role truxe writes
+  -- every distributed row as (Citus refuses a transaction that writes a shard as two
+  -- roles, 25001); nobody else may execute them. Created before any parallel operation,
+  -- like the claim functions
+  CREATE FUNCTION truxe.citus_organizations_deleted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cascade$
+  DECLARE
+    ids uuid[];
+  BEGIN
+    SELECT pg_catalog.array_agg(g.id) INTO ids FROM gone g;
+    IF ids IS NULL THEN
+      RETURN NULL;
+    END IF;
+    DELETE FROM truxe.sessions s WHERE s.org_id = ANY (ids);
+    DELETE FROM truxe.usage_metrics u WHERE u.org_id = ANY (ids);
+    DELETE FROM truxe.secrets s WHERE s.org_id = ANY (ids);
+    DELETE FROM truxe.invitations i WHERE i.org_id = ANY (ids);
+    DELETE FROM truxe.api_keys k WHERE k.org_id = ANY (ids);
+    RETURN NULL;
+  END
+  $cascade$;
+  CREATE FUNCTION truxe.citus_users_deleted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cascade$
+  DECLARE
+    ids uuid[];
+  BEGIN
+    SELECT pg_catalog.array_agg(g.id) INTO ids FROM gone g;
+    IF ids IS NULL THEN
+      RETURN NULL;
+    END IF;
+    DELETE FROM truxe.sessions s WHERE s.user_id = ANY (ids);
+    DELETE FROM truxe.mfa_factors f WHERE f.user_id = ANY (ids);
+    DELETE FROM truxe.mfa_recovery_codes r WHERE r.user_id = ANY (ids);
+    UPDATE truxe.invitations i
+       SET invited_by = CASE WHEN i.invited_by = ANY (ids) THEN NULL ELSE i.invited_by END,
+           accepted_by = CASE WHEN i.accepted_by = ANY (ids) THEN NULL ELSE i.accepted_by END
+     WHERE i.invited_by = ANY (ids) OR i.accepted_by = ANY (ids);
+    UPDATE truxe.api_keys k SET created_by = NULL WHERE k.created_by = ANY (ids);
+    RETURN NULL;
+  END
+  $cascade$;
+  -- … and the keys' refusal (NO ACTION, checked at the end of the statement) of an UPDATE
+  -- that changes the id of an org or a user whom distributed rows still name: 23503 with
+  -- the dropped key's name, as on a single node (an old id that another row holds again
+  -- at the end of the statement is no violation, as there). Row triggers with a WHEN: an
+  -- UPDATE that keeps the ids runs no function
+  CREATE FUNCTION truxe.citus_organizations_id_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cascade$
+  DECLARE
+    tbl text;
+  BEGIN
+    PERFORM FROM truxe.organizations o WHERE o.id = OLD.id;
+    IF FOUND THEN
+      RETURN NULL;
+    END IF;
+    PERFORM FROM truxe.sessions s WHERE s.org_id = OLD.id LIMIT 1;
+    IF FOUND THEN tbl := 'sessions'; END IF;
+    IF tbl IS NULL THEN
+      PERFORM FROM truxe.usage_metrics u WHERE u.org_id = OLD.id LIMIT 1;
+      IF FOUND THEN tbl := 'usage_metrics'; END IF;
+    END IF;
+    IF tbl IS NULL THEN
+      PERFORM FROM truxe.secrets s WHERE s.org_id = OLD.id LIMIT 1;
+      IF FOUND THEN tbl := 'secrets'; END IF;
+    END IF;
+    IF tbl IS NULL THEN
+      PERFORM FROM truxe.invitations i WHERE i.org_id = OLD.id LIMIT 1;
+      IF FOUND THEN tbl := 'invitations'; END IF;
+    END IF;
+    IF tbl IS NULL THEN
+      PERFORM FROM truxe.api_keys k WHERE k.org_id = OLD.id LIMIT 1;
+      IF FOUND THEN tbl := 'api_keys'; END IF;
+    END IF;
+    IF tbl IS NOT NULL THEN
+      RAISE EXCEPTION 'update or delete on table "organizations" violates foreign key constraint "%_org_id_fkey" on table "%"',
+        tbl, tbl
+        USING ERRCODE = '23503',
+              DETAIL = pg_catalog.format('Key (id)=(%s) is still referenced from table "%s".',
+                                         OLD.id, tbl);
+    END IF;
+    RETURN NULL;
+  END
+  $cascade$;
+  CREATE FUNCTION truxe.citus_users_id_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cascade$
+  DECLARE
+    tbl text;
+    col text;
+  BEGIN
+    PERFORM FROM truxe.users u WHERE u.id = OLD.id;
+    IF FOUND THEN
+      RETURN NULL;
+    END IF;
+    PERFORM FROM truxe.sessions s WHERE s.user_id = OLD.id LIMIT 1;
+    IF FOUND THEN tbl := 'sessions'; col := 'user_id'; END IF;
+    IF tbl IS NULL THEN
+      PERFORM FROM truxe.mfa_factors f WHERE f.user_id = OLD.id LIMIT 1;
+      IF FOUND THEN tbl := 'mfa_factors'; col := 'user_id'; END IF;
+    END IF;
+    IF tbl IS NULL THEN
+      PERFORM FROM truxe.mfa_recovery_codes r WHERE r.user_id = OLD.id LIMIT 1;
+      IF FOUND THEN tbl := 'mfa_recovery_codes'; col := 'user_id'; END IF;
+    END IF;
+    IF tbl IS NULL THEN
+      PERFORM FROM truxe.invitations i WHERE i.invited_by = OLD.id LIMIT 1;
+      IF FOUND THEN tbl := 'invitations'; col := 'invited_by'; END IF;
+    END IF;
+    IF tbl IS NULL THEN
+      PERFORM FROM truxe.invitations i WHERE i.accepted_by = OLD.id LIMIT 1;
+      IF FOUND THEN tbl := 'invitations'; col := 'accepted_by'; END IF;
+    END IF;
+    IF tbl IS NULL THEN
+      PERFORM FROM truxe.api_keys k WHERE k.created_by = OLD.id LIMIT 1;
+      IF FOUND THEN tbl := 'api_keys'; col := 'created_by'; END IF;
+    END IF;
+    IF tbl IS NOT NULL THEN
+      RAISE EXCEPTION 'update or delete on table "users" violates foreign key constraint "%_%_fkey" on table "%"',
+        tbl, col, tbl
+        USING ERRCODE = '23503',
+              DETAIL = pg_catalog.format('Key (id)=(%s) is still referenced from table "%s".',
+                                         OLD.id, tbl);
+    END IF;
+    RETURN NULL;
+  END
+  $cascade$;
+  REVOKE ALL ON FUNCTION truxe.citus_organizations_deleted(), truxe.citus_users_deleted(),
+    truxe.citus_organizations_id_changed(), truxe.citus_users_id_changed() FROM PUBLIC;
+  SELECT r.rolname INTO tables_owner
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+   WHERE c.oid = 'truxe.audit_logs'::regclass;
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_organizations_deleted() OWNER TO %I', tables_owner);
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_users_deleted() OWNER TO %I', tables_owner);
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_organizations_id_changed() OWNER TO %I',
+                            tables_owner);
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_users_id_changed() OWNER TO %I', tables_owner);
+  CREATE TRIGGER organizations_citus_cascade AFTER DELETE ON truxe.organizations
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_organizations_deleted();
+  CREATE TRIGGER users_citus_cascade AFTER DELETE ON truxe.users
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_users_deleted();
+  CREATE TRIGGER organizations_citus_id_changed AFTER UPDATE OF id ON truxe.organizations
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
+    EXECUTE FUNCTION truxe.citus_organizations_id_changed();
+  CREATE TRIGGER users_citus_id_changed AFTER UPDATE OF id ON truxe.users
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
+    EXECUTE FUNCTION truxe.citus_users_id_changed();
 
   -- the sealed audit log's row digest (sql/seal.sql) in a form Citus can plan: the SQL
   -- function there (a statement with parameters over audit_logs) cannot be planned once

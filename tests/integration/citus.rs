@@ -3527,3 +3527,349 @@ fn reading_a_key_or_factor_truxe_wrote_needs_a_transaction_of_its_own() {
         .unwrap();
     assert_eq!(listed.len(), 1);
 }
+
+/// How many rows of the distributed `table` have `column` = `id`, counted on the workers'
+/// shards themselves (run_command_on_shards), every shard answering.
+fn rows_on_shards(su: &mut Client, table: &str, column: &str, id: &str) -> i64 {
+    let r = su
+        .query_one(
+            &format!(
+                "SELECT bool_and(r.success),
+                        coalesce(sum(r.result::bigint) FILTER (WHERE r.success), 0)::bigint
+                   FROM run_command_on_shards('{table}',
+                          $$SELECT count(*) FROM %s WHERE {column} = '{id}'$$) r"
+            ),
+            &[],
+        )
+        .unwrap();
+    assert!(r.get::<_, bool>(0), "{table}: every shard answered");
+    r.get(1)
+}
+
+/// An org's distributed rows go with the org, as its foreign keys' ON DELETE CASCADE does on
+/// a single node: service_account deletes an org (as it may on a single node) that has a
+/// session, a usage counter, a secret, an invitation and an API key, on one worker, while
+/// another org on the other worker has the same. Afterwards none of the deleted org's rows
+/// is left on any shard, the other org's are all there, get_secret finds nothing for the
+/// deleted org's id and its key authenticates nothing; its audit rows stay (the audit log
+/// has no foreign key, on a single node either). 0.1 and the first Citus version left
+/// every one of those rows on the workers.
+#[test]
+fn deleting_an_org_deletes_its_distributed_rows() {
+    let Some(c) = cluster() else { return };
+    let tenants = orgs_on_both_workers(c, 2);
+    let mut svc = c.service();
+    let mut keys = Vec::new();
+    for (admin, org) in &tenants {
+        svc.execute(
+            "SELECT truxe.put_secret($1::text::uuid, 'stripe', 'sk_live')",
+            &[org],
+        )
+        .unwrap();
+        svc.execute(
+            "SELECT truxe.record_usage($1::text::uuid, 'api_requests')",
+            &[org],
+        )
+        .unwrap();
+        let email = format!("{}@citus.example", unique("gone"));
+        c.acting_as(admin)
+            .query_one(
+                "SELECT token FROM truxe.invite_by_email($1::text::uuid, $2, 'member')",
+                &[org, &email],
+            )
+            .unwrap();
+        svc.query_one(
+            "SELECT jti::text FROM truxe.create_session($1::text::uuid, $2::text::uuid)",
+            &[admin, org],
+        )
+        .unwrap();
+        keys.push(create_key(c, admin, org, &[]).1);
+    }
+    let (_, gone) = &tenants[0];
+    let (_, kept) = &tenants[1];
+    let tables = [
+        "truxe.sessions",
+        "truxe.usage_metrics",
+        "truxe.secrets",
+        "truxe.invitations",
+        "truxe.api_keys",
+    ];
+    let mut su = c.superuser();
+    for t in tables {
+        for org in [gone, kept] {
+            assert_eq!(rows_on_shards(&mut su, t, "org_id", org), 1, "{t} of {org}");
+        }
+    }
+    let audit_before: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
+            &[gone],
+        )
+        .unwrap()
+        .get(0);
+    assert!(audit_before > 0);
+
+    let deleted = svc
+        .execute(
+            "DELETE FROM truxe.organizations WHERE id = $1::text::uuid",
+            &[gone],
+        )
+        .unwrap();
+    assert_eq!(deleted, 1);
+    for t in tables {
+        assert_eq!(
+            rows_on_shards(&mut su, t, "org_id", gone),
+            0,
+            "{t} of the deleted org"
+        );
+        assert_eq!(
+            rows_on_shards(&mut su, t, "org_id", kept),
+            1,
+            "{t} of the other org"
+        );
+    }
+    let secret = |svc: &mut Client, org: &str| -> Option<String> {
+        svc.query_one("SELECT truxe.get_secret($1::text::uuid, 'stripe')", &[&org])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(secret(&mut svc, gone), None);
+    assert_eq!(secret(&mut svc, kept).as_deref(), Some("sk_live"));
+    assert_eq!(key_org(c, &keys[0]), None);
+    assert_eq!(key_org(c, &keys[1]).as_deref(), Some(kept.as_str()));
+    // the audit log is append-only: the org's rows stay, with the org's deletion
+    let r = su
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE action = 'org.deleted')
+               FROM truxe.audit_logs WHERE org_id = $1::text::uuid",
+            &[gone],
+        )
+        .unwrap();
+    let (audit_after, org_deleted): (i64, i64) = (r.get(0), r.get(1));
+    assert!(
+        audit_after > audit_before,
+        "{audit_after} audit rows after, {audit_before} before"
+    );
+    assert_eq!(org_deleted, 1);
+    // a DELETE that removes no org changes nothing
+    assert_eq!(
+        svc.execute(
+            "DELETE FROM truxe.organizations WHERE id = $1::text::uuid",
+            &[gone]
+        )
+        .unwrap(),
+        0
+    );
+    for t in tables {
+        assert_eq!(
+            rows_on_shards(&mut su, t, "org_id", kept),
+            1,
+            "{t} of the other org"
+        );
+    }
+}
+
+/// A user's distributed rows follow the user's foreign keys on a single node: deleting
+/// users (two in one DELETE, by service_account) deletes their sessions (on whatever shard
+/// each token hashed to), second factors and recovery codes (ON DELETE CASCADE), and clears
+/// their ids from invitations.invited_by, invitations.accepted_by and api_keys.created_by
+/// (ON DELETE SET NULL), leaving the other column of a row that names a kept user and every
+/// row of the kept user as they were. 0.1 and the first Citus version left them all.
+#[test]
+fn deleting_a_user_deletes_their_sessions_and_factors_and_clears_their_ids() {
+    let Some(c) = cluster() else { return };
+    let mut svc = c.service();
+    let mut su = c.superuser();
+    let (alice, _) = user(c);
+    let (bob, _) = user(c);
+    let alpha = org(c, &alice);
+    let beta = org(c, &bob);
+    for u in [&alice, &bob] {
+        svc.query_one(
+            "SELECT factor_id FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+            &[u],
+        )
+        .unwrap();
+        svc.query(
+            "SELECT truxe.generate_recovery_codes($1::text::uuid, 3)",
+            &[u],
+        )
+        .unwrap();
+        for _ in 0..3 {
+            svc.query_one("SELECT jti FROM truxe.create_session($1::text::uuid)", &[u])
+                .unwrap();
+        }
+    }
+    let invite = |admin: &str, org: &str| -> (String, String) {
+        let email = format!("{}@citus.example", unique("inv"));
+        let r = c
+            .acting_as(admin)
+            .query_one(
+                "SELECT invitation_id::text, token
+                   FROM truxe.invite_by_email($1::text::uuid, $2, 'member')",
+                &[&org, &email],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    // alice's pending invitation; bob's, accepted by nina (a new user), who goes with alice
+    let (pending, _) = invite(&alice, &alpha);
+    let (accepted, token) = invite(&bob, &beta);
+    let nina: String = svc
+        .query_one(
+            "SELECT user_id::text FROM truxe.accept_invitation_token($1)",
+            &[&token],
+        )
+        .unwrap()
+        .get(0);
+    let (alice_key, _) = create_key(c, &alice, &alpha, &[]);
+    let (bob_key, _) = create_key(c, &bob, &beta, &[]);
+    let per_user = [
+        ("truxe.sessions", 3),
+        ("truxe.mfa_factors", 1),
+        ("truxe.mfa_recovery_codes", 3),
+    ];
+    for (t, n) in per_user {
+        for u in [&alice, &bob] {
+            assert_eq!(rows_on_shards(&mut su, t, "user_id", u), n, "{t} of {u}");
+        }
+    }
+
+    let deleted = svc
+        .execute(
+            "DELETE FROM truxe.users WHERE id = ANY ($1::text[]::uuid[])",
+            &[&vec![alice.clone(), nina.clone()]],
+        )
+        .unwrap();
+    assert_eq!(deleted, 2);
+    for (t, n) in per_user {
+        assert_eq!(
+            rows_on_shards(&mut su, t, "user_id", &alice),
+            0,
+            "{t} of alice"
+        );
+        assert_eq!(rows_on_shards(&mut su, t, "user_id", &bob), n, "{t} of bob");
+    }
+    for (t, col, u) in [
+        ("truxe.invitations", "invited_by", &alice),
+        ("truxe.invitations", "accepted_by", &nina),
+        ("truxe.api_keys", "created_by", &alice),
+    ] {
+        assert_eq!(
+            rows_on_shards(&mut su, t, col, u),
+            0,
+            "{t}.{col} of a deleted user"
+        );
+    }
+    let invitation = |su: &mut Client, org: &str, id: &str| -> (Option<String>, Option<String>) {
+        let r = su
+            .query_one(
+                "SELECT invited_by::text, accepted_by::text FROM truxe.invitations
+                  WHERE org_id = $1::text::uuid AND id = $2::text::uuid",
+                &[&org, &id],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(invitation(&mut su, &alpha, &pending), (None, None));
+    assert_eq!(
+        invitation(&mut su, &beta, &accepted),
+        (Some(bob.clone()), None)
+    );
+    let creator = |su: &mut Client, org: &str, id: &str| -> Option<String> {
+        su.query_one(
+            "SELECT created_by::text FROM truxe.api_keys
+              WHERE org_id = $1::text::uuid AND id = $2::text::uuid",
+            &[&org, &id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(creator(&mut su, &alpha, &alice_key), None);
+    assert_eq!(creator(&mut su, &beta, &bob_key), Some(bob.clone()));
+    // the org alice owned stays (its key to users is on memberships, on the coordinator)
+    let alpha_left: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.organizations WHERE id = $1::text::uuid",
+            &[&alpha],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(alpha_left, 1);
+}
+
+/// The dropped foreign keys' other half: an UPDATE that changes the id of an org or a user
+/// whom distributed rows still name is refused with 23503 and the key's name, as on a
+/// single node (there the keys are NO ACTION on update), instead of leaving those rows
+/// naming an id that no longer exists; an id that nothing names still changes. (The
+/// coordinator's own keys, from memberships, refuse first when the org or user has one:
+/// these cases have none.)
+#[test]
+fn changing_an_id_that_distributed_rows_name_is_refused() {
+    let Some(c) = cluster() else { return };
+    let mut svc = c.service();
+    let mut su = c.superuser();
+    let (alice, _) = user(c);
+    let alpha = org(c, &alice);
+    svc.execute(
+        "SELECT truxe.put_secret($1::text::uuid, 'stripe', 'sk_live')",
+        &[&alpha],
+    )
+    .unwrap();
+    svc.execute(
+        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid",
+        &[&alpha],
+    )
+    .unwrap();
+    let change_org =
+        "UPDATE truxe.organizations SET id = gen_random_uuid() WHERE id = $1::text::uuid";
+    let e = svc.execute(change_org, &[&alpha]).unwrap_err();
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "23503", "{db:?}");
+    assert!(
+        db.message().contains("secrets_org_id_fkey"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(
+        rows_on_shards(&mut su, "truxe.secrets", "org_id", &alpha),
+        1
+    );
+
+    // a user with no membership and one session (on the shard of its token), then a
+    // factor only
+    let (bob, _) = user(c);
+    svc.query_one(
+        "SELECT jti FROM truxe.create_session($1::text::uuid)",
+        &[&bob],
+    )
+    .unwrap();
+    let change_user = "UPDATE truxe.users SET id = gen_random_uuid() WHERE id = $1::text::uuid";
+    let e = svc.execute(change_user, &[&bob]).unwrap_err();
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "23503", "{db:?}");
+    assert!(
+        db.message().contains("sessions_user_id_fkey"),
+        "{}",
+        db.message()
+    );
+    let (carol, _) = user(c);
+    svc.query_one(
+        "SELECT factor_id FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
+        &[&carol],
+    )
+    .unwrap();
+    assert_eq!(sqlstate(svc.execute(change_user, &[&carol])), "23503");
+
+    // nothing names them: the ids change
+    let (dave, _) = user(c);
+    assert_eq!(svc.execute(change_user, &[&dave]).unwrap(), 1);
+    let (eve, _) = user(c);
+    let beta = org(c, &eve);
+    svc.execute(
+        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid",
+        &[&beta],
+    )
+    .unwrap();
+    assert_eq!(svc.execute(change_org, &[&beta]).unwrap(), 1);
+}
