@@ -756,17 +756,6 @@ fn purge(older_than: Interval) -> Result<i64, TruxeError> {
         );
     }
     let _window = PurgeWindow::open();
-    let Some(owner) = crate::claim::distributed_audit_owner() else {
-        return Ok(Spi::connect_mut(|client| {
-            client
-                .update(
-                    "DELETE FROM truxe.audit_logs WHERE created_at < pg_catalog.now() - $1",
-                    None,
-                    &[older_than.into()],
-                )
-                .map(|t| t.len() as i64)
-        })?);
-    };
     // On Citus the guard runs on the shards, in the workers' backends, where PURGING is not
     // seen: the DELETE runs as the table's owner (Citus connects to the workers as it) with
     // truxe.audit_purge on, which Citus passes to the workers of this transaction. Citus
@@ -774,14 +763,17 @@ fn purge(older_than: Interval) -> Result<i64, TruxeError> {
     // function in autocommit), hence the DO blocks. The setting goes off again after the
     // DELETE (an error aborts the transaction, and the setting with it). All of it as the
     // owner: the DO blocks need no right of the caller's (USAGE on plpgsql).
-    let _as_owner = crate::apptables::ActingAs::switch_to(owner);
+    let owner = crate::claim::distributed_audit_owner();
+    let _as_owner = owner.map(crate::apptables::ActingAs::switch_to);
     Spi::connect_mut(|client| {
-        client.update(
-            "DO $purge$BEGIN SET LOCAL citus.propagate_set_commands = 'local'; \
-             SET LOCAL truxe.audit_purge = on; END$purge$",
-            None,
-            &[],
-        )?;
+        if owner.is_some() {
+            client.update(
+                "DO $purge$BEGIN SET LOCAL citus.propagate_set_commands = 'local'; \
+                 SET LOCAL truxe.audit_purge = on; END$purge$",
+                None,
+                &[],
+            )?;
+        }
         let deleted = client
             .update(
                 "DELETE FROM truxe.audit_logs WHERE created_at < pg_catalog.now() - $1",
@@ -789,11 +781,13 @@ fn purge(older_than: Interval) -> Result<i64, TruxeError> {
                 &[older_than.into()],
             )
             .map(|t| t.len() as i64)?;
-        client.update(
-            "DO $purge$BEGIN SET LOCAL truxe.audit_purge = off; END$purge$",
-            None,
-            &[],
-        )?;
+        if owner.is_some() {
+            client.update(
+                "DO $purge$BEGIN SET LOCAL truxe.audit_purge = off; END$purge$",
+                None,
+                &[],
+            )?;
+        }
         Ok::<i64, pgrx::spi::SpiError>(deleted)
     })
     .map_err(Into::into)
