@@ -238,40 +238,25 @@ fn flat_org_ids_direct(user: pgrx::Uuid, admin_only: bool) -> Option<Vec<pgrx::U
         return None;
     }
     let nsp = ir::truxe_namespace()?;
-    let memberships = ir::relation(nsp, c"memberships")?;
-    let by_user = ir::relation(nsp, c"idx_memberships_user_org")?;
+    let joined = JoinedMemberships::find(nsp)?;
     let closure = ir::relation(nsp, c"org_closure")?;
     let by_ancestor = ir::relation(nsp, c"org_closure_pkey")?;
-    let owner = ir::enum_label(nsp, c"membership_role", c"owner")?;
-    let admin = ir::enum_label(nsp, c"membership_role", c"admin")?;
 
     // nothing unless the user is active
     if !user_is_active_direct(user)? {
         return Some(Vec::new());
     }
-    // joined memberships: idx_memberships_user_org (user_id, org_id) INCLUDE (role, joined_at)
-    let table = Indexed::open(
-        memberships,
-        by_user,
-        &[c"user_id", c"org_id", c"role", c"joined_at"],
-    )?;
-    let mut scan = table.scan_uuid(user, Read::IndexOnly);
     let mut ids = Vec::new();
     let mut administered = Vec::new();
-    while scan.next() {
-        let (Some(org), Some(role), false) = (scan.uuid(2), scan.oid(3), scan.is_null(4)) else {
-            continue;
-        };
-        let is_admin = role == owner || role == admin;
+    for m in joined.of(user)? {
+        let is_admin = m.owner || m.admin;
         if is_admin {
-            administered.push(org);
+            administered.push(m.org);
         }
         if is_admin || !admin_only {
-            ids.push(org);
+            ids.push(m.org);
         }
     }
-    scan.end();
-    table.close();
     // their descendants: org_closure_pkey (ancestor_id, descendant_id) INCLUDE (depth)
     if !administered.is_empty() {
         let table = Indexed::open(
@@ -289,6 +274,64 @@ fn flat_org_ids_direct(user: pgrx::Uuid, admin_only: bool) -> Option<Vec<pgrx::U
         table.close();
     }
     Some(ids)
+}
+
+/// The joined memberships of a user, read index-only through `idx_memberships_user_org`
+/// (user_id, org_id) INCLUDE (role, joined_at) in the active snapshot: the read that
+/// [`flat_org_ids_direct`] and invitation's direct rights check (src/invitation.rs) share.
+pub(crate) struct JoinedMemberships {
+    memberships: pg_sys::Oid,
+    by_user: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    admin: pg_sys::Oid,
+}
+
+/// A joined membership: its org, and whether its role is owner or admin.
+pub(crate) struct Joined {
+    pub org: pgrx::Uuid,
+    pub owner: bool,
+    pub admin: bool,
+}
+
+impl JoinedMemberships {
+    /// The table, its index and the two role labels; None when one is not where truxe's
+    /// schema puts it.
+    pub(crate) fn find(nsp: pg_sys::Oid) -> Option<Self> {
+        use crate::index_read as ir;
+        Some(Self {
+            memberships: ir::relation(nsp, c"memberships")?,
+            by_user: ir::relation(nsp, c"idx_memberships_user_org")?,
+            owner: ir::enum_label(nsp, c"membership_role", c"owner")?,
+            admin: ir::enum_label(nsp, c"membership_role", c"admin")?,
+        })
+    }
+
+    /// `user`'s joined memberships (a pending one, without `joined_at`, is not); None when
+    /// the index's columns are not where truxe's schema puts them.
+    pub(crate) fn of(&self, user: pgrx::Uuid) -> Option<Vec<Joined>> {
+        use crate::index_read::{Indexed, Read};
+        let table = Indexed::open(
+            self.memberships,
+            self.by_user,
+            &[c"user_id", c"org_id", c"role", c"joined_at"],
+        )?;
+        let mut scan = table.scan_uuid(user, Read::IndexOnly);
+        let mut rows = Vec::new();
+        while scan.next() {
+            let (Some(org), Some(role), false) = (scan.uuid(2), scan.oid(3), scan.is_null(4))
+            else {
+                continue;
+            };
+            rows.push(Joined {
+                org,
+                owner: role == self.owner,
+                admin: role == self.admin,
+            });
+        }
+        scan.end();
+        table.close();
+        Some(rows)
+    }
 }
 
 /// Whether `user` exists and is active, read through `users_pkey` in the calling

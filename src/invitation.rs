@@ -337,12 +337,9 @@ fn may_grant_plainly_direct(
 fn grants_plainly_direct(me: Uuid, org: Uuid, role: membership_role) -> Option<bool> {
     use crate::index_read::{self as ir, Indexed, Read};
     let nsp = ir::truxe_namespace()?;
-    let memberships = ir::relation(nsp, c"memberships")?;
-    let by_user = ir::relation(nsp, c"idx_memberships_user_org")?;
+    let joined = crate::context::JoinedMemberships::find(nsp)?;
     let closure = ir::relation(nsp, c"org_closure")?;
     let by_descendant = ir::relation(nsp, c"idx_org_closure_descendant")?;
-    let owner = ir::enum_label(nsp, c"membership_role", c"owner")?;
-    let admin = ir::enum_label(nsp, c"membership_role", c"admin")?;
     if !crate::context::user_is_active_direct(me)? {
         return Some(false);
     }
@@ -361,26 +358,14 @@ fn grants_plainly_direct(me: Uuid, org: Uuid, role: membership_role) -> Option<b
     scan.end();
     table.close();
     // me's joined memberships there (effective_role's rows: the org itself, or an
-    // ancestor as owner or admin): idx_memberships_user_org (user_id, org_id) INCLUDE
-    // (role, joined_at)
-    let table = Indexed::open(
-        memberships,
-        by_user,
-        &[c"user_id", c"org_id", c"role", c"joined_at"],
-    )?;
-    let mut scan = table.scan_uuid(me, Read::IndexOnly);
+    // ancestor as owner or admin)
     let (mut is_owner, mut is_admin) = (false, false);
-    while scan.next() {
-        let (Some(at), Some(held), false) = (scan.uuid(2), scan.oid(3), scan.is_null(4)) else {
-            continue;
-        };
-        if at == org || ancestors.contains(&at) {
-            is_owner |= held == owner;
-            is_admin |= held == admin;
+    for m in joined.of(me)? {
+        if m.org == org || ancestors.contains(&m.org) {
+            is_owner |= m.owner;
+            is_admin |= m.admin;
         }
     }
-    scan.end();
-    table.close();
     // effective_role's minimum: owner if any row is; admin invites anything but an owner
     Some(is_owner || (is_admin && role != membership_role::owner))
 }
