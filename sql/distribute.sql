@@ -139,96 +139,48 @@ BEGIN
   -- that changes the id of an org or a user whom distributed rows still name: 23503 with
   -- the dropped key's name, as on a single node (an old id that another row holds again
   -- at the end of the statement is no violation, as there). Row triggers with a WHEN: an
-  -- UPDATE that keeps the ids runs no function
-  CREATE FUNCTION truxe.citus_organizations_id_changed() RETURNS trigger
+  -- UPDATE that keeps the ids runs no function. One function for both tables: each
+  -- trigger names the dropped keys' columns as its arguments
+  CREATE FUNCTION truxe.citus_id_changed() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cascade$
   DECLARE
+    ref text;
     tbl text;
+    named boolean;
   BEGIN
-    PERFORM FROM truxe.organizations o WHERE o.id = OLD.id;
-    IF FOUND THEN
+    -- (one row or none, not EXISTS: Citus cannot plan a zero-column subquery over a
+    -- distributed table)
+    EXECUTE pg_catalog.format('SELECT true FROM truxe.%I WHERE id = $1 LIMIT 1', TG_TABLE_NAME)
+      INTO named USING OLD.id;
+    IF named THEN
       RETURN NULL;
     END IF;
-    PERFORM FROM truxe.sessions s WHERE s.org_id = OLD.id LIMIT 1;
-    IF FOUND THEN tbl := 'sessions'; END IF;
-    IF tbl IS NULL THEN
-      PERFORM FROM truxe.usage_metrics u WHERE u.org_id = OLD.id LIMIT 1;
-      IF FOUND THEN tbl := 'usage_metrics'; END IF;
-    END IF;
-    IF tbl IS NULL THEN
-      PERFORM FROM truxe.secrets s WHERE s.org_id = OLD.id LIMIT 1;
-      IF FOUND THEN tbl := 'secrets'; END IF;
-    END IF;
-    IF tbl IS NULL THEN
-      PERFORM FROM truxe.invitations i WHERE i.org_id = OLD.id LIMIT 1;
-      IF FOUND THEN tbl := 'invitations'; END IF;
-    END IF;
-    IF tbl IS NULL THEN
-      PERFORM FROM truxe.api_keys k WHERE k.org_id = OLD.id LIMIT 1;
-      IF FOUND THEN tbl := 'api_keys'; END IF;
-    END IF;
-    IF tbl IS NOT NULL THEN
-      RAISE EXCEPTION 'update or delete on table "organizations" violates foreign key constraint "%_org_id_fkey" on table "%"',
-        tbl, tbl
-        USING ERRCODE = '23503',
-              DETAIL = pg_catalog.format('Key (id)=(%s) is still referenced from table "%s".',
-                                         OLD.id, tbl);
-    END IF;
-    RETURN NULL;
-  END
-  $cascade$;
-  CREATE FUNCTION truxe.citus_users_id_changed() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cascade$
-  DECLARE
-    tbl text;
-    col text;
-  BEGIN
-    PERFORM FROM truxe.users u WHERE u.id = OLD.id;
-    IF FOUND THEN
-      RETURN NULL;
-    END IF;
-    PERFORM FROM truxe.sessions s WHERE s.user_id = OLD.id LIMIT 1;
-    IF FOUND THEN tbl := 'sessions'; col := 'user_id'; END IF;
-    IF tbl IS NULL THEN
-      PERFORM FROM truxe.mfa_factors f WHERE f.user_id = OLD.id LIMIT 1;
-      IF FOUND THEN tbl := 'mfa_factors'; col := 'user_id'; END IF;
-    END IF;
-    IF tbl IS NULL THEN
-      PERFORM FROM truxe.mfa_recovery_codes r WHERE r.user_id = OLD.id LIMIT 1;
-      IF FOUND THEN tbl := 'mfa_recovery_codes'; col := 'user_id'; END IF;
-    END IF;
-    IF tbl IS NULL THEN
-      PERFORM FROM truxe.invitations i WHERE i.invited_by = OLD.id LIMIT 1;
-      IF FOUND THEN tbl := 'invitations'; col := 'invited_by'; END IF;
-    END IF;
-    IF tbl IS NULL THEN
-      PERFORM FROM truxe.invitations i WHERE i.accepted_by = OLD.id LIMIT 1;
-      IF FOUND THEN tbl := 'invitations'; col := 'accepted_by'; END IF;
-    END IF;
-    IF tbl IS NULL THEN
-      PERFORM FROM truxe.api_keys k WHERE k.created_by = OLD.id LIMIT 1;
-      IF FOUND THEN tbl := 'api_keys'; col := 'created_by'; END IF;
-    END IF;
-    IF tbl IS NOT NULL THEN
-      RAISE EXCEPTION 'update or delete on table "users" violates foreign key constraint "%_%_fkey" on table "%"',
-        tbl, col, tbl
-        USING ERRCODE = '23503',
-              DETAIL = pg_catalog.format('Key (id)=(%s) is still referenced from table "%s".',
-                                         OLD.id, tbl);
-    END IF;
+    -- the trigger's arguments: the dropped keys' columns, 'table.column', in the order
+    -- the error names the first that still holds the old id
+    FOREACH ref IN ARRAY TG_ARGV LOOP
+      tbl := pg_catalog.split_part(ref, '.', 1);
+      EXECUTE pg_catalog.format('SELECT true FROM truxe.%I WHERE %I = $1 LIMIT 1',
+                                tbl, pg_catalog.split_part(ref, '.', 2))
+        INTO named USING OLD.id;
+      IF named THEN
+        RAISE EXCEPTION 'update or delete on table "%" violates foreign key constraint "%_%_fkey" on table "%"',
+          TG_TABLE_NAME, tbl, pg_catalog.split_part(ref, '.', 2), tbl
+          USING ERRCODE = '23503',
+                DETAIL = pg_catalog.format('Key (id)=(%s) is still referenced from table "%s".',
+                                           OLD.id, tbl);
+      END IF;
+    END LOOP;
     RETURN NULL;
   END
   $cascade$;
   REVOKE ALL ON FUNCTION truxe.citus_organizations_deleted(), truxe.citus_users_deleted(),
-    truxe.citus_organizations_id_changed(), truxe.citus_users_id_changed() FROM PUBLIC;
+    truxe.citus_id_changed() FROM PUBLIC;
   SELECT r.rolname INTO tables_owner
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
    WHERE c.oid = 'truxe.audit_logs'::regclass;
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_organizations_deleted() OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_users_deleted() OWNER TO %I', tables_owner);
-  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_organizations_id_changed() OWNER TO %I',
-                            tables_owner);
-  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_users_id_changed() OWNER TO %I', tables_owner);
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_id_changed() OWNER TO %I', tables_owner);
   CREATE TRIGGER organizations_citus_cascade AFTER DELETE ON truxe.organizations
     REFERENCING OLD TABLE AS gone
     FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_organizations_deleted();
@@ -237,10 +189,14 @@ BEGIN
     FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_users_deleted();
   CREATE TRIGGER organizations_citus_id_changed AFTER UPDATE OF id ON truxe.organizations
     FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
-    EXECUTE FUNCTION truxe.citus_organizations_id_changed();
+    EXECUTE FUNCTION truxe.citus_id_changed('sessions.org_id', 'usage_metrics.org_id',
+                                            'secrets.org_id', 'invitations.org_id',
+                                            'api_keys.org_id');
   CREATE TRIGGER users_citus_id_changed AFTER UPDATE OF id ON truxe.users
     FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
-    EXECUTE FUNCTION truxe.citus_users_id_changed();
+    EXECUTE FUNCTION truxe.citus_id_changed('sessions.user_id', 'mfa_factors.user_id',
+                                            'mfa_recovery_codes.user_id', 'invitations.invited_by',
+                                            'invitations.accepted_by', 'api_keys.created_by');
 
   -- the sealed audit log's row digest (sql/seal.sql) in a form Citus can plan: the SQL
   -- function there (a statement with parameters over audit_logs) cannot be planned once
