@@ -27,7 +27,7 @@ DECLARE
 BEGIN
   IF v = 3 THEN  -- the first touch of every session, not counted
     FOR i IN 1..s LOOP
-      PERFORM truxe.validate_session(bench.uid(3, i));
+      PERFORM truxe.validate_session(bench.token(3, i));
     END LOOP;
     COMMIT;
   END IF;
@@ -42,7 +42,7 @@ BEGIN
     ELSE
       i := 1 + floor(random() * s)::int;
       t0 := bench.cpu_now();
-      SELECT x.user_id INTO j FROM truxe.validate_session(bench.uid(3, i)) x;
+      SELECT x.user_id INTO j FROM truxe.validate_session(bench.token(3, i)) x;
       COMMIT;
     END IF;
     IF k > 0 THEN

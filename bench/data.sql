@@ -8,6 +8,16 @@ CREATE ROLE bench_tenant LOGIN IN ROLE authenticated;
 GRANT USAGE ON SCHEMA bench TO authenticated;
 CREATE FUNCTION bench.uid(kind int, n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
 $$ SELECT (lpad(to_hex(kind), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
+-- A bearer token (access kind 3, refresh kind 4) or a session's public id (kind 8): a fixed
+-- function of (kind, n), spread over the uuid space as the gen_random_uuid() values truxe and
+-- 0.1.0 hand out are. Sequential values would put the loaded sessions into adjacent pages of
+-- an index keyed by them (10k active sessions in a few dozen leaves, and every new session
+-- to the right of them all), which no deployment has
+CREATE FUNCTION bench.token(kind int, n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT md5(kind || '/' || n)::uuid $$;
+
+-- the data set's sizes, as bench/run passes them to pgbench (bench/profile reads them)
+CREATE TABLE bench.sizes AS SELECT :U AS u, :O AS o, :S AS s;
 
 -- bulk load as a replica: no audit rows, no per-row hierarchy walk or FK check
 SET session_replication_role = replica;
@@ -32,11 +42,11 @@ INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
          (CASE k WHEN 0 THEN 'owner' WHEN 1 THEN 'admin' ELSE 'member' END)::truxe.membership_role,
          now(), now()
     FROM generate_series(1, :U) u, generate_series(0, 9) k;
--- access token bench.uid(3, n), refresh token bench.uid(4, n), stored as their SHA-256
--- (as truxe does); public id and family bench.uid(8, n)
+-- access token bench.token(3, n), refresh token bench.token(4, n), stored as their SHA-256
+-- (as truxe does); public id and family bench.token(8, n)
 INSERT INTO truxe.sessions (jti_hash, user_id, refresh_jti_hash, family_id, expires_at, id)
-  SELECT sha256(uuid_send(bench.uid(3, g))), bench.uid(1, 1 + g % :U), sha256(uuid_send(bench.uid(4, g))),
-         bench.uid(8, g), now() + interval '30 days', bench.uid(8, g)
+  SELECT sha256(uuid_send(bench.token(3, g))), bench.uid(1, 1 + g % :U), sha256(uuid_send(bench.token(4, g))),
+         bench.token(8, g), now() + interval '30 days', bench.token(8, g)
     FROM generate_series(1, :S) g;
 INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)
   SELECT bench.uid(2, 1 + g % :O), 'org.updated', 'organization', g::text FROM generate_series(1, :A) g;

@@ -11,14 +11,18 @@
 CREATE SCHEMA bench;
 CREATE FUNCTION bench.uid(kind int, n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
 $$ SELECT (lpad(to_hex(kind), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
+-- A bearer token (access kind 3, refresh kind 4), as in bench/data.sql: spread over the uuid
+-- space as gen_random_uuid() tokens are
+CREATE FUNCTION bench.token(kind int, n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT md5(kind || '/' || n)::uuid $$;
 
 -- bulk load as a replica: no audit rows, no FK check
 SET session_replication_role = replica;
 INSERT INTO truxe.users (id, email, status, email_verified)
   SELECT bench.uid(1, g), 'user' || g || '@bench.example', 'active', true FROM generate_series(1, :U) g;
--- access token bench.uid(3, n), refresh token bench.uid(4, n), as in bench/data.sql
+-- access token bench.token(3, n), refresh token bench.token(4, n), as in bench/data.sql
 INSERT INTO truxe.sessions (jti, user_id, refresh_jti, family_id, expires_at)
-  SELECT bench.uid(3, g), bench.uid(1, 1 + g % :U), bench.uid(4, g), bench.uid(3, g),
+  SELECT bench.token(3, g), bench.uid(1, 1 + g % :U), bench.token(4, g), bench.token(3, g),
          now() + interval '30 days'
     FROM generate_series(1, :S) g;
 INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)

@@ -1,2 +1,2 @@
 \set i random(1, :S)
-SELECT user_id FROM truxe.authenticate(bench.uid(3, :i)::text);
+SELECT user_id FROM truxe.authenticate(bench.token(3, :i)::text);
