@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, JsonB, PgOid, PgTupleDesc, Uuid};
 use serde_json::{json, Value};
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 /// One audit row, before the acting user and the request context are added.
 pub(crate) struct Event {
@@ -138,6 +138,113 @@ const INSERT_TYPES: [PgOid; 12] = [
     UUID, UUID, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, UUID, JSONB, JSONB, TEXT,
 ];
 
+/// An audit row's values: [`insert!`]'s first nine parameters.
+struct Row {
+    org_id: Option<Uuid>,
+    actor: Option<Uuid>,
+    action: String,
+    target_type: Option<String>,
+    target_id: Option<String>,
+    details: Value,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<Uuid>,
+}
+
+impl Row {
+    fn args(self) -> Vec<DatumWithOid<'static>> {
+        vec![
+            self.org_id.into(),
+            self.actor.into(),
+            self.action.into(),
+            self.target_type.into(),
+            self.target_id.into(),
+            JsonB(self.details).into(),
+            self.ip.into(),
+            self.user_agent.into(),
+            self.request_id.into(),
+        ]
+    }
+}
+
+thread_local! {
+    /// The rows the live [`Held`] holds back; None while there is none.
+    static HELD: RefCell<Option<Vec<Row>>> = const { RefCell::new(None) };
+}
+
+/// Holds `rows` back for the live [`Held`]; gives them back when there is none. On Citus
+/// none is ever alive (refresh_session there writes its rows itself, src/session/citus.rs).
+fn hold(rows: Vec<Row>) -> Option<Vec<Row>> {
+    HELD.with(|h| match h.borrow_mut().as_mut() {
+        Some(held) => {
+            held.extend(rows);
+            None
+        }
+        None => Some(rows),
+    })
+}
+
+/// At most this many rows without row values go into one INSERT.
+const PLAIN_PER_INSERT: usize = 4;
+
+/// While a `Held` is alive, [`write`] holds back truxe's own rows that carry no row values
+/// (the session trigger's, a function's [`record`]); [`Held::write`] then inserts them, in
+/// the order they came, in one statement: refresh_session's three rows cost one executor
+/// start and one preparation of the table's CHECK constraints instead of three
+/// (bench/README.md, "Performance work after the 0.2 run"). Dropped unwritten (an error
+/// unwinding), its rows go with the failing transaction.
+pub(crate) struct Held(());
+
+impl Held {
+    /// Starts holding rows back. One at a time: only refresh_session holds rows.
+    pub(crate) fn begin() -> Held {
+        HELD.with(|h| h.replace(Some(Vec::new())));
+        Held(())
+    }
+
+    /// Inserts the rows held back.
+    pub(crate) fn write(self) -> Result<(), TruxeError> {
+        let rows = HELD.with(|h| h.borrow_mut().take()).unwrap_or_default();
+        drop(self);
+        Spi::connect_mut(|client| insert_plain(client, rows))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.with(|h| h.borrow_mut().take());
+    }
+}
+
+/// The INSERT of `n` (1..=[`PLAIN_PER_INSERT`]) truxe rows without row values: [`insert!`]'s
+/// rows, whose details are then `$6` as given.
+fn insert_rows(n: usize) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let texts =
+        TEXTS.get_or_init(|| {
+            (1..=PLAIN_PER_INSERT)
+                .map(|n| {
+                    let rows: Vec<String> =
+                        (0..n)
+                            .map(|r| {
+                                let p = |i: usize| format!("${}", r * 9 + i);
+                                format!(
+                            "({}, {}, {}::truxe.audit_action, {}, {}, {}, {}::inet, {}, {})",
+                            p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9)
+                        )
+                            })
+                            .collect();
+                    format!(
+                        "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
+                   target_id, details, ip, user_agent, request_id) VALUES {}",
+                        rows.join(", ")
+                    )
+                })
+                .collect()
+        });
+    &texts[n.clamp(1, PLAIN_PER_INSERT) - 1]
+}
+
 /// What every audit row takes from the moment it is written: the acting user, the API key
 /// acting (its id goes into the details), the client address and agent (given, else the
 /// request settings) and the request id. [`write`] uses it for each row; a statement that
@@ -179,7 +286,8 @@ impl Moment {
 /// Writes `events` with the acting user and request context of this moment, as the
 /// current role: the audit triggers' owner, or for application tables the extension owner
 /// (src/apptables.rs). The one writer of truxe.audit_logs, but for the statements that
-/// write their row themselves with [`Moment`].
+/// write their row themselves with [`Moment`]. While a [`Held`] is alive, truxe's own rows
+/// without row values are held back for it instead.
 pub(crate) fn write(events: Vec<Event>, request: Client) -> Result<(), TruxeError> {
     if events.is_empty() {
         return Ok(());
@@ -199,29 +307,52 @@ pub(crate) fn write(events: Vec<Event>, request: Client) -> Result<(), TruxeErro
         None => DatumWithOid::null_oid(pg_sys::JSONBOID),
     };
     Spi::connect_mut(|client| {
+        // consecutive rows without row values go into one INSERT (insert_plain)
+        let mut plain = Vec::new();
         for e in events {
             let (insert, action) = match e.action {
                 Action::Truxe(a) => (INSERT_TRUXE, a.to_string()),
                 Action::App(a) => (INSERT_APP, a),
             };
-            let args = [
-                e.org_id.or(no_org).into(),
-                moment.actor.into(),
-                action.into(),
-                e.target_type.map(Cow::into_owned).into(),
-                e.target_id.into(),
-                JsonB(moment.details(e.details)).into(),
-                moment.ip.clone().into(),
-                moment.user_agent.clone().into(),
-                moment.request_id.into(),
-                jsonb(e.old),
-                jsonb(e.new),
-                e.values_under.into(),
-            ];
+            let row = Row {
+                org_id: e.org_id.or(no_org),
+                actor: moment.actor,
+                action,
+                target_type: e.target_type.map(Cow::into_owned),
+                target_id: e.target_id,
+                details: moment.details(e.details),
+                ip: moment.ip.clone(),
+                user_agent: moment.user_agent.clone(),
+                request_id: moment.request_id,
+            };
+            if insert == INSERT_TRUXE && e.old.is_none() && e.new.is_none() {
+                plain.push(row);
+                continue;
+            }
+            insert_plain(client, std::mem::take(&mut plain))?;
+            let mut args = row.args();
+            args.extend([jsonb(e.old), jsonb(e.new), e.values_under.into()]);
             plans::run(client, insert, &INSERT_TYPES, &args)?;
         }
-        Ok(())
+        insert_plain(client, plain)
     })
+}
+
+/// Inserts truxe's own `rows` that carry no row values, [`PLAIN_PER_INSERT`] per statement;
+/// or, while a [`Held`] is alive, holds them back for it.
+fn insert_plain(client: &mut pgrx::spi::SpiClient<'_>, rows: Vec<Row>) -> Result<(), TruxeError> {
+    let Some(rows) = hold(rows) else {
+        return Ok(());
+    };
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Row> = rows.by_ref().take(PLAIN_PER_INSERT).collect();
+        let types = [&INSERT_TYPES[..9]].repeat(chunk.len()).concat();
+        let sql = insert_rows(chunk.len());
+        let args: Vec<_> = chunk.into_iter().flat_map(Row::args).collect();
+        plans::run(client, sql, &types, &args)?;
+    }
+    Ok(())
 }
 
 /// Writes one audit row from a function (not a trigger): for the events the auth flows
@@ -842,5 +973,53 @@ mod tests {
         .catch_others(|_| true)
         .execute();
         assert!(err, "after purge the guard is armed again");
+    }
+
+    fn login(org: &str) -> super::Event {
+        super::Event::new(
+            None,
+            super::Action::Truxe("user.login"),
+            Some("user".into()),
+            Some(org.to_string()),
+            serde_json::json!({}),
+        )
+    }
+
+    fn targets() -> Vec<String> {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT target_id FROM truxe.audit_logs ORDER BY id",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap())
+            .collect()
+        })
+    }
+
+    #[pg_test]
+    fn held_rows_are_written_in_their_order_and_only_by_write() {
+        let write = |ids: &[&str]| {
+            super::write(ids.iter().map(|i| login(i)).collect(), Default::default()).unwrap()
+        };
+        write(&["a", "b", "c", "d", "e"]); // two INSERTs: 4 rows, then 1
+        let held = super::Held::begin();
+        write(&["f"]);
+        write(&["g", "h"]);
+        assert_eq!(targets().len(), 5, "held rows are not written yet");
+        held.write().unwrap();
+        write(&["i"]); // no Held: written at once
+        assert_eq!(targets(), ["a", "b", "c", "d", "e", "f", "g", "h", "i"]);
+    }
+
+    #[pg_test]
+    fn held_rows_dropped_unwritten_are_gone_and_hold_nothing_after() {
+        {
+            let _held = super::Held::begin();
+            super::write(vec![login("lost")], Default::default()).unwrap();
+        }
+        super::write(vec![login("kept")], Default::default()).unwrap();
+        assert_eq!(targets(), ["kept"]);
     }
 }
