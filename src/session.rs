@@ -226,51 +226,12 @@ fn create(
     // device_info NULL means '{}' (the INSERT's coalesce)
     Spi::connect_mut(|c| {
         device_info.require_object("device_info")?;
-        // (status, org exists, may use the org): two texts, so that each keeps one generic
-        // plan; with `$2 IS NULL OR …` the planner re-planned every unscoped call (a custom
-        // plan without the org subplans always looked cheaper)
-        let who = match org_id {
-            None => plans::run(
-                c,
-                "SELECT u.status::text, NULL::boolean, true FROM truxe.users u WHERE u.id = $1",
-                &[UUID],
-                &[user_id.into()],
-            )?,
-            Some(org) => plans::run(
-                c,
-                concat!(
-                    "SELECT u.status::text,
-                            (SELECT true FROM truxe.organizations o WHERE o.id = $2), ",
-                    org_access!("$1", "$2"),
-                    " FROM truxe.users u WHERE u.id = $1"
-                ),
-                &[UUID, UUID],
-                &[user_id.into(), org.into()],
-            )?,
-        };
-        if who.is_empty() {
-            return fail(Sqlstate::NotFound, format!("unknown user {user_id}"));
-        }
-        let (status, org_exists, allowed) = who.first().get_three::<String, bool, bool>()?;
-        if status.as_deref() != Some("active") {
-            return fail(
-                Sqlstate::InsufficientPrivilege,
-                format!(
-                    "user {user_id} is {}, not active",
-                    status.unwrap_or_default()
-                ),
-            );
-        }
-        if let Some(org) = org_id {
-            if org_exists != Some(true) {
-                return fail(Sqlstate::NotFound, format!("unknown organization {org}"));
-            }
-            if allowed != Some(true) {
-                return fail(
-                    Sqlstate::InsufficientPrivilege,
-                    format!("user {user_id} is not a joined member of organization {org}"),
-                );
-            }
+        // an unscoped session of an active user, most calls: its row read through its index,
+        // no statement (src/context.rs); anything else is asked of SQL, which names the error
+        let plainly_active =
+            org_id.is_none() && crate::context::user_is_active_direct(user_id) == Some(true);
+        if !plainly_active {
+            may_open(c, user_id, org_id)?;
         }
         let policy = policy()?;
         let limit = MAX_SESSIONS_PER_USER.get();
@@ -298,6 +259,63 @@ fn create(
         };
         Ok(row.map(|(_, expires_at)| (jti, refresh_jti, expires_at)))
     })
+}
+
+/// Checks that `user` may open a session (in `org`, if given) as create_session's contract
+/// says: P0002 for an unknown user or org, 42501 for a user that is not active or may not
+/// use the org.
+fn may_open(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    user_id: Uuid,
+    org_id: Option<Uuid>,
+) -> Result<(), TruxeError> {
+    // (status, org exists, may use the org): two texts, so that each keeps one generic
+    // plan; with `$2 IS NULL OR …` the planner re-planned every unscoped call (a custom
+    // plan without the org subplans always looked cheaper)
+    let who = match org_id {
+        None => plans::run(
+            c,
+            "SELECT u.status::text, NULL::boolean, true FROM truxe.users u WHERE u.id = $1",
+            &[UUID],
+            &[user_id.into()],
+        )?,
+        Some(org) => plans::run(
+            c,
+            concat!(
+                "SELECT u.status::text,
+                        (SELECT true FROM truxe.organizations o WHERE o.id = $2), ",
+                org_access!("$1", "$2"),
+                " FROM truxe.users u WHERE u.id = $1"
+            ),
+            &[UUID, UUID],
+            &[user_id.into(), org.into()],
+        )?,
+    };
+    if who.is_empty() {
+        return fail(Sqlstate::NotFound, format!("unknown user {user_id}"));
+    }
+    let (status, org_exists, allowed) = who.first().get_three::<String, bool, bool>()?;
+    if status.as_deref() != Some("active") {
+        return fail(
+            Sqlstate::InsufficientPrivilege,
+            format!(
+                "user {user_id} is {}, not active",
+                status.unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(org) = org_id {
+        if org_exists != Some(true) {
+            return fail(Sqlstate::NotFound, format!("unknown organization {org}"));
+        }
+        if allowed != Some(true) {
+            return fail(
+                Sqlstate::InsufficientPrivilege,
+                format!("user {user_id} is not a joined member of organization {org}"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `truxe.max_sessions_per_user` = `limit`: before a new session of `user`, revokes its live
@@ -783,6 +801,9 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                 policy.lifetime.into(),
             ];
             let types = [UUID, BYTEA, BYTEA, INTERVAL, INTERVAL];
+            // session.created and session.revoked (the trigger's) and session.refreshed in
+            // one INSERT (src/audit.rs)
+            let held = crate::audit::Held::begin();
             let child = if live {
                 inserted(plans::run(
                     c,
@@ -820,11 +841,13 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                     &args,
                 )?)?
             };
-            let Some((child_id, expires_at)) = child else {
-                return Ok(Vec::new());
-            };
-            audit_refreshed(org, child_id, id, family, !live)?;
-            return Ok(vec![(jti, new_refresh, expires_at)]);
+            if let Some((child_id, _)) = child {
+                audit_refreshed(org, child_id, id, family, !live)?;
+            }
+            held.write()?;
+            return Ok(child.map_or_else(Vec::new, |(_, expires_at)| {
+                vec![(jti, new_refresh, expires_at)]
+            }));
         }
         if reason.as_deref() != Some("rotated") {
             return Ok(Vec::new());
