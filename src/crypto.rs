@@ -417,6 +417,18 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], TruxeError> {
     Ok(b)
 }
 
+/// A version-7 uuid: the wall clock's milliseconds, then 74 random bits from the OS source.
+/// For a session's public id (not a credential): new rows' ids sort after older ones, so a
+/// new id goes into the right edge of its btree instead of a random leaf (bench/README.md,
+/// "Performance work after the 0.2 run"); the clock it shows is the row's created_at anyway.
+pub fn new_time_ordered_uuid() -> Result<Uuid, TruxeError> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let v7 = uuid::Builder::from_unix_timestamp_millis(millis, &random_bytes()?).into_uuid();
+    Ok(Uuid::from_bytes(v7.into_bytes()))
+}
+
 /// A random version-4 uuid (a row id that must be known before its value is sealed).
 pub fn new_uuid() -> Result<Uuid, TruxeError> {
     let mut b: [u8; 16] = random_bytes()?;

@@ -43,6 +43,11 @@ pub(crate) fn bearer_hash(value: &Uuid) -> Vec<u8> {
     Sha256::digest(value.as_bytes()).to_vec()
 }
 
+/// A new session's (or family's) public id: time-ordered ([`crate::crypto::new_time_ordered_uuid`]).
+fn new_id() -> Result<Uuid, TruxeError> {
+    crate::crypto::new_time_ordered_uuid()
+}
+
 /// A new (jti, refresh_jti) pair: random version-4 uuids from the OS source (crypto.rs).
 fn new_pair() -> Result<(Uuid, Uuid), TruxeError> {
     Ok((crate::crypto::new_uuid()?, crate::crypto::new_uuid()?))
@@ -50,8 +55,8 @@ fn new_pair() -> Result<(Uuid, Uuid), TruxeError> {
 
 /// SQL condition on a session row `s`: its user is active and, for an org-scoped session,
 /// may still use that org ([`org_access`]). What create_session checks, re-checked by
-/// refresh_session, and by [`validate`] (which reads the user's status directly and runs
-/// [`ORG_ACCESS_READ`] for an org-scoped session only).
+/// refresh_session on Citus; on a single node refresh_session and [`validate`] read the
+/// user's status directly and run [`ORG_ACCESS_READ`] for an org-scoped session only.
 macro_rules! still_allowed {
     () => {
         concat!(
@@ -140,9 +145,9 @@ macro_rules! revoking {
 macro_rules! insert_session {
     () => {
         "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash, family_id,
-                                     device_info, ip, user_agent, expires_at, family_created_at)
-         VALUES ($1, $2, $3, $4, gen_random_uuid(), coalesce($5, '{}'), $6, $7,
-                 least(now() + $8, now() + $9), now())
+                                     device_info, ip, user_agent, expires_at, family_created_at, id)
+         VALUES ($1, $2, $3, $4, $11, coalesce($5, '{}'), $6, $7,
+                 least(now() + $8, now() + $9), now(), $10)
          RETURNING id, expires_at"
     };
 }
@@ -240,7 +245,7 @@ fn create(
         }
         let (jti, refresh_jti) = new_pair()?;
         let types = [
-            BYTEA, UUID, UUID, BYTEA, JSONB, INET, TEXT, INTERVAL, INTERVAL,
+            BYTEA, UUID, UUID, BYTEA, JSONB, INET, TEXT, INTERVAL, INTERVAL, UUID, UUID,
         ];
         let args = [
             bearer_hash(&jti).into(),
@@ -252,6 +257,8 @@ fn create(
             user_agent.into(),
             ttl.into(),
             policy.lifetime.into(),
+            new_id()?.into(),
+            new_id()?.into(),
         ];
         let row = match citus::owner() {
             None => inserted(plans::run(c, insert_session!(), &types, &args)?)?,
@@ -463,15 +470,8 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     if !live {
         return Ok(None);
     }
-    match crate::context::user_is_active_direct(row.user) {
-        Some(true) => {}
-        Some(false) => return Ok(None),
-        None => {
-            return fail(
-                Sqlstate::Internal,
-                "truxe.users is not as this library reads it",
-            )
-        }
+    if !user_active(row.user)? {
+        return Ok(None);
     }
     // the family's end when it comes before the session's (infinity stays infinity)
     let ends = expires.min(family.saturating_add(lifetime));
@@ -493,15 +493,7 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
     Spi::connect_mut(|c| {
         // an org-scoped session: the user may still use that org (same snapshot)
         if let Some(org) = live.org {
-            let allowed = plans::read(
-                c,
-                ORG_ACCESS_READ,
-                &[UUID, UUID],
-                &[live.user.into(), org.into()],
-            )?
-            .first()
-            .get_one::<bool>()?;
-            if allowed != Some(true) {
+            if !org_access_read(c, live.user, org)? {
                 return Ok(None);
             }
         }
@@ -521,6 +513,35 @@ pub(crate) fn validate(jti: Uuid) -> Result<Option<Live>, TruxeError> {
         }
         Ok(Some(live))
     })
+}
+
+/// Whether `user` exists and is active, in the calling statement's snapshot: its row read
+/// through `users_pkey` (src/context.rs), no statement. XX000 when the table is not as
+/// truxe's schema makes it.
+fn user_active(user: Uuid) -> Result<bool, TruxeError> {
+    crate::context::user_is_active_direct(user).ok_or_else(|| {
+        TruxeError::new(
+            Sqlstate::Internal,
+            "truxe.users is not as this library reads it",
+        )
+    })
+}
+
+/// Whether user $1 may still use org $2 ([`org_access`]) as [`ORG_ACCESS_READ`] reads it.
+fn org_access_read(
+    c: &pgrx::spi::SpiClient<'_>,
+    user: Uuid,
+    org: Uuid,
+) -> Result<bool, TruxeError> {
+    Ok(plans::read(
+        c,
+        ORG_ACCESS_READ,
+        &[UUID, UUID],
+        &[user.into(), org.into()],
+    )?
+    .first()
+    .get_one::<bool>()?
+        == Some(true))
 }
 
 /// A session row as [`validate`] reads it (timestamps in microseconds).
@@ -754,9 +775,8 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                         s.revoked_at IS NULL AND s.expires_at > now()
                           AND s.family_created_at > now() - $3
                           AND ($4 IS NULL OR s.last_used_at >= now() - $4),
-                        s.revoked_reason, s.revoked_at >= now() - $2, s.replaced_by, ",
-                still_allowed!(),
-                " FROM truxe.sessions s WHERE s.refresh_jti_hash = $1 FOR UPDATE OF s"
+                        s.revoked_reason, s.revoked_at >= now() - $2, s.replaced_by, s.user_id
+                   FROM truxe.sessions s WHERE s.refresh_jti_hash = $1 FOR UPDATE OF s"
             ),
             &[BYTEA, INTERVAL, INTERVAL, INTERVAL],
             &[
@@ -778,12 +798,17 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
         // grace 0: none at all (revoked_at >= now() - 0 holds within the rotating transaction)
         let within_grace = grace_secs > 0 && row.get::<bool>(6)? == Some(true);
         let replaced_by = row.get::<Uuid>(7)?;
-        let allowed = row.get::<bool>(8)? == Some(true);
-        let Some(id) = id else {
+        let (Some(id), Some(user)) = (id, row.get::<Uuid>(8)?) else {
             return fail(Sqlstate::Internal, "session row without id");
         };
         let rotate = live || (reason.as_deref() == Some("rotated") && within_grace);
         if rotate {
+            // what still_allowed! says, the user read through its index (validate's reads)
+            let allowed = user_active(user)?
+                && match org {
+                    Some(org) => org_access_read(c, user, org)?,
+                    None => true,
+                };
             if !allowed {
                 return Ok(Vec::new());
             }
@@ -799,8 +824,9 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                 bearer_hash(&new_refresh).into(),
                 ttl.into(),
                 policy.lifetime.into(),
+                new_id()?.into(),
             ];
-            let types = [UUID, BYTEA, BYTEA, INTERVAL, INTERVAL];
+            let types = [UUID, BYTEA, BYTEA, INTERVAL, INTERVAL, UUID];
             // session.created and session.revoked (the trigger's) and session.refreshed in
             // one INSERT (src/audit.rs)
             let held = crate::audit::Held::begin();
@@ -810,10 +836,10 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                     "WITH child AS (
                        INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
                                                    family_id, device_info, ip, user_agent, expires_at, aal,
-                                                   family_created_at)
+                                                   family_created_at, id)
                        SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
                               s.user_agent, least(now() + $4, s.family_created_at + $5), s.aal,
-                              s.family_created_at
+                              s.family_created_at, $6
                          FROM truxe.sessions s WHERE s.id = $1 AND s.family_created_at > now() - $5
                        RETURNING id, expires_at
                      ), rotated AS (
@@ -831,10 +857,10 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
                     c,
                     "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
                                                  family_id, device_info, ip, user_agent, expires_at, aal,
-                                                 family_created_at)
+                                                 family_created_at, id)
                      SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
                             s.user_agent, least(now() + $4, s.family_created_at + $5), s.aal,
-                            s.family_created_at
+                            s.family_created_at, $6
                        FROM truxe.sessions s WHERE s.id = $1 AND s.family_created_at > now() - $5
                      RETURNING id, expires_at",
                     &types,

@@ -247,9 +247,9 @@ pub(super) fn refresh(
                 c,
                 "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
                                              family_id, device_info, ip, user_agent, expires_at, aal,
-                                             family_created_at)
+                                             family_created_at, id)
                  VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::inet, $8,
-                         least(now() + $9, $10 + $11), $12, $10)
+                         least(now() + $9, $10 + $11), $12, $10, $13)
                  RETURNING id, expires_at",
                 &[
                     BYTEA,
@@ -264,6 +264,7 @@ pub(super) fn refresh(
                     plans::TIMESTAMPTZ,
                     INTERVAL,
                     plans::INT4,
+                    UUID,
                 ],
                 &[
                     bearer_hash(&jti).into(),
@@ -278,6 +279,7 @@ pub(super) fn refresh(
                     family_created_at.into(),
                     policy.lifetime.into(),
                     aal.into(),
+                    super::new_id()?.into(),
                 ],
             )?;
             let Some((child_id, expires_at)) = inserted(child)? else {
