@@ -770,14 +770,12 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
     Spi::connect_mut(|c| {
         let rows = plans::run(
             c,
-            concat!(
-                "SELECT s.id, s.family_id, s.org_id,
+            "SELECT s.id, s.family_id, s.org_id,
                         s.revoked_at IS NULL AND s.expires_at > now()
                           AND s.family_created_at > now() - $3
                           AND ($4 IS NULL OR s.last_used_at >= now() - $4),
                         s.revoked_reason, s.revoked_at >= now() - $2, s.replaced_by, s.user_id
-                   FROM truxe.sessions s WHERE s.refresh_jti_hash = $1 FOR UPDATE OF s"
-            ),
+                   FROM truxe.sessions s WHERE s.refresh_jti_hash = $1 FOR UPDATE OF s",
             &[BYTEA, INTERVAL, INTERVAL, INTERVAL],
             &[
                 bearer_hash(&refresh_jti).into(),
