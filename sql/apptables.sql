@@ -16,7 +16,10 @@ ALTER TABLE truxe.audit_logs ADD CONSTRAINT action_format CHECK (truxe.valid_aud
 -- this too. Under an API key: the key's org when the key holds the permission there.
 -- Empty with no context. For policies, evaluated once per statement:
 --   org_id = ANY ((SELECT truxe.permitted_org_ids('projects:write'))::uuid[])
--- Callable by authenticated and service_account. A malformed permission is 22023.
+-- Callable by authenticated and service_account. A malformed permission is 22023. On Citus,
+-- truxe.distribute() makes it read the coordinator's copy of the reference table
+-- role_permissions: it replaces "FROM truxe.role_permissions rp" in this definition
+-- (sql/distribute.sql), so keep that text.
 CREATE FUNCTION truxe.permitted_org_ids(permission text)
 RETURNS uuid[] LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$

@@ -15,16 +15,18 @@
 -- coordinator: their RLS policies and triggers are not yet in a form Citus accepts on a
 -- distributed table (docs/scaling.md lists each table with its reason). The foreign keys
 -- from distributed tables to organizations and users go; two statement triggers on those
--- coordinator tables do their ON DELETE work instead. role_permissions becomes a
--- reference table with memberships' move, not before: joined with memberships on the
--- coordinator, a reference table only costs has_permission (bench/citus measured 0.58x).
+-- coordinator tables do their ON DELETE work instead. The small, rarely written tables
+-- audit_seals and role_permissions become reference tables (a copy on every node, the
+-- coordinator's included); has_permission and permitted_org_ids read the coordinator's copy
+-- of role_permissions directly (see there).
 
 -- Runs once on the coordinator of a new database: superuser only (it changes the
 -- extension's tables). Returns every truxe table with its placement ('distributed by
--- <column>' or 'coordinator'; 'reference' once a table is one). 55000 when Citus is not
--- installed, when not on the coordinator, when already distributed, or when a table already
--- holds rows (other than role_permissions, which holds the default role rights from the
--- start); 42501 for a caller that is not a superuser.
+-- <column>', 'reference' or 'coordinator'). 55000 when Citus is not installed, when not on
+-- the coordinator, when the coordinator is not in Citus' metadata (citus_set_coordinator_host:
+-- it must hold a copy of the reference tables), when already distributed, or when a table
+-- already holds rows (other than role_permissions, which holds the default role rights from
+-- the start); 42501 for a caller that is not a superuser.
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -34,6 +36,9 @@ DECLARE
   is_coordinator boolean;
   propagate text;
   tables_owner name;
+  rp_shard bigint;
+  reader regprocedure;
+  definition text;
 BEGIN
   IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
     RAISE EXCEPTION 'truxe.distribute() must be run by a superuser' USING ERRCODE = '42501';
@@ -67,6 +72,13 @@ BEGIN
         USING ERRCODE = '55000', HINT = 'docs/scaling.md gives the steps for a database with data';
     END IF;
   END LOOP;
+  -- the reference tables need a copy on the coordinator (has_permission reads it there)
+  EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_node n WHERE n.groupid = 0)'
+    INTO is_coordinator;
+  IF NOT is_coordinator THEN
+    RAISE EXCEPTION 'truxe.distribute() needs the coordinator in Citus'' metadata: run citus_set_coordinator_host first'
+      USING ERRCODE = '55000', HINT = 'see docs/scaling.md';
+  END IF;
 
   -- the claim functions of audit_logs' Citus policies (below), first: Citus propagates a
   -- function to the workers only before any parallel operation on a distributed table in
@@ -391,6 +403,49 @@ BEGIN
   CREATE POLICY session_read_claim ON truxe.sessions FOR SELECT TO authenticated
     USING (user_id = truxe.claim_user());
 
+  -- audit_seals, the sealed audit log's chain, as a reference table (docs/scaling.md, "The
+  -- sealed audit log on Citus"): small, append-only, one row per seal. Its append-only
+  -- guard (a statement trigger, ENABLE ALWAYS) is copied onto every copy
+  -- (citus.enable_unsafe_triggers, set above), as are its policy (service_account reads)
+  -- and grants. Seals are written through the coordinator only (seal_audit_log refuses on
+  -- a worker, 55000): the coordinator's lock orders them and its sequence numbers them, as
+  -- on a single node
+  PERFORM pg_catalog.create_reference_table('truxe.audit_seals');
+
+  -- role_permissions as a reference table (small, rarely written); the default role rights
+  -- it holds from the start are copied into its shard, and the coordinator's own table (the
+  -- shell) is emptied. has_permission (in truxe.user_holds_permission) and
+  -- truxe.permitted_org_ids read it joined with memberships and org_closure, which stay on
+  -- the coordinator. Citus plans such a join as a router query on the coordinator's copy,
+  -- but runs it by deparsing it to text and parsing and planning that text again on every
+  -- call (its local plan cache serves only queries with a distribution column): about
+  -- eight times the backend CPU of has_permission (bench/README.md). So on Citus the two
+  -- functions read the coordinator's copy, the shard, by its name: a plain table to the
+  -- planner, planned once per connection. Citus writes that copy with every change of the
+  -- table, in the changing transaction (two-phase commit over the nodes). Their Citus form
+  -- is their own definition with that one name changed: the same rules and answers; a
+  -- single node keeps them as they are
+  PERFORM pg_catalog.create_reference_table('truxe.role_permissions');
+  PERFORM pg_catalog.truncate_local_data_after_distributing_table('truxe.role_permissions');
+  EXECUTE 'SELECT s.shardid FROM pg_catalog.pg_dist_shard s
+            JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid AND p.groupid = 0
+           WHERE s.logicalrelid = ''truxe.role_permissions''::regclass'
+    INTO rp_shard;
+  IF rp_shard IS NULL THEN
+    RAISE EXCEPTION 'truxe.role_permissions has no copy on the coordinator'
+      USING ERRCODE = '55000', HINT = 'see docs/scaling.md';
+  END IF;
+  FOREACH reader IN ARRAY ARRAY['truxe.user_holds_permission(uuid, text, uuid)',
+                                'truxe.permitted_org_ids(text)']::regprocedure[] LOOP
+    definition := pg_catalog.pg_get_functiondef(reader);
+    IF pg_catalog.strpos(definition, 'FROM truxe.role_permissions rp') = 0 THEN
+      RAISE EXCEPTION '% no longer reads truxe.role_permissions as distribute() expects', reader
+        USING ERRCODE = 'XX000';
+    END IF;
+    EXECUTE pg_catalog.replace(definition, 'FROM truxe.role_permissions rp',
+                               pg_catalog.format('FROM truxe.%I rp', 'role_permissions_' || rp_shard));
+  END LOOP;
+
   RETURN QUERY
     SELECT c.relname::text,
            CASE c.relname
@@ -404,6 +459,8 @@ BEGIN
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              WHEN 'sessions' THEN 'distributed by jti_hash'
+             WHEN 'audit_seals' THEN 'reference'
+             WHEN 'role_permissions' THEN 'reference'
              ELSE 'coordinator'
            END
       FROM pg_catalog.pg_class c

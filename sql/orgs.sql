@@ -346,7 +346,9 @@ $$;
 -- nothing. No rights check: only has_permission and create_api_key (SECURITY DEFINER) call
 -- it, after their own. PL/pgSQL, so that its one query is planned once per connection (a
 -- SQL function with a SET clause is planned on every call: bench/README.md,
--- "has_permission").
+-- "has_permission"). On Citus, truxe.distribute() makes it read the coordinator's copy of
+-- the reference table role_permissions: it replaces "FROM truxe.role_permissions rp" in this
+-- definition (sql/distribute.sql), so keep that text.
 CREATE FUNCTION truxe.user_holds_permission(org_id uuid, permission text, user_id uuid)
 RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

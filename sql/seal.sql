@@ -117,7 +117,8 @@ $$;
 -- audit_seals, which audit writers never take); it waits for the audit writers in flight
 -- (lock_timeout bounds the wait) but never blocks one. Runs at READ COMMITTED only (55000:
 -- after the wait it must see what those writers committed). Schedule it like
--- cleanup_expired_data. service_account only. max_rows < 1, rest outside 0..100: 22023.
+-- cleanup_expired_data. service_account only, on the Citus coordinator (55000 on a worker).
+-- max_rows < 1, rest outside 0..100: 22023.
 CREATE FUNCTION truxe.seal_audit_log(max_rows integer DEFAULT 100000, rest double precision DEFAULT 0)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -130,6 +131,7 @@ DECLARE
   hi bigint;
   total bigint := 0;
   started timestamptz;
+  on_worker boolean;
 BEGIN
   IF max_rows IS NULL OR max_rows < 1 THEN
     RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = '22023';
@@ -144,6 +146,16 @@ BEGIN
   IF (SELECT q.seqcache FROM pg_sequence q WHERE q.seqrelid = 'truxe.audit_logs_id_seq'::regclass) <> 1 THEN
     RAISE EXCEPTION 'truxe.audit_logs_id_seq must have CACHE 1: cached ids would be drawn after the horizon'
       USING ERRCODE = '55000';
+  END IF;
+  -- on Citus the seals are one chain on every node (a reference table), sealed in the
+  -- order of the coordinator's lock and ids: a worker's own sequence of audit ids is not
+  -- the horizon, and its lock serialises nothing (docs/scaling.md)
+  IF pg_catalog.to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL THEN
+    EXECUTE 'SELECT g.groupid <> 0 FROM pg_catalog.pg_dist_local_group g' INTO on_worker;
+    IF on_worker THEN
+      RAISE EXCEPTION 'seal_audit_log runs on the Citus coordinator, not on a worker'
+        USING ERRCODE = '55000';
+    END IF;
   END IF;
   LOCK TABLE truxe.audit_seals IN SHARE ROW EXCLUSIVE MODE;
   SELECT * INTO last FROM truxe.audit_seals x ORDER BY x.id DESC LIMIT 1;

@@ -1604,6 +1604,7 @@ DECLARE
   hi bigint;
   total bigint := 0;
   started timestamptz;
+  on_worker boolean;
 BEGIN
   IF max_rows IS NULL OR max_rows < 1 THEN
     RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = '22023';
@@ -1618,6 +1619,16 @@ BEGIN
   IF (SELECT q.seqcache FROM pg_sequence q WHERE q.seqrelid = 'truxe.audit_logs_id_seq'::regclass) <> 1 THEN
     RAISE EXCEPTION 'truxe.audit_logs_id_seq must have CACHE 1: cached ids would be drawn after the horizon'
       USING ERRCODE = '55000';
+  END IF;
+  -- on Citus the seals are one chain on every node (a reference table), sealed in the
+  -- order of the coordinator's lock and ids: a worker's own sequence of audit ids is not
+  -- the horizon, and its lock serialises nothing (docs/scaling.md)
+  IF pg_catalog.to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL THEN
+    EXECUTE 'SELECT g.groupid <> 0 FROM pg_catalog.pg_dist_local_group g' INTO on_worker;
+    IF on_worker THEN
+      RAISE EXCEPTION 'seal_audit_log runs on the Citus coordinator, not on a worker'
+        USING ERRCODE = '55000';
+    END IF;
   END IF;
   LOCK TABLE truxe.audit_seals IN SHARE ROW EXCLUSIVE MODE;
   SELECT * INTO last FROM truxe.audit_seals x ORDER BY x.id DESC LIMIT 1;
@@ -1772,7 +1783,9 @@ GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
 -- with the claim policies (src/claim.rs) included, the row digest of the sealed audit
 -- log in a form Citus can plan (sealing on Citus, issue 22), and the coordinator triggers
 -- that delete or clear a deleted org's or user's distributed rows as the dropped foreign
--- keys did (deletes that cascade on Citus, issue 22)
+-- keys did (deletes that cascade on Citus, issue 22), and audit_seals and role_permissions
+-- as reference tables, has_permission and permitted_org_ids reading the coordinator's copy
+-- of the latter (issue 22)
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -1782,6 +1795,9 @@ DECLARE
   is_coordinator boolean;
   propagate text;
   tables_owner name;
+  rp_shard bigint;
+  reader regprocedure;
+  definition text;
 BEGIN
   IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
     RAISE EXCEPTION 'truxe.distribute() must be run by a superuser' USING ERRCODE = '42501';
@@ -1815,6 +1831,13 @@ BEGIN
         USING ERRCODE = '55000', HINT = 'docs/scaling.md gives the steps for a database with data';
     END IF;
   END LOOP;
+  -- the reference tables need a copy on the coordinator (has_permission reads it there)
+  EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_node n WHERE n.groupid = 0)'
+    INTO is_coordinator;
+  IF NOT is_coordinator THEN
+    RAISE EXCEPTION 'truxe.distribute() needs the coordinator in Citus'' metadata: run citus_set_coordinator_host first'
+      USING ERRCODE = '55000', HINT = 'see docs/scaling.md';
+  END IF;
 
   -- the claim functions of audit_logs' Citus policies (below), first: Citus propagates a
   -- function to the workers only before any parallel operation on a distributed table in
@@ -2139,6 +2162,49 @@ BEGIN
   CREATE POLICY session_read_claim ON truxe.sessions FOR SELECT TO authenticated
     USING (user_id = truxe.claim_user());
 
+  -- audit_seals, the sealed audit log's chain, as a reference table (docs/scaling.md, "The
+  -- sealed audit log on Citus"): small, append-only, one row per seal. Its append-only
+  -- guard (a statement trigger, ENABLE ALWAYS) is copied onto every copy
+  -- (citus.enable_unsafe_triggers, set above), as are its policy (service_account reads)
+  -- and grants. Seals are written through the coordinator only (seal_audit_log refuses on
+  -- a worker, 55000): the coordinator's lock orders them and its sequence numbers them, as
+  -- on a single node
+  PERFORM pg_catalog.create_reference_table('truxe.audit_seals');
+
+  -- role_permissions as a reference table (small, rarely written); the default role rights
+  -- it holds from the start are copied into its shard, and the coordinator's own table (the
+  -- shell) is emptied. has_permission (in truxe.user_holds_permission) and
+  -- truxe.permitted_org_ids read it joined with memberships and org_closure, which stay on
+  -- the coordinator. Citus plans such a join as a router query on the coordinator's copy,
+  -- but runs it by deparsing it to text and parsing and planning that text again on every
+  -- call (its local plan cache serves only queries with a distribution column): about
+  -- eight times the backend CPU of has_permission (bench/README.md). So on Citus the two
+  -- functions read the coordinator's copy, the shard, by its name: a plain table to the
+  -- planner, planned once per connection. Citus writes that copy with every change of the
+  -- table, in the changing transaction (two-phase commit over the nodes). Their Citus form
+  -- is their own definition with that one name changed: the same rules and answers; a
+  -- single node keeps them as they are
+  PERFORM pg_catalog.create_reference_table('truxe.role_permissions');
+  PERFORM pg_catalog.truncate_local_data_after_distributing_table('truxe.role_permissions');
+  EXECUTE 'SELECT s.shardid FROM pg_catalog.pg_dist_shard s
+            JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid AND p.groupid = 0
+           WHERE s.logicalrelid = ''truxe.role_permissions''::regclass'
+    INTO rp_shard;
+  IF rp_shard IS NULL THEN
+    RAISE EXCEPTION 'truxe.role_permissions has no copy on the coordinator'
+      USING ERRCODE = '55000', HINT = 'see docs/scaling.md';
+  END IF;
+  FOREACH reader IN ARRAY ARRAY['truxe.user_holds_permission(uuid, text, uuid)',
+                                'truxe.permitted_org_ids(text)']::regprocedure[] LOOP
+    definition := pg_catalog.pg_get_functiondef(reader);
+    IF pg_catalog.strpos(definition, 'FROM truxe.role_permissions rp') = 0 THEN
+      RAISE EXCEPTION '% no longer reads truxe.role_permissions as distribute() expects', reader
+        USING ERRCODE = 'XX000';
+    END IF;
+    EXECUTE pg_catalog.replace(definition, 'FROM truxe.role_permissions rp',
+                               pg_catalog.format('FROM truxe.%I rp', 'role_permissions_' || rp_shard));
+  END LOOP;
+
   RETURN QUERY
     SELECT c.relname::text,
            CASE c.relname
@@ -2152,6 +2218,8 @@ BEGIN
              WHEN 'rate_limits' THEN 'distributed by key_hash'
              WHEN 'magic_link_challenges' THEN 'distributed by id'
              WHEN 'sessions' THEN 'distributed by jti_hash'
+             WHEN 'audit_seals' THEN 'reference'
+             WHEN 'role_permissions' THEN 'reference'
              ELSE 'coordinator'
            END
       FROM pg_catalog.pg_class c

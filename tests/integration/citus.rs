@@ -297,7 +297,8 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
         .collect();
     assert!(placement.contains(&"magic_link_challenges: distributed by id".to_string()));
     assert!(placement.contains(&"rate_limits: distributed by key_hash".to_string()));
-    assert!(placement.contains(&"role_permissions: coordinator".to_string()));
+    assert!(placement.contains(&"role_permissions: reference".to_string()));
+    assert!(placement.contains(&"audit_seals: reference".to_string()));
     assert!(placement.contains(&"sessions: distributed by jti_hash".to_string()));
     for t in [
         "audit_logs",
@@ -404,12 +405,222 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
         .unwrap()
         .get(0);
     assert_eq!(distributed, 0, "nothing converted");
+
+    // a coordinator outside Citus' metadata (no citus_set_coordinator_host) would hold no
+    // copy of the reference tables: refused before anything changes
+    let db = unique("nocoord");
+    c.coordinator
+        .client("postgres", "postgres")
+        .batch_execute(&format!("CREATE DATABASE {db} TEMPLATE template0"))
+        .unwrap();
+    let mut other = c.coordinator.client(&db, "postgres");
+    other
+        .batch_execute("CREATE EXTENSION citus; CREATE EXTENSION truxe CASCADE;")
+        .unwrap();
+    let e = other
+        .query("SELECT * FROM truxe.distribute()", &[])
+        .unwrap_err();
+    assert_eq!(crate::harness::code_of(&e), "55000");
+    let message = e.as_db_error().map(|d| d.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("citus_set_coordinator_host")),
+        "{message:?}"
+    );
+    let distributed: i64 = other
+        .query_one("SELECT count(*) FROM pg_dist_partition", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(distributed, 0, "nothing converted");
 }
 
-/// has_permission over a `role_permissions` that is a Citus reference table (where the
-/// target placement puts it once memberships are distributed): Citus fails on a CTE column
-/// list over a reference table, which the rights computation no longer uses. In a database
-/// of its own on the coordinator.
+/// The rows of each copy (placement) of a reference table, by node port: `query` is run on
+/// every copy with `%s` standing for the copy's table.
+fn on_every_copy(su: &mut Client, table: &str, query: &str) -> Vec<(i32, String)> {
+    su.query(
+        "SELECT nodeport, coalesce(result, '') FROM run_command_on_placements($1::text::regclass, $2)
+          WHERE success ORDER BY nodeport",
+        &[&table, &query],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// role_permissions as distribute() leaves it: a reference table with a copy on the
+/// coordinator and on both workers, whose default role rights were copied in; has_permission
+/// and permitted_org_ids read the coordinator's copy (its shard) by name, which every change
+/// of the table writes: through the coordinator, as real logins, a right that
+/// service_account adds to a role is held by that role's members at once (in the adding
+/// transaction too, and on every copy), and gone again when it is deleted or rolled back.
+#[test]
+fn role_permissions_is_a_reference_table_that_has_permission_reads_on_the_coordinator() {
+    let Some(c) = cluster() else { return };
+    let mut su = c.superuser();
+    let (kind, shard): (String, i64) = {
+        let r = su
+            .query_one(
+                "SELECT p.partmethod::text, s.shardid FROM pg_dist_partition p
+                   JOIN pg_dist_shard s USING (logicalrelid)
+                  WHERE p.logicalrelid = 'truxe.role_permissions'::regclass",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(kind, "n", "a reference table");
+    let mut ports: Vec<i32> = std::iter::once(&c.coordinator)
+        .chain(&c.workers)
+        .map(|n| i32::from(n.port))
+        .collect();
+    ports.sort_unstable();
+    let defaults = on_every_copy(
+        &mut su,
+        "truxe.role_permissions",
+        "SELECT count(*) FROM %s WHERE (role, permission) IN (('owner', '*'), ('member', 'users:read'))",
+    );
+    assert_eq!(
+        defaults,
+        ports
+            .iter()
+            .map(|p| (*p, "2".to_string()))
+            .collect::<Vec<_>>(),
+        "the default rights on every node"
+    );
+    // the Citus form of the two readers names the coordinator's copy
+    let readers: Vec<String> = su
+        .query(
+            "SELECT p.proname::text FROM pg_proc p
+              WHERE p.pronamespace = 'truxe'::regnamespace
+                AND p.prosrc LIKE '%FROM truxe.role_permissions_' || $1::bigint::text || ' rp%'
+              ORDER BY 1",
+            &[&shard],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(readers, ["permitted_org_ids", "user_holds_permission"]);
+
+    let (ada, _) = user(c);
+    let acme = org(c, &ada);
+    let (mia, _) = user(c);
+    c.service()
+        .execute(
+            "INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
+             VALUES ($1::text::uuid, $2::text::uuid, 'member', now(), now())",
+            &[&acme, &mia],
+        )
+        .unwrap();
+    let holds = |who: &str, p: &str| -> bool {
+        c.acting_as(who)
+            .query_one(
+                "SELECT truxe.has_permission($1::text::uuid, $2)",
+                &[&acme, &p],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let permitted = |who: &str, p: &str| -> Vec<String> {
+        c.acting_as(who)
+            .query_one(
+                "SELECT coalesce(array_agg(x::text), '{}') FROM unnest(truxe.permitted_org_ids($1)) x",
+                &[&p],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(holds(&ada, "refprobe:read"), "the owner's '*'");
+    assert!(holds(&mia, "users:read"), "a member's default right");
+    assert!(!holds(&mia, "users:write"));
+    assert!(!holds(&mia, "refprobe:read"));
+    assert!(permitted(&mia, "refprobe:read").is_empty());
+
+    // a right added to the member role: held at once, in the adding transaction too
+    let mut svc = c.service();
+    let mut t = svc.transaction().unwrap();
+    t.execute(
+        "INSERT INTO truxe.role_permissions (role, permission) VALUES ('member', 'refprobe:read')",
+        &[],
+    )
+    .unwrap();
+    let inside: bool = t
+        .query_one(
+            "SELECT truxe.has_permission($1::text::uuid, 'refprobe:read', $2::text::uuid)",
+            &[&acme, &mia],
+        )
+        .unwrap()
+        .get(0);
+    assert!(inside, "the adding transaction sees its change");
+    t.rollback().unwrap();
+    assert!(
+        !holds(&mia, "refprobe:read"),
+        "rolled back on the coordinator's copy"
+    );
+    assert_eq!(
+        on_every_copy(
+            &mut su,
+            "truxe.role_permissions",
+            "SELECT count(*) FROM %s WHERE permission = 'refprobe:read'"
+        ),
+        ports
+            .iter()
+            .map(|p| (*p, "0".to_string()))
+            .collect::<Vec<_>>(),
+        "and on every copy"
+    );
+    svc.execute(
+        "INSERT INTO truxe.role_permissions (role, permission) VALUES ('member', 'refprobe:read')",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        on_every_copy(
+            &mut su,
+            "truxe.role_permissions",
+            "SELECT count(*) FROM %s WHERE permission = 'refprobe:read'"
+        ),
+        ports
+            .iter()
+            .map(|p| (*p, "1".to_string()))
+            .collect::<Vec<_>>(),
+        "written on every copy"
+    );
+    assert!(holds(&mia, "refprobe:read"), "held once committed");
+    assert_eq!(permitted(&mia, "refprobe:read"), [acme.as_str()]);
+    assert!(!holds(&mia, "refprobe:write"));
+    svc.execute(
+        "DELETE FROM truxe.role_permissions WHERE role = 'member' AND permission = 'refprobe:read'",
+        &[],
+    )
+    .unwrap();
+    assert!(!holds(&mia, "refprobe:read"), "gone once deleted");
+    assert!(permitted(&mia, "refprobe:read").is_empty());
+    // the members of authenticated read the role rights, and write none
+    let n: i64 = c
+        .authenticated()
+        .query_one(
+            "SELECT count(*) FROM truxe.role_permissions WHERE role = 'owner'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    assert_eq!(
+        sqlstate(c.authenticated().execute(
+            "INSERT INTO truxe.role_permissions (role, permission) VALUES ('viewer', 'refprobe:read')",
+            &[]
+        )),
+        "42501"
+    );
+}
+
+/// has_permission's single-node form over a `role_permissions` that is a Citus reference
+/// table, made by hand without distribute() (which gives the readers a form of their own):
+/// Citus fails on a CTE column list over a reference table, which the rights computation no
+/// longer uses. In a database of its own on the coordinator.
 #[test]
 fn has_permission_works_over_a_reference_role_permissions() {
     let Some(c) = cluster() else { return };
@@ -651,7 +862,7 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
     assert!(own_audit >= 1, "the owner reads their org's audit rows");
     t.commit().unwrap();
 
-    // has_permission: role_permissions is a reference table
+    // has_permission: role_permissions is a reference table, read on the coordinator
     let holds = |c: &mut Client, org: &str, p: &str| -> bool {
         c.query_one(
             "SELECT truxe.has_permission($1::text::uuid, $2)",
@@ -2027,7 +2238,13 @@ fn single_node_digest(su: &mut Client, after_id: i64, to_id: i64) -> (i64, Vec<u
 /// with and without fractions, before year 1 and at infinity; HMAC seals (the cluster has
 /// a key file), several of them with a small max_rows, verified; a backdated row found
 /// before and after it is sealed; then a sealed row changed by a superuser directly on its
-/// worker's shard (the guard disabled there) is found, and its seal named.
+/// worker's shard (the guard disabled there) is found, and its seal named. audit_seals is
+/// a reference table: 4 sealers at once through the coordinator (while audit rows are
+/// written) make one chain whose ids follow it without a gap, the same seals on every
+/// node, still dumped with the extension; its guard refuses UPDATE, DELETE and TRUNCATE to
+/// the owner through the coordinator and to a superuser on a worker's copy (as a replica
+/// too), service_account may only read it, authenticated not even that, and sealing on a
+/// worker is refused (55000).
 #[test]
 fn sealing_and_verifying_a_distributed_audit_log() {
     let Some(c) = cluster() else { return };
@@ -2150,6 +2367,186 @@ fn sealing_and_verifying_a_distributed_audit_log() {
     let (ok, checked, reason): (bool, i64, String) = (r.get(0), r.get(1), r.get(3));
     assert!(ok, "{reason}");
     assert_eq!(checked, seals, "{reason}");
+
+    // audit_seals is a reference table: a copy on the coordinator and on both workers
+    let (kind, seal_shard): (String, i64) = {
+        let r = su
+            .query_one(
+                "SELECT p.partmethod::text, s.shardid FROM pg_dist_partition p
+                   JOIN pg_dist_shard s USING (logicalrelid)
+                  WHERE p.logicalrelid = 'truxe.audit_seals'::regclass",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(kind, "n", "a reference table");
+    // sealers at once through the coordinator, while tenants write audit rows: the lock on
+    // audit_seals still takes them one at a time, each seal following the last
+    std::thread::scope(|scope| {
+        for i in 0..4 {
+            let (db, more) = (&db, &more);
+            scope.spawn(move || {
+                let mut svc = c.coordinator.client(db, SERVICE_LOGIN);
+                for k in 0..3 {
+                    svc.execute(
+                        "INSERT INTO truxe.audit_logs (org_id, action, target_type, target_id)
+                         VALUES ($1::text::uuid, 'app.sealed', 'thing', $2)",
+                        &[&more[(i + k) % more.len()], &format!("c{i}.{k}")],
+                    )
+                    .unwrap();
+                    svc.query_one("SELECT truxe.seal_audit_log(2)", &[])
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let r = svc
+        .query_one(
+            "SELECT ok, seals_checked, reason FROM truxe.verify_audit_log()",
+            &[],
+        )
+        .unwrap();
+    let (ok, checked, reason): (bool, i64, String) = (r.get(0), r.get(1), r.get(2));
+    assert!(ok, "after concurrent sealers: {reason}");
+    // the ids (the coordinator's sequence) number the seals in the order of the chain, with
+    // no gap, and the chain covers every audit row
+    let (ids, ordered, covered): (Vec<i64>, bool, i64) = {
+        let r = svc
+            .query_one(
+                "SELECT array_agg(id ORDER BY id),
+                        coalesce(bool_and(after_id = prev_to), true),
+                        max(to_id)
+                   FROM (SELECT id, after_id, to_id,
+                                lag(to_id, 1, 0::bigint) OVER (ORDER BY id) AS prev_to
+                           FROM truxe.audit_seals) x",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(ids, (1..=checked).collect::<Vec<i64>>(), "{reason}");
+    assert!(
+        ordered,
+        "each seal starts where the one before it in id order ends"
+    );
+    let top: i64 = su
+        .query_one("SELECT max(id) FROM truxe.audit_logs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(covered, top, "every audit row sealed");
+    // every node holds the same seals
+    let mut ports: Vec<i32> = std::iter::once(&c.coordinator)
+        .chain(&c.workers)
+        .map(|n| i32::from(n.port))
+        .collect();
+    ports.sort_unstable();
+    let copies = on_every_copy(
+        &mut su,
+        "truxe.audit_seals",
+        "SELECT count(*) || ' ' || md5(string_agg(id || ':' || encode(seal_hash, 'hex'), ',' ORDER BY id)) FROM %s",
+    );
+    assert_eq!(
+        copies.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        ports,
+        "a copy on every node"
+    );
+    assert!(
+        copies.iter().all(|(_, v)| *v == copies[0].1)
+            && copies[0].1.starts_with(&format!("{checked} ")),
+        "the same seals on every node: {copies:?}"
+    );
+    // still one of the extension's tables, dumped with its sequence
+    let dumped: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_extension e, unnest(e.extconfig) t
+              WHERE e.extname = 'truxe'
+                AND t IN ('truxe.audit_seals'::regclass, 'truxe.audit_seals_id_seq'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(dumped, 2, "pg_extension_config_dump");
+
+    // append-only through the coordinator: service_account may only read (42501), the
+    // owner (a superuser) is refused by the guard on the copies (55000); a tenant reads none
+    for sql in [
+        "UPDATE truxe.audit_seals SET row_count = 0",
+        "DELETE FROM truxe.audit_seals",
+        "TRUNCATE truxe.audit_seals",
+    ] {
+        assert_eq!(sqlstate(svc.execute(sql, &[])), "42501", "{sql}");
+        assert_eq!(sqlstate(su.execute(sql, &[])), "55000", "the owner: {sql}");
+    }
+    assert_eq!(
+        sqlstate(
+            c.coordinator
+                .client(&db, AUTH_LOGIN)
+                .query("SELECT id FROM truxe.audit_seals", &[])
+        ),
+        "42501",
+        "authenticated has no grant"
+    );
+    // on a worker: the copy's own guard refuses a superuser there too, also as a replica
+    // and with Citus' manual shard changes allowed; the table's name there is routed to
+    // every copy (refused); sealing there is refused (55000: the horizon, the lock and the
+    // ids are the coordinator's)
+    let mut w = c.workers[0].client(&db, "postgres");
+    let copy = format!("truxe.audit_seals_{seal_shard}");
+    for setup in [
+        "RESET session_replication_role; RESET citus.enable_manual_changes_to_shards",
+        "SET session_replication_role = replica",
+        "RESET session_replication_role; SET citus.enable_manual_changes_to_shards = on",
+    ] {
+        w.batch_execute(setup).unwrap();
+        for sql in [
+            format!("UPDATE {copy} SET row_count = 0"),
+            format!("DELETE FROM {copy}"),
+        ] {
+            assert_eq!(sqlstate(w.execute(&sql, &[])), "55000", "{setup}: {sql}");
+        }
+    }
+    assert_eq!(
+        sqlstate(w.execute(&format!("TRUNCATE {copy}"), &[])),
+        "55000",
+        "TRUNCATE of the copy, manual changes allowed"
+    );
+    w.batch_execute("RESET citus.enable_manual_changes_to_shards")
+        .unwrap();
+    assert_eq!(
+        sqlstate(w.execute(&format!("TRUNCATE {copy}"), &[])),
+        "XX000",
+        "Citus refuses a TRUNCATE of a shard"
+    );
+    for sql in [
+        "UPDATE truxe.audit_seals SET row_count = 0",
+        "DELETE FROM truxe.audit_seals",
+        "TRUNCATE truxe.audit_seals",
+    ] {
+        assert_eq!(sqlstate(w.execute(sql, &[])), "55000", "on a worker: {sql}");
+    }
+    assert_eq!(
+        sqlstate(
+            c.workers[0]
+                .client(&db, SERVICE_LOGIN)
+                .query("SELECT truxe.seal_audit_log()", &[])
+        ),
+        "55000",
+        "sealing on a worker"
+    );
+    assert_eq!(
+        on_every_copy(&mut su, "truxe.audit_seals", "SELECT count(*) FROM %s"),
+        ports
+            .iter()
+            .map(|p| (*p, checked.to_string()))
+            .collect::<Vec<_>>(),
+        "no seal changed or added anywhere"
+    );
+    let r = svc
+        .query_one("SELECT ok, reason FROM truxe.verify_audit_log()", &[])
+        .unwrap();
+    let (ok, reason): (bool, String) = (r.get(0), r.get(1));
+    assert!(ok, "{reason}");
 
     // a backdated row: found after the latest seal, and once sealed (the floor checks
     // read the distributed rows too)
