@@ -359,6 +359,17 @@ pub(crate) fn user_is_active_direct(user: pgrx::Uuid) -> Option<bool> {
     Some(is_active)
 }
 
+/// 42501 naming `user` and its `status` (as text) unless the status is `active`.
+pub(crate) fn require_active(user: pgrx::Uuid, status: Option<String>) -> Result<(), TruxeError> {
+    match status.as_deref() {
+        Some("active") => Ok(()),
+        _ => fail(
+            Sqlstate::InsufficientPrivilege,
+            format!("user {user} is {}, not active", status.unwrap_or_default()),
+        ),
+    }
+}
+
 /// The org ids `sql` lists for `user` (`$1`) and, when the text takes it, `org` (`$2`).
 /// Read-only, in the calling statement's snapshot.
 pub(crate) fn user_org_ids(

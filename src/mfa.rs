@@ -162,15 +162,7 @@ pub(crate) fn active_user_email(
         return fail(Sqlstate::NotFound, format!("unknown user {user_id}"));
     }
     let (email, status) = rows.first().get_two::<String, String>()?;
-    if status.as_deref() != Some("active") {
-        return fail(
-            Sqlstate::InsufficientPrivilege,
-            format!(
-                "user {user_id} is {}, not active",
-                status.unwrap_or_default()
-            ),
-        );
-    }
+    crate::context::require_active(user_id, status)?;
     Ok(email.unwrap_or_default())
 }
 

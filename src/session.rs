@@ -302,15 +302,7 @@ fn may_open(
         return fail(Sqlstate::NotFound, format!("unknown user {user_id}"));
     }
     let (status, org_exists, allowed) = who.first().get_three::<String, bool, bool>()?;
-    if status.as_deref() != Some("active") {
-        return fail(
-            Sqlstate::InsufficientPrivilege,
-            format!(
-                "user {user_id} is {}, not active",
-                status.unwrap_or_default()
-            ),
-        );
-    }
+    crate::context::require_active(user_id, status)?;
     if let Some(org) = org_id {
         if org_exists != Some(true) {
             return fail(Sqlstate::NotFound, format!("unknown organization {org}"));

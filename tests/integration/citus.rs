@@ -449,6 +449,19 @@ fn on_every_copy(su: &mut Client, table: &str, query: &str) -> Vec<(i32, String)
     .collect()
 }
 
+/// Citus' partition method of `table` ('n' for a reference table) and its (first) shard id.
+fn partition_and_shard(su: &mut Client, table: &str) -> (String, i64) {
+    let r = su
+        .query_one(
+            "SELECT p.partmethod::text, s.shardid FROM pg_dist_partition p
+               JOIN pg_dist_shard s USING (logicalrelid)
+              WHERE p.logicalrelid = $1::text::regclass ORDER BY s.shardid LIMIT 1",
+            &[&table],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
 /// role_permissions as distribute() leaves it: a reference table with a copy on the
 /// coordinator and on both workers, whose default role rights were copied in; has_permission
 /// and permitted_org_ids read the coordinator's copy (its shard) by name, which every change
@@ -459,17 +472,7 @@ fn on_every_copy(su: &mut Client, table: &str, query: &str) -> Vec<(i32, String)
 fn role_permissions_is_a_reference_table_that_has_permission_reads_on_the_coordinator() {
     let Some(c) = cluster() else { return };
     let mut su = c.superuser();
-    let (kind, shard): (String, i64) = {
-        let r = su
-            .query_one(
-                "SELECT p.partmethod::text, s.shardid FROM pg_dist_partition p
-                   JOIN pg_dist_shard s USING (logicalrelid)
-                  WHERE p.logicalrelid = 'truxe.role_permissions'::regclass",
-                &[],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    let (kind, shard) = partition_and_shard(&mut su, "truxe.role_permissions");
     assert_eq!(kind, "n", "a reference table");
     let mut ports: Vec<i32> = std::iter::once(&c.coordinator)
         .chain(&c.workers)
@@ -2369,17 +2372,7 @@ fn sealing_and_verifying_a_distributed_audit_log() {
     assert_eq!(checked, seals, "{reason}");
 
     // audit_seals is a reference table: a copy on the coordinator and on both workers
-    let (kind, seal_shard): (String, i64) = {
-        let r = su
-            .query_one(
-                "SELECT p.partmethod::text, s.shardid FROM pg_dist_partition p
-                   JOIN pg_dist_shard s USING (logicalrelid)
-                  WHERE p.logicalrelid = 'truxe.audit_seals'::regclass",
-                &[],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    let (kind, seal_shard) = partition_and_shard(&mut su, "truxe.audit_seals");
     assert_eq!(kind, "n", "a reference table");
     // sealers at once through the coordinator, while tenants write audit rows: the lock on
     // audit_seals still takes them one at a time, each seal following the last
