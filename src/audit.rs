@@ -114,14 +114,22 @@ fn request_user_agent() -> Option<String> {
     (!ua.is_empty()).then(|| clip_user_agent(ua))
 }
 
+/// `INSERT INTO truxe.audit_logs` and the nine columns [`write`] gives each row.
+macro_rules! insert_into {
+    () => {
+        "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
+                   target_id, details, ip, user_agent, request_id)"
+    };
+}
+
 /// The INSERT of audit rows (truxe's triggers, its functions, application tables), with
 /// `$action` the expression of the action: truxe's own go through the enum, which checks
 /// the label (and is what a 0.1.0 table's column still is, before ALTER EXTENSION UPDATE).
 macro_rules! insert {
     ($action:literal) => {
         concat!(
-            "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
-                   target_id, details, ip, user_agent, request_id)
+            insert_into!(),
+            "
   SELECT $1, $2, ",
             $action,
             ", $4, $5,
@@ -217,31 +225,24 @@ impl Drop for Held {
 }
 
 /// The INSERT of `n` (1..=[`PLAIN_PER_INSERT`]) truxe rows without row values: [`insert!`]'s
-/// rows, whose details are then `$6` as given.
+/// nine values per row, with its casts, the details then `$6` as given.
 fn insert_rows(n: usize) -> &'static str {
+    const CASTS: [&str; 9] = ["", "", "::truxe.audit_action", "", "", "", "::inet", "", ""];
     static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let texts =
-        TEXTS.get_or_init(|| {
-            (1..=PLAIN_PER_INSERT)
-                .map(|n| {
-                    let rows: Vec<String> =
-                        (0..n)
-                            .map(|r| {
-                                let p = |i: usize| format!("${}", r * 9 + i);
-                                format!(
-                            "({}, {}, {}::truxe.audit_action, {}, {}, {}, {}::inet, {}, {})",
-                            p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9)
-                        )
-                            })
-                            .collect();
-                    format!(
-                        "INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type,
-                   target_id, details, ip, user_agent, request_id) VALUES {}",
-                        rows.join(", ")
-                    )
-                })
-                .collect()
-        });
+    let row = |r: usize| {
+        let values: Vec<String> = (1..=9)
+            .map(|i| format!("${}{}", r * 9 + i, CASTS[i - 1]))
+            .collect();
+        format!("({})", values.join(", "))
+    };
+    let texts = TEXTS.get_or_init(|| {
+        (1..=PLAIN_PER_INSERT)
+            .map(|n| {
+                let rows: Vec<String> = (0..n).map(row).collect();
+                format!(concat!(insert_into!(), " VALUES {}"), rows.join(", "))
+            })
+            .collect()
+    });
     &texts[n.clamp(1, PLAIN_PER_INSERT) - 1]
 }
 

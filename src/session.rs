@@ -152,6 +152,23 @@ macro_rules! insert_session {
     };
 }
 
+/// refresh_session's INSERT of the session that follows session $1 in its family: new token
+/// hashes $2 and $3, id $6, the family's device, aal and first login, expiring at now + $4
+/// or the family's end ($5 after its first login), whichever is sooner; nothing once the
+/// family has ended.
+macro_rules! insert_child {
+    () => {
+        "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
+                                     family_id, device_info, ip, user_agent, expires_at, aal,
+                                     family_created_at, id)
+         SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
+                s.user_agent, least(now() + $4, s.family_created_at + $5), s.aal,
+                s.family_created_at, $6
+           FROM truxe.sessions s WHERE s.id = $1 AND s.family_created_at > now() - $5
+         RETURNING id, expires_at"
+    };
+}
+
 mod citus;
 
 // truxe.create_session: SQL here, C entry point below (doc comment there).
@@ -823,39 +840,22 @@ fn refresh(refresh_jti: Option<Uuid>, ttl: Option<Interval>) -> Result<Vec<Issue
             let child = if live {
                 inserted(plans::run(
                     c,
-                    "WITH child AS (
-                       INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
-                                                   family_id, device_info, ip, user_agent, expires_at, aal,
-                                                   family_created_at, id)
-                       SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
-                              s.user_agent, least(now() + $4, s.family_created_at + $5), s.aal,
-                              s.family_created_at, $6
-                         FROM truxe.sessions s WHERE s.id = $1 AND s.family_created_at > now() - $5
-                       RETURNING id, expires_at
-                     ), rotated AS (
-                       UPDATE truxe.sessions s SET revoked_at = greatest(now(), s.created_at), revoked_reason = 'rotated',
-                              replaced_by = (SELECT child.id FROM child)
-                        WHERE s.id = $1
-                     )
-                     SELECT id, expires_at FROM child",
+                    concat!(
+                        "WITH child AS (",
+                        insert_child!(),
+                        "), rotated AS (
+                           UPDATE truxe.sessions s SET revoked_at = greatest(now(), s.created_at), revoked_reason = 'rotated',
+                                  replaced_by = (SELECT child.id FROM child)
+                            WHERE s.id = $1
+                         )
+                         SELECT id, expires_at FROM child"
+                    ),
                     &types,
                     &args,
                 )?)?
             } else {
                 // the second tab, within the grace: a sibling of the first tab's session
-                inserted(plans::run(
-                    c,
-                    "INSERT INTO truxe.sessions (jti_hash, user_id, org_id, refresh_jti_hash,
-                                                 family_id, device_info, ip, user_agent, expires_at, aal,
-                                                 family_created_at, id)
-                     SELECT $2, s.user_id, s.org_id, $3, s.family_id, s.device_info, s.ip,
-                            s.user_agent, least(now() + $4, s.family_created_at + $5), s.aal,
-                            s.family_created_at, $6
-                       FROM truxe.sessions s WHERE s.id = $1 AND s.family_created_at > now() - $5
-                     RETURNING id, expires_at",
-                    &types,
-                    &args,
-                )?)?
+                inserted(plans::run(c, insert_child!(), &types, &args)?)?
             };
             if let Some((child_id, _)) = child {
                 audit_refreshed(org, child_id, id, family, !live)?;
