@@ -196,18 +196,36 @@ fn hold(rows: Vec<Row>) -> Option<Vec<Row>> {
 const PLAIN_PER_INSERT: usize = 4;
 
 /// While a `Held` is alive, [`write`] holds back truxe's own rows that carry no row values
-/// (the session trigger's, a function's [`record`]); [`Held::write`] then inserts them, in
-/// the order they came, in one statement: refresh_session's three rows cost one executor
-/// start and one preparation of the table's CHECK constraints instead of three
-/// (bench/README.md, "Performance work after the 0.2 run"). Dropped unwritten (an error
-/// unwinding), its rows go with the failing transaction.
+/// (the row triggers', a function's [`record`]); [`Held::write`] then inserts them, in
+/// the order they came, in one statement: refresh_session's three rows, or the two of an
+/// invitation's acceptance (user.created, membership.joined), cost one executor start and
+/// one preparation of the table's CHECK constraints instead of one each (bench/README.md,
+/// "Performance work after the 0.2 run"). Dropped unwritten (an error unwinding), its rows
+/// go with the failing transaction.
 pub(crate) struct Held(());
 
 impl Held {
-    /// Starts holding rows back. One at a time: only refresh_session holds rows.
+    /// Starts holding rows back. One at a time: refresh_session and accept_invitation_token
+    /// hold rows, around their own statements only.
     pub(crate) fn begin() -> Held {
         HELD.with(|h| h.replace(Some(Vec::new())));
         Held(())
+    }
+
+    /// Inserts what `first` writes, held back too, then the rows held back before it, in
+    /// one statement (invitation.accepted ahead of its statement's trigger rows).
+    pub(crate) fn write_after(
+        self,
+        first: impl FnOnce() -> Result<(), TruxeError>,
+    ) -> Result<(), TruxeError> {
+        let before = HELD.with(|h| h.borrow_mut().replace(Vec::new()));
+        first()?;
+        HELD.with(|h| {
+            if let Some(held) = h.borrow_mut().as_mut() {
+                held.extend(before.into_iter().flatten());
+            }
+        });
+        self.write()
     }
 
     /// Inserts the rows held back.
@@ -1012,6 +1030,25 @@ mod tests {
         held.write().unwrap();
         write(&["i"]); // no Held: written at once
         assert_eq!(targets(), ["a", "b", "c", "d", "e", "f", "g", "h", "i"]);
+    }
+
+    #[pg_test]
+    fn write_after_puts_what_it_records_ahead_of_the_held_rows() {
+        let write = |ids: &[&str]| {
+            super::write(ids.iter().map(|i| login(i)).collect(), Default::default()).unwrap()
+        };
+        let held = super::Held::begin();
+        write(&["b", "c"]);
+        held.write_after(|| {
+            assert!(
+                targets().is_empty(),
+                "nothing written before write_after's INSERT"
+            );
+            super::write(vec![login("a")], Default::default())
+        })
+        .unwrap();
+        write(&["d"]); // no Held: written at once
+        assert_eq!(targets(), ["a", "b", "c", "d"]);
     }
 
     #[pg_test]

@@ -678,28 +678,6 @@ fn accept_invitation_token(
     TableIterator::once((o.status.to_string(), o.org_id, o.user_id))
 }
 
-/// The `invitation.accepted` row of a single-node acceptance, written by the statement that
-/// uses the invitation up (its main part, after the WITH that makes the changes): the row
-/// audit::record would write, with the values of audit::Moment as parameters ($4 actor,
-/// $5 details but `user_id`, which is `$user`, $6-$8 the request columns), for the
-/// invitation ($1 org, $3 id); `$from` ends it (a FROM that yields the row, or nothing).
-/// One statement where there were two: its row now precedes the membership trigger's
-/// `membership.joined`, written at the end of the statement.
-macro_rules! accepted_row {
-    ($user:literal, $from:literal) => {
-        concat!(
-            "
-     INSERT INTO truxe.audit_logs (org_id, actor_user_id, action, target_type, target_id,
-                                   details, ip, user_agent, request_id)
-     SELECT $1, $4, 'invitation.accepted'::truxe.audit_action, 'invitation', $3::text,
-            $5 || pg_catalog.jsonb_build_object('user_id', ",
-            $user,
-            "), $6::inet, $7, $8",
-            $from
-        )
-    };
-}
-
 fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeError> {
     Spi::connect_mut(|c| {
         let p = match find(c, token)? {
@@ -733,19 +711,15 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
         // (not on Citus: the invitation is on a worker, users and memberships on the
         // coordinator, which one data-modifying statement cannot span)
         if user_id.is_none() && p.citus_owner.is_none() {
-            let moment = audit::Moment::now(audit::Client::default());
-            let joined = plans::run(
+            let held = audit::Held::begin();
+            let joined = plans::first_value::<Uuid>(plans::run(
                 c,
                 NEW_USER_JOINS,
-                &NEW_USER_TYPES,
-                &accept_args(&moment, &p, p.email.clone().into(), "accepted"),
-            )?;
-            if let Some(user) = plans::first_value::<Uuid>(joined)? {
-                return Ok(Outcome {
-                    org_id,
-                    user_id: Some(user),
-                    ..status("accepted")
-                });
+                &[UUID, TEXT, UUID],
+                &[p.org_id.into(), p.email.clone().into(), p.id.into()],
+            )?)?;
+            if let Some(user) = joined {
+                return accepted(Some(held), org_id, &p.id, user, "accepted");
             }
         }
         // the user of the e-mail (the one given, when it matched), created or activated
@@ -772,42 +746,30 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
         };
         // the invitation used up and the membership written in one statement: the
         // membership takes its role and permissions from the updated invitation row
-        // (single node: `invitation.accepted` written by the same statement, accepted_row!)
         let (sql, outcome) = match joined {
             Some(true) => (
-                concat!(
-                    "WITH i AS (UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
-                                 WHERE org_id = $1 AND id = $3)",
-                    accepted_row!("$2", "")
-                ),
+                "UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
+                  WHERE org_id = $1 AND id = $3",
                 "already_member",
             ),
             Some(false) => (
-                concat!(
-                    "WITH i AS (UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
-                                 WHERE org_id = $1 AND id = $3 RETURNING role, permissions),
-                          j AS (UPDATE truxe.memberships m
-                                   SET joined_at = now(), role = i.role,
-                                       permissions = i.permissions
-                                  FROM i WHERE m.org_id = $1 AND m.user_id = $2)",
-                    accepted_row!("$2", "")
-                ),
+                "WITH i AS (UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
+                             WHERE org_id = $1 AND id = $3 RETURNING role, permissions)
+                 UPDATE truxe.memberships m
+                    SET joined_at = now(), role = i.role, permissions = i.permissions
+                   FROM i WHERE m.org_id = $1 AND m.user_id = $2",
                 "accepted",
             ),
             None => (
-                concat!(
-                    "WITH i AS (UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
-                                 WHERE org_id = $1 AND id = $3
-                                 RETURNING org_id, role, permissions, invited_by, created_at),
-                          m AS (INSERT INTO truxe.memberships (org_id, user_id, role, permissions,
-                                                              invited_by, invited_at, joined_at)
-                                SELECT i.org_id, $2, i.role, i.permissions,
-                                       CASE WHEN i.invited_by = $2 THEN NULL
-                                            ELSE i.invited_by END,
-                                       i.created_at, now()
-                                  FROM i)",
-                    accepted_row!("$2", "")
-                ),
+                "WITH i AS (UPDATE truxe.invitations SET accepted_at = now(), accepted_by = $2
+                             WHERE org_id = $1 AND id = $3
+                             RETURNING org_id, role, permissions, invited_by, created_at)
+                 INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by,
+                                                invited_at, joined_at)
+                 SELECT i.org_id, $2, i.role, i.permissions,
+                        CASE WHEN i.invited_by = $2 THEN NULL ELSE i.invited_by END,
+                        i.created_at, now()
+                   FROM i",
                 "accepted",
             ),
         };
@@ -878,40 +840,46 @@ fn accept(token: Option<&str>, user_id: Option<Uuid>) -> Result<Outcome, TruxeEr
                     )?;
                 }
             }
-            accepted(org_id, &p.id, user, outcome)
+            accepted(None, org_id, &p.id, user, outcome)
         } else {
-            let moment = audit::Moment::now(audit::Client::default());
+            let held = audit::Held::begin();
             plans::run(
                 c,
                 sql,
-                &ACCEPT_TYPES,
-                &accept_args(&moment, &p, user.into(), outcome),
+                &[UUID, UUID, UUID],
+                &[p.org_id.into(), user.into(), p.id.into()],
             )?;
-            Ok(Outcome {
-                org_id,
-                user_id: Some(user),
-                ..status(outcome)
-            })
+            accepted(Some(held), org_id, &p.id, user, outcome)
         }
     })
 }
 
-/// The end of an acceptance on Citus: `invitation.accepted` written (by audit::record, as
-/// the owner there), the outcome returned.
+/// The end of an acceptance: `invitation.accepted` written (audit::record); on a single
+/// node ahead of the rows `held` holds back (the triggers' user.created and
+/// membership.joined of the statement that used the invitation up), all in one INSERT (on
+/// Citus nothing is held: audit rows are written there as the table's owner, by
+/// audit::write itself); the outcome returned.
 fn accepted(
+    held: Option<audit::Held>,
     org_id: Option<Uuid>,
     invitation: &Uuid,
     user: Uuid,
     outcome: &'static str,
 ) -> Result<Outcome, TruxeError> {
-    audit::record(
-        org_id,
-        "invitation.accepted",
-        "invitation",
-        &invitation.to_string(),
-        json!({ "user_id": user.to_string(), "status": outcome }),
-        &audit::Client::default(),
-    )?;
+    let record = || {
+        audit::record(
+            org_id,
+            "invitation.accepted",
+            "invitation",
+            &invitation.to_string(),
+            json!({ "user_id": user.to_string(), "status": outcome }),
+            &audit::Client::default(),
+        )
+    };
+    match held {
+        Some(held) => held.write_after(record)?,
+        None => record()?,
+    }
     Ok(Outcome {
         org_id,
         user_id: Some(user),
@@ -919,57 +887,27 @@ fn accepted(
     })
 }
 
-/// Parameters of the single-node acceptance statements: $1 org, $2 the user, $3 the
-/// invitation, then accepted_row!'s; NEW_USER_JOINS takes the e-mail as $2.
-const ACCEPT_TYPES: [pgrx::PgOid; 8] = [UUID, UUID, UUID, UUID, JSONB, TEXT, TEXT, UUID];
-const NEW_USER_TYPES: [pgrx::PgOid; 8] = [UUID, TEXT, UUID, UUID, JSONB, TEXT, TEXT, UUID];
-
-fn accept_args<'a>(
-    moment: &audit::Moment,
-    p: &Pending,
-    second: pgrx::datum::DatumWithOid<'a>,
-    outcome: &'static str,
-) -> [pgrx::datum::DatumWithOid<'a>; 8] {
-    [
-        p.org_id.into(),
-        second,
-        p.id.into(),
-        moment.actor.into(),
-        JsonB(moment.details(json!({ "status": outcome }))).into(),
-        moment.ip.clone().into(),
-        moment.user_agent.clone().into(),
-        moment.request_id.into(),
-    ]
-}
-
 /// For an invitation ($1 org, $3 id) found pending and locked, whose e-mail ($2) has no user:
-/// the user created (active, verified), the invitation used up by them, their membership
-/// written with its role and permissions, and `invitation.accepted` (accepted_row!), in one
-/// statement; the user's id. No row when the e-mail has a user (ON CONFLICT does nothing,
-/// so neither does the rest): then login_user finds it. The user is inserted first (the
-/// UPDATE reads `u`, the INSERT reads `i`); the foreign keys to it are checked at the end
-/// of the statement, where its row is visible.
-const NEW_USER_JOINS: &str = concat!(
-    "WITH u AS (
+/// the user created (active, verified), the invitation used up by them and their
+/// membership written with its role and permissions, in one statement; the user's id. No
+/// row when the e-mail has a user (ON CONFLICT does nothing, so neither does the rest):
+/// then login_user finds it. The user is inserted first (the UPDATE reads `u`, the INSERT
+/// reads `i`); the foreign keys to it are checked at the end of the statement, where its
+/// row is visible.
+const NEW_USER_JOINS: &str = "WITH u AS (
        INSERT INTO truxe.users (email, status, email_verified) VALUES ($2, 'active', true)
        ON CONFLICT (email) DO NOTHING RETURNING id),
      i AS (
        UPDATE truxe.invitations v SET accepted_at = now(), accepted_by = u.id FROM u
         WHERE v.org_id = $1 AND v.id = $3
-       RETURNING v.org_id, v.role, v.permissions, v.invited_by, v.created_at, u.id AS user_id),
-     m AS (
-       INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by,
-                                      invited_at, joined_at)
-       SELECT i.org_id, i.user_id, i.role, i.permissions,
-              CASE WHEN i.invited_by = i.user_id THEN NULL ELSE i.invited_by END,
-              i.created_at, now()
-         FROM i
-       RETURNING user_id),
-     logged AS (",
-    accepted_row!("m.user_id", " FROM m"),
-    ")
-     SELECT user_id FROM m"
-);
+       RETURNING v.org_id, v.role, v.permissions, v.invited_by, v.created_at, u.id AS user_id)
+     INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by, invited_at,
+                                    joined_at)
+     SELECT i.org_id, i.user_id, i.role, i.permissions,
+            CASE WHEN i.invited_by = i.user_id THEN NULL ELSE i.invited_by END,
+            i.created_at, now()
+       FROM i
+     RETURNING user_id";
 
 #[cfg(test)]
 mod unit {

@@ -815,8 +815,9 @@ fn an_inviters_authority_is_the_same_whichever_check_decides() {
 /// `invitation.accepted` is the row every other audit row of a function is (the acting user,
 /// the details, the request's address, agent and id), in each single-node form of an
 /// acceptance: a new e-mail, an existing user without a membership, a pending membership, a
-/// joined member. It is written by the statement that uses the invitation up, so it comes
-/// before the memberships trigger's `membership.joined`, which that statement's end writes.
+/// joined member. It is written after the statement that uses the invitation up, in one
+/// INSERT with that statement's trigger rows (`user.created` of a new e-mail,
+/// `membership.joined`), ahead of them.
 #[test]
 fn the_accepted_row_carries_the_request_and_precedes_membership_joined_in_every_form() {
     let o = org();
@@ -898,16 +899,19 @@ fn the_accepted_row_carries_the_request_and_precedes_membership_joined_in_every_
                 "SELECT action::text FROM truxe.audit_logs
                   WHERE id >= (SELECT id FROM truxe.audit_logs
                                 WHERE action = 'invitation.accepted' AND target_id = $1)
-                    AND action IN ('invitation.accepted', 'membership.joined')
-                    AND org_id = $2::text::uuid
+                    AND (action IN ('invitation.accepted', 'membership.joined')
+                         AND org_id = $2::text::uuid
+                         OR action = 'user.created' AND target_id = $3)
                   ORDER BY id",
-                &[&id, &o.id],
+                &[&id, &o.id, &who],
             )
             .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let expected: &[&str] = if joins {
+        let expected: &[&str] = if email.starts_with("new.") {
+            &["invitation.accepted", "user.created", "membership.joined"]
+        } else if joins {
             &["invitation.accepted", "membership.joined"]
         } else {
             &["invitation.accepted"]
