@@ -5,7 +5,7 @@ use crate::context::{parse_uuid, setting_text, REQUEST_ID, REQUEST_IP, REQUEST_U
 use crate::error::{fail, Sqlstate, TruxeError, UnwrapOrRaise};
 use crate::plans::{self, JSONB, TEXT, UUID};
 use crate::trigger::{trigger_entry, TriggerResult};
-use crate::types::{membership_role, user_status};
+use crate::types::EnumValue;
 use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone};
 use pgrx::htup::heap_getattr_raw;
 use pgrx::prelude::*;
@@ -445,8 +445,8 @@ fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
             "user",
             uuid_text(row.get_by_name("user_id")?),
         );
-        let role = |t: &Tuple<'_>| -> Result<Option<membership_role>, TruxeError> {
-            Ok(t.get_by_name::<membership_role>("role")?)
+        let role = |t: &Tuple<'_>| -> Result<Option<String>, TruxeError> {
+            Ok(t.get_by_name::<EnumValue>("role")?.map(EnumValue::label))
         };
         let joined = |t: &Tuple<'_>| -> Result<bool, TruxeError> {
             Ok(t.get_by_name::<TimestampWithTimeZone>("joined_at")?
@@ -454,7 +454,7 @@ fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
         };
         Ok(match (old.as_ref(), new.as_ref()) {
             (None, Some(n)) => {
-                let r = role(n)?.map(|r| r.label());
+                let r = role(n)?;
                 let action = if joined(n)? {
                     "membership.joined"
                 } else {
@@ -468,21 +468,15 @@ fn audit_memberships<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
                 if old_role != new_role {
                     v.push(event(
                         "membership.role_changed",
-                        json!({ "old_role": old_role.map(|r| r.label()), "new_role": new_role.map(|r| r.label()) }),
+                        json!({ "old_role": &old_role, "new_role": &new_role }),
                     ));
                 }
                 if !joined(o)? && joined(n)? {
-                    v.push(event(
-                        "membership.joined",
-                        json!({ "role": new_role.map(|r| r.label()) }),
-                    ));
+                    v.push(event("membership.joined", json!({ "role": new_role })));
                 }
                 v
             }
-            (Some(o), None) => vec![event(
-                "membership.removed",
-                json!({ "role": role(o)?.map(|r| r.label()) }),
-            )],
+            (Some(o), None) => vec![event("membership.removed", json!({ "role": role(o)? }))],
             (None, None) => Vec::new(),
         })
     };
@@ -604,8 +598,8 @@ fn audit_users<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
             return Ok(Vec::new());
         };
         let event = events_of(None, "user", uuid_text(row.get_by_name("id")?));
-        let status = |t: &Tuple<'_>| -> Result<Option<&'static str>, TruxeError> {
-            Ok(t.get_by_name::<user_status>("status")?.map(|s| s.label()))
+        let status = |t: &Tuple<'_>| -> Result<Option<String>, TruxeError> {
+            Ok(t.get_by_name::<EnumValue>("status")?.map(EnumValue::label))
         };
         Ok(match (old.as_ref(), new.as_ref()) {
             (None, Some(n)) => vec![event(
@@ -753,8 +747,8 @@ pgrx::extension_sql!(
     r#"
 -- Audit triggers run as the extension owner: an audit row never depends on the caller's
 -- privileges, and RLS on audit_logs does not apply to them. truxe follows pg_catalog in
--- their search_path because pgrx finds the enum types it reads (user_status,
--- membership_role) by name; nobody can create objects in either schema. Nobody holds
+-- their search_path (pgrx's enum types are found by name; the triggers now read enum
+-- columns without them, src/types.rs); nobody can create objects in either schema. Nobody holds
 -- EXECUTE on them (sql/grants.sql); their C entry points are truxe's own (src/trigger.rs).
 CREATE FUNCTION truxe.audit_memberships() RETURNS trigger LANGUAGE c SECURITY DEFINER
   SET search_path = pg_catalog, truxe, pg_temp AS 'MODULE_PATHNAME', 'audit_memberships_wrapper';

@@ -1,7 +1,7 @@
-//! The two enums Rust code reads from rows (audit triggers, membership rules). Declared
-//! here so that pgrx creates them (`truxe.user_status`, `truxe.membership_role`) and the
-//! triggers can read those columns; sql/schema.sql requires them. `truxe.audit_action`
-//! is only ever written, and stays in SQL.
+//! The two enums Rust code reads and passes (membership rules, invitations). Declared here
+//! so that pgrx creates them (`truxe.user_status`, `truxe.membership_role`); sql/schema.sql
+//! requires them. `truxe.audit_action` is only ever written, and stays in SQL. Row
+//! triggers read enum columns as [`EnumValue`].
 #![allow(non_camel_case_types)]
 use pgrx::prelude::*;
 
@@ -21,17 +21,6 @@ pub enum membership_role {
     admin,
     member,
     viewer,
-}
-
-impl user_status {
-    pub fn label(self) -> &'static str {
-        match self {
-            user_status::pending => "pending",
-            user_status::active => "active",
-            user_status::suspended => "suspended",
-            user_status::deleted => "deleted",
-        }
-    }
 }
 
 impl membership_role {
@@ -54,5 +43,56 @@ impl membership_role {
             membership_role::member => "member",
             membership_role::viewer => "viewer",
         }
+    }
+}
+
+/// The value of any enum column, read from a row without naming its type: pgrx's derived
+/// enums look their type up by name (`regtypein`, through the search_path) twice on every
+/// read of a column, which was 1.3% of an invitation's acceptance in its audit triggers
+/// (bench/README.md). The value is the label's pg_enum oid, as PostgreSQL stores it.
+pub struct EnumValue(pg_sys::Oid);
+
+impl EnumValue {
+    /// The value's label (a syscache lookup by oid).
+    pub fn label(self) -> String {
+        pgrx::enum_helper::lookup_enum_by_oid(self.0).0
+    }
+}
+
+impl FromDatum for EnumValue {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<EnumValue> {
+        (!is_null).then(|| EnumValue(pg_sys::Oid::from(datum.value() as u32)))
+    }
+}
+
+impl IntoDatum for EnumValue {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0))
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::ANYENUMOID
+    }
+
+    /// Any enum type (a syscache lookup by oid, not by name).
+    fn is_compatible_with(other: pg_sys::Oid) -> bool {
+        // SAFETY: a catalog lookup of a type oid
+        unsafe { pg_sys::type_is_enum(other) }
+    }
+}
+
+// SAFETY: an enum datum is its oid, passed by value
+unsafe impl pgrx::datum::UnboxDatum for EnumValue {
+    type As<'dat> = EnumValue;
+
+    unsafe fn unbox<'dat>(datum: pgrx::datum::Datum<'dat>) -> EnumValue
+    where
+        Self: 'dat,
+    {
+        EnumValue(pg_sys::Oid::from(datum.sans_lifetime().value() as u32))
     }
 }
