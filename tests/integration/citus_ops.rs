@@ -78,19 +78,22 @@ struct Tenant {
     session: (String, String),
 }
 
-/// A worker added after `distribute()`, and the shards moved onto it by Citus' rebalancer
-/// (`citus_rebalance_start`, the default online mover, which needs `wal_level = logical`
-/// and a replica identity on every distributed table: `distribute()` gives `rate_limits`
-/// and `sessions`, which have no primary key, their unique key). Citus installs truxe at
-/// the coordinator's version on the new node, with truxe's roles, the database's logins
-/// and their membership, and the functions `distribute()` created (the claim's); it copies
-/// both reference tables there. Then, through the coordinator as the logins, for a tenant
-/// whose shard group moved (and one whose did not): its audit rows, usage, invitations and
-/// API keys are read under RLS through the claim; a session created before the move (in a
-/// shard that moved) validates and refreshes after it; the invitation is accepted and the
-/// key authenticates; has_permission answers from the reference table; the new writes (an
-/// accepted invitation's audit rows, usage) land in the shard on the new node; and
-/// verify_audit_log verifies the whole log, sealed before and after the move.
+/// A worker added after `distribute()` (docs/scaling.md, "Adding a worker"), and shards
+/// moved onto it by Citus' rebalancer. `citus_add_node` installs truxe there at the
+/// coordinator's version, with truxe's roles, the database's logins and their membership,
+/// and the functions `distribute()` created (the claim's); the rebalance copies both
+/// reference tables there first, then moves a third of the shard groups. The online mover
+/// (`auto`, logical replication) moves a shard of `sessions` and of `rate_limits`, which
+/// have no primary key on Citus: refused (0A000) without the replica identity that
+/// `distribute()` gives them; their rows stay usable. Then, through the coordinator as the
+/// logins, for a tenant whose shard group moved to the new node and one whose did not: its
+/// audit rows, usage, invitations and API keys are read under RLS through the claim (the
+/// new node checks it with the same key file); a session created before the move (in a
+/// shard that moved) validates, is read as the user's own, and refreshes after it; the
+/// key authenticates; the invitation is accepted; has_permission answers from the
+/// reference table; new writes (the acceptance's audit rows, usage) land in the org's
+/// shard on its node; and verify_audit_log verifies the whole log, sealed before and after
+/// the move.
 #[test]
 fn a_worker_added_after_distribute_takes_shards_and_the_contract_holds() {
     let Some(c) = cluster() else { return };
@@ -113,8 +116,13 @@ fn a_worker_added_after_distribute_takes_shards_and_the_contract_holds() {
     assert!(sealed > 0);
 
     let w3 = add_worker(c, &db, "w3");
-
     let w3_port = i32::from(w3.port);
+    // citus_add_node does not copy the reference tables there yet: the rebalance does,
+    // before it moves a shard (below)
+    assert_eq!(
+        on_every_copy(&mut su, "truxe.role_permissions", "SELECT count(*) FROM %s").len(),
+        3
+    );
     let mut w = w3.client(&db, "postgres");
     let r = w
         .query_one(
@@ -479,22 +487,19 @@ fn a_worker_added_after_distribute_takes_shards_and_the_contract_holds() {
     assert_eq!(checked, 2);
 }
 
-/// The extension's version on every node of `db`: (port, extversion), coordinator first.
-fn versions(c: &Cluster, db: &str) -> Vec<(u16, String)> {
-    std::iter::once(&c.coordinator)
-        .chain(&c.workers)
-        .map(|n| {
-            let v: String = n
-                .client(db, "postgres")
-                .query_one(
-                    "SELECT extversion FROM pg_extension WHERE extname = 'truxe'",
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            (n.port, v)
-        })
-        .collect()
+/// The extension's version on every node of `db`, as docs/scaling.md ("Updating truxe on
+/// a cluster") has the operator check it: (node id, extversion) of each node, coordinator
+/// included.
+fn versions(su: &mut Client) -> Vec<(i32, String)> {
+    su.query(
+        "SELECT nodeid, result FROM run_command_on_all_nodes(
+           $$SELECT extversion FROM pg_extension WHERE extname = 'truxe'$$) WHERE success",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
 }
 
 /// A team on 0.1.0 on a Citus coordinator (every table a plain coordinator table) updates
@@ -512,14 +517,13 @@ fn a_cluster_on_the_first_release_updates_then_distributes() {
         "CREATE EXTENSION truxe VERSION '{FIRST_RELEASE}' CASCADE"
     ))
     .expect("install the first release through the coordinator");
-    assert!(
-        versions(c, &db).iter().all(|(_, v)| v == FIRST_RELEASE),
-        "{:?}",
-        versions(c, &db)
-    );
+    let before = versions(&mut su);
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(before.iter().all(|(_, v)| v == FIRST_RELEASE), "{before:?}");
     su.batch_execute("ALTER EXTENSION truxe UPDATE")
         .expect("ALTER EXTENSION truxe UPDATE through the coordinator");
-    let after = versions(c, &db);
+    let after = versions(&mut su);
+    assert_eq!(after.len(), 3, "{after:?}");
     assert!(after.iter().all(|(_, v)| v == "0.2.0"), "{after:?}");
 
     let placement: Vec<(String, String)> = su
