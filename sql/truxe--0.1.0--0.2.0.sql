@@ -1785,7 +1785,9 @@ GRANT EXECUTE ON FUNCTION truxe.audit_seal_message(truxe.audit_seals),
 -- that delete or clear a deleted org's or user's distributed rows as the dropped foreign
 -- keys did (deletes that cascade on Citus, issue 22), and audit_seals and role_permissions
 -- as reference tables, has_permission and permitted_org_ids reading the coordinator's copy
--- of the latter (issue 22)
+-- of the latter (issue 22), and rate_limits and sessions, which lose their primary key,
+-- given their unique key as replica identity so that Citus can move their shards online
+-- when a worker is added (issue 22)
 CREATE FUNCTION truxe.distribute()
 RETURNS TABLE (table_name text, placement text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -2018,6 +2020,11 @@ BEGIN
   -- the distribution column, and (key_hash, window_start), the key rate_limit_hit
   -- upserts on, stays unique
   ALTER TABLE truxe.rate_limits DROP CONSTRAINT rate_limits_pkey;
+  -- a table without a primary key needs a replica identity for Citus to move its shards
+  -- online (the logical-replication mover of citus_rebalance_start and
+  -- citus_move_shard_placement, when a worker is added: docs/scaling.md, "Adding a
+  -- worker"): the unique key it keeps. Set before distributing, so every shard copies it
+  ALTER TABLE truxe.rate_limits REPLICA IDENTITY USING INDEX unique_key_window;
   PERFORM pg_catalog.create_distributed_table('truxe.rate_limits', 'key_hash',
                                               colocate_with => 'none');
   -- by the challenge id that every token carries
@@ -2157,6 +2164,8 @@ BEGIN
   ALTER TABLE truxe.sessions DROP CONSTRAINT sessions_refresh_jti_hash_key;
   CREATE INDEX sessions_id_idx ON truxe.sessions (id);
   CREATE INDEX sessions_refresh_jti_hash_idx ON truxe.sessions (refresh_jti_hash);
+  -- no primary key left: the unique jti_hash is the replica identity (as rate_limits')
+  ALTER TABLE truxe.sessions REPLICA IDENTITY USING INDEX sessions_jti_hash_key;
   PERFORM pg_catalog.create_distributed_table('truxe.sessions', 'jti_hash',
                                               colocate_with => 'none');
   CREATE POLICY session_read_claim ON truxe.sessions FOR SELECT TO authenticated

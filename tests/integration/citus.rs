@@ -18,12 +18,12 @@ use postgres::{Client, NoTls};
 use std::path::PathBuf;
 use std::sync::{Mutex, Once, OnceLock};
 
-const DB: &str = "truxe_citus";
+pub(crate) const DB: &str = "truxe_citus";
 
 /// One PostgreSQL of the cluster, listening on 127.0.0.1:`port` (and a private socket);
 /// removed at exit ([`STARTED`]).
-struct Node {
-    port: u16,
+pub(crate) struct Node {
+    pub(crate) port: u16,
 }
 
 /// Every node this process started (bindir, directory): the exit hook removes them all,
@@ -31,7 +31,7 @@ struct Node {
 static STARTED: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
 
 impl Node {
-    fn start(tag: &str) -> Node {
+    pub(crate) fn start(tag: &str) -> Node {
         static HOOK: Once = Once::new();
         // SAFETY: registering a plain extern "C" fn; it runs once at process exit.
         HOOK.call_once(|| unsafe {
@@ -46,11 +46,13 @@ impl Node {
         // trust: local and loopback connections need no password, between nodes too
         init_data_dir(&bindir, &dir);
         let port = free_loopback_port();
+        // wal_level=logical: Citus moves shards online by logical replication (a worker
+        // added later, tests/integration/citus_ops.rs).
         // every node holds the same key file: the coordinator signs the audit claim with
         // it, the workers verify it (src/claim.rs)
         let opts = format!(
             "-c shared_preload_libraries=citus -c listen_addresses=127.0.0.1 -p {port} -k {} \
-             -c fsync=off -c max_connections=100 -c log_min_messages=warning \
+             -c fsync=off -c max_connections=100 -c log_min_messages=warning -c wal_level=logical \
              -c truxe.encryption_key_file={}",
             dir.display(),
             key_file().display()
@@ -64,7 +66,7 @@ impl Node {
         Node { port }
     }
 
-    fn client(&self, dbname: &str, user: &str) -> Client {
+    pub(crate) fn client(&self, dbname: &str, user: &str) -> Client {
         postgres::Config::new()
             .host("127.0.0.1")
             .port(self.port)
@@ -107,9 +109,9 @@ fn key_file() -> PathBuf {
     cluster_key().0.clone()
 }
 
-struct Cluster {
-    coordinator: Node,
-    workers: [Node; 2],
+pub(crate) struct Cluster {
+    pub(crate) coordinator: Node,
+    pub(crate) workers: [Node; 2],
     /// What `truxe.distribute()` returned: (table_name, placement), by table name.
     placement: Vec<(String, String)>,
 }
@@ -149,7 +151,7 @@ fn citus_available() -> bool {
 
 /// The shared cluster, started and converted on first use; None (after a SKIPPED line)
 /// where Citus is not built.
-fn cluster() -> Option<&'static Cluster> {
+pub(crate) fn cluster() -> Option<&'static Cluster> {
     CLUSTER
         .get_or_init(|| {
             if !citus_available() {
@@ -227,7 +229,7 @@ impl Cluster {
 }
 
 /// A unique suffix per call (tests share the cluster's database).
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
     format!("{prefix}{}", N.fetch_add(1, Ordering::SeqCst))
@@ -437,7 +439,7 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
 
 /// The rows of each copy (placement) of a reference table, by node port: `query` is run on
 /// every copy with `%s` standing for the copy's table.
-fn on_every_copy(su: &mut Client, table: &str, query: &str) -> Vec<(i32, String)> {
+pub(crate) fn on_every_copy(su: &mut Client, table: &str, query: &str) -> Vec<(i32, String)> {
     su.query(
         "SELECT nodeport, coalesce(result, '') FROM run_command_on_placements($1::text::regclass, $2)
           WHERE success ORDER BY nodeport",
@@ -958,7 +960,7 @@ fn rate_limits_and_usage_are_exact_under_four_clients() {
 
 /// A transaction of `client` in which `user` acts (set_context, transaction-local): the
 /// claim reaches the workers only inside a transaction block.
-fn in_context<'a>(client: &'a mut Client, user: &str) -> postgres::Transaction<'a> {
+pub(crate) fn in_context<'a>(client: &'a mut Client, user: &str) -> postgres::Transaction<'a> {
     let mut t = client.transaction().unwrap();
     t.execute(
         "SELECT truxe.set_context($1::text::uuid, NULL, true)",
@@ -972,7 +974,11 @@ fn in_context<'a>(client: &'a mut Client, user: &str) -> postgres::Transaction<'
 /// counted per org with run_command_on_shards), the worker port of that shard, and the
 /// count there; asserting that the org's rows are in exactly one shard, the one Citus
 /// computes for its id, and that they are all of the org's rows.
-fn org_rows_by_shard(su: &mut Client, table: &str, orgs: &[String]) -> Vec<(i64, i32, i64)> {
+pub(crate) fn org_rows_by_shard(
+    su: &mut Client,
+    table: &str,
+    orgs: &[String],
+) -> Vec<(i64, i32, i64)> {
     let per_shard: Vec<(i64, i32, String)> = su
         .query(
             &format!(
@@ -1026,7 +1032,7 @@ fn org_rows_by_shard(su: &mut Client, table: &str, orgs: &[String]) -> Vec<(i64,
 
 /// The shard of `truxe.audit_logs` that holds `org`'s rows (and of every table colocated
 /// with it), and the port of the worker that holds that shard.
-fn audit_shard(su: &mut Client, org: &str) -> (i64, i32) {
+pub(crate) fn audit_shard(su: &mut Client, org: &str) -> (i64, i32) {
     let r = su
         .query_one(
             "SELECT p.shardid, n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
@@ -2150,7 +2156,18 @@ fn a_bulk_insert_into_the_distributed_audit_log_takes_the_request_settings() {
 /// distributed), for a test that must own every audit row of its database (sealing covers
 /// every org's rows; purging deletes by age). `worker_setup` runs on each worker's database
 /// first (e.g. `ALTER DATABASE … SET`). Returns its name.
-fn own_cluster_db(c: &Cluster, prefix: &str, worker_setup: &str) -> String {
+pub(crate) fn own_cluster_db(c: &Cluster, prefix: &str, worker_setup: &str) -> String {
+    let db = own_citus_db(c, prefix, worker_setup);
+    c.coordinator
+        .client(&db, "postgres")
+        .batch_execute("CREATE EXTENSION truxe CASCADE; SELECT count(*) FROM truxe.distribute();")
+        .unwrap();
+    db
+}
+
+/// A database of its own on all three nodes with Citus and the workers added, but without
+/// truxe (see [`own_cluster_db`]). Returns its name.
+pub(crate) fn own_citus_db(c: &Cluster, prefix: &str, worker_setup: &str) -> String {
     // one at a time: concurrent CREATE EXTENSION citus on one node collide
     static ONE: Mutex<()> = Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
@@ -2183,8 +2200,6 @@ fn own_cluster_db(c: &Cluster, prefix: &str, worker_setup: &str) -> String {
         )
         .unwrap();
     }
-    su.batch_execute("CREATE EXTENSION truxe CASCADE; SELECT count(*) FROM truxe.distribute();")
-        .unwrap();
     db
 }
 
@@ -2839,7 +2854,7 @@ fn a_single_node_makes_no_claim_and_keeps_null_orgs() {
 
 /// The shard and worker port Citus computes for the session of access token `jti`
 /// (sessions distributed by jti_hash, the SHA-256 of the token's 16 bytes).
-fn session_shard(su: &mut Client, jti: &str) -> (i64, i32) {
+pub(crate) fn session_shard(su: &mut Client, jti: &str) -> (i64, i32) {
     let r = su
         .query_one(
             "SELECT p.shardid, n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)

@@ -5,6 +5,7 @@ mod apptables;
 mod audit;
 mod auth;
 mod citus;
+mod citus_ops;
 mod constraints;
 mod dump;
 mod hardening;

@@ -7,7 +7,7 @@ use postgres::Client;
 use std::collections::BTreeSet;
 
 /// The oldest released version: what `CREATE EXTENSION truxe VERSION …` installs first.
-const FIRST_RELEASE: &str = "0.1.0";
+pub(crate) const FIRST_RELEASE: &str = "0.1.0";
 
 /// Every catalog fact of the extension truxe that a user, a policy or a dump can tell
 /// apart, one line each: relations, columns (in order), constraints, indexes, policies,
