@@ -74,20 +74,37 @@ def round_count(name, r):
     return n
 
 
+def by_round(run, other, at_least=1.0):
+    """In how many rounds `run` did at least `at_least` times the transactions of `other`
+    beside it, and the median of the rounds' ratios (a slow moment of the machine moves one
+    round, not the median)."""
+    pairs = [(round_count(run, r), round_count(other, r)) for r in range(1, rounds + 1)]
+    won = sum(1 for t, o in pairs if o and t >= at_least * o)
+    per_round = sorted(t / o for t, o in pairs if o)
+    mid = len(per_round) // 2
+    median = (per_round[mid] + per_round[~mid]) / 2 if per_round else 0.0
+    return won, median
+
+
 def vs_v010(run):
-    """The TPS ratio over all rounds, 0.1.0's TPS, in how many rounds truxe's run did at
-    least as many transactions as 0.1.0's beside it, and the median of the rounds' ratios
-    (a slow moment of the machine moves one round, not the median)."""
+    """The TPS ratio over all rounds, 0.1.0's TPS, and by_round's figures against it."""
     name = "v010_" + run.removeprefix("truxe_")
     v, s = stats(name), stats(run)
     if not (s and v):
         return ""
-    pairs = [(round_count(run, r), round_count(name, r)) for r in range(1, rounds + 1)]
-    won = sum(1 for t, o in pairs if t >= o)
-    per_round = sorted(t / o for t, o in pairs if o)
-    mid = len(per_round) // 2
-    median = (per_round[mid] + per_round[~mid]) / 2 if per_round else 0.0
+    won, median = by_round(run, name)
     return f"{ratio(s, v)} ({v['tps']:.0f}; ≥ in {won}/{rounds} rounds; median round {median:.2f}×)"
+
+
+def vs_ref(run, ref, target):
+    """The TPS ratio over all rounds against the reference; for a target of "≥ N× ref",
+    with by_round's figures against N."""
+    s, rs = stats(run), stats(ref) if ref else None
+    text = ratio(s, rs)
+    if not (s and rs and target.startswith("≥ ") and target.endswith("× ref")):
+        return text
+    won, median = by_round(run, ref, float(target[2:-5]))
+    return f"{text} (≥ target in {won}/{rounds} rounds; median round {median:.2f}×)"
 
 
 def with_v010_target(run, target):
@@ -121,11 +138,11 @@ if fl:
         f"{ratio(fl, stats('ref_invite_accept'))} | | |"
     )
 for label, t, r, c, target in rows:
-    s, rs, cs = stats(t), stats(r), stats(c) if c else None
+    s, cs = stats(t), stats(c) if c else None
     if not s:
         continue
     out.append(
-        f"| {label} | {s['tps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | {ratio(s, rs)} | "
+        f"| {label} | {s['tps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | {vs_ref(t, r, target)} | "
         f"{ratio(s, cs) if cs else '–'} ({c or 'n/a'}) | {with_v010_target(t, target)} | {vs_v010(t)} |"
     )
 for label, logged, unlogged in [("one hot key", "truxe_rate_hot", "rate_hot_unlogged"),
