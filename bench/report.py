@@ -116,7 +116,7 @@ def with_v010_target(run, target):
 out = [
     f"Machine: {machine}. Data: {dataset}.",
     f"pgbench -M prepared over the Unix socket, {clients} clients (parent changes: 1), "
-    f"{rounds} rounds × {seconds:g} s per command, compared commands alternating within each round.",
+    f"{rounds} rounds × {seconds:g} s per command, compared commands back to back within each round, truxe's first in odd rounds and last in even ones.",
     "",
     "| operation | TPS | p50 ms | p99 ms | vs reference (TPS) | vs ceiling (TPS) | target | vs 0.1.0 (its TPS) |",
     "|---|---:|---:|---:|---:|---:|---|---:|",
