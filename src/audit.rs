@@ -197,11 +197,12 @@ const PLAIN_PER_INSERT: usize = 4;
 
 /// While a `Held` is alive, [`write`] holds back truxe's own rows that carry no row values
 /// (the row triggers', a function's [`record`]); [`Held::write`] then inserts them, in
-/// the order they came, in one statement: refresh_session's three rows, or the two of an
-/// invitation's acceptance (user.created, membership.joined), cost one executor start and
-/// one preparation of the table's CHECK constraints instead of one each (bench/README.md,
-/// "Performance work after the 0.2 run"). Dropped unwritten (an error unwinding), its rows
-/// go with the failing transaction.
+/// the order they came, in one statement: refresh_session's three rows, or an invitation's
+/// acceptance's three (invitation.accepted ahead of its statement's user.created and
+/// membership.joined: [`Held::write_after`]), cost one executor start and one preparation
+/// of the table's CHECK constraints instead of one each (bench/README.md, "Performance work
+/// after the 0.2 run"). Dropped unwritten (an error unwinding), its rows go with the
+/// failing transaction.
 pub(crate) struct Held(());
 
 impl Held {
