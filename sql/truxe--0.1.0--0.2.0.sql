@@ -1851,10 +1851,28 @@ BEGIN
     LANGUAGE c STABLE PARALLEL SAFE AS '$libdir/truxe', 'claim_administers_wrapper';
   CREATE FUNCTION truxe.claim_may_act_in(org_id uuid) RETURNS boolean
     LANGUAGE c STABLE PARALLEL SAFE AS '$libdir/truxe', 'claim_may_act_in_wrapper';
+  CREATE FUNCTION truxe.claim_org() RETURNS uuid
+    LANGUAGE c STABLE PARALLEL SAFE AS '$libdir/truxe', 'claim_org_wrapper';
+  -- … and the guard of the distributed memberships (below), which runs on the shards: a
+  -- write reaches them only from the coordinator's copy, whose trigger turns
+  -- truxe.membership_copy on around it; anything else (a superuser's or the owner's direct
+  -- write, which would leave the copy behind) is 55000
+  CREATE FUNCTION truxe.citus_memberships_guard() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $guard$
+  BEGIN
+    IF pg_catalog.current_setting('truxe.membership_copy', true) IS DISTINCT FROM 'on' THEN
+      RAISE EXCEPTION 'on Citus, truxe.memberships is written through truxe.memberships_by_user'
+        USING ERRCODE = '55000',
+              HINT = 'write truxe.memberships_by_user (or call truxe''s functions): see docs/scaling.md';
+    END IF;
+    RETURN NULL;
+  END
+  $guard$;
+  REVOKE ALL ON FUNCTION truxe.citus_memberships_guard() FROM PUBLIC;
   REVOKE ALL ON FUNCTION truxe.claim_user(), truxe.claim_administers(uuid),
-    truxe.claim_may_act_in(uuid) FROM PUBLIC;
+    truxe.claim_may_act_in(uuid), truxe.claim_org() FROM PUBLIC;
   GRANT EXECUTE ON FUNCTION truxe.claim_user(), truxe.claim_administers(uuid),
-    truxe.claim_may_act_in(uuid) TO authenticated, service_account;
+    truxe.claim_may_act_in(uuid), truxe.claim_org() TO authenticated, service_account;
 
   -- what the foreign keys that the conversion drops below did (sql/schema.sql,
   -- sql/vault.sql, sql/invitations.sql, sql/api_keys.sql, sql/mfa.sql): organizations and
@@ -1946,14 +1964,62 @@ BEGIN
     RETURN NULL;
   END
   $cascade$;
+  -- every change of the coordinator's copy of memberships (truxe.memberships_by_user,
+  -- below) made again in truxe.memberships, the distributed table, in the same
+  -- transaction: an org's row in its shard, as the owner (like every distributed row truxe
+  -- writes). The trigger makes the write through a function call: Citus opens a remote
+  -- transaction block (committed with the coordinator's, two-phase) for a write made
+  -- inside a function, and only then passes on a SET LOCAL; the trigger of a top-level
+  -- statement would write the shard in an autocommit of its own. The guard's setting is on
+  -- for that write only. A change of org_id (the distribution column, which Citus does not
+  -- update in place) is a delete and an insert
+  CREATE FUNCTION truxe.citus_membership_copied() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $copy$
+  BEGIN
+    PERFORM truxe.citus_membership_copy(TG_OP, pg_catalog.to_jsonb(OLD), pg_catalog.to_jsonb(NEW));
+    RETURN NULL;
+  END
+  $copy$;
+  CREATE FUNCTION truxe.citus_membership_copy(op text, old_row jsonb, new_row jsonb)
+    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $copy$
+  DECLARE
+    o truxe.memberships := pg_catalog.jsonb_populate_record(NULL::truxe.memberships, old_row);
+    n truxe.memberships := pg_catalog.jsonb_populate_record(NULL::truxe.memberships, new_row);
+  BEGIN
+    DO $on$BEGIN SET LOCAL citus.propagate_set_commands = 'local';
+                 SET LOCAL truxe.membership_copy = on; END$on$;
+    IF op = 'UPDATE' AND n.org_id = o.org_id THEN
+      UPDATE truxe.memberships m
+         SET user_id = n.user_id, role = n.role, permissions = n.permissions,
+             invited_by = n.invited_by, invited_at = n.invited_at, joined_at = n.joined_at,
+             created_at = n.created_at, updated_at = n.updated_at
+       WHERE m.org_id = o.org_id AND m.user_id = o.user_id;
+    ELSE
+      IF op IN ('UPDATE', 'DELETE') THEN
+        DELETE FROM truxe.memberships m WHERE m.org_id = o.org_id AND m.user_id = o.user_id;
+      END IF;
+      IF op IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by,
+                                       invited_at, joined_at, created_at, updated_at)
+          VALUES (n.org_id, n.user_id, n.role, n.permissions, n.invited_by,
+                  n.invited_at, n.joined_at, n.created_at, n.updated_at);
+      END IF;
+    END IF;
+    DO $off$BEGIN SET LOCAL truxe.membership_copy = off; END$off$;
+  END
+  $copy$;
   REVOKE ALL ON FUNCTION truxe.citus_organizations_deleted(), truxe.citus_users_deleted(),
-    truxe.citus_id_changed() FROM PUBLIC;
+    truxe.citus_id_changed(), truxe.citus_membership_copied(),
+    truxe.citus_membership_copy(text, jsonb, jsonb) FROM PUBLIC;
   SELECT r.rolname INTO tables_owner
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
    WHERE c.oid = 'truxe.audit_logs'::regclass;
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_organizations_deleted() OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_users_deleted() OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_id_changed() OWNER TO %I', tables_owner);
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_membership_copied() OWNER TO %I', tables_owner);
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_membership_copy(text, jsonb, jsonb) OWNER TO %I',
+                            tables_owner);
   CREATE TRIGGER organizations_citus_cascade AFTER DELETE ON truxe.organizations
     REFERENCING OLD TABLE AS gone
     FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_organizations_deleted();
@@ -2124,6 +2190,103 @@ BEGIN
   CREATE POLICY api_key_admin_read_claim ON truxe.api_keys FOR SELECT TO authenticated
     USING (truxe.claim_administers(org_id));
 
+  -- memberships by org_id, colocated with audit_logs: an org's members in its shard
+  -- (docs/scaling.md, "memberships on Citus"), on the empty table. Every request reads a
+  -- user's memberships (the org sets under RLS, the claim, has_permission), on the
+  -- coordinator, by user: so the coordinator keeps a copy, truxe.memberships_by_user, a
+  -- plain table there with the same columns, checks and foreign keys, keyed by user. It is
+  -- what truxe reads and writes: the SQL functions below are rewritten to name it, and the
+  -- Rust statements are mapped to it (src/distribute.rs). Its triggers are the single-node
+  -- table's (audit rows, sessions ended and API keys revoked when a membership goes, the
+  -- updated_at stamp), and one more makes each change again in truxe.memberships. On the
+  -- distributed table:
+  --  * the foreign keys go (the copy keeps them, with their actions, so a deleted org or
+  --    user still takes its memberships, through the copy), and so do the triggers (on a
+  --    shard they could not write audit_logs, sessions or api_keys);
+  --  * the read policy reads the claim, under a name of its own (as audit_logs');
+  --  * service_account reads it, and writes the copy (a direct write here would not reach
+  --    the copy: it is not granted, and a guard on the shards refuses one by anyone else)
+  CREATE TABLE truxe.memberships_by_user (LIKE truxe.memberships INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+  ALTER TABLE truxe.memberships_by_user
+    ADD CONSTRAINT memberships_by_user_pkey PRIMARY KEY (org_id, user_id),
+    ADD CONSTRAINT memberships_by_user_org_id_fkey FOREIGN KEY (org_id)
+      REFERENCES truxe.organizations (id) ON DELETE CASCADE,
+    ADD CONSTRAINT memberships_by_user_user_id_fkey FOREIGN KEY (user_id)
+      REFERENCES truxe.users (id) ON DELETE CASCADE,
+    ADD CONSTRAINT memberships_by_user_invited_by_fkey FOREIGN KEY (invited_by)
+      REFERENCES truxe.users (id) ON DELETE SET NULL;
+  CREATE INDEX memberships_by_user_user_org ON truxe.memberships_by_user (user_id, org_id)
+    INCLUDE (role, joined_at);
+  CREATE INDEX memberships_by_user_invited_by ON truxe.memberships_by_user (invited_by)
+    WHERE invited_by IS NOT NULL;
+  EXECUTE pg_catalog.format('ALTER TABLE truxe.memberships_by_user OWNER TO %I', tables_owner);
+  ALTER TABLE truxe.memberships_by_user ENABLE ROW LEVEL SECURITY;
+  CREATE POLICY service_all ON truxe.memberships_by_user TO service_account
+    USING (true) WITH CHECK (true);
+  CREATE POLICY membership_read ON truxe.memberships_by_user FOR SELECT TO authenticated
+    USING (org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
+           OR (user_id = (SELECT truxe.current_user_id())
+               AND (joined_at IS NULL OR (SELECT truxe.current_org_id()) IS NULL)));
+  GRANT SELECT ON truxe.memberships_by_user TO authenticated;
+  GRANT SELECT, INSERT, UPDATE, DELETE ON truxe.memberships_by_user TO service_account;
+  CREATE TRIGGER memberships_updated_at BEFORE UPDATE ON truxe.memberships_by_user
+    FOR EACH ROW EXECUTE FUNCTION truxe.set_updated_at();
+  CREATE TRIGGER audit_memberships AFTER INSERT OR UPDATE OR DELETE ON truxe.memberships_by_user
+    FOR EACH ROW EXECUTE FUNCTION truxe.audit_memberships();
+  CREATE TRIGGER memberships_end_sessions AFTER DELETE ON truxe.memberships_by_user
+    FOR EACH ROW EXECUTE FUNCTION truxe.end_sessions_on_membership_delete();
+  CREATE TRIGGER memberships_revoke_api_keys AFTER DELETE ON truxe.memberships_by_user
+    FOR EACH ROW EXECUTE FUNCTION truxe.revoke_api_keys_on_membership_delete();
+  CREATE TRIGGER memberships_copied AFTER INSERT OR UPDATE OR DELETE ON truxe.memberships_by_user
+    FOR EACH ROW EXECUTE FUNCTION truxe.citus_membership_copied();
+  -- users' read policy reads the copy (a coordinator table reading a coordinator table)
+  DROP POLICY user_read ON truxe.users;
+  CREATE POLICY user_read ON truxe.users FOR SELECT TO authenticated
+    USING (id = (SELECT truxe.current_user_id())
+           OR id IN (SELECT m.user_id FROM truxe.memberships_by_user m
+                      WHERE m.org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
+                        AND m.joined_at IS NOT NULL));
+  DROP POLICY membership_read ON truxe.memberships;
+  DROP TRIGGER memberships_updated_at ON truxe.memberships;
+  DROP TRIGGER audit_memberships ON truxe.memberships;
+  DROP TRIGGER memberships_end_sessions ON truxe.memberships;
+  DROP TRIGGER memberships_revoke_api_keys ON truxe.memberships;
+  ALTER TABLE truxe.memberships DROP CONSTRAINT memberships_org_id_fkey;
+  ALTER TABLE truxe.memberships DROP CONSTRAINT memberships_user_id_fkey;
+  ALTER TABLE truxe.memberships DROP CONSTRAINT memberships_invited_by_fkey;
+  REVOKE INSERT, UPDATE, DELETE ON truxe.memberships FROM service_account;
+  CREATE TRIGGER memberships_written_through_copy
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON truxe.memberships
+    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_memberships_guard();
+  ALTER TABLE truxe.memberships ENABLE ALWAYS TRIGGER memberships_written_through_copy;
+  PERFORM pg_catalog.create_distributed_table('truxe.memberships', 'org_id',
+                                              colocate_with => 'truxe.audit_logs');
+  -- (num_nulls: "joined_at IS NULL OR claim_org() IS NULL", which Citus fails to pass to
+  -- the shards: XX000 "unrecognized node type")
+  CREATE POLICY membership_read_claim ON truxe.memberships FOR SELECT TO authenticated
+    USING (truxe.claim_may_act_in(org_id)
+           OR (user_id = truxe.claim_user()
+               AND pg_catalog.num_nulls(joined_at, truxe.claim_org()) > 0));
+  -- the extension's SQL functions that name truxe.memberships, rewritten to name the copy
+  -- (and the constraint invite_member names); this one and the functions it made above,
+  -- which are not the extension's, keep naming the distributed table
+  FOR reader IN
+    SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass
+                                 AND d.objid = p.oid AND d.deptype = 'e'
+      JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'truxe'
+     WHERE p.prolang IN (SELECT l.oid FROM pg_catalog.pg_language l
+                          WHERE l.lanname IN ('sql', 'plpgsql'))
+       AND p.prosrc ~ 'truxe\.memberships\M'
+       AND p.oid <> 'truxe.distribute()'::regprocedure
+  LOOP
+    definition := pg_catalog.pg_get_functiondef(reader);
+    definition := pg_catalog.regexp_replace(definition, 'truxe\.memberships\M',
+                                            'truxe.memberships_by_user', 'g');
+    EXECUTE pg_catalog.regexp_replace(definition, '\mmemberships_pkey\M',
+                                      'memberships_by_user_pkey', 'g');
+  END LOOP;
+
   -- mfa_factors and mfa_recovery_codes by user_id, colocated with each other (a user's
   -- factors and codes in one shard group; users stay on the coordinator), on the empty
   -- tables (docs/scaling.md, "mfa on Citus"):
@@ -2222,6 +2385,7 @@ BEGIN
              WHEN 'secrets' THEN 'distributed by org_id'
              WHEN 'invitations' THEN 'distributed by org_id'
              WHEN 'api_keys' THEN 'distributed by org_id'
+             WHEN 'memberships' THEN 'distributed by org_id'
              WHEN 'mfa_factors' THEN 'distributed by user_id'
              WHEN 'mfa_recovery_codes' THEN 'distributed by user_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
@@ -2325,7 +2489,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
   UNION ALL
   -- every function pins search_path (none resolves names through the caller's path), except
   -- the Rust functions that resolve no name at all (the two getters, src/identity.rs, the
-  -- audit action check, src/apptables.rs, and on Citus the three claim checks that
+  -- audit action check, src/apptables.rs, and on Citus the four claim checks that
   -- truxe.distribute() creates, src/claim.rs) and the SQL functions whose
   -- bodies qualify every name because a SET would stop inlining: the two tree walkers
   -- (sql/hierarchy.sql), the wildcard rule and the calling-role and service-caller tests
@@ -2341,7 +2505,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                            'truxe.calling_role()', 'truxe.caller_is_service()',
                                            'truxe.valid_audit_action(text)',
                                            'truxe.claim_user()', 'truxe.claim_administers(uuid)',
-                                           'truxe.claim_may_act_in(uuid)')
+                                           'truxe.claim_may_act_in(uuid)', 'truxe.claim_org()')
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- the identity mode: under `trusted`, any login that can become `authenticated` can claim

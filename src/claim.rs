@@ -8,14 +8,14 @@
 //! request identity on the coordinator (`authenticate`, `authenticate_api_key`,
 //! `switch_org`, `set_context`) also write `truxe.claim` with `SET LOCAL`:
 //!
-//! `v1:<key id>:<expiry>:<user>:<admin orgs>:<accessible orgs>:<HMAC-SHA-256, hex>`
+//! `v1:<key id>:<expiry>:<user>:<acting org>:<admin orgs>:<accessible orgs>:<HMAC-SHA-256, hex>`
 //!
 //! (the expiry in PostgreSQL microseconds, the org sets comma-separated, the MAC over
 //! everything before it, under a key derived from the key file's current key: src/crypto.rs).
 //! Citus sends a `SET LOCAL` made inside a transaction block to every worker connection of
 //! that transaction when `citus.propagate_set_commands = 'local'` (set here, for the
-//! transaction). The Citus forms of the audit policies, which `distribute()` installs, call
-//! [`claim_user`], [`claim_administers`] and [`claim_may_act_in`]: they verify the claim once
+//! transaction). The Citus forms of the policies, which `distribute()` installs, call
+//! [`claim_user`], [`claim_org`], [`claim_administers`] and [`claim_may_act_in`]: they verify the claim once
 //! per backend per value (constant-time MAC comparison), then compare ids. No claim, a
 //! malformed one, a bad MAC, an unknown key id or an expired claim: nobody (no rows).
 //!
@@ -104,7 +104,7 @@ pub(crate) fn refresh() -> Result<(), TruxeError> {
         Some(who) => {
             let admin = crate::context::acting_org_ids(crate::context::OrgSet::Admin)?;
             let access = crate::context::acting_org_ids(crate::context::OrgSet::Accessible)?;
-            sign(who.id.user, &admin, &access).unwrap_or_default()
+            sign(who.id.user, who.id.org, &admin, &access).unwrap_or_default()
         }
     };
     Spi::connect_mut(|c| {
@@ -129,15 +129,17 @@ fn join(ids: &[Uuid]) -> String {
 }
 
 /// The signed claim, or None without a usable key file.
-fn sign(user: Option<Uuid>, admin: &[Uuid], access: &[Uuid]) -> Option<String> {
+fn sign(user: Option<Uuid>, org: Option<Uuid>, admin: &[Uuid], access: &[Uuid]) -> Option<String> {
     let ring = key_ring().ok()?;
     let key = ring.current_claim_key();
     // SAFETY: reads the backend's clock.
     let expiry = unsafe { pg_sys::GetCurrentTimestamp() } + LIFETIME_MICROS;
+    let id = |u: Option<Uuid>| u.map(|u| u.to_string()).unwrap_or_default();
     let message = format!(
-        "v1:{}:{expiry}:{}:{}:{}",
+        "v1:{}:{expiry}:{}:{}:{}:{}",
         key.id(),
-        user.map(|u| u.to_string()).unwrap_or_default(),
+        id(user),
+        id(org),
         join(admin),
         join(access)
     );
@@ -149,6 +151,7 @@ fn sign(user: Option<Uuid>, admin: &[Uuid], access: &[Uuid]) -> Option<String> {
 #[derive(Debug, PartialEq)]
 struct Claim {
     user: Option<Uuid>,
+    org: Option<Uuid>,
     expiry: i64,
     admin: Vec<Uuid>,
     access: Vec<Uuid>,
@@ -193,10 +196,11 @@ fn verify(value: &str) -> Option<Claim> {
         return None;
     }
     let expiry = fields.next()?.parse::<i64>().ok()?;
-    let user = match fields.next()? {
-        "" => None,
-        u => Some(crate::context::parse_uuid(u)?),
+    let mut id = || match fields.next()? {
+        "" => Some(None),
+        u => Some(Some(crate::context::parse_uuid(u)?)),
     };
+    let (user, org) = (id()?, id()?);
     let admin = parse_ids(fields.next()?)?;
     let access = parse_ids(fields.next()?)?;
     if fields.next().is_some() {
@@ -204,6 +208,7 @@ fn verify(value: &str) -> Option<Claim> {
     }
     Some(Claim {
         user,
+        org,
         expiry,
         admin,
         access,
@@ -255,6 +260,13 @@ fn contains(ids: &[Uuid], org: Uuid) -> bool {
 #[pg_extern(sql = false, stable, parallel_safe)]
 fn claim_user() -> Option<Uuid> {
     with_claim(|c| c.user).flatten()
+}
+
+/// The acting org of the verified claim (NULL: none, or no valid claim): the single-node
+/// `current_org_id()`, for the Citus form of memberships' read policy. As [`claim_user`].
+#[pg_extern(sql = false, stable, parallel_safe)]
+fn claim_org() -> Option<Uuid> {
+    with_claim(|c| c.org).flatten()
 }
 
 /// Whether the verified claim's identity holds an administrator's view of `org_id` (the

@@ -229,9 +229,9 @@ const ADMIN_FLAT: &str = flat_org_ids!(" AND m.role IN ('owner', 'admin')");
 /// pages (bench/README.md, "Performance work after the 0.2 run"). Same rows, same snapshot,
 /// same locks; may repeat an id. None when the direct read does not apply (SERIALIZABLE, no
 /// active snapshot) or a relation, index, column or enum label is not where truxe's schema
-/// puts it: the caller then runs the SQL. users, memberships and org_closure are plain
-/// tables on this node (docs/scaling.md: they stay on a Citus coordinator); a placement
-/// that moves them must come back to the SQL.
+/// puts it: the caller then runs the SQL. users, memberships (on Citus, its coordinator's
+/// copy) and org_closure are plain tables on this node (docs/scaling.md); a placement that
+/// moves them off the coordinator must come back to the SQL.
 fn flat_org_ids_direct(user: pgrx::Uuid, admin_only: bool) -> Option<Vec<pgrx::Uuid>> {
     use crate::index_read::{self as ir, Indexed, Read};
     if !ir::usable() {
@@ -277,7 +277,8 @@ fn flat_org_ids_direct(user: pgrx::Uuid, admin_only: bool) -> Option<Vec<pgrx::U
 }
 
 /// The joined memberships of a user, read index-only through `idx_memberships_user_org`
-/// (user_id, org_id) INCLUDE (role, joined_at) in the active snapshot: the read that
+/// (user_id, org_id) INCLUDE (role, joined_at) in the active snapshot (on Citus, through the
+/// same index of the coordinator's copy: src/distribute.rs): the read that
 /// [`flat_org_ids_direct`] and invitation's direct rights check (src/invitation.rs) share.
 pub(crate) struct JoinedMemberships {
     memberships: pg_sys::Oid,
@@ -298,9 +299,10 @@ impl JoinedMemberships {
     /// schema puts it.
     pub(crate) fn find(nsp: pg_sys::Oid) -> Option<Self> {
         use crate::index_read as ir;
+        let (table, index) = crate::distribute::memberships_by_user();
         Some(Self {
-            memberships: ir::relation(nsp, c"memberships")?,
-            by_user: ir::relation(nsp, c"idx_memberships_user_org")?,
+            memberships: ir::relation(nsp, table)?,
+            by_user: ir::relation(nsp, index)?,
             owner: ir::enum_label(nsp, c"membership_role", c"owner")?,
             admin: ir::enum_label(nsp, c"membership_role", c"admin")?,
         })

@@ -1,6 +1,8 @@
 //! Prepared SPI plans kept for the life of the backend, one per SQL text (and search_path,
 //! [`path_key`]): the hot paths
-//! (hierarchy walk, audit insert, auth flows) parse and plan each statement once.
+//! (hierarchy walk, audit insert, auth flows) parse and plan each statement once. On Citus a
+//! text that names `truxe.memberships` is planned as its coordinator's copy's
+//! ([`crate::distribute::statement`]).
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{self, OwnedPreparedStatement, SpiClient, SpiTupleTable};
@@ -45,6 +47,7 @@ pub fn run<'conn>(
     args: &[DatumWithOid<'_>],
 ) -> spi::Result<SpiTupleTable<'conn>> {
     refuse_in_recovery();
+    let sql = crate::distribute::statement(sql);
     let plan = cached(sql, || Ok(client.prepare_mut(sql, types)?.keep()))?;
     client.update(&*plan, None, args)
 }
@@ -57,6 +60,7 @@ pub fn read<'conn>(
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> spi::Result<SpiTupleTable<'conn>> {
+    let sql = crate::distribute::statement(sql);
     let plan = cached(sql, || Ok(client.prepare(sql, types)?.keep()))?;
     client.select(&*plan, None, args)
 }

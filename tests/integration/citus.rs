@@ -308,6 +308,7 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
         "secrets",
         "invitations",
         "api_keys",
+        "memberships",
     ] {
         assert!(
             placement.contains(&format!("{t}: distributed by org_id")),
@@ -320,7 +321,9 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
             "{t}: {placement:?}"
         );
     }
-    assert_eq!(placement.len(), 17, "every truxe table: {placement:?}");
+    // the coordinator's copy of memberships, keyed by user, which truxe reads and writes
+    assert!(placement.contains(&"memberships_by_user: coordinator".to_string()));
+    assert_eq!(placement.len(), 18, "every truxe table: {placement:?}");
 
     let mut su = c.superuser();
     // shards of both distributed tables on both workers
@@ -347,14 +350,14 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
             "SELECT count(DISTINCT colocationid) FROM pg_dist_partition
               WHERE logicalrelid IN ('truxe.audit_logs'::regclass, 'truxe.usage_metrics'::regclass,
                                      'truxe.secrets'::regclass, 'truxe.invitations'::regclass,
-                                     'truxe.api_keys'::regclass)",
+                                     'truxe.api_keys'::regclass, 'truxe.memberships'::regclass)",
             &[],
         )
         .unwrap()
         .get(0);
     assert_eq!(
         groups, 1,
-        "audit_logs, usage_metrics, secrets, invitations and api_keys colocated"
+        "audit_logs, usage_metrics, secrets, invitations, api_keys and memberships colocated"
     );
     // the claim checks distribute() created carry no SET clause (they resolve no name): the
     // security report knows them
@@ -514,7 +517,7 @@ fn role_permissions_is_a_reference_table_that_has_permission_reads_on_the_coordi
     let (mia, _) = user(c);
     c.service()
         .execute(
-            "INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
+            "INSERT INTO truxe.memberships_by_user (org_id, user_id, role, invited_at, joined_at)
              VALUES ($1::text::uuid, $2::text::uuid, 'member', now(), now())",
             &[&acme, &mia],
         )
@@ -1167,7 +1170,7 @@ fn usage_rows_live_in_their_orgs_shard_and_admins_read_them_through_the_claim() 
     let (carol, _) = user(c);
     c.service()
         .execute(
-            "INSERT INTO truxe.memberships (org_id, user_id, role)
+            "INSERT INTO truxe.memberships_by_user (org_id, user_id, role)
              VALUES ($1::text::uuid, $2::text::uuid, 'member')",
             &[beta, &carol],
         )
@@ -1192,7 +1195,7 @@ fn usage_rows_live_in_their_orgs_shard_and_admins_read_them_through_the_claim() 
         .get(0);
     assert_eq!(none, 0);
     let forged = format!(
-        "v1:c1:9223372036854775807:{ada}:{beta}:{beta}:{}",
+        "v1:c1:9223372036854775807:{ada}::{beta}:{beta}:{}",
         "0".repeat(64)
     );
     assert_eq!(read(&mut a, &set_claim(&forged)), vec![]);
@@ -1421,7 +1424,7 @@ fn invitations_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     let (ada, _) = &tenants[0];
     let (dora, dora_email) = user(c);
     svc.execute(
-        "INSERT INTO truxe.memberships (org_id, user_id, role) VALUES ($1::text::uuid, $2::text::uuid, 'member')",
+        "INSERT INTO truxe.memberships_by_user (org_id, user_id, role) VALUES ($1::text::uuid, $2::text::uuid, 'member')",
         &[acme, &dora],
     )
     .unwrap();
@@ -1949,7 +1952,7 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
         )
         .unwrap()
         .get(0);
-    let signed = |expiry: i64| sign_claim(&format!("v1:c1:{expiry}:{ada}:{acme}:{acme}"));
+    let signed = |expiry: i64| sign_claim(&format!("v1:c1:{expiry}:{ada}::{acme}:{acme}"));
     let expired = signed(now_micros - 1_000_000);
     let stranger = c.authenticated();
     let mut hostile = stranger;
@@ -2744,7 +2747,7 @@ fn purging_a_distributed_audit_log() {
         (id, email)
     };
     svc.execute(
-        "INSERT INTO truxe.memberships (org_id, user_id, role) VALUES ($1::text::uuid, $2::text::uuid, 'owner')",
+        "INSERT INTO truxe.memberships_by_user (org_id, user_id, role) VALUES ($1::text::uuid, $2::text::uuid, 'owner')",
         &[&orgs[0], &admin],
     )
     .unwrap();
@@ -3173,7 +3176,7 @@ fn sessions_live_in_their_jti_shards_and_work_through_the_coordinator() {
     let o = org(c, &owner);
     let (member, _) = user(c);
     su.execute(
-        "INSERT INTO truxe.memberships (org_id, user_id, role, joined_at)
+        "INSERT INTO truxe.memberships_by_user (org_id, user_id, role, joined_at)
          VALUES ($1::text::uuid, $2::text::uuid, 'member', now())",
         &[&o, &member],
     )
@@ -3196,7 +3199,7 @@ fn sessions_live_in_their_jti_shards_and_work_through_the_coordinator() {
         (member.clone(), o.clone())
     );
     su.execute(
-        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+        "DELETE FROM truxe.memberships_by_user WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
         &[&o, &member],
     )
     .unwrap();
@@ -3562,7 +3565,7 @@ fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     );
     let (co_admin, _) = user(c);
     su.execute(
-        "INSERT INTO truxe.memberships (org_id, user_id, role, joined_at)
+        "INSERT INTO truxe.memberships_by_user (org_id, user_id, role, joined_at)
          VALUES ($1::text::uuid, $2::text::uuid, 'admin', now())",
         &[&org, &co_admin],
     )
@@ -3602,7 +3605,7 @@ fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     let (in_child, in_child_key) = create_key(c, &co_admin, &child, &[]);
     assert_eq!(key_org(c, &in_child_key).as_deref(), Some(child.as_str()));
     su.execute(
-        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
+        "DELETE FROM truxe.memberships_by_user WHERE org_id = $1::text::uuid AND user_id = $2::text::uuid",
         &[&org, &co_admin],
     )
     .unwrap();
@@ -4222,7 +4225,7 @@ fn changing_an_id_that_distributed_rows_name_is_refused() {
     )
     .unwrap();
     svc.execute(
-        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid",
+        "DELETE FROM truxe.memberships_by_user WHERE org_id = $1::text::uuid",
         &[&alpha],
     )
     .unwrap();
@@ -4272,7 +4275,7 @@ fn changing_an_id_that_distributed_rows_name_is_refused() {
     let (eve, _) = user(c);
     let beta = org(c, &eve);
     svc.execute(
-        "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid",
+        "DELETE FROM truxe.memberships_by_user WHERE org_id = $1::text::uuid",
         &[&beta],
     )
     .unwrap();
