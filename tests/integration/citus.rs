@@ -207,17 +207,17 @@ pub(crate) fn cluster() -> Option<&'static Cluster> {
 }
 
 impl Cluster {
-    fn service(&self) -> Client {
+    pub(crate) fn service(&self) -> Client {
         self.coordinator.client(DB, SERVICE_LOGIN)
     }
-    fn authenticated(&self) -> Client {
+    pub(crate) fn authenticated(&self) -> Client {
         self.coordinator.client(DB, AUTH_LOGIN)
     }
-    fn superuser(&self) -> Client {
+    pub(crate) fn superuser(&self) -> Client {
         self.coordinator.client(DB, "postgres")
     }
     /// An `authenticated` connection acting as `user` for its whole session.
-    fn acting_as(&self, user: &str) -> Client {
+    pub(crate) fn acting_as(&self, user: &str) -> Client {
         let mut c = self.authenticated();
         c.execute(
             "SELECT truxe.set_context($1::text::uuid, NULL, false)",
@@ -236,7 +236,7 @@ pub(crate) fn unique(prefix: &str) -> String {
 }
 
 /// An active user with a fresh e-mail, inserted as service_account: (id, email).
-fn user(c: &Cluster) -> (String, String) {
+pub(crate) fn user(c: &Cluster) -> (String, String) {
     let email = format!("{}@citus.example", unique("u"));
     let id = c
         .service()
@@ -1050,7 +1050,7 @@ pub(crate) fn audit_shard(su: &mut Client, org: &str) -> (i64, i32) {
 /// `n` (at least 2) tenants, each an admin and their org, with orgs on both workers: org
 /// ids are random, so the last one is drawn again while all the others landed on one worker
 /// (the draws left over are other tenants).
-fn orgs_on_both_workers(c: &Cluster, n: usize) -> Vec<(String, String)> {
+pub(crate) fn orgs_on_both_workers(c: &Cluster, n: usize) -> Vec<(String, String)> {
     let mut su = c.superuser();
     let mut tenants: Vec<(String, String)> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();

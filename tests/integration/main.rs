@@ -5,6 +5,7 @@ mod apptables;
 mod audit;
 mod auth;
 mod citus;
+mod citus_members;
 mod citus_ops;
 mod constraints;
 mod dump;
