@@ -178,6 +178,32 @@ fn memberships_live_in_their_orgs_shard_and_the_copy_matches_them() {
         .get(0);
     assert_eq!(none, 0);
 
+    // truxe writes the shard's row as the owner: reading the members after a membership
+    // function in one transaction is Citus' 25001; in a transaction of its own it works
+    let (fay, _) = user(c);
+    let mut a = c.authenticated();
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+        &[ada],
+    )
+    .unwrap();
+    t.execute(
+        "SELECT truxe.invite_member($1::text::uuid, $2::text::uuid)",
+        &[acme, &fay],
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(t.query("SELECT count(*) FROM truxe.memberships", &[])),
+        "25001"
+    );
+    t.rollback().unwrap();
+    assert_eq!(
+        members(ada, None),
+        acme_members,
+        "the invitation rolled back"
+    );
+
     // a deleted org takes its members (copy and shard) along, audited
     svc.execute(
         "DELETE FROM truxe.organizations WHERE id = $1::text::uuid",
