@@ -39,7 +39,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
   UNION ALL
   -- every function pins search_path (none resolves names through the caller's path), except
   -- the Rust functions that resolve no name at all (the two getters, src/identity.rs, the
-  -- audit action check, src/apptables.rs, and on Citus the four claim checks that
+  -- audit action check, src/apptables.rs, and on Citus the five claim checks that
   -- truxe.distribute() creates, src/claim.rs) and the SQL functions whose
   -- bodies qualify every name because a SET would stop inlining: the two tree walkers
   -- (sql/hierarchy.sql), the wildcard rule and the calling-role and service-caller tests
@@ -55,7 +55,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                            'truxe.calling_role()', 'truxe.caller_is_service()',
                                            'truxe.valid_audit_action(text)',
                                            'truxe.claim_user()', 'truxe.claim_administers(uuid)',
-                                           'truxe.claim_may_act_in(uuid)', 'truxe.claim_org()')
+                                           'truxe.claim_may_act_in(uuid)', 'truxe.claim_org()',
+                                           'truxe.claim_invited_to(uuid)')
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- the identity mode: under `trusted`, any login that can become `authenticated` can claim

@@ -1853,31 +1853,36 @@ BEGIN
     LANGUAGE c STABLE PARALLEL SAFE AS '$libdir/truxe', 'claim_may_act_in_wrapper';
   CREATE FUNCTION truxe.claim_org() RETURNS uuid
     LANGUAGE c STABLE PARALLEL SAFE AS '$libdir/truxe', 'claim_org_wrapper';
-  -- … and the guard of the distributed memberships (below), which runs on the shards: a
-  -- write reaches them only from the coordinator's copy, whose trigger turns
-  -- truxe.membership_copy on around it; anything else (a superuser's or the owner's direct
-  -- write, which would leave the copy behind) is 55000
-  CREATE FUNCTION truxe.citus_memberships_guard() RETURNS trigger
+  CREATE FUNCTION truxe.claim_invited_to(org_id uuid) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS '$libdir/truxe', 'claim_invited_to_wrapper';
+  -- … and the guard of the distributed memberships and organizations (below), which runs
+  -- on the shards: a write reaches them only from the coordinator's copy (the trigger's
+  -- arguments: the table, its copy), whose trigger turns truxe.copy_write on around it;
+  -- anything else (a superuser's or the owner's direct write, which would leave the copy
+  -- behind) is 55000
+  CREATE FUNCTION truxe.citus_written_through_copy() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $guard$
   BEGIN
-    IF pg_catalog.current_setting('truxe.membership_copy', true) IS DISTINCT FROM 'on' THEN
-      RAISE EXCEPTION 'on Citus, truxe.memberships is written through truxe.memberships_by_user'
+    IF pg_catalog.current_setting('truxe.copy_write', true) IS DISTINCT FROM 'on' THEN
+      RAISE EXCEPTION 'on Citus, truxe.% is written through truxe.%', TG_ARGV[0], TG_ARGV[1]
         USING ERRCODE = '55000',
-              HINT = 'write truxe.memberships_by_user (or call truxe''s functions): see docs/scaling.md';
+              HINT = pg_catalog.format('write truxe.%s (or call truxe''s functions): see docs/scaling.md',
+                                       TG_ARGV[1]);
     END IF;
     RETURN NULL;
   END
   $guard$;
-  REVOKE ALL ON FUNCTION truxe.citus_memberships_guard() FROM PUBLIC;
+  REVOKE ALL ON FUNCTION truxe.citus_written_through_copy() FROM PUBLIC;
   REVOKE ALL ON FUNCTION truxe.claim_user(), truxe.claim_administers(uuid),
-    truxe.claim_may_act_in(uuid), truxe.claim_org() FROM PUBLIC;
+    truxe.claim_may_act_in(uuid), truxe.claim_org(), truxe.claim_invited_to(uuid) FROM PUBLIC;
   GRANT EXECUTE ON FUNCTION truxe.claim_user(), truxe.claim_administers(uuid),
-    truxe.claim_may_act_in(uuid), truxe.claim_org() TO authenticated, service_account;
+    truxe.claim_may_act_in(uuid), truxe.claim_org(), truxe.claim_invited_to(uuid)
+    TO authenticated, service_account;
 
   -- what the foreign keys that the conversion drops below did (sql/schema.sql,
-  -- sql/vault.sql, sql/invitations.sql, sql/api_keys.sql, sql/mfa.sql): organizations and
-  -- users stay plain tables on the coordinator, where a trigger may write a distributed
-  -- table. After a DELETE of organizations, the orgs' rows of the distributed tables whose
+  -- sql/vault.sql, sql/invitations.sql, sql/api_keys.sql, sql/mfa.sql): users and the
+  -- copy of organizations are plain tables on the coordinator, where a trigger may write a
+  -- distributed table. After a DELETE of organizations, the orgs' rows of the distributed tables whose
   -- key to organizations was ON DELETE CASCADE go (sessions, usage_metrics, secrets,
   -- invitations, api_keys; audit_logs had no key: its rows stay, as on a single node).
   -- After a DELETE of users, their sessions, factors and recovery codes go (CASCADE), and
@@ -1964,73 +1969,84 @@ BEGIN
     RETURN NULL;
   END
   $cascade$;
-  -- every change of the coordinator's copy of memberships (truxe.memberships_by_user,
-  -- below) made again in truxe.memberships, the distributed table, in the same
-  -- transaction: an org's row in its shard, as the owner (like every distributed row truxe
+  -- every change of a coordinator copy (truxe.memberships_by_user,
+  -- truxe.organizations_by_slug: below) made again in its distributed table, in the same
+  -- transaction: an org's rows in its shard, as the owner (like every distributed row truxe
   -- writes). The trigger makes the write through a function call: Citus opens a remote
   -- transaction block (committed with the coordinator's, two-phase) for a write made
   -- inside a function, and only then passes on a SET LOCAL; the trigger of a top-level
   -- statement would write the shard in an autocommit of its own. The guard's setting is on
-  -- for that write only. A change of org_id (the distribution column, which Citus does not
-  -- update in place) is a delete and an insert
-  CREATE FUNCTION truxe.citus_membership_copied() RETURNS trigger
+  -- for that write only. A change of the distribution column (org_id, id: Citus does not
+  -- move a row between shards) is a delete and an insert
+  CREATE FUNCTION truxe.citus_copied() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $copy$
   BEGIN
-    PERFORM truxe.citus_membership_copy(TG_OP, pg_catalog.to_jsonb(OLD), pg_catalog.to_jsonb(NEW));
+    PERFORM truxe.citus_copy(TG_TABLE_NAME, TG_OP, pg_catalog.to_jsonb(OLD), pg_catalog.to_jsonb(NEW));
     RETURN NULL;
   END
   $copy$;
-  CREATE FUNCTION truxe.citus_membership_copy(op text, old_row jsonb, new_row jsonb)
+  CREATE FUNCTION truxe.citus_copy(copy name, op text, old_row jsonb, new_row jsonb)
     RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $copy$
   DECLARE
-    o truxe.memberships := pg_catalog.jsonb_populate_record(NULL::truxe.memberships, old_row);
-    n truxe.memberships := pg_catalog.jsonb_populate_record(NULL::truxe.memberships, new_row);
+    old_m truxe.memberships := pg_catalog.jsonb_populate_record(NULL::truxe.memberships, old_row);
+    new_m truxe.memberships := pg_catalog.jsonb_populate_record(NULL::truxe.memberships, new_row);
+    old_o truxe.organizations := pg_catalog.jsonb_populate_record(NULL::truxe.organizations, old_row);
+    new_o truxe.organizations := pg_catalog.jsonb_populate_record(NULL::truxe.organizations, new_row);
   BEGIN
     DO $on$BEGIN SET LOCAL citus.propagate_set_commands = 'local';
-                 SET LOCAL truxe.membership_copy = on; END$on$;
-    IF op = 'UPDATE' AND n.org_id = o.org_id THEN
+                 SET LOCAL truxe.copy_write = on; END$on$;
+    IF copy = 'memberships_by_user' AND op = 'UPDATE' AND new_m.org_id = old_m.org_id THEN
       UPDATE truxe.memberships m
-         SET user_id = n.user_id, role = n.role, permissions = n.permissions,
-             invited_by = n.invited_by, invited_at = n.invited_at, joined_at = n.joined_at,
-             created_at = n.created_at, updated_at = n.updated_at
-       WHERE m.org_id = o.org_id AND m.user_id = o.user_id;
-    ELSE
+         SET user_id = new_m.user_id, role = new_m.role, permissions = new_m.permissions,
+             invited_by = new_m.invited_by, invited_at = new_m.invited_at, joined_at = new_m.joined_at,
+             created_at = new_m.created_at, updated_at = new_m.updated_at
+       WHERE m.org_id = old_m.org_id AND m.user_id = old_m.user_id;
+    ELSIF copy = 'memberships_by_user' THEN
       IF op IN ('UPDATE', 'DELETE') THEN
-        DELETE FROM truxe.memberships m WHERE m.org_id = o.org_id AND m.user_id = o.user_id;
+        DELETE FROM truxe.memberships m WHERE m.org_id = old_m.org_id AND m.user_id = old_m.user_id;
       END IF;
       IF op IN ('INSERT', 'UPDATE') THEN
         INSERT INTO truxe.memberships (org_id, user_id, role, permissions, invited_by,
                                        invited_at, joined_at, created_at, updated_at)
-          VALUES (n.org_id, n.user_id, n.role, n.permissions, n.invited_by,
-                  n.invited_at, n.joined_at, n.created_at, n.updated_at);
+          VALUES (new_m.org_id, new_m.user_id, new_m.role, new_m.permissions, new_m.invited_by,
+                  new_m.invited_at, new_m.joined_at, new_m.created_at, new_m.updated_at);
       END IF;
+    ELSIF copy = 'organizations_by_slug' AND op = 'UPDATE' AND new_o.id = old_o.id THEN
+      UPDATE truxe.organizations o
+         SET slug = new_o.slug, name = new_o.name, parent_org_id = new_o.parent_org_id,
+             settings = new_o.settings, created_at = new_o.created_at, updated_at = new_o.updated_at
+       WHERE o.id = old_o.id;
+    ELSIF copy = 'organizations_by_slug' THEN
+      IF op IN ('UPDATE', 'DELETE') THEN
+        DELETE FROM truxe.organizations o WHERE o.id = old_o.id;
+      END IF;
+      IF op IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO truxe.organizations (id, slug, name, parent_org_id, settings, created_at,
+                                         updated_at)
+          VALUES (new_o.id, new_o.slug, new_o.name, new_o.parent_org_id, new_o.settings, new_o.created_at,
+                  new_o.updated_at);
+      END IF;
+    ELSE
+      RAISE EXCEPTION 'truxe.% is not a coordinator copy', copy USING ERRCODE = 'XX000';
     END IF;
-    DO $off$BEGIN SET LOCAL truxe.membership_copy = off; END$off$;
+    DO $off$BEGIN SET LOCAL truxe.copy_write = off; END$off$;
   END
   $copy$;
   REVOKE ALL ON FUNCTION truxe.citus_organizations_deleted(), truxe.citus_users_deleted(),
-    truxe.citus_id_changed(), truxe.citus_membership_copied(),
-    truxe.citus_membership_copy(text, jsonb, jsonb) FROM PUBLIC;
+    truxe.citus_id_changed(), truxe.citus_copied(), truxe.citus_copy(name, text, jsonb, jsonb)
+    FROM PUBLIC;
   SELECT r.rolname INTO tables_owner
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
    WHERE c.oid = 'truxe.audit_logs'::regclass;
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_organizations_deleted() OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_users_deleted() OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_id_changed() OWNER TO %I', tables_owner);
-  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_membership_copied() OWNER TO %I', tables_owner);
-  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_membership_copy(text, jsonb, jsonb) OWNER TO %I',
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_copied() OWNER TO %I', tables_owner);
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_copy(name, text, jsonb, jsonb) OWNER TO %I',
                             tables_owner);
-  CREATE TRIGGER organizations_citus_cascade AFTER DELETE ON truxe.organizations
-    REFERENCING OLD TABLE AS gone
-    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_organizations_deleted();
   CREATE TRIGGER users_citus_cascade AFTER DELETE ON truxe.users
     REFERENCING OLD TABLE AS gone
     FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_users_deleted();
-  CREATE TRIGGER organizations_citus_id_changed AFTER UPDATE OF id ON truxe.organizations
-    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
-    EXECUTE FUNCTION truxe.citus_id_changed('sessions.org_id', 'usage_metrics.org_id',
-                                            'secrets.org_id', 'invitations.org_id',
-                                            'api_keys.org_id');
   CREATE TRIGGER users_citus_id_changed AFTER UPDATE OF id ON truxe.users
     FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
     EXECUTE FUNCTION truxe.citus_id_changed('sessions.user_id', 'mfa_factors.user_id',
@@ -2190,27 +2206,41 @@ BEGIN
   CREATE POLICY api_key_admin_read_claim ON truxe.api_keys FOR SELECT TO authenticated
     USING (truxe.claim_administers(org_id));
 
-  -- memberships by org_id, colocated with audit_logs: an org's members in its shard
-  -- (docs/scaling.md, "memberships on Citus"), on the empty table. Every request reads a
-  -- user's memberships (the org sets under RLS, the claim, has_permission), on the
-  -- coordinator, by user: so the coordinator keeps a copy, truxe.memberships_by_user, a
-  -- plain table there with the same columns, checks and foreign keys, keyed by user. It is
-  -- what truxe reads and writes: the SQL functions below are rewritten to name it, and the
-  -- Rust statements are mapped to it (src/distribute.rs). Its triggers are the single-node
-  -- table's (audit rows, sessions ended and API keys revoked when a membership goes, the
-  -- updated_at stamp), and one more makes each change again in truxe.memberships. On the
-  -- distributed table:
-  --  * the foreign keys go (the copy keeps them, with their actions, so a deleted org or
-  --    user still takes its memberships, through the copy), and so do the triggers (on a
-  --    shard they could not write audit_logs, sessions or api_keys);
-  --  * the read policy reads the claim, under a name of its own (as audit_logs');
-  --  * service_account reads it, and writes the copy (a direct write here would not reach
-  --    the copy: it is not granted, and a guard on the shards refuses one by anyone else)
+  -- organizations by id and memberships by org_id, colocated with audit_logs: an org's row
+  -- and members in its shard (docs/scaling.md, "organizations and memberships on Citus"), on
+  -- the empty tables. Both stay on the coordinator too, as copies: plain tables there with
+  -- the same columns, checks and foreign keys, which truxe reads and writes (the SQL
+  -- functions are rewritten below to name them, the Rust statements are mapped to them:
+  -- src/distribute.rs):
+  --  * truxe.memberships_by_user, keyed for the lookup every request makes, a user's
+  --    memberships (the org sets under RLS, the claim, has_permission): distributed by
+  --    org_id, that read would ask every shard;
+  --  * truxe.organizations_by_slug, which keeps slugs unique across the cluster (a unique
+  --    key of a distributed table must hold its distribution column), the self-reference of
+  --    the hierarchy and the foreign keys to organizations.
+  -- Their triggers are the single-node tables' (audit rows; the hierarchy's closure and
+  -- checks; sessions ended and API keys revoked when a membership goes; the updated_at
+  -- stamps; the cascades above), and one more makes each change again in the distributed
+  -- table (citus_copied). On the distributed tables:
+  --  * the foreign keys, the slug's unique key and the triggers go (the copies keep them; on
+  --    a shard the triggers could not write audit_logs, sessions or api_keys);
+  --  * the read policies read the claim, under names of their own (as audit_logs');
+  --  * nobody writes them but the copies' trigger: service_account's and authenticated's
+  --    writes go to the copies (not granted here), and a guard on the shards refuses any
+  --    other write
+  CREATE TABLE truxe.organizations_by_slug (LIKE truxe.organizations INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+  ALTER TABLE truxe.organizations_by_slug
+    ADD CONSTRAINT organizations_by_slug_pkey PRIMARY KEY (id),
+    ADD CONSTRAINT organizations_by_slug_slug_key UNIQUE (slug),
+    ADD CONSTRAINT organizations_by_slug_parent_org_id_fkey FOREIGN KEY (parent_org_id)
+      REFERENCES truxe.organizations_by_slug (id) ON DELETE SET NULL;
+  CREATE INDEX organizations_by_slug_parent ON truxe.organizations_by_slug (parent_org_id)
+    WHERE parent_org_id IS NOT NULL;
   CREATE TABLE truxe.memberships_by_user (LIKE truxe.memberships INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
   ALTER TABLE truxe.memberships_by_user
     ADD CONSTRAINT memberships_by_user_pkey PRIMARY KEY (org_id, user_id),
     ADD CONSTRAINT memberships_by_user_org_id_fkey FOREIGN KEY (org_id)
-      REFERENCES truxe.organizations (id) ON DELETE CASCADE,
+      REFERENCES truxe.organizations_by_slug (id) ON DELETE CASCADE,
     ADD CONSTRAINT memberships_by_user_user_id_fkey FOREIGN KEY (user_id)
       REFERENCES truxe.users (id) ON DELETE CASCADE,
     ADD CONSTRAINT memberships_by_user_invited_by_fkey FOREIGN KEY (invited_by)
@@ -2219,16 +2249,52 @@ BEGIN
     INCLUDE (role, joined_at);
   CREATE INDEX memberships_by_user_invited_by ON truxe.memberships_by_user (invited_by)
     WHERE invited_by IS NOT NULL;
+  EXECUTE pg_catalog.format('ALTER TABLE truxe.organizations_by_slug OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER TABLE truxe.memberships_by_user OWNER TO %I', tables_owner);
+  -- the single-node policies and grants (sql/rls.sql, sql/grants.sql) on the copies
+  ALTER TABLE truxe.organizations_by_slug ENABLE ROW LEVEL SECURITY;
   ALTER TABLE truxe.memberships_by_user ENABLE ROW LEVEL SECURITY;
+  CREATE POLICY service_all ON truxe.organizations_by_slug TO service_account
+    USING (true) WITH CHECK (true);
+  CREATE POLICY org_read ON truxe.organizations_by_slug FOR SELECT TO authenticated
+    USING (id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
+           OR id = ANY ((SELECT truxe.invited_org_ids())::uuid[]));
+  CREATE POLICY org_admin_update ON truxe.organizations_by_slug FOR UPDATE TO authenticated
+    USING (id = ANY ((SELECT truxe.admin_org_ids())::uuid[]))
+    WITH CHECK (id = ANY ((SELECT truxe.admin_org_ids())::uuid[]));
   CREATE POLICY service_all ON truxe.memberships_by_user TO service_account
     USING (true) WITH CHECK (true);
   CREATE POLICY membership_read ON truxe.memberships_by_user FOR SELECT TO authenticated
     USING (org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
            OR (user_id = (SELECT truxe.current_user_id())
                AND (joined_at IS NULL OR (SELECT truxe.current_org_id()) IS NULL)));
-  GRANT SELECT ON truxe.memberships_by_user TO authenticated;
-  GRANT SELECT, INSERT, UPDATE, DELETE ON truxe.memberships_by_user TO service_account;
+  GRANT SELECT ON truxe.organizations_by_slug, truxe.memberships_by_user TO authenticated;
+  GRANT UPDATE (slug, name, parent_org_id, settings) ON truxe.organizations_by_slug TO authenticated;
+  GRANT SELECT, INSERT, UPDATE, DELETE ON truxe.organizations_by_slug, truxe.memberships_by_user
+    TO service_account;
+  -- the single-node triggers (sql/schema.sql, sql/hierarchy.sql, src/audit.rs,
+  -- src/session.rs, sql/api_keys.sql), the cascades of the dropped foreign keys (above),
+  -- and the copy into the distributed tables
+  CREATE TRIGGER organizations_updated_at BEFORE UPDATE ON truxe.organizations_by_slug
+    FOR EACH ROW EXECUTE FUNCTION truxe.set_updated_at();
+  CREATE TRIGGER organizations_1_reparent_check
+    BEFORE UPDATE OF parent_org_id ON truxe.organizations_by_slug
+    FOR EACH ROW EXECUTE FUNCTION truxe.check_org_reparent();
+  CREATE TRIGGER organizations_2_hierarchy
+    AFTER INSERT OR UPDATE OF parent_org_id OR DELETE ON truxe.organizations_by_slug
+    FOR EACH ROW EXECUTE FUNCTION truxe.maintain_org_hierarchy();
+  CREATE TRIGGER audit_organizations AFTER INSERT OR UPDATE OR DELETE ON truxe.organizations_by_slug
+    FOR EACH ROW EXECUTE FUNCTION truxe.audit_organizations();
+  CREATE TRIGGER organizations_citus_cascade AFTER DELETE ON truxe.organizations_by_slug
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_organizations_deleted();
+  CREATE TRIGGER organizations_citus_id_changed AFTER UPDATE OF id ON truxe.organizations_by_slug
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
+    EXECUTE FUNCTION truxe.citus_id_changed('sessions.org_id', 'usage_metrics.org_id',
+                                            'secrets.org_id', 'invitations.org_id',
+                                            'api_keys.org_id');
+  CREATE TRIGGER organizations_copied AFTER INSERT OR UPDATE OR DELETE ON truxe.organizations_by_slug
+    FOR EACH ROW EXECUTE FUNCTION truxe.citus_copied();
   CREATE TRIGGER memberships_updated_at BEFORE UPDATE ON truxe.memberships_by_user
     FOR EACH ROW EXECUTE FUNCTION truxe.set_updated_at();
   CREATE TRIGGER audit_memberships AFTER INSERT OR UPDATE OR DELETE ON truxe.memberships_by_user
@@ -2238,7 +2304,7 @@ BEGIN
   CREATE TRIGGER memberships_revoke_api_keys AFTER DELETE ON truxe.memberships_by_user
     FOR EACH ROW EXECUTE FUNCTION truxe.revoke_api_keys_on_membership_delete();
   CREATE TRIGGER memberships_copied AFTER INSERT OR UPDATE OR DELETE ON truxe.memberships_by_user
-    FOR EACH ROW EXECUTE FUNCTION truxe.citus_membership_copied();
+    FOR EACH ROW EXECUTE FUNCTION truxe.citus_copied();
   -- users' read policy reads the copy (a coordinator table reading a coordinator table)
   DROP POLICY user_read ON truxe.users;
   CREATE POLICY user_read ON truxe.users FOR SELECT TO authenticated
@@ -2246,6 +2312,8 @@ BEGIN
            OR id IN (SELECT m.user_id FROM truxe.memberships_by_user m
                       WHERE m.org_id = ANY ((SELECT truxe.accessible_org_ids())::uuid[])
                         AND m.joined_at IS NOT NULL));
+  -- the distributed tables: memberships first (its key to organizations goes before
+  -- organizations is distributed)
   DROP POLICY membership_read ON truxe.memberships;
   DROP TRIGGER memberships_updated_at ON truxe.memberships;
   DROP TRIGGER audit_memberships ON truxe.memberships;
@@ -2257,7 +2325,8 @@ BEGIN
   REVOKE INSERT, UPDATE, DELETE ON truxe.memberships FROM service_account;
   CREATE TRIGGER memberships_written_through_copy
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON truxe.memberships
-    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_memberships_guard();
+    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_written_through_copy('memberships',
+                                                                        'memberships_by_user');
   ALTER TABLE truxe.memberships ENABLE ALWAYS TRIGGER memberships_written_through_copy;
   PERFORM pg_catalog.create_distributed_table('truxe.memberships', 'org_id',
                                               colocate_with => 'truxe.audit_logs');
@@ -2267,9 +2336,29 @@ BEGIN
     USING (truxe.claim_may_act_in(org_id)
            OR (user_id = truxe.claim_user()
                AND pg_catalog.num_nulls(joined_at, truxe.claim_org()) > 0));
-  -- the extension's SQL functions that name truxe.memberships, rewritten to name the copy
-  -- (and the constraint invite_member names); this one and the functions it made above,
-  -- which are not the extension's, keep naming the distributed table
+  DROP POLICY org_read ON truxe.organizations;
+  DROP POLICY org_admin_update ON truxe.organizations;
+  DROP TRIGGER organizations_updated_at ON truxe.organizations;
+  DROP TRIGGER organizations_1_reparent_check ON truxe.organizations;
+  DROP TRIGGER organizations_2_hierarchy ON truxe.organizations;
+  DROP TRIGGER audit_organizations ON truxe.organizations;
+  ALTER TABLE truxe.organizations DROP CONSTRAINT organizations_parent_org_id_fkey;
+  ALTER TABLE truxe.organizations DROP CONSTRAINT organizations_slug_key;
+  REVOKE UPDATE ON truxe.organizations FROM authenticated;
+  REVOKE INSERT, UPDATE, DELETE ON truxe.organizations FROM service_account;
+  CREATE TRIGGER organizations_written_through_copy
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON truxe.organizations
+    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_written_through_copy('organizations',
+                                                                        'organizations_by_slug');
+  ALTER TABLE truxe.organizations ENABLE ALWAYS TRIGGER organizations_written_through_copy;
+  PERFORM pg_catalog.create_distributed_table('truxe.organizations', 'id',
+                                              colocate_with => 'truxe.audit_logs');
+  CREATE POLICY org_read_claim ON truxe.organizations FOR SELECT TO authenticated
+    USING (truxe.claim_may_act_in(id) OR truxe.claim_invited_to(id));
+  -- the extension's SQL functions that name truxe.memberships or truxe.organizations,
+  -- rewritten to name the copies (and the constraints invite_member and create_organization
+  -- name); this one and the functions it made above, which are not the extension's, keep
+  -- naming the distributed tables
   FOR reader IN
     SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass
@@ -2277,14 +2366,18 @@ BEGIN
       JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'truxe'
      WHERE p.prolang IN (SELECT l.oid FROM pg_catalog.pg_language l
                           WHERE l.lanname IN ('sql', 'plpgsql'))
-       AND p.prosrc ~ 'truxe\.memberships\M'
+       AND p.prosrc ~ 'truxe\.(memberships|organizations)\M'
        AND p.oid <> 'truxe.distribute()'::regprocedure
   LOOP
     definition := pg_catalog.pg_get_functiondef(reader);
     definition := pg_catalog.regexp_replace(definition, 'truxe\.memberships\M',
                                             'truxe.memberships_by_user', 'g');
-    EXECUTE pg_catalog.regexp_replace(definition, '\mmemberships_pkey\M',
-                                      'memberships_by_user_pkey', 'g');
+    definition := pg_catalog.regexp_replace(definition, 'truxe\.organizations\M',
+                                            'truxe.organizations_by_slug', 'g');
+    definition := pg_catalog.regexp_replace(definition, '\mmemberships_pkey\M',
+                                            'memberships_by_user_pkey', 'g');
+    EXECUTE pg_catalog.regexp_replace(definition, '\morganizations_slug_key\M',
+                                      'organizations_by_slug_slug_key', 'g');
   END LOOP;
 
   -- mfa_factors and mfa_recovery_codes by user_id, colocated with each other (a user's
@@ -2386,6 +2479,7 @@ BEGIN
              WHEN 'invitations' THEN 'distributed by org_id'
              WHEN 'api_keys' THEN 'distributed by org_id'
              WHEN 'memberships' THEN 'distributed by org_id'
+             WHEN 'organizations' THEN 'distributed by id'
              WHEN 'mfa_factors' THEN 'distributed by user_id'
              WHEN 'mfa_recovery_codes' THEN 'distributed by user_id'
              WHEN 'rate_limits' THEN 'distributed by key_hash'
@@ -2489,7 +2583,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
   UNION ALL
   -- every function pins search_path (none resolves names through the caller's path), except
   -- the Rust functions that resolve no name at all (the two getters, src/identity.rs, the
-  -- audit action check, src/apptables.rs, and on Citus the four claim checks that
+  -- audit action check, src/apptables.rs, and on Citus the five claim checks that
   -- truxe.distribute() creates, src/claim.rs) and the SQL functions whose
   -- bodies qualify every name because a SET would stop inlining: the two tree walkers
   -- (sql/hierarchy.sql), the wildcard rule and the calling-role and service-caller tests
@@ -2505,7 +2599,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                            'truxe.calling_role()', 'truxe.caller_is_service()',
                                            'truxe.valid_audit_action(text)',
                                            'truxe.claim_user()', 'truxe.claim_administers(uuid)',
-                                           'truxe.claim_may_act_in(uuid)', 'truxe.claim_org()')
+                                           'truxe.claim_may_act_in(uuid)', 'truxe.claim_org()',
+                                           'truxe.claim_invited_to(uuid)')
      AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%')
   UNION ALL
   -- the identity mode: under `trusted`, any login that can become `authenticated` can claim

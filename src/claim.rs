@@ -8,14 +8,14 @@
 //! request identity on the coordinator (`authenticate`, `authenticate_api_key`,
 //! `switch_org`, `set_context`) also write `truxe.claim` with `SET LOCAL`:
 //!
-//! `v1:<key id>:<expiry>:<user>:<acting org>:<admin orgs>:<accessible orgs>:<HMAC-SHA-256, hex>`
+//! `v1:<key id>:<expiry>:<user>:<acting org>:<admin orgs>:<accessible orgs>:<invited orgs>:<HMAC-SHA-256, hex>`
 //!
 //! (the expiry in PostgreSQL microseconds, the org sets comma-separated, the MAC over
 //! everything before it, under a key derived from the key file's current key: src/crypto.rs).
 //! Citus sends a `SET LOCAL` made inside a transaction block to every worker connection of
 //! that transaction when `citus.propagate_set_commands = 'local'` (set here, for the
 //! transaction). The Citus forms of the policies, which `distribute()` installs, call
-//! [`claim_user`], [`claim_org`], [`claim_administers`] and [`claim_may_act_in`]: they verify the claim once
+//! [`claim_user`], [`claim_org`], [`claim_administers`], [`claim_may_act_in`] and [`claim_invited_to`]: they verify the claim once
 //! per backend per value (constant-time MAC comparison), then compare ids. No claim, a
 //! malformed one, a bad MAC, an unknown key id or an expired claim: nobody (no rows).
 //!
@@ -104,7 +104,8 @@ pub(crate) fn refresh() -> Result<(), TruxeError> {
         Some(who) => {
             let admin = crate::context::acting_org_ids(crate::context::OrgSet::Admin)?;
             let access = crate::context::acting_org_ids(crate::context::OrgSet::Accessible)?;
-            sign(who.id.user, who.id.org, &admin, &access).unwrap_or_default()
+            let invited = crate::context::acting_org_ids(crate::context::OrgSet::Invited)?;
+            sign(who.id.user, who.id.org, [&admin, &access, &invited]).unwrap_or_default()
         }
     };
     Spi::connect_mut(|c| {
@@ -129,19 +130,21 @@ fn join(ids: &[Uuid]) -> String {
 }
 
 /// The signed claim, or None without a usable key file.
-fn sign(user: Option<Uuid>, org: Option<Uuid>, admin: &[Uuid], access: &[Uuid]) -> Option<String> {
+/// The org sets are admin, accessible and invited, in that order.
+fn sign(user: Option<Uuid>, org: Option<Uuid>, sets: [&[Uuid]; 3]) -> Option<String> {
     let ring = key_ring().ok()?;
     let key = ring.current_claim_key();
     // SAFETY: reads the backend's clock.
     let expiry = unsafe { pg_sys::GetCurrentTimestamp() } + LIFETIME_MICROS;
     let id = |u: Option<Uuid>| u.map(|u| u.to_string()).unwrap_or_default();
     let message = format!(
-        "v1:{}:{expiry}:{}:{}:{}:{}",
+        "v1:{}:{expiry}:{}:{}:{}:{}:{}",
         key.id(),
         id(user),
         id(org),
-        join(admin),
-        join(access)
+        join(sets[0]),
+        join(sets[1]),
+        join(sets[2])
     );
     let mac = to_hex(&key.mac(message.as_bytes()));
     Some(format!("{message}:{mac}"))
@@ -155,6 +158,7 @@ struct Claim {
     expiry: i64,
     admin: Vec<Uuid>,
     access: Vec<Uuid>,
+    invited: Vec<Uuid>,
 }
 
 fn parse_ids(text: &str) -> Option<Vec<Uuid>> {
@@ -203,6 +207,7 @@ fn verify(value: &str) -> Option<Claim> {
     let (user, org) = (id()?, id()?);
     let admin = parse_ids(fields.next()?)?;
     let access = parse_ids(fields.next()?)?;
+    let invited = parse_ids(fields.next()?)?;
     if fields.next().is_some() {
         return None;
     }
@@ -212,6 +217,7 @@ fn verify(value: &str) -> Option<Claim> {
         expiry,
         admin,
         access,
+        invited,
     })
 }
 
@@ -283,6 +289,15 @@ fn claim_administers(org_id: Option<Uuid>) -> bool {
 fn claim_may_act_in(org_id: Option<Uuid>) -> bool {
     let Some(org) = org_id else { return false };
     with_claim(|c| contains(&c.access, org)).unwrap_or(false)
+}
+
+/// Whether the verified claim's user has a pending invitation to `org_id` (the single-node
+/// `invited_org_ids()`), for the Citus form of organizations' read policy. False for NULL,
+/// without a valid claim. As [`claim_user`].
+#[pg_extern(sql = false, stable, parallel_safe)]
+fn claim_invited_to(org_id: Option<Uuid>) -> bool {
+    let Some(org) = org_id else { return false };
+    with_claim(|c| contains(&c.invited, org)).unwrap_or(false)
 }
 
 /// [`refresh`], raising what it raises (for the identity functions' tails).

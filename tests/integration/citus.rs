@@ -321,9 +321,11 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
             "{t}: {placement:?}"
         );
     }
-    // the coordinator's copy of memberships, keyed by user, which truxe reads and writes
+    assert!(placement.contains(&"organizations: distributed by id".to_string()));
+    // the coordinator's copies of memberships and organizations, which truxe reads and writes
     assert!(placement.contains(&"memberships_by_user: coordinator".to_string()));
-    assert_eq!(placement.len(), 18, "every truxe table: {placement:?}");
+    assert!(placement.contains(&"organizations_by_slug: coordinator".to_string()));
+    assert_eq!(placement.len(), 19, "every truxe table: {placement:?}");
 
     let mut su = c.superuser();
     // shards of both distributed tables on both workers
@@ -350,14 +352,15 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
             "SELECT count(DISTINCT colocationid) FROM pg_dist_partition
               WHERE logicalrelid IN ('truxe.audit_logs'::regclass, 'truxe.usage_metrics'::regclass,
                                      'truxe.secrets'::regclass, 'truxe.invitations'::regclass,
-                                     'truxe.api_keys'::regclass, 'truxe.memberships'::regclass)",
+                                     'truxe.api_keys'::regclass, 'truxe.memberships'::regclass,
+                                     'truxe.organizations'::regclass)",
             &[],
         )
         .unwrap()
         .get(0);
     assert_eq!(
         groups, 1,
-        "audit_logs, usage_metrics, secrets, invitations, api_keys and memberships colocated"
+        "audit_logs, usage_metrics, secrets, invitations, api_keys, memberships and organizations colocated"
     );
     // the claim checks distribute() created carry no SET clause (they resolve no name): the
     // security report knows them
@@ -838,13 +841,19 @@ fn tenants_are_isolated_and_permissions_and_invitations_work() {
     let acme = org(c, &ada);
     let beta = org(c, &bob);
 
+    // (organizations is distributed: its policy reads the claim, which a transaction that
+    // established the identity carries)
     let seen = |who: &str| -> Vec<String> {
-        c.acting_as(who)
+        let mut a = c.authenticated();
+        let mut t = in_context(&mut a, who);
+        let ids = t
             .query("SELECT id::text FROM truxe.organizations ORDER BY 1", &[])
             .unwrap()
             .iter()
             .map(|r| r.get(0))
-            .collect()
+            .collect();
+        t.commit().unwrap();
+        ids
     };
     assert_eq!(seen(&ada), [acme.as_str()]);
     assert_eq!(seen(&bob), [beta.as_str()]);
@@ -1195,7 +1204,7 @@ fn usage_rows_live_in_their_orgs_shard_and_admins_read_them_through_the_claim() 
         .get(0);
     assert_eq!(none, 0);
     let forged = format!(
-        "v1:c1:9223372036854775807:{ada}::{beta}:{beta}:{}",
+        "v1:c1:9223372036854775807:{ada}::{beta}:{beta}::{}",
         "0".repeat(64)
     );
     assert_eq!(read(&mut a, &set_claim(&forged)), vec![]);
@@ -1616,7 +1625,7 @@ fn rotate_encryption_key_reseals_a_distributed_vault() {
     let orgs: Vec<String> = (0..6)
         .map(|i| {
             su.query_one(
-                "INSERT INTO truxe.organizations (slug, name) VALUES ($1, 'Rot') RETURNING id::text",
+                "INSERT INTO truxe.organizations_by_slug (slug, name) VALUES ($1, 'Rot') RETURNING id::text",
                 &[&format!("rot-{i}")],
             )
             .unwrap()
@@ -1952,7 +1961,7 @@ fn each_orgs_audit_rows_live_in_its_shard_and_admins_read_them_through_the_claim
         )
         .unwrap()
         .get(0);
-    let signed = |expiry: i64| sign_claim(&format!("v1:c1:{expiry}:{ada}::{acme}:{acme}"));
+    let signed = |expiry: i64| sign_claim(&format!("v1:c1:{expiry}:{ada}::{acme}:{acme}:"));
     let expired = signed(now_micros - 1_000_000);
     let stranger = c.authenticated();
     let mut hostile = stranger;
@@ -2215,7 +2224,7 @@ fn orgs_in(c: &Cluster, db: &str, n: usize) -> Vec<String> {
     while orgs.len() < n || ports.len() < 2 {
         let org: String = su
             .query_one(
-                "INSERT INTO truxe.organizations (slug, name) VALUES ($1, 'Sealed') RETURNING id::text",
+                "INSERT INTO truxe.organizations_by_slug (slug, name) VALUES ($1, 'Sealed') RETURNING id::text",
                 &[&unique("sealed-")],
             )
             .unwrap()
@@ -4019,7 +4028,7 @@ fn deleting_an_org_deletes_its_distributed_rows() {
 
     let deleted = svc
         .execute(
-            "DELETE FROM truxe.organizations WHERE id = $1::text::uuid",
+            "DELETE FROM truxe.organizations_by_slug WHERE id = $1::text::uuid",
             &[gone],
         )
         .unwrap();
@@ -4062,7 +4071,7 @@ fn deleting_an_org_deletes_its_distributed_rows() {
     // a DELETE that removes no org changes nothing
     assert_eq!(
         svc.execute(
-            "DELETE FROM truxe.organizations WHERE id = $1::text::uuid",
+            "DELETE FROM truxe.organizations_by_slug WHERE id = $1::text::uuid",
             &[gone]
         )
         .unwrap(),
@@ -4230,7 +4239,7 @@ fn changing_an_id_that_distributed_rows_name_is_refused() {
     )
     .unwrap();
     let change_org =
-        "UPDATE truxe.organizations SET id = gen_random_uuid() WHERE id = $1::text::uuid";
+        "UPDATE truxe.organizations_by_slug SET id = gen_random_uuid() WHERE id = $1::text::uuid";
     let e = svc.execute(change_org, &[&alpha]).unwrap_err();
     let db = e.as_db_error().expect("a database error");
     assert_eq!(db.code().code(), "23503", "{db:?}");

@@ -1,18 +1,21 @@
-//! Memberships on Citus (docs/scaling.md, "memberships on Citus"): the table distributed by
-//! org_id, colocated with the org's other rows, and the coordinator's copy keyed by user
-//! (truxe.memberships_by_user) that truxe reads and writes; through the coordinator as the
-//! NOSUPERUSER logins of tests/integration/citus.rs.
+//! Organizations and memberships on Citus (docs/scaling.md, "organizations and memberships
+//! on Citus"): the tables distributed by org, colocated with the org's other rows, and the
+//! coordinator's copies (truxe.organizations_by_slug, truxe.memberships_by_user) that truxe
+//! reads and writes; through the coordinator as the NOSUPERUSER logins of
+//! tests/integration/citus.rs.
 use crate::citus::{audit_shard, cluster, org_rows_by_shard, orgs_on_both_workers, unique, user};
 use crate::harness::sqlstate;
 use postgres::Client;
 
-/// The rows of `table` for `orgs`, as text, in key order.
+/// The rows of `table` for `orgs` (its org column: `org_id`, or `id` for organizations), as
+/// text, in key order.
 fn rows(su: &mut Client, table: &str, orgs: &[String]) -> Vec<String> {
+    let (org, order) = match table.contains("organizations") {
+        true => ("id", "m.id"),
+        false => ("org_id", "m.org_id, m.user_id"),
+    };
     su.query(
-        &format!(
-            "SELECT m::text FROM {table} m WHERE m.org_id::text = ANY ($1)
-              ORDER BY m.org_id, m.user_id"
-        ),
+        &format!("SELECT m::text FROM {table} m WHERE m.{org}::text = ANY ($1) ORDER BY {order}"),
         &[&orgs],
     )
     .unwrap()
@@ -94,6 +97,40 @@ fn memberships_live_in_their_orgs_shard_and_the_copy_matches_them() {
     let copy = rows(&mut su, "truxe.memberships_by_user", &orgs);
     assert_eq!(copy.len(), 4 + 2, "four owners, carol in acme and in beta");
     assert_eq!(rows(&mut su, "truxe.memberships", &orgs), copy);
+    let org_copy = rows(&mut su, "truxe.organizations_by_slug", &orgs);
+    assert_eq!(org_copy.len(), 4);
+    assert_eq!(rows(&mut su, "truxe.organizations", &orgs), org_copy);
+    for org in &orgs {
+        // the org's row in the shard of its id, on the worker of its audit rows
+        let (shard, port): (i64, i32) = {
+            let r = su
+                .query_one(
+                    "SELECT p.shardid, n.nodeport FROM pg_dist_placement p
+                       JOIN pg_dist_node n USING (groupid)
+                      WHERE p.shardid = get_shard_id_for_distribution_column('truxe.organizations',
+                                                                              $1::text::uuid)",
+                    &[org],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!(
+            port,
+            audit_shard(&mut su, org).1,
+            "org {org}'s row beside its audit rows"
+        );
+        let here: String = su
+            .query_one(
+                &format!(
+                    "SELECT result FROM run_command_on_shards('truxe.organizations',
+                       $$SELECT count(*) FROM %s WHERE id = '{org}'$$) WHERE shardid = $1"
+                ),
+                &[&shard],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(here, "1", "org {org}'s row in its shard");
+    }
     let mut ports = std::collections::BTreeSet::new();
     for (shard, org) in org_rows_by_shard(&mut su, "truxe.memberships", &orgs)
         .into_iter()
@@ -167,6 +204,35 @@ fn memberships_live_in_their_orgs_shard_and_the_copy_matches_them() {
         beta_members,
         "bob reads beta's members only"
     );
+    // the org rows through the claim: the orgs one may act in, and those one is invited to
+    let orgs_seen = |who: &str| -> Vec<String> {
+        let mut a = c.authenticated();
+        let mut t = a.transaction().unwrap();
+        t.execute(
+            "SELECT truxe.set_context($1::text::uuid, NULL, true)",
+            &[&who],
+        )
+        .unwrap();
+        let seen = t
+            .query(
+                "SELECT id::text FROM truxe.organizations WHERE id::text = ANY ($1) ORDER BY 1",
+                &[&orgs],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        t.commit().unwrap();
+        seen
+    };
+    assert_eq!(orgs_seen(ada), vec![acme.clone()]);
+    let mut carols = vec![acme.clone(), beta.clone()];
+    carols.sort();
+    assert_eq!(
+        orgs_seen(&carol),
+        carols,
+        "her org, and the one she is invited to"
+    );
     // without a claim (autocommit) nothing
     let none: i64 = c
         .acting_as(ada)
@@ -206,7 +272,7 @@ fn memberships_live_in_their_orgs_shard_and_the_copy_matches_them() {
 
     // a deleted org takes its members (copy and shard) along, audited
     svc.execute(
-        "DELETE FROM truxe.organizations WHERE id = $1::text::uuid",
+        "DELETE FROM truxe.organizations_by_slug WHERE id = $1::text::uuid",
         &[beta],
     )
     .unwrap();
@@ -233,6 +299,13 @@ fn memberships_are_written_through_the_copy_only_and_with_it() {
         "INSERT INTO truxe.memberships (org_id, user_id, role) VALUES ($1::text::uuid, $2::text::uuid, 'member')",
         "UPDATE truxe.memberships SET role = 'admin' WHERE org_id = $1::text::uuid AND user_id <> $2::text::uuid",
         "DELETE FROM truxe.memberships WHERE org_id = $1::text::uuid AND user_id <> $2::text::uuid",
+    ] {
+        assert_eq!(sqlstate(svc.execute(sql, &[acme, &eve])), "42501", "service_account: {sql}");
+        assert_eq!(sqlstate(su.execute(sql, &[acme, &eve])), "55000", "superuser: {sql}");
+    }
+    for sql in [
+        "UPDATE truxe.organizations SET name = 'Taken' WHERE id = $1::text::uuid AND id <> $2::text::uuid",
+        "DELETE FROM truxe.organizations WHERE id = $1::text::uuid AND id <> $2::text::uuid",
     ] {
         assert_eq!(sqlstate(svc.execute(sql, &[acme, &eve])), "42501", "service_account: {sql}");
         assert_eq!(sqlstate(su.execute(sql, &[acme, &eve])), "55000", "superuser: {sql}");
@@ -276,4 +349,113 @@ fn memberships_are_written_through_the_copy_only_and_with_it() {
     t.rollback().unwrap();
     assert_eq!(rows(&mut su, "truxe.memberships", &orgs), before);
     assert_eq!(rows(&mut su, "truxe.memberships_by_user", &orgs), before);
+}
+
+/// Slugs stay unique across the cluster (the copy's key: 23505, as on a single node), and an
+/// org is renamed and moved by an `UPDATE` of the copy as authenticated, with the
+/// single-node rules and effects: the distributed row follows, the hierarchy's closure
+/// moves, the change is audited in the org's shard; an `UPDATE` of the distributed table
+/// itself is not granted (42501).
+#[test]
+fn slugs_stay_unique_and_orgs_move_through_the_copy() {
+    let Some(c) = cluster() else { return };
+    let tenants = orgs_on_both_workers(c, 2);
+    let ((ada, acme), (bob, beta)) = (&tenants[0], &tenants[1]);
+    let mut su = c.superuser();
+    let slug_of = |su: &mut Client, org: &str| -> String {
+        su.query_one(
+            "SELECT slug::text FROM truxe.organizations WHERE id = $1::text::uuid",
+            &[&org],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let taken = slug_of(&mut su, acme);
+    assert_eq!(
+        sqlstate(c.acting_as(bob).query_one(
+            "SELECT truxe.create_organization($1::text::public.citext, 'Again')",
+            &[&taken],
+        )),
+        "23505",
+        "acme's slug, taken on the other worker too"
+    );
+
+    // ada: a child of acme, and a second org to move it under
+    let (child, gamma): (String, String) = {
+        let mut a = c.acting_as(ada);
+        let child = a
+            .query_one(
+                "SELECT truxe.create_organization($1::text::public.citext, 'Child', $2::text::uuid)::text",
+                &[&unique("child-"), acme],
+            )
+            .unwrap()
+            .get(0);
+        let gamma = a
+            .query_one(
+                "SELECT truxe.create_organization($1::text::public.citext, 'Gamma')::text",
+                &[&unique("gamma-")],
+            )
+            .unwrap()
+            .get(0);
+        (child, gamma)
+    };
+    let mut a = c.acting_as(ada);
+    assert_eq!(
+        sqlstate(a.execute(
+            "UPDATE truxe.organizations SET name = 'Renamed' WHERE id = $1::text::uuid",
+            &[&child],
+        )),
+        "42501"
+    );
+    let moved = a
+        .execute(
+            "UPDATE truxe.organizations_by_slug SET parent_org_id = $2::text::uuid, name = 'Moved'
+              WHERE id = $1::text::uuid",
+            &[&child, &gamma],
+        )
+        .unwrap();
+    assert_eq!(moved, 1);
+    // bob may not graft his org under ada's (the single-node rule, 42501)
+    assert_eq!(
+        sqlstate(c.acting_as(bob).execute(
+            "UPDATE truxe.organizations_by_slug SET parent_org_id = $2::text::uuid
+              WHERE id = $1::text::uuid",
+            &[beta, &gamma],
+        )),
+        "42501"
+    );
+    let (parent, name): (String, String) = {
+        let r = su
+            .query_one(
+                "SELECT parent_org_id::text, name FROM truxe.organizations WHERE id = $1::text::uuid",
+                &[&child],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((parent.as_str(), name.as_str()), (gamma.as_str(), "Moved"));
+    let ancestors: Vec<String> = su
+        .query(
+            "SELECT org_id::text FROM truxe.org_ancestors($1::text::uuid)",
+            &[&child],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ancestors, vec![gamma.clone()]);
+    let audited: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.audit_logs
+              WHERE org_id = $1::text::uuid AND action::text = 'org.parent_changed'",
+            &[&child],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 1);
+    let orgs = vec![acme.clone(), beta.clone(), child.clone(), gamma.clone()];
+    assert_eq!(
+        rows(&mut su, "truxe.organizations", &orgs),
+        rows(&mut su, "truxe.organizations_by_slug", &orgs)
+    );
 }
