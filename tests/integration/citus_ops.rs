@@ -751,13 +751,14 @@ fn a_drained_worker_is_removed_and_the_contract_holds() {
 
 /// What the clients of [`online_moves_under_load_count_every_call_once`] saw: every
 /// rate-limit hit (key, window end, the count it returned), every usage call (org, amount,
-/// the total it returned), the sessions validated, and every failed call (operation,
-/// SQLSTATE, message).
+/// the total it returned), the sessions validated, the longest round of the three calls,
+/// and every failed call (operation, SQLSTATE, message).
 #[derive(Default)]
 struct Load {
     hits: Vec<(String, String, i32)>,
     usage: Vec<(String, i64, i64)>,
     validated: usize,
+    slowest: std::time::Duration,
     failed: Vec<(&'static str, String, String)>,
 }
 
@@ -836,6 +837,7 @@ fn online_moves_under_load_count_every_call_once() {
                     };
                     let mut i = n;
                     while !stop.load(Ordering::SeqCst) {
+                        let round = std::time::Instant::now();
                         i += 1;
                         let key = &keys[i % 2];
                         match svc.query_one(
@@ -872,6 +874,7 @@ fn online_moves_under_load_count_every_call_once() {
                         if svc.is_closed() {
                             svc = c.coordinator.client(db, svc_login);
                         }
+                        seen.slowest = seen.slowest.max(round.elapsed());
                         calls.fetch_add(1, Ordering::SeqCst);
                     }
                     seen
@@ -930,6 +933,10 @@ fn online_moves_under_load_count_every_call_once() {
     );
     let validated: usize = load.iter().map(|l| l.validated).sum();
     assert!(validated >= 80, "{validated} validations");
+    eprintln!(
+        "{validated} rounds; the longest: {:?}",
+        load.iter().map(|l| l.slowest).max()
+    );
 
     // usage: each org's stored total is the sum of the amounts recorded, and the largest
     // total a call returned
