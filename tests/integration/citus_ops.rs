@@ -568,19 +568,20 @@ fn tables_placed_on(su: &mut Client, port: i32) -> Vec<String> {
 
 /// A worker removed from a distributed truxe database (docs/scaling.md, "Removing a
 /// worker"): a third worker is added (empty), then one of the first two, which holds
-/// tenants' shard groups, sessions and rate-limit windows, is drained and removed.
+/// tenants' shard groups, sessions and a rate-limit window, is drained and removed.
 /// `citus_remove_node` refuses (XX000) while the node holds a shard; `citus_drain_node`
 /// moves every shard off it (onto the remaining workers, the new one included, which gets
 /// its copy of the reference tables first) and leaves only the reference tables' copies;
-/// `citus_remove_node` then drops those placements itself, and the old shard copies are
-/// removed with `citus_cleanup_orphaned_resources`. No placement names the node any more,
-/// on the coordinator or on the other workers, and its database is dropped. Then, through
-/// the coordinator as the logins, for a tenant whose shard group was on the removed node
-/// and one whose was not: every row is there and read by its admin through the claim (no
-/// other tenant's), the session made before the drain validates and refreshes, the key
-/// authenticates, the invitation is accepted, `record_usage` and `has_permission` answer,
-/// a rate-limit window counts on, and the whole audit log, sealed before and after,
-/// verifies.
+/// `citus_cleanup_orphaned_resources` drops the old shard copies; `citus_remove_node` then
+/// removes the node and the reference tables' placements there itself (their shard tables
+/// stay in its database). Afterwards no node list (the coordinator's, the workers') names
+/// the node and no placement is left in its group, and its database is dropped. Then,
+/// through the coordinator as the logins, for a tenant whose shard group was on the
+/// removed node and one whose was not (each with a session that was there): every row is
+/// there and read by its admin through the claim (no other tenant's), the session made
+/// before the drain validates and refreshes, the key authenticates, the invitation is
+/// accepted, `record_usage` and `has_permission` answer, the rate-limit window counts on,
+/// and the whole audit log, sealed before and after, verifies.
 #[test]
 fn a_drained_worker_is_removed_and_the_contract_holds() {
     let Some(c) = cluster() else { return };
@@ -639,11 +640,13 @@ fn a_drained_worker_is_removed_and_the_contract_holds() {
     // the operator's steps: drain (in the calling session; block_writes, as the rebalance
     // in "Adding a worker": each shard group's writes wait while it is copied), drop the
     // shards' old copies, remove
+    let started = std::time::Instant::now();
     su.execute(
         "SELECT citus_drain_node('127.0.0.1', $1, shard_transfer_mode => 'block_writes')",
         &[&gone_port],
     )
     .expect("citus_drain_node");
+    eprintln!("citus_drain_node: {:?}", started.elapsed());
     let should_have_shards: bool = su
         .query_one(
             "SELECT shouldhaveshards FROM pg_dist_node WHERE nodeport = $1",
