@@ -47,12 +47,18 @@ impl Node {
         init_data_dir(&bindir, &dir);
         let port = free_loopback_port();
         // wal_level=logical: Citus moves shards online by logical replication (a worker
-        // added later, tests/integration/citus_ops.rs).
+        // added later, tests/integration/citus_ops.rs). max_worker_processes: every
+        // database with Citus holds a background worker on every node (its maintenance
+        // daemon; the suite makes about ten databases), and an online move needs one more
+        // on the target node for its subscription: with the default 8 the suite ran out
+        // and the move waited for ever. citus.logical_replication_timeout: a move whose
+        // replication makes no progress for a minute fails instead (Citus waits 2 hours).
         // every node holds the same key file: the coordinator signs the audit claim with
         // it, the workers verify it (src/claim.rs)
         let opts = format!(
             "-c shared_preload_libraries=citus -c listen_addresses=127.0.0.1 -p {port} -k {} \
              -c fsync=off -c max_connections=100 -c log_min_messages=warning -c wal_level=logical \
+             -c max_worker_processes=32 -c citus.logical_replication_timeout=60000 \
              -c truxe.encryption_key_file={}",
             dir.display(),
             key_file().display()
