@@ -699,6 +699,64 @@ fn has_permission_works_over_a_reference_role_permissions() {
     assert!(!holds(&stranger, "users:read"), "no membership, no rights");
 }
 
+/// At most five links per e-mail in 15 minutes on Citus too (TX429 for the sixth, whatever
+/// the e-mail's case), counted per minute in one shard of rate_limits, not by counting the
+/// challenges on every shard; another e-mail, and an application's own rate-limit key of
+/// the same text, are not affected.
+#[test]
+fn magic_link_issuance_is_limited_per_email_in_one_shard() {
+    let Some(c) = cluster() else { return };
+    let mut s = c.service();
+    let email = format!("{}@citus.example", unique("limit"));
+    for i in 0..5 {
+        let asked = if i % 2 == 0 {
+            email.clone()
+        } else {
+            email.to_uppercase()
+        };
+        s.query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&asked])
+            .unwrap();
+    }
+    let sixth = s.query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&email]);
+    assert_eq!(sqlstate(sixth), "TX429");
+    let other = format!("{}@citus.example", unique("limit"));
+    s.query_one("SELECT token FROM truxe.issue_magic_link($1)", &[&other])
+        .unwrap();
+    // an application's window for the e-mail's own text is its own
+    let allowed: bool = s
+        .query_one("SELECT allowed FROM truxe.rate_limit_hit($1, 1)", &[&email])
+        .unwrap()
+        .get(0);
+    assert!(allowed);
+    // the e-mail's counters: one key (the hash of NUL, "truxe.magic_link", NUL and the
+    // lowercased e-mail), all in one shard
+    let mut su = c.superuser();
+    let key: String = su
+        .query_one(
+            "SELECT encode(sha256('\\x00'::bytea || convert_to('truxe.magic_link', 'UTF8')
+                                  || '\\x00'::bytea || convert_to(lower($1), 'UTF8')), 'hex')",
+            &[&email],
+        )
+        .unwrap()
+        .get(0);
+    let per_shard: Vec<i64> = su
+        .query(
+            &format!(
+                "SELECT r.result::bigint FROM run_command_on_shards('truxe.rate_limits',
+                   $$SELECT coalesce(sum(request_count), 0) FROM %s WHERE key_hash = '{key}'$$) r
+                  WHERE r.result::bigint > 0"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let counted = per_shard.iter().sum::<i64>();
+    assert_eq!(per_shard.len(), 1, "one shard: {per_shard:?}");
+    assert_eq!(counted, 5, "five links counted under the e-mail's key");
+}
+
 /// magic link → session → refresh → validate, as service_account through the coordinator.
 #[test]
 fn magic_link_session_refresh_validate() {
