@@ -60,6 +60,13 @@ INSERT INTO truxe.organizations (id, slug, name)
   SELECT bench.uid(9, g), 'inviter-' || g, 'Inviter ' || g FROM generate_series(1, 10000) g;
 INSERT INTO truxe.memberships (org_id, user_id, role, invited_at, joined_at)
   SELECT bench.uid(9, g), bench.uid(10, g), 'owner', now(), now() FROM generate_series(1, 10000) g;
+\if :{?citus}
+-- on a Citus coordinator (bench/citus, which lets these loads past the guard on the
+-- workers): the coordinator's copies that truxe reads and writes, filled from the
+-- distributed tables (docs/scaling.md, "The tested deployment")
+INSERT INTO truxe.organizations_by_slug SELECT * FROM truxe.organizations;
+INSERT INTO truxe.memberships_by_user SELECT * FROM truxe.memberships;
+\endif
 RESET session_replication_role;
 
 -- an application's own table, protected by truxe.protect_table (README, "Your own tables"):

@@ -3,7 +3,9 @@
 //! coordinator's copies (truxe.organizations_by_slug, truxe.memberships_by_user) that truxe
 //! reads and writes; through the coordinator as the NOSUPERUSER logins of
 //! tests/integration/citus.rs.
-use crate::citus::{audit_shard, cluster, org_rows_by_shard, orgs_on_both_workers, unique, user};
+use crate::citus::{
+    audit_shard, cluster, org_rows_by_shard, orgs_on_both_workers, unique, user, Cluster,
+};
 use crate::harness::sqlstate;
 use postgres::Client;
 
@@ -22,6 +24,33 @@ fn rows(su: &mut Client, table: &str, orgs: &[String]) -> Vec<String> {
     .iter()
     .map(|r| r.get(0))
     .collect()
+}
+
+/// The two text columns of `sql` (over `$1`, the org ids) as `who` reads them, acting in
+/// `acting_org`: in a transaction that established the identity, whose claim the workers'
+/// policies read.
+fn seen_as(
+    c: &Cluster,
+    who: &str,
+    acting_org: Option<&str>,
+    sql: &str,
+    orgs: &[String],
+) -> Vec<(String, String)> {
+    let mut a = c.authenticated();
+    let mut t = a.transaction().unwrap();
+    t.execute(
+        "SELECT truxe.set_context($1::text::uuid, $2::text::uuid, true)",
+        &[&who, &acting_org],
+    )
+    .unwrap();
+    let seen = t
+        .query(sql, &[&orgs])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    t.commit().unwrap();
+    seen
 }
 
 /// How many audit rows of `action` org `org` has.
@@ -156,25 +185,14 @@ fn memberships_live_in_their_orgs_shard_and_the_copy_matches_them() {
 
     // reads through the claim
     let members = |who: &str, acting_org: Option<&str>| -> Vec<(String, String)> {
-        let mut a = c.authenticated();
-        let mut t = a.transaction().unwrap();
-        t.execute(
-            "SELECT truxe.set_context($1::text::uuid, $2::text::uuid, true)",
-            &[&who, &acting_org],
+        seen_as(
+            c,
+            who,
+            acting_org,
+            "SELECT org_id::text, user_id::text FROM truxe.memberships
+              WHERE org_id::text = ANY ($1) ORDER BY 1, 2",
+            &orgs,
         )
-        .unwrap();
-        let seen = t
-            .query(
-                "SELECT org_id::text, user_id::text FROM truxe.memberships
-                  WHERE org_id::text = ANY ($1) ORDER BY 1, 2",
-                &[&orgs],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        t.commit().unwrap();
-        seen
     };
     let pair = |o: &str, u: &str| (o.to_string(), u.to_string());
     let mut acme_members = vec![pair(acme, ada), pair(acme, &carol)];
@@ -206,24 +224,16 @@ fn memberships_live_in_their_orgs_shard_and_the_copy_matches_them() {
     );
     // the org rows through the claim: the orgs one may act in, and those one is invited to
     let orgs_seen = |who: &str| -> Vec<String> {
-        let mut a = c.authenticated();
-        let mut t = a.transaction().unwrap();
-        t.execute(
-            "SELECT truxe.set_context($1::text::uuid, NULL, true)",
-            &[&who],
+        seen_as(
+            c,
+            who,
+            None,
+            "SELECT id::text, '' FROM truxe.organizations WHERE id::text = ANY ($1) ORDER BY 1",
+            &orgs,
         )
-        .unwrap();
-        let seen = t
-            .query(
-                "SELECT id::text FROM truxe.organizations WHERE id::text = ANY ($1) ORDER BY 1",
-                &[&orgs],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        t.commit().unwrap();
-        seen
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
     };
     assert_eq!(orgs_seen(ada), vec![acme.clone()]);
     let mut carols = vec![acme.clone(), beta.clone()];
