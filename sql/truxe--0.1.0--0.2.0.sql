@@ -2274,7 +2274,11 @@ BEGIN
     TO service_account;
   -- the single-node triggers (sql/schema.sql, sql/hierarchy.sql, src/audit.rs,
   -- src/session.rs, sql/api_keys.sql), the cascades of the dropped foreign keys (above),
-  -- and the copy into the distributed tables
+  -- and the copy into the distributed tables. The copy's name puts it first among the row
+  -- triggers after the foreign keys' checks (PostgreSQL fires them by name): its write
+  -- makes the transaction a coordinated one (above), so that the single-shard writes of
+  -- the triggers after it (an audit row) are in the remote transaction too, and not an
+  -- autocommit of their own when the statement is a top-level one
   CREATE TRIGGER organizations_updated_at BEFORE UPDATE ON truxe.organizations_by_slug
     FOR EACH ROW EXECUTE FUNCTION truxe.set_updated_at();
   CREATE TRIGGER organizations_1_reparent_check
@@ -2293,7 +2297,7 @@ BEGIN
     EXECUTE FUNCTION truxe.citus_id_changed('sessions.org_id', 'usage_metrics.org_id',
                                             'secrets.org_id', 'invitations.org_id',
                                             'api_keys.org_id');
-  CREATE TRIGGER organizations_copied AFTER INSERT OR UPDATE OR DELETE ON truxe.organizations_by_slug
+  CREATE TRIGGER _organizations_copied AFTER INSERT OR UPDATE OR DELETE ON truxe.organizations_by_slug
     FOR EACH ROW EXECUTE FUNCTION truxe.citus_copied();
   CREATE TRIGGER memberships_updated_at BEFORE UPDATE ON truxe.memberships_by_user
     FOR EACH ROW EXECUTE FUNCTION truxe.set_updated_at();
@@ -2303,7 +2307,7 @@ BEGIN
     FOR EACH ROW EXECUTE FUNCTION truxe.end_sessions_on_membership_delete();
   CREATE TRIGGER memberships_revoke_api_keys AFTER DELETE ON truxe.memberships_by_user
     FOR EACH ROW EXECUTE FUNCTION truxe.revoke_api_keys_on_membership_delete();
-  CREATE TRIGGER memberships_copied AFTER INSERT OR UPDATE OR DELETE ON truxe.memberships_by_user
+  CREATE TRIGGER _memberships_copied AFTER INSERT OR UPDATE OR DELETE ON truxe.memberships_by_user
     FOR EACH ROW EXECUTE FUNCTION truxe.citus_copied();
   -- users' read policy reads the copy (a coordinator table reading a coordinator table)
   DROP POLICY user_read ON truxe.users;

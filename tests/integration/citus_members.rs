@@ -348,6 +348,17 @@ fn memberships_are_written_through_the_copy_only_and_with_it() {
     assert_eq!(sqlstate(failed), "P0001");
     assert_eq!(rows(&mut su, "truxe.memberships", &orgs), before);
     assert_eq!(rows(&mut su, "truxe.memberships_by_user", &orgs), before);
+    // nor the audit row its trigger wrote in the org's shard
+    let audited = |su: &mut Client| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM truxe.audit_logs
+              WHERE org_id = $1::text::uuid AND target_id = $2",
+            &[acme, &eve],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(audited(&mut su), 0, "no audit row of the failed statement");
 
     let mut t = svc.transaction().unwrap();
     t.execute(
@@ -359,6 +370,7 @@ fn memberships_are_written_through_the_copy_only_and_with_it() {
     t.rollback().unwrap();
     assert_eq!(rows(&mut su, "truxe.memberships", &orgs), before);
     assert_eq!(rows(&mut su, "truxe.memberships_by_user", &orgs), before);
+    assert_eq!(audited(&mut su), 0);
 }
 
 /// Slugs stay unique across the cluster (the copy's key: 23505, as on a single node), and an
