@@ -3770,7 +3770,7 @@ fn user_rows_by_shard(su: &mut Client, table: &str, users: &[String]) -> Vec<(i6
 }
 
 /// mfa_factors and mfa_recovery_codes distributed by user_id, colocated with each other:
-/// factors and codes of 8 users on both workers, each user's in the shard of their id;
+/// factors and codes of 8 or more users on both workers, each user's in the shard of their id;
 /// verify_totp through the coordinator (wrong code counted, right code verified once, then
 /// replayed; five wrong codes lock), a user listing their own factors' metadata and no
 /// other user's through the claim, none in autocommit, the sealed seed refused (42501);
@@ -3782,8 +3782,21 @@ fn mfa_factors_live_in_their_users_shard_and_work_through_the_coordinator() {
     let mut s = c.service();
     let mut su = c.superuser();
     let mut users: Vec<(String, String, String)> = Vec::new();
-    for _ in 0..8 {
+    // at least 8 users, and more until their factors' shards are on both workers (ids are
+    // random: 8 users all on one worker is 1 draw in 128)
+    let mut workers = std::collections::BTreeSet::new();
+    while users.len() < 8 || workers.len() < 2 {
         let (u, _) = user(c);
+        let port: i32 = su
+            .query_one(
+                "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+                  WHERE p.shardid = get_shard_id_for_distribution_column('truxe.mfa_factors',
+                                                                          $1::text::uuid)",
+                &[&u],
+            )
+            .unwrap()
+            .get(0);
+        workers.insert(port);
         let r = s
             .query_one(
                 "SELECT factor_id::text, secret FROM truxe.enroll_totp($1::text::uuid, 'Acme')",
