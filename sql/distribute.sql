@@ -272,9 +272,30 @@ BEGIN
     DO $off$BEGIN SET LOCAL truxe.copy_write = off; END$off$;
   END
   $copy$;
+  -- … and, for users (which stays on the coordinator and has no copy), a statement
+  -- trigger that makes the transaction a coordinated one before any row changes, for the
+  -- same reason: the single-shard writes of its row triggers (an audit row, a user's
+  -- factors) then join a remote transaction block, where a top-level statement would give
+  -- each an autocommit of its own on its worker. It locks no row: a read FOR UPDATE of an
+  -- audit row that does not exist, in the org-less shard that user rows are audited in,
+  -- as the owner (the role those rows are written as), inside a function call
+  CREATE FUNCTION truxe.citus_coordinated() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $coord$
+  BEGIN
+    PERFORM truxe.citus_coordinate();
+    RETURN NULL;
+  END
+  $coord$;
+  CREATE FUNCTION truxe.citus_coordinate() RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $coord$
+  BEGIN
+    PERFORM 1 FROM truxe.audit_logs a
+     WHERE a.org_id = '00000000-0000-0000-0000-000000000000'::uuid AND a.id = 0 FOR UPDATE;
+  END
+  $coord$;
   REVOKE ALL ON FUNCTION truxe.citus_organizations_deleted(), truxe.citus_users_deleted(),
-    truxe.citus_id_changed(), truxe.citus_copied(), truxe.citus_copy(name, text, jsonb, jsonb)
-    FROM PUBLIC;
+    truxe.citus_id_changed(), truxe.citus_copied(), truxe.citus_copy(name, text, jsonb, jsonb),
+    truxe.citus_coordinated(), truxe.citus_coordinate() FROM PUBLIC;
   SELECT r.rolname INTO tables_owner
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
    WHERE c.oid = 'truxe.audit_logs'::regclass;
@@ -282,8 +303,12 @@ BEGIN
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_users_deleted() OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_id_changed() OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_copied() OWNER TO %I', tables_owner);
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_coordinated() OWNER TO %I', tables_owner);
+  EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_coordinate() OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER FUNCTION truxe.citus_copy(name, text, jsonb, jsonb) OWNER TO %I',
                             tables_owner);
+  CREATE TRIGGER _users_coordinated BEFORE INSERT OR UPDATE OR DELETE ON truxe.users
+    FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_coordinated();
   CREATE TRIGGER users_citus_cascade AFTER DELETE ON truxe.users
     REFERENCING OLD TABLE AS gone
     FOR EACH STATEMENT EXECUTE FUNCTION truxe.citus_users_deleted();

@@ -4163,6 +4163,72 @@ fn deleting_an_org_deletes_its_distributed_rows() {
     }
 }
 
+/// A top-level write of users (autocommit, no truxe function) is one transaction with the
+/// single-shard writes of its triggers on the workers: a status change that fails after its
+/// audit trigger wrote `user.status_changed` (in the org-less shard) leaves no such row,
+/// and the user's session unrevoked. Without the statement trigger that makes the
+/// transaction a coordinated one first, Citus wrote that row in an autocommit of its own.
+#[test]
+fn a_top_level_write_of_users_fails_with_its_audit_row() {
+    let Some(c) = cluster() else { return };
+    let (u, _) = user(c);
+    let mut svc = c.service();
+    let jti: String = svc
+        .query_one(
+            "SELECT jti::text FROM truxe.create_session($1::text::uuid)",
+            &[&u],
+        )
+        .unwrap()
+        .get(0);
+    let mut su = c.superuser();
+    let changed = |su: &mut Client| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM truxe.audit_logs
+              WHERE org_id = '00000000-0000-0000-0000-000000000000' AND target_id = $1
+                AND action::text = 'user.status_changed'",
+            &[&u],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let refuse = unique("refuse_users_");
+    su.batch_execute(&format!(
+        "CREATE FUNCTION public.{refuse}() RETURNS trigger LANGUAGE plpgsql AS $f$
+         BEGIN
+           IF NEW.id = '{u}' THEN RAISE EXCEPTION 'refused after the audit row'; END IF;
+           RETURN NULL;
+         END $f$;
+         CREATE TRIGGER zz_{refuse} AFTER UPDATE ON truxe.users
+           FOR EACH ROW EXECUTE FUNCTION public.{refuse}();"
+    ))
+    .unwrap();
+    let failed = svc.execute(
+        "UPDATE truxe.users SET status = 'suspended' WHERE id = $1::text::uuid",
+        &[&u],
+    );
+    su.batch_execute(&format!(
+        "DROP TRIGGER zz_{refuse} ON truxe.users; DROP FUNCTION public.{refuse}();"
+    ))
+    .unwrap();
+    assert_eq!(sqlstate(failed), "P0001");
+    assert_eq!(changed(&mut su), 0, "no audit row of the failed statement");
+    let valid: bool = svc
+        .query_one(
+            "SELECT count(*) = 1 FROM truxe.validate_session($1::text::uuid)",
+            &[&jti],
+        )
+        .unwrap()
+        .get(0);
+    assert!(valid, "the session was not revoked");
+    // the same statement, not refused: its row and its effects
+    svc.execute(
+        "UPDATE truxe.users SET status = 'suspended' WHERE id = $1::text::uuid",
+        &[&u],
+    )
+    .unwrap();
+    assert_eq!(changed(&mut su), 1);
+}
+
 /// A user's distributed rows follow the user's foreign keys on a single node: deleting
 /// users (two in one DELETE, by service_account) deletes their sessions (on whatever shard
 /// each token hashed to), second factors and recovery codes (ON DELETE CASCADE), and clears
