@@ -13,7 +13,8 @@
 -- mfa_recovery_codes by user_id, colocated with each other (each org's rows in the shard
 -- of its id; their policies, and the sessions' one, read the signed claim of
 -- src/claim.rs). organizations and memberships keep a copy on the coordinator, which truxe
--- reads and writes and which writes them (below). users, org_closure and org_tree stay on
+-- reads and writes and which writes them (below); api_key_orgs there gives an API key's
+-- org by its id, so that authenticate_api_key reads one shard. users, org_closure and org_tree stay on
 -- the coordinator (docs/scaling.md gives the reasons). The foreign keys from distributed
 -- tables to organizations and users go; two statement triggers on the coordinator's users
 -- and organizations (its copy) do their ON DELETE work instead. The small, rarely written tables
@@ -460,12 +461,16 @@ BEGIN
   --    longer deletes its keys or clears created_by (authenticate_api_key reads the
   --    creator's status and org access on the coordinator, so such a key authenticates
   --    nothing);
-  --  * the admins' read policy reads the claim, under a name of its own (as audit_logs').
-  -- On Citus authenticate_api_key finds a key by its id on every shard (a key does not
-  -- carry its org), then checks the creator on the coordinator (src/api_key.rs)
+  --  * the admins' read policy reads the claim, under a name of its own (as audit_logs');
+  --  * service_account may no longer insert keys: a key has an entry in the coordinator's
+  --    truxe.api_key_orgs (below), which create_api_key writes, or authenticates nothing.
+  -- On Citus authenticate_api_key finds a key's org by its id in truxe.api_key_orgs (a key
+  -- does not carry its org), reads the key in that org's shard, then checks the creator on
+  -- the coordinator (src/api_key.rs)
   DROP POLICY api_key_admin_read ON truxe.api_keys;
   ALTER TABLE truxe.api_keys DROP CONSTRAINT api_keys_org_id_fkey;
   ALTER TABLE truxe.api_keys DROP CONSTRAINT api_keys_created_by_fkey;
+  REVOKE INSERT ON truxe.api_keys FROM service_account;
   PERFORM pg_catalog.create_distributed_table('truxe.api_keys', 'org_id',
                                               colocate_with => 'truxe.audit_logs');
   CREATE POLICY api_key_admin_read_claim ON truxe.api_keys FOR SELECT TO authenticated
@@ -514,8 +519,22 @@ BEGIN
     INCLUDE (role, joined_at);
   CREATE INDEX memberships_by_user_invited_by ON truxe.memberships_by_user (invited_by)
     WHERE invited_by IS NOT NULL;
+  -- truxe.api_key_orgs, each API key's org by the key's id: what authenticate_api_key reads
+  -- first, one index probe on the coordinator, so that it then reads the one shard of the
+  -- key's org, not every shard. create_api_key writes it; an org's entries go with the org;
+  -- nobody but truxe's functions reads or writes it (row level security with no policy,
+  -- nothing granted)
+  CREATE TABLE truxe.api_key_orgs (
+    id uuid PRIMARY KEY,
+    org_id uuid NOT NULL REFERENCES truxe.organizations_by_slug (id)
+      ON DELETE CASCADE ON UPDATE CASCADE
+  );
+  CREATE INDEX api_key_orgs_org_id ON truxe.api_key_orgs (org_id);
+  ALTER TABLE truxe.api_key_orgs ENABLE ROW LEVEL SECURITY;
+  REVOKE ALL ON truxe.api_key_orgs FROM PUBLIC, authenticated, service_account;
   EXECUTE pg_catalog.format('ALTER TABLE truxe.organizations_by_slug OWNER TO %I', tables_owner);
   EXECUTE pg_catalog.format('ALTER TABLE truxe.memberships_by_user OWNER TO %I', tables_owner);
+  EXECUTE pg_catalog.format('ALTER TABLE truxe.api_key_orgs OWNER TO %I', tables_owner);
   -- the single-node policies and grants (sql/rls.sql, sql/grants.sql) on the copies
   ALTER TABLE truxe.organizations_by_slug ENABLE ROW LEVEL SECURITY;
   ALTER TABLE truxe.memberships_by_user ENABLE ROW LEVEL SECURITY;

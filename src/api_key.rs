@@ -190,6 +190,15 @@ fn create(
         else {
             return fail(Sqlstate::Internal, "api key row without id");
         };
+        if crate::claim::audit_logs_distributed() {
+            // the key's org by its id, for authenticate_on_citus
+            plans::run(
+                c,
+                "INSERT INTO truxe.api_key_orgs (id, org_id) VALUES ($1, $2)",
+                &[UUID, UUID],
+                &[id.into(), org.into()],
+            )?;
+        }
         crate::audit::record(
             Some(org),
             "api_key.created",
@@ -302,25 +311,38 @@ fn accepted(
 }
 
 /// [`authenticate`] on Citus, where `api_keys` is distributed by `org_id`
-/// (docs/scaling.md, "api_keys on Citus") and the key does not carry its org: the key is
-/// found by its id on every shard (one index probe each), its secret compared, then its
-/// creator's status and org access read on the coordinator (a query on a shard cannot read
-/// them); the touch updates the key in its org's shard. Runs as the owner (SECURITY
-/// DEFINER), like every statement truxe makes on the table.
+/// (docs/scaling.md, "api_keys on Citus") and the key does not carry its org: the key's org
+/// is read by its id in `truxe.api_key_orgs` on the coordinator, the key in that org's
+/// shard, its secret compared, then its creator's status and org access read on the
+/// coordinator (a query on a shard cannot read them); the touch updates the key in its
+/// shard. Runs as the owner (SECURITY DEFINER), like every statement truxe makes on the
+/// tables.
 fn authenticate_on_citus(
     id: Uuid,
     secret: &[u8; 32],
 ) -> Result<Option<(Uuid, Uuid, Vec<String>)>, TruxeError> {
     Spi::connect_mut(|c| {
+        let org = plans::read(
+            c,
+            "SELECT o.org_id FROM truxe.api_key_orgs o WHERE o.id = $1",
+            &[UUID],
+            &[id.into()],
+        )?;
+        if org.is_empty() {
+            return Ok(None);
+        }
+        let Some(org) = org.first().get::<Uuid>(1)? else {
+            return fail(Sqlstate::Internal, "api key entry without org");
+        };
         let rows = plans::read(
             c,
             "SELECT k.org_id, k.key_hash, k.scopes, k.created_by,
                     k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'
                FROM truxe.api_keys k
-              WHERE k.id = $1 AND k.revoked_at IS NULL
+              WHERE k.org_id = $2 AND k.id = $1 AND k.revoked_at IS NULL
                 AND (k.expires_at IS NULL OR k.expires_at > now())",
-            &[UUID],
-            &[id.into()],
+            &[UUID, UUID],
+            &[id.into(), org.into()],
         )?;
         if rows.is_empty() {
             return Ok(None);

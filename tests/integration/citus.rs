@@ -331,7 +331,9 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
     // the coordinator's copies of memberships and organizations, which truxe reads and writes
     assert!(placement.contains(&"memberships_by_user: coordinator".to_string()));
     assert!(placement.contains(&"organizations_by_slug: coordinator".to_string()));
-    assert_eq!(placement.len(), 19, "every truxe table: {placement:?}");
+    // each API key's org by the key's id, what authenticate_api_key reads first
+    assert!(placement.contains(&"api_key_orgs: coordinator".to_string()));
+    assert_eq!(placement.len(), 20, "every truxe table: {placement:?}");
 
     let mut su = c.superuser();
     // shards of both distributed tables on both workers
@@ -3509,12 +3511,14 @@ fn key_org(c: &Cluster, key: &str) -> Option<String> {
 /// api_keys distributed by org_id, colocated with audit_logs: keys of orgs on both workers,
 /// each org's keys in its shard; an org admin lists their org's keys (never the hash) and
 /// no other tenant's through the claim, none in autocommit; authenticate_api_key finds a
-/// key through the coordinator (by id on every shard, the creator checked on the
-/// coordinator) and refuses a mistyped, unknown or wrong-secret key; the key identity's
+/// key through the coordinator (its org by its id in truxe.api_key_orgs, then one shard,
+/// the creator checked on the coordinator) and refuses a mistyped, unknown or wrong-secret
+/// key; service_account inserts no key past create_api_key; the key identity's
 /// has_permission (its scopes, its org only); revocation by an outsider (false), by an
 /// admin, by the creator; the creator's removal revoking their keys in the org and in a
 /// descendant they lose (the memberships trigger on the coordinator), audited; a suspended
-/// creator's key refused; metrics() counting live keys over the shards.
+/// creator's key refused; metrics() counting live keys over the shards; an org's entries in
+/// truxe.api_key_orgs deleted with it.
 #[test]
 fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     let Some(c) = cluster() else { return };
@@ -3608,6 +3612,77 @@ fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
         .unwrap()
         .get(0);
     assert!(touched, "last_used_at touched in the key's shard");
+    // each key's org by its id on the coordinator, written by create_api_key …
+    let entries: Vec<(String, String)> = su
+        .query(
+            "SELECT id::text, org_id::text FROM truxe.api_key_orgs
+              WHERE org_id = ANY ($1::text[]::uuid[])",
+            &[&orgs],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(entries.len(), 8, "two keys per org: {entries:?}");
+    for ((id, _), (_, o)) in keys.iter().zip(&tenants) {
+        assert!(entries.contains(&(id.clone(), o.clone())), "{id}");
+    }
+    // … so authenticate_api_key reads one shard, the key's org's (the commands Citus sends
+    // the workers, as messages to the client)
+    let sent = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = sent.clone();
+    let mut logged = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(c.coordinator.port)
+        .user(AUTH_LOGIN)
+        .dbname(DB)
+        .notice_callback(move |n| {
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(n.message().to_string())
+        })
+        .connect(NoTls)
+        .unwrap();
+    logged
+        .batch_execute("SET citus.log_remote_commands = on")
+        .unwrap();
+    let mut t = logged.transaction().unwrap();
+    let found: String = t
+        .query_one(
+            "SELECT org_id::text FROM truxe.authenticate_api_key($1)",
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(found, org);
+    t.commit().unwrap();
+    let shards: std::collections::BTreeSet<String> = sent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .flat_map(|m| m.match_indices("api_keys_").map(move |(at, _)| &m[at..]))
+        .map(|rest| {
+            let digits = rest["api_keys_".len()..]
+                .chars()
+                .take_while(|ch| ch.is_ascii_digit())
+                .collect::<String>();
+            format!("api_keys_{digits}")
+        })
+        .collect();
+    assert_eq!(
+        shards,
+        std::collections::BTreeSet::from([format!("api_keys_{}", placed[0].0)]),
+        "the key's org's shard only"
+    );
+    // a key made past create_api_key would have no entry: service_account makes none
+    assert_eq!(
+        sqlstate(c.service().execute(
+            "INSERT INTO truxe.api_keys (org_id, name, key_hash, created_by)
+             VALUES ($1::text::uuid, 'direct', repeat('0', 64), $2::text::uuid)",
+            &[&org, &admin],
+        )),
+        "42501"
+    );
     let mut typo = key.clone().into_bytes();
     typo[50] = if typo[50] == b'0' { b'1' } else { b'0' };
     assert_eq!(
@@ -3725,6 +3800,23 @@ fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
         .unwrap()
         .get(0);
     assert!(live >= 6.0, "{live}");
+
+    // an org's key entries go with the org
+    let entries = |su: &mut Client| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM truxe.api_key_orgs WHERE org_id = $1::text::uuid",
+            &[&child],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(entries(&mut su), 1, "the child's key");
+    su.execute(
+        "DELETE FROM truxe.organizations_by_slug WHERE id = $1::text::uuid",
+        &[&child],
+    )
+    .unwrap();
+    assert_eq!(entries(&mut su), 0, "the deleted org's");
 }
 
 /// For each of `users`: the shard of `table` that holds their rows (every shard's rows
