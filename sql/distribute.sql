@@ -14,7 +14,8 @@
 -- of its id; their policies, and the sessions' one, read the signed claim of
 -- src/claim.rs). organizations and memberships keep a copy on the coordinator, which truxe
 -- reads and writes and which writes them (below); api_key_orgs there gives an API key's
--- org by its id, so that authenticate_api_key reads one shard. users, org_closure and org_tree stay on
+-- org by its id, so that authenticate_api_key reads one shard, and mfa_factor_users a TOTP
+-- factor's user, so that verify_totp does. users, org_closure and org_tree stay on
 -- the coordinator (docs/scaling.md gives the reasons). The foreign keys from distributed
 -- tables to organizations and users go; two statement triggers on the coordinator's users
 -- and organizations (its copy) do their ON DELETE work instead. The small, rarely written tables
@@ -672,8 +673,9 @@ BEGIN
   -- factors and codes in one shard group; users stay on the coordinator), on the empty
   -- tables (docs/scaling.md, "mfa on Citus"):
   --  * mfa_factors' primary key (id) becomes (user_id, id): ids are random uuids, and
-  --    verify_totp, which has only the id, finds the factor on every shard, then writes it
-  --    by (user_id, id) in its own; mfa_recovery_codes' key leads with user_id already;
+  --    verify_totp and unenroll_factor, which have only the id, read the factor's user in
+  --    truxe.mfa_factor_users on the coordinator (below), then the factor by (user_id, id)
+  --    in its shard; mfa_recovery_codes' key leads with user_id already;
   --  * the foreign keys to users go: deleting a user row no longer deletes its factors and
   --    codes (enroll_totp and generate_recovery_codes check the user on the coordinator);
   --  * a user's read of their factors reads the claim, under a name of its own
@@ -688,6 +690,17 @@ BEGIN
                                               colocate_with => 'truxe.mfa_factors');
   CREATE POLICY factor_self_read_claim ON truxe.mfa_factors FOR SELECT TO authenticated
     USING (user_id = truxe.claim_user());
+  -- truxe.mfa_factor_users, each factor's user by the factor's id, on the coordinator (as
+  -- api_key_orgs for API keys): enroll_totp writes it, unenroll_factor deletes it; a user's
+  -- entries go with the user; nobody but truxe's functions reads or writes it
+  CREATE TABLE truxe.mfa_factor_users (
+    id uuid PRIMARY KEY,
+    user_id uuid NOT NULL REFERENCES truxe.users (id) ON DELETE CASCADE ON UPDATE CASCADE
+  );
+  CREATE INDEX mfa_factor_users_user_id ON truxe.mfa_factor_users (user_id);
+  ALTER TABLE truxe.mfa_factor_users ENABLE ROW LEVEL SECURITY;
+  REVOKE ALL ON truxe.mfa_factor_users FROM PUBLIC, authenticated, service_account;
+  EXECUTE pg_catalog.format('ALTER TABLE truxe.mfa_factor_users OWNER TO %I', tables_owner);
 
   -- sessions by jti_hash, what validate_session and authenticate look up: one shard each
   -- (docs/scaling.md, "sessions on Citus"), on the empty table:

@@ -2431,8 +2431,9 @@ BEGIN
   -- factors and codes in one shard group; users stay on the coordinator), on the empty
   -- tables (docs/scaling.md, "mfa on Citus"):
   --  * mfa_factors' primary key (id) becomes (user_id, id): ids are random uuids, and
-  --    verify_totp, which has only the id, finds the factor on every shard, then writes it
-  --    by (user_id, id) in its own; mfa_recovery_codes' key leads with user_id already;
+  --    verify_totp and unenroll_factor, which have only the id, read the factor's user in
+  --    truxe.mfa_factor_users on the coordinator (below), then the factor by (user_id, id)
+  --    in its shard; mfa_recovery_codes' key leads with user_id already;
   --  * the foreign keys to users go: deleting a user row no longer deletes its factors and
   --    codes (enroll_totp and generate_recovery_codes check the user on the coordinator);
   --  * a user's read of their factors reads the claim, under a name of its own
@@ -2447,6 +2448,17 @@ BEGIN
                                               colocate_with => 'truxe.mfa_factors');
   CREATE POLICY factor_self_read_claim ON truxe.mfa_factors FOR SELECT TO authenticated
     USING (user_id = truxe.claim_user());
+  -- truxe.mfa_factor_users, each factor's user by the factor's id, on the coordinator (as
+  -- api_key_orgs for API keys): enroll_totp writes it, unenroll_factor deletes it; a user's
+  -- entries go with the user; nobody but truxe's functions reads or writes it
+  CREATE TABLE truxe.mfa_factor_users (
+    id uuid PRIMARY KEY,
+    user_id uuid NOT NULL REFERENCES truxe.users (id) ON DELETE CASCADE ON UPDATE CASCADE
+  );
+  CREATE INDEX mfa_factor_users_user_id ON truxe.mfa_factor_users (user_id);
+  ALTER TABLE truxe.mfa_factor_users ENABLE ROW LEVEL SECURITY;
+  REVOKE ALL ON truxe.mfa_factor_users FROM PUBLIC, authenticated, service_account;
+  EXECUTE pg_catalog.format('ALTER TABLE truxe.mfa_factor_users OWNER TO %I', tables_owner);
 
   -- sessions by jti_hash, what validate_session and authenticate look up: one shard each
   -- (docs/scaling.md, "sessions on Citus"), on the empty table:

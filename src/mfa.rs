@@ -223,6 +223,15 @@ fn enroll(
                 sealed.ciphertext.into(),
             ],
         )?;
+        if crate::claim::audit_logs_distributed() {
+            // the factor's user by its id, for user_on_citus
+            plans::run(
+                c,
+                "INSERT INTO truxe.mfa_factor_users (id, user_id) VALUES ($1, $2)",
+                &[UUID, UUID],
+                &[factor_id.into(), user_id.into()],
+            )?;
+        }
         Ok(email)
     })?;
     audit::record(
@@ -250,14 +259,28 @@ fn check(
     factor_id: Uuid,
     code: Option<&str>,
 ) -> Result<(&'static str, Option<Uuid>), TruxeError> {
-    let rows = plans::run(
-        c,
-        "SELECT user_id, key_id, nonce, ciphertext, last_used_step,
-                coalesce(locked_until > now(), false)
-           FROM truxe.mfa_factors WHERE id = $1",
-        &[UUID],
-        &[factor_id.into()],
-    )?;
+    macro_rules! factor {
+        () => {
+            "SELECT user_id, key_id, nonce, ciphertext, last_used_step,
+                    coalesce(locked_until > now(), false)
+               FROM truxe.mfa_factors"
+        };
+    }
+    let rows = match user_on_citus(c, factor_id)? {
+        None => plans::run(
+            c,
+            concat!(factor!(), " WHERE id = $1"),
+            &[UUID],
+            &[factor_id.into()],
+        )?,
+        Some(None) => return Ok(("invalid", None)),
+        Some(Some(user)) => plans::run(
+            c,
+            concat!(factor!(), " WHERE user_id = $2 AND id = $1"),
+            &[UUID, UUID],
+            &[factor_id.into(), user.into()],
+        )?,
+    };
     if rows.is_empty() {
         return Ok(("invalid", None));
     }
@@ -322,6 +345,26 @@ fn check(
         },
         Some(user_id),
     ))
+}
+
+/// On Citus, where `mfa_factors` is distributed by `user_id` and a factor id does not give
+/// its shard: the user of factor `factor_id`, read in `truxe.mfa_factor_users` on the
+/// coordinator, so that the factor is then read or written in its one shard
+/// (docs/scaling.md, "mfa on Citus"); `Some(None)` for an unknown factor. `None` on a
+/// single node.
+fn user_on_citus(
+    c: &mut SpiClient<'_>,
+    factor_id: Uuid,
+) -> Result<Option<Option<Uuid>>, TruxeError> {
+    if !crate::claim::audit_logs_distributed() {
+        return Ok(None);
+    }
+    Ok(Some(plans::first_value::<Uuid>(plans::run(
+        c,
+        "SELECT user_id FROM truxe.mfa_factor_users WHERE id = $1",
+        &[UUID],
+        &[factor_id.into()],
+    )?)?))
 }
 
 /// The transaction's start, what now() returns, as a parameter for the factor's writes:
@@ -426,12 +469,32 @@ fn unenroll(factor_id: Option<Uuid>) -> Result<bool, TruxeError> {
     let Some(factor_id) = factor_id else {
         return Ok(false);
     };
-    let user = plans::run_once(
-        "DELETE FROM truxe.mfa_factors WHERE id = $1 RETURNING user_id",
-        &[UUID],
-        &[factor_id.into()],
-        plans::first_value::<Uuid>,
-    )?;
+    let user = Spi::connect_mut(|c| -> Result<Option<Uuid>, TruxeError> {
+        let deleted = match user_on_citus(c, factor_id)? {
+            None => plans::run(
+                c,
+                "DELETE FROM truxe.mfa_factors WHERE id = $1 RETURNING user_id",
+                &[UUID],
+                &[factor_id.into()],
+            )?,
+            Some(None) => return Ok(None),
+            Some(Some(user)) => {
+                plans::run(
+                    c,
+                    "DELETE FROM truxe.mfa_factor_users WHERE id = $1",
+                    &[UUID],
+                    &[factor_id.into()],
+                )?;
+                plans::run(
+                    c,
+                    "DELETE FROM truxe.mfa_factors WHERE user_id = $2 AND id = $1 RETURNING user_id",
+                    &[UUID, UUID],
+                    &[factor_id.into(), user.into()],
+                )?
+            }
+        };
+        Ok(plans::first_value::<Uuid>(deleted)?)
+    })?;
     let Some(user) = user else {
         return Ok(false);
     };

@@ -16,7 +16,7 @@ use crate::harness::{
 };
 use postgres::{Client, NoTls};
 use std::path::PathBuf;
-use std::sync::{Mutex, Once, OnceLock};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 
 pub(crate) const DB: &str = "truxe_citus";
 
@@ -333,7 +333,9 @@ fn distribute_places_every_table_and_refuses_what_it_cannot_convert() {
     assert!(placement.contains(&"organizations_by_slug: coordinator".to_string()));
     // each API key's org by the key's id, what authenticate_api_key reads first
     assert!(placement.contains(&"api_key_orgs: coordinator".to_string()));
-    assert_eq!(placement.len(), 20, "every truxe table: {placement:?}");
+    // each TOTP factor's user by the factor's id, what verify_totp reads first
+    assert!(placement.contains(&"mfa_factor_users: coordinator".to_string()));
+    assert_eq!(placement.len(), 21, "every truxe table: {placement:?}");
 
     let mut su = c.superuser();
     // shards of both distributed tables on both workers
@@ -3466,6 +3468,46 @@ fn concurrent_refreshes_of_one_token_rotate_it_once() {
     assert_eq!(counts, (5, 4, 1), "(sessions, live, rotated)");
 }
 
+/// A connection as `login` that has Citus tell it every command it sends the workers
+/// (`citus.log_remote_commands`), and the messages it has received so far.
+fn logging_remote_commands(c: &Cluster, login: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = sent.clone();
+    let mut client = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(c.coordinator.port)
+        .user(login)
+        .dbname(DB)
+        .notice_callback(move |n| {
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(n.message().to_string())
+        })
+        .connect(NoTls)
+        .unwrap();
+    client
+        .batch_execute("SET citus.log_remote_commands = on")
+        .unwrap();
+    (client, sent)
+}
+
+/// The shards of `table` (`<table>_<shard id>`) that the messages `sent` name.
+fn shards_named(sent: &Mutex<Vec<String>>, table: &str) -> std::collections::BTreeSet<String> {
+    let prefix = format!("{table}_");
+    sent.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .flat_map(|m| m.match_indices(&prefix).map(move |(at, _)| &m[at..]))
+        .map(|rest| {
+            let digits: String = rest[prefix.len()..]
+                .chars()
+                .take_while(|ch| ch.is_ascii_digit())
+                .collect();
+            format!("{prefix}{digits}")
+        })
+        .collect()
+}
+
 /// `create_api_key` as `user` (in a transaction acting as them): (key id, key).
 fn create_key(c: &Cluster, user: &str, org: &str, scopes: &[&str]) -> (String, String) {
     let mut a = c.authenticated();
@@ -3627,25 +3669,8 @@ fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
     for ((id, _), (_, o)) in keys.iter().zip(&tenants) {
         assert!(entries.contains(&(id.clone(), o.clone())), "{id}");
     }
-    // … so authenticate_api_key reads one shard, the key's org's (the commands Citus sends
-    // the workers, as messages to the client)
-    let sent = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = sent.clone();
-    let mut logged = postgres::Config::new()
-        .host("127.0.0.1")
-        .port(c.coordinator.port)
-        .user(AUTH_LOGIN)
-        .dbname(DB)
-        .notice_callback(move |n| {
-            sink.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(n.message().to_string())
-        })
-        .connect(NoTls)
-        .unwrap();
-    logged
-        .batch_execute("SET citus.log_remote_commands = on")
-        .unwrap();
+    // … so authenticate_api_key reads one shard, the key's org's
+    let (mut logged, sent) = logging_remote_commands(c, AUTH_LOGIN);
     let mut t = logged.transaction().unwrap();
     let found: String = t
         .query_one(
@@ -3656,21 +3681,8 @@ fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
         .get(0);
     assert_eq!(found, org);
     t.commit().unwrap();
-    let shards: std::collections::BTreeSet<String> = sent
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .flat_map(|m| m.match_indices("api_keys_").map(move |(at, _)| &m[at..]))
-        .map(|rest| {
-            let digits = rest["api_keys_".len()..]
-                .chars()
-                .take_while(|ch| ch.is_ascii_digit())
-                .collect::<String>();
-            format!("api_keys_{digits}")
-        })
-        .collect();
     assert_eq!(
-        shards,
+        shards_named(&sent, "api_keys"),
         std::collections::BTreeSet::from([format!("api_keys_{}", placed[0].0)]),
         "the key's org's shard only"
     );
@@ -3863,10 +3875,11 @@ fn user_rows_by_shard(su: &mut Client, table: &str, users: &[String]) -> Vec<(i6
 
 /// mfa_factors and mfa_recovery_codes distributed by user_id, colocated with each other:
 /// factors and codes of 8 or more users on both workers, each user's in the shard of their id;
-/// verify_totp through the coordinator (wrong code counted, right code verified once, then
-/// replayed; five wrong codes lock), a user listing their own factors' metadata and no
+/// each factor's entry in truxe.mfa_factor_users; verify_totp through the coordinator in the
+/// user's shard only (wrong code counted, right code verified once, then replayed; five
+/// wrong codes lock), a user listing their own factors' metadata and no
 /// other user's through the claim, none in autocommit, the sealed seed refused (42501);
-/// recovery codes single use; unenroll; metrics(). elevate_session over a distributed
+/// recovery codes single use; unenroll, its entry gone; metrics(). elevate_session over a distributed
 /// factor is `citus::elevate_session_raises_a_distributed_session`.
 #[test]
 fn mfa_factors_live_in_their_users_shard_and_work_through_the_coordinator() {
@@ -3946,8 +3959,30 @@ fn mfa_factors_live_in_their_users_shard_and_work_through_the_coordinator() {
         .unwrap()
         .get(0);
     assert_eq!(failed, 1, "the failure persisted in the factor's shard");
+    // each factor's user by its id on the coordinator, written by enroll_totp …
+    let entries: Vec<(String, String)> = su
+        .query(
+            "SELECT id::text, user_id::text FROM truxe.mfa_factor_users
+              WHERE user_id = ANY ($1::text[]::uuid[])",
+            &[&ids],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(entries.len(), users.len(), "{entries:?}");
+    for (u, f, _) in &users {
+        assert!(entries.contains(&(f.clone(), u.clone())), "{f}");
+    }
+    // … so verify_totp reads and writes one shard, the user's
     let code = crate::mfa::python_code(&secret);
-    assert_eq!(verify(&mut s, &factor, &code), "verified");
+    let (mut logged, sent) = logging_remote_commands(c, SERVICE_LOGIN);
+    assert_eq!(verify(&mut logged, &factor, &code), "verified");
+    assert_eq!(
+        shards_named(&sent, "mfa_factors"),
+        std::collections::BTreeSet::from([format!("mfa_factors_{}", factors[0].0)]),
+        "the user's shard only"
+    );
     assert_eq!(verify(&mut s, &factor, &code), "replayed");
     let status: String = su
         .query_one(
@@ -4044,6 +4079,14 @@ fn mfa_factors_live_in_their_users_shard_and_work_through_the_coordinator() {
     };
     assert!(unenroll(&mut s, &d_factor));
     assert!(!unenroll(&mut s, &d_factor));
+    let entry: i64 = su
+        .query_one(
+            "SELECT count(*) FROM truxe.mfa_factor_users WHERE id = $1::text::uuid",
+            &[&d_factor],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(entry, 0, "the unenrolled factor's entry");
 
     // metrics() counts verified factors over the shards
     let verified: f64 = s
