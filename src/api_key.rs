@@ -322,17 +322,8 @@ fn authenticate_on_citus(
     secret: &[u8; 32],
 ) -> Result<Option<(Uuid, Uuid, Vec<String>)>, TruxeError> {
     Spi::connect_mut(|c| {
-        let org = plans::read(
-            c,
-            "SELECT o.org_id FROM truxe.api_key_orgs o WHERE o.id = $1",
-            &[UUID],
-            &[id.into()],
-        )?;
-        if org.is_empty() {
+        let Some(org) = org_on_citus(c, id)? else {
             return Ok(None);
-        }
-        let Some(org) = org.first().get::<Uuid>(1)? else {
-            return fail(Sqlstate::Internal, "api key entry without org");
         };
         let rows = plans::read(
             c,
@@ -370,6 +361,18 @@ fn authenticate_on_citus(
     })
 }
 
+/// On Citus, where `api_keys` is distributed by `org_id` and a key id does not give its
+/// shard: the org of key `id`, read in `truxe.api_key_orgs` on the coordinator (None for
+/// an unknown key), so that the key is then read or written in its one shard.
+fn org_on_citus(c: &pgrx::spi::SpiClient<'_>, id: Uuid) -> Result<Option<Uuid>, TruxeError> {
+    Ok(plans::first_value::<Uuid>(plans::read(
+        c,
+        "SELECT o.org_id FROM truxe.api_key_orgs o WHERE o.id = $1",
+        &[UUID],
+        &[id.into()],
+    )?)?)
+}
+
 /// Revokes key `key_id`: true when this call revoked it. Allowed to its creator, to the
 /// owners/admins of its org (directly or through an ancestor) and to service_account (the
 /// role the statement runs as); for anyone else, an unknown or already revoked key, or
@@ -395,20 +398,45 @@ fn revoke(key_id: Option<Uuid>) -> Result<bool, TruxeError> {
     } else {
         crate::context::acting_org_ids(OrgSet::Admin)?
     };
-    let revoked = plans::run_once(
-        "UPDATE truxe.api_keys k SET revoked_at = now()
-          WHERE k.id = $1 AND k.revoked_at IS NULL
-            AND ($2 OR k.created_by = $3 OR k.org_id = ANY ($4))
-          RETURNING k.org_id",
-        &[UUID, BOOL, UUID, UUID_ARRAY],
-        &[key_id.into(), service.into(), me.into(), admin.into()],
-        |t| Ok(t.into_iter().next().map(|r| r.get::<Uuid>(1))),
-    )?;
+    macro_rules! revoke_key {
+        () => {
+            "UPDATE truxe.api_keys k SET revoked_at = now()
+              WHERE k.id = $1 AND k.revoked_at IS NULL
+                AND ($2 OR k.created_by = $3 OR k.org_id = ANY ($4))"
+        };
+    }
+    let revoked = Spi::connect_mut(|c| -> Result<Option<Uuid>, TruxeError> {
+        let rows = if crate::claim::audit_logs_distributed() {
+            let Some(org) = org_on_citus(c, key_id)? else {
+                return Ok(None);
+            };
+            plans::run(
+                c,
+                concat!(revoke_key!(), " AND k.org_id = $5 RETURNING k.org_id"),
+                &[UUID, BOOL, UUID, UUID_ARRAY, UUID],
+                &[
+                    key_id.into(),
+                    service.into(),
+                    me.into(),
+                    admin.into(),
+                    org.into(),
+                ],
+            )?
+        } else {
+            plans::run(
+                c,
+                concat!(revoke_key!(), " RETURNING k.org_id"),
+                &[UUID, BOOL, UUID, UUID_ARRAY],
+                &[key_id.into(), service.into(), me.into(), admin.into()],
+            )?
+        };
+        Ok(plans::first_value::<Uuid>(rows)?)
+    })?;
     let Some(org) = revoked else {
         return Ok(false);
     };
     crate::audit::record(
-        org?,
+        Some(org),
         "api_key.revoked",
         "api_key",
         &key_id.to_string(),

@@ -3557,7 +3557,7 @@ fn key_org(c: &Cluster, key: &str) -> Option<String> {
 /// the creator checked on the coordinator) and refuses a mistyped, unknown or wrong-secret
 /// key; service_account inserts no key past create_api_key; the key identity's
 /// has_permission (its scopes, its org only); revocation by an outsider (false), by an
-/// admin, by the creator; the creator's removal revoking their keys in the org and in a
+/// admin (in the key's shard only), by the creator; the creator's removal revoking their keys in the org and in a
 /// descendant they lose (the memberships trigger on the coordinator), audited; a suspended
 /// creator's key refused; metrics() counting live keys over the shards; an org's entries in
 /// truxe.api_key_orgs deleted with it.
@@ -3730,7 +3730,20 @@ fn api_keys_live_in_their_orgs_shard_and_work_through_the_coordinator() {
         &[&org, &co_admin],
     )
     .unwrap();
-    assert!(revoke_key_as(c, &co_admin, &key_id), "an admin of the org");
+    // (in the key's org's shard only)
+    let (mut logged, sent) = logging_remote_commands(c, AUTH_LOGIN);
+    let mut t = in_context(&mut logged, &co_admin);
+    let revoked: bool = t
+        .query_one("SELECT truxe.revoke_api_key($1::text::uuid)", &[&key_id])
+        .unwrap()
+        .get(0);
+    t.commit().unwrap();
+    assert!(revoked, "an admin of the org");
+    assert_eq!(
+        shards_named(&sent, "api_keys"),
+        std::collections::BTreeSet::from([format!("api_keys_{}", placed[0].0)]),
+        "the key's org's shard only"
+    );
     assert!(!revoke_key_as(c, &co_admin, &key_id), "already revoked");
     assert_eq!(key_org(c, &key), None, "a revoked key");
     let (own_id, own_key) = create_key(c, &co_admin, &org, &[]);
