@@ -824,11 +824,7 @@ fn shard_purge(trigger: &PgTrigger<'_>) -> bool {
     if !AUDIT_PURGE.get() || !matches!(trigger.op(), Ok(PgTriggerOperation::Delete)) {
         return false;
     }
-    // SAFETY: a settings lookup by a NUL-terminated name, missing_ok
-    let citus = unsafe {
-        !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
-    };
-    if !citus {
+    if !crate::distribute::citus_loaded() {
         return false;
     }
     let Ok(rel) = trigger.relation() else {

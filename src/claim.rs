@@ -60,14 +60,12 @@ pub(crate) fn audit_logs_distributed() -> bool {
 
 /// The owner of `truxe.audit_logs` when it is distributed ([`audit_logs_distributed`]).
 pub(crate) fn distributed_audit_owner() -> Option<pg_sys::Oid> {
-    // SAFETY: a settings lookup and catalog cache lookups with NUL-terminated names, all
-    // missing_ok.
+    // without Citus loaded (every single-node install) one settings lookup decides
+    if !crate::distribute::citus_loaded() {
+        return None;
+    }
+    // SAFETY: catalog cache lookups with NUL-terminated names, all missing_ok.
     unsafe {
-        // without Citus loaded (every single-node install) one hash lookup decides
-        if pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
-        {
-            return None;
-        }
         let nsp = pg_sys::get_namespace_oid(c"truxe".as_ptr(), true);
         if nsp == pg_sys::InvalidOid {
             return None;

@@ -40,17 +40,21 @@ const COPIES: [(&str, &str); 2] = [
 ];
 const MEMBERSHIPS_COPY: &CStr = c"memberships_by_user";
 
-/// Whether `truxe.distribute()` has made the coordinator's copies: Citus is loaded (one
-/// settings lookup decides on a single node) and the copy of memberships exists (a catalog
-/// cache lookup; distribute() makes both in one transaction).
-pub(crate) fn copies_made() -> bool {
-    // SAFETY: a settings lookup and catalog cache lookups with NUL-terminated names, all
-    // missing_ok.
+/// Whether Citus is loaded in this backend: one settings lookup (of a setting Citus defines),
+/// which decides every Citus question on a single node, where it never is.
+pub(crate) fn citus_loaded() -> bool {
+    // SAFETY: a settings lookup by a NUL-terminated name, missing_ok.
     unsafe {
-        if pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
-        {
-            return false;
-        }
+        !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
+    }
+}
+
+/// Whether `truxe.distribute()` has made the coordinator's copies: Citus is loaded
+/// ([`citus_loaded`]) and the copy of memberships exists (a catalog cache lookup;
+/// distribute() makes both in one transaction).
+pub(crate) fn copies_made() -> bool {
+    if !citus_loaded() {
+        return false;
     }
     crate::index_read::truxe_namespace()
         .and_then(|nsp| crate::index_read::relation(nsp, MEMBERSHIPS_COPY))
