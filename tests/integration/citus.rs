@@ -234,6 +234,36 @@ impl Cluster {
     }
 }
 
+/// Runs `run` while a trigger on `table` fails (P0001) every `event` (`INSERT`, `UPDATE`)
+/// of a row for which `condition` holds, after truxe's own row triggers (its name sorts
+/// last), then removes the trigger: a statement that fails after truxe's triggers have
+/// written the workers. Returns what `run` returned.
+pub(crate) fn failing_last<T>(
+    su: &mut Client,
+    table: &str,
+    event: &str,
+    condition: &str,
+    run: impl FnOnce() -> T,
+) -> T {
+    let name = unique("refuse_");
+    su.batch_execute(&format!(
+        "CREATE FUNCTION public.{name}() RETURNS trigger LANGUAGE plpgsql AS $f$
+         BEGIN
+           IF {condition} THEN RAISE EXCEPTION 'refused after truxe''s triggers'; END IF;
+           RETURN NULL;
+         END $f$;
+         CREATE TRIGGER zz_{name} AFTER {event} ON {table}
+           FOR EACH ROW EXECUTE FUNCTION public.{name}();"
+    ))
+    .unwrap();
+    let result = run();
+    su.batch_execute(&format!(
+        "DROP TRIGGER zz_{name} ON {table}; DROP FUNCTION public.{name}();"
+    ))
+    .unwrap();
+    result
+}
+
 /// A unique suffix per call (tests share the cluster's database).
 pub(crate) fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -4339,25 +4369,18 @@ fn a_top_level_write_of_users_fails_with_its_audit_row() {
         .unwrap()
         .get(0)
     };
-    let refuse = unique("refuse_users_");
-    su.batch_execute(&format!(
-        "CREATE FUNCTION public.{refuse}() RETURNS trigger LANGUAGE plpgsql AS $f$
-         BEGIN
-           IF NEW.id = '{u}' THEN RAISE EXCEPTION 'refused after the audit row'; END IF;
-           RETURN NULL;
-         END $f$;
-         CREATE TRIGGER zz_{refuse} AFTER UPDATE ON truxe.users
-           FOR EACH ROW EXECUTE FUNCTION public.{refuse}();"
-    ))
-    .unwrap();
-    let failed = svc.execute(
-        "UPDATE truxe.users SET status = 'suspended' WHERE id = $1::text::uuid",
-        &[&u],
+    let failed = failing_last(
+        &mut su,
+        "truxe.users",
+        "UPDATE",
+        &format!("NEW.id = '{u}'"),
+        || {
+            svc.execute(
+                "UPDATE truxe.users SET status = 'suspended' WHERE id = $1::text::uuid",
+                &[&u],
+            )
+        },
     );
-    su.batch_execute(&format!(
-        "DROP TRIGGER zz_{refuse} ON truxe.users; DROP FUNCTION public.{refuse}();"
-    ))
-    .unwrap();
     assert_eq!(sqlstate(failed), "P0001");
     assert_eq!(changed(&mut su), 0, "no audit row of the failed statement");
     let valid: bool = svc

@@ -4,7 +4,8 @@
 //! reads and writes; through the coordinator as the NOSUPERUSER logins of
 //! tests/integration/citus.rs.
 use crate::citus::{
-    audit_shard, cluster, org_rows_by_shard, orgs_on_both_workers, unique, user, Cluster,
+    audit_shard, cluster, failing_last, org_rows_by_shard, orgs_on_both_workers, unique, user,
+    Cluster,
 };
 use crate::harness::sqlstate;
 use postgres::Client;
@@ -325,26 +326,19 @@ fn memberships_are_written_through_the_copy_only_and_with_it() {
 
     // a top-level INSERT into the copy whose own later trigger fails, after the copy
     // trigger has written the shard
-    let refuse = unique("refuse_");
-    su.batch_execute(&format!(
-        "CREATE FUNCTION public.{refuse}() RETURNS trigger LANGUAGE plpgsql AS $f$
-         BEGIN
-           IF NEW.user_id = '{eve}' THEN RAISE EXCEPTION 'refused after the copy'; END IF;
-           RETURN NULL;
-         END $f$;
-         CREATE TRIGGER zz_{refuse} AFTER INSERT ON truxe.memberships_by_user
-           FOR EACH ROW EXECUTE FUNCTION public.{refuse}();"
-    ))
-    .unwrap();
-    let failed = svc.execute(
-        "INSERT INTO truxe.memberships_by_user (org_id, user_id, role, joined_at)
-         VALUES ($1::text::uuid, $2::text::uuid, 'member', now())",
-        &[acme, &eve],
+    let failed = failing_last(
+        &mut su,
+        "truxe.memberships_by_user",
+        "INSERT",
+        &format!("NEW.user_id = '{eve}'"),
+        || {
+            svc.execute(
+                "INSERT INTO truxe.memberships_by_user (org_id, user_id, role, joined_at)
+                 VALUES ($1::text::uuid, $2::text::uuid, 'member', now())",
+                &[acme, &eve],
+            )
+        },
     );
-    su.batch_execute(&format!(
-        "DROP TRIGGER zz_{refuse} ON truxe.memberships_by_user; DROP FUNCTION public.{refuse}();"
-    ))
-    .unwrap();
     assert_eq!(sqlstate(failed), "P0001");
     assert_eq!(rows(&mut su, "truxe.memberships", &orgs), before);
     assert_eq!(rows(&mut su, "truxe.memberships_by_user", &orgs), before);
