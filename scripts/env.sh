@@ -50,6 +50,13 @@ as_pg_owner() {
   fi
 }
 
+# Writes a new key file for truxe.encryption_key_file (README, "Encryption keys"): one key,
+# KEY_ID and 32 random bytes in hex, readable by the server's user only.
+new_key_file() { # new_key_file PATH KEY_ID
+  ( umask 077; echo "$2:$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" >"$1" )
+  [ "$(id -u)" != 0 ] || chown postgres: "$1"
+}
+
 # Released versions whose install script is frozen in sql/truxe--VERSION.sql, with the
 # commit each was released from (scripts/test builds their library for the upgrade tests).
 declare -A TRUXE_RELEASES=([0.1.0]=526f42321406c2ed9d8de956a9f28df7723155da)
