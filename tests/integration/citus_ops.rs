@@ -6,6 +6,7 @@ use crate::citus::{
     audit_shard, cluster, in_context, on_every_copy, org_rows_by_shard, own_citus_db,
     own_cluster_db, session_shard, unique, Cluster, Node,
 };
+use crate::harness::strings;
 use crate::upgrade::FIRST_RELEASE;
 use postgres::Client;
 use std::collections::BTreeSet;
@@ -715,17 +716,11 @@ fn a_drained_worker_is_removed_and_the_contract_holds() {
     let mut g = gone.client(&db, "postgres");
     g.batch_execute("SET citus.override_table_visibility = off")
         .unwrap();
-    let left: Vec<String> = g
-        .query(
-            "SELECT regexp_replace(relname, '_[0-9]+$', '') FROM pg_class
-              WHERE relnamespace = 'truxe'::regnamespace AND relkind = 'r' AND relname ~ '_[0-9]+$'
-              ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left = strings(
+        &mut g,
+        "SELECT regexp_replace(relname, '_[0-9]+$', '') FROM pg_class
+          WHERE relnamespace = 'truxe'::regnamespace AND relkind = 'r' AND relname ~ '_[0-9]+$'",
+    );
     assert_eq!(
         left,
         ["audit_seals", "role_permissions"],
